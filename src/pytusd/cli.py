@@ -1,0 +1,280 @@
+"""The ``pytusd`` command: tusd's flags and defaults -> one :class:`Config` -> serve.
+
+Every flag can also come from the environment as ``PYTUSD_<NAME>`` (``--upload-dir`` is ``PYTUSD_UPLOAD_DIR``); a
+flag on the command line wins. Like Go's flag package, ``-name value``, ``-name=value`` and ``--name`` all work, and
+booleans take ``--flag``, ``--flag=true`` or ``--flag=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__, logs
+from .app import TusApp
+from .config import Config, CorsConfig
+from .lockers import FileLocker, Locker, MemoryLocker
+from .stores import FileStore
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Go duration (``60s``, ``1m30s``, ``500ms``) or a plain number of seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, value = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            value += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 60s, 1m30s, 500ms)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a duration cannot be negative")
+    return value
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
+
+
+def parse_octal(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid octal permissions {text!r} (e.g. 0775)") from None
+    if not 0 <= value <= 0o7777:
+        raise argparse.ArgumentTypeError(f"permissions out of range: {text!r}")
+    return value
+
+
+def parse_log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise argparse.ArgumentTypeError("log format must be text or json")
+    return text
+
+
+def parse_locker(text: str) -> str:
+    if text not in ("file", "memory"):
+        raise argparse.ArgumentTypeError("locker must be file or memory")
+    return text
+
+
+def parse_non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def parse_port(text: str) -> int:
+    value = parse_non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("a port is 0-65535")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    group: str
+
+
+_FLAGS = [
+    # listening
+    Flag("host", str, "0.0.0.0", "Host to bind the HTTP server to", "Listening"),
+    Flag("port", parse_port, 8080, "Port to bind the HTTP server to", "Listening"),
+    Flag("unix-sock", str, "", "Listen on this UNIX socket instead of TCP", "Listening"),
+    Flag("base-path", str, "/files/", "Path (or absolute URL) under which uploads are served", "Listening"),
+    Flag("behind-proxy", parse_bool, False, "Trust X-Forwarded-Host/-Proto and Forwarded for upload URLs", "Listening"),
+    Flag("tls-certificate", str, "", "TLS certificate file (PEM, with intermediates); enables HTTPS", "Listening"),
+    Flag("tls-key", str, "", "Key file for --tls-certificate", "Listening"),
+    # protocol
+    Flag("max-size", parse_non_negative_int, 0, "Largest upload in bytes (0: no limit)", "Protocol"),
+    Flag("disable-download", parse_bool, False, "Do not serve uploads with GET", "Protocol"),
+    Flag("disable-termination", parse_bool, False, "Do not allow DELETE (termination extension)", "Protocol"),
+    Flag("show-greeting", parse_bool, True, "Answer GET / with a short greeting text", "Protocol"),
+    # CORS
+    Flag("disable-cors", parse_bool, False, "Send no CORS headers (e.g. a proxy handles CORS)", "CORS"),
+    Flag("cors-allow-origin", str, ".*", "Regular expression the Origin header must match", "CORS"),
+    Flag("cors-allow-credentials", parse_bool, False, "Send Access-Control-Allow-Credentials: true", "CORS"),
+    Flag("cors-allow-methods", str, "", "Methods allowed in addition to the ones tus needs (comma-separated)", "CORS"),
+    Flag("cors-allow-headers", str, "", "Headers allowed in addition to the ones tus needs (comma-separated)", "CORS"),
+    Flag("cors-expose-headers", str, "", "Headers exposed in addition to the ones tus needs (comma-separated)", "CORS"),
+    Flag("cors-max-age", str, "86400", "Access-Control-Max-Age of preflight responses (seconds)", "CORS"),
+    # storage and locks
+    Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
+    Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
+    Flag("file-perms", parse_octal, 0o664, "Permissions of created files (octal)", "File storage"),
+    Flag(
+        "locker",
+        parse_locker,
+        "file",
+        "Upload locks: 'file' (several processes on one host) or 'memory' (one process)",
+        "File storage",
+    ),
+    Flag(
+        "filelock-holder-poll-interval",
+        parse_duration,
+        0.5,
+        "How often a lock holder checks whether another request wants the lock",
+        "File storage",
+    ),
+    Flag(
+        "filelock-acquirer-poll-interval",
+        parse_duration,
+        0.1,
+        "Longest wait between attempts of a request waiting for a lock",
+        "File storage",
+    ),
+    # timeouts
+    Flag("network-timeout", parse_duration, 60.0, "Close connections idle (or silent mid-body) this long", "Timeouts"),
+    Flag("shutdown-timeout", parse_duration, 10.0, "Longest graceful shutdown before exiting anyway", "Timeouts"),
+    Flag("acquire-lock-timeout", parse_duration, 20.0, "Longest wait for an upload's lock (then 500)", "Timeouts"),
+    # output
+    Flag("verbose", parse_bool, True, "Log every request", "Output"),
+    Flag("log-format", parse_log_format, "text", "Log format: text or json", "Output"),
+    Flag(
+        "malloc-tuning",
+        parse_bool,
+        True,
+        "Tune glibc malloc thresholds at start-up (about 2x upload throughput); false to opt out",
+        "Output",
+    ),
+]
+
+_BOOL_FLAGS = {f.name for f in _FLAGS if f.type is parse_bool}
+
+
+def env_name(flag: str) -> str:
+    return "PYTUSD_" + flag.upper().replace("-", "_")
+
+
+def _normalise_argv(argv: Sequence[str]) -> list[str]:
+    """Accept Go-style single-dash long flags (``-upload-dir``) as well as ``--upload-dir``."""
+    known = {f.name for f in _FLAGS} | {"version", "help"}
+    out = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            name = arg[1:].split("=", 1)[0]
+            if name in known:
+                arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pytusd",
+        description="pytusd: a tus resumable-upload server. Every flag can also be set as PYTUSD_<NAME> in the "
+        "environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, --flag=true and --flag=false.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in _FLAGS:
+        group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
+        default = flag.default
+        env = os.environ.get(env_name(flag.name))
+        if env is not None:
+            try:
+                default = flag.type(env)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{env_name(flag.name)}: {exc}")
+        shown = oct(flag.default)[2:].rjust(4, "0") if flag.type is parse_octal else flag.default
+        help_text = f"{flag.help} (default {shown!r}; env {env_name(flag.name)})"
+        kwargs: dict[str, Any] = {"type": flag.type, "default": default, "help": help_text}
+        if flag.name in _BOOL_FLAGS:
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        else:
+            kwargs["metavar"] = flag.name.split("-")[-1].upper()
+        group.add_argument("--" + flag.name, dest=flag.name.replace("-", "_"), **kwargs)
+    parser.add_argument("--version", action="version", version=f"pytusd {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    store = FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
+    locker: Locker
+    if args.locker == "memory":
+        locker = MemoryLocker()
+    else:
+        locker = FileLocker(
+            args.upload_dir,
+            holder_poll_interval=args.filelock_holder_poll_interval,
+            acquirer_poll_interval=args.filelock_acquirer_poll_interval,
+        )
+    return Config(
+        store=store,
+        locker=locker,
+        base_path=args.base_path,
+        max_size=args.max_size,
+        behind_proxy=args.behind_proxy,
+        disable_download=args.disable_download,
+        disable_termination=args.disable_termination,
+        cors=CorsConfig(
+            disable=args.disable_cors,
+            allow_origin=args.cors_allow_origin,
+            allow_credentials=args.cors_allow_credentials,
+            allow_methods=args.cors_allow_methods,
+            allow_headers=args.cors_allow_headers,
+            expose_headers=args.cors_expose_headers,
+            max_age=args.cors_max_age,
+        ),
+        network_timeout=args.network_timeout or 60.0,
+        acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
+        show_greeting=args.show_greeting,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    logs.configure(args.log_format, args.verbose)
+    if bool(args.tls_certificate) != bool(args.tls_key):
+        parser.error("--tls-certificate and --tls-key go together")
+
+    from .server import ServeOptions, serve, tune_malloc
+
+    if args.malloc_tuning:
+        tune_malloc()
+    try:
+        config = config_from_args(args)
+        app = TusApp(config)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        unix_socket=args.unix_sock,
+        tls_certificate=args.tls_certificate,
+        tls_key=args.tls_key,
+        network_timeout=args.network_timeout or 60.0,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    base = config.base_path if "://" in config.base_path else options.url + config.base_path
+    banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"
+    serve(app, options, banner)
+    return 0

@@ -1,0 +1,115 @@
+"""Errors with a tus error code and an HTTP status.
+
+Every failure a client can see is a :class:`TusError`. The app renders it once, the way tusd does:
+``text/plain`` body ``"ERR_CODE: message\\n"`` with the status, plus any extra headers. The codes are tusd's, so
+clients and dashboards that know tusd read them unchanged; the messages are ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class TusError(Exception):
+    """A request failed in a way the client is told about.
+
+    ``code`` is the machine-readable tus error code (``ERR_...``), ``status`` the HTTP status, ``headers`` extra
+    response headers and ``body`` replaces the default ``"CODE: message\\n"`` body when given.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+        self._body = body
+
+    @property
+    def body(self) -> str:
+        return self._body if self._body is not None else f"{self.code}: {self.message}\n"
+
+    def __call__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+    ) -> TusError:
+        """A fresh copy of this error, optionally with another message, status, headers or body.
+
+        The catalogue below holds templates; ``raise ERR_UPLOAD_NOT_FOUND()`` raises a new instance each time, so
+        tracebacks never pile up on a shared object.
+        """
+        merged = dict(self.headers)
+        if headers:
+            merged.update(headers)
+        return TusError(
+            self.code,
+            self.message if message is None else message,
+            self.status if status is None else status,
+            merged,
+            self._body if body is None else body,
+        )
+
+    def __repr__(self) -> str:
+        return f"TusError({self.code!r}, {self.message!r}, {self.status})"
+
+
+def _error(code: str, message: str, status: int) -> TusError:
+    return TusError(code, message, status)
+
+
+# The catalogue. Each is a template: ``raise ERR_X()`` or ``raise ERR_X("more precise message")``.
+ERR_UNSUPPORTED_VERSION = _error("ERR_UNSUPPORTED_VERSION", "Tus-Resumable must be 1.0.0", 412)
+ERR_MAX_SIZE_EXCEEDED = _error("ERR_MAX_SIZE_EXCEEDED", "upload is larger than the server allows", 413)
+ERR_INVALID_CONTENT_TYPE = _error(
+    "ERR_INVALID_CONTENT_TYPE", "Content-Type must be application/offset+octet-stream", 400
+)
+ERR_INVALID_UPLOAD_LENGTH = _error("ERR_INVALID_UPLOAD_LENGTH", "Upload-Length is missing or invalid", 400)
+ERR_INVALID_OFFSET = _error("ERR_INVALID_OFFSET", "Upload-Offset is missing or invalid", 400)
+ERR_UPLOAD_NOT_FOUND = _error("ERR_UPLOAD_NOT_FOUND", "no upload at this URL", 404)
+ERR_UPLOAD_LOCKED = _error("ERR_UPLOAD_LOCKED", "upload is locked by another request", 423)
+ERR_LOCK_TIMEOUT = _error("ERR_LOCK_TIMEOUT", "timed out waiting for the upload's lock", 500)
+ERR_MISMATCHED_OFFSET = _error("ERR_MISMATCHED_OFFSET", "Upload-Offset does not match the stored offset", 409)
+ERR_UPLOAD_SIZE_EXCEEDED = _error("ERR_UPLOAD_SIZE_EXCEEDED", "data goes past the upload's length", 413)
+ERR_NOT_IMPLEMENTED = _error("ERR_NOT_IMPLEMENTED", "this server does not support that feature", 501)
+ERR_UPLOAD_NOT_FINISHED = _error("ERR_UPLOAD_NOT_FINISHED", "a partial upload is not finished", 400)
+ERR_INVALID_CONCAT = _error("ERR_INVALID_CONCAT", "Upload-Concat is invalid", 400)
+ERR_CONCATENATION_UNSUPPORTED = _error(
+    "ERR_CONCATENATION_UNSUPPORTED", "this server does not support Upload-Concat", 400
+)
+ERR_MODIFY_FINAL = _error("ERR_MODIFY_FINAL", "a final upload cannot be modified", 403)
+ERR_AMBIGUOUS_UPLOAD_LENGTH = _error(
+    "ERR_AMBIGUOUS_UPLOAD_LENGTH", "send Upload-Length or Upload-Defer-Length, not both", 400
+)
+ERR_INVALID_UPLOAD_LENGTH_DEFER = _error("ERR_INVALID_UPLOAD_LENGTH_DEFER", "Upload-Defer-Length must be 1", 400)
+ERR_UPLOAD_STOPPED = _error("ERR_UPLOAD_STOPPED", "the server stopped this upload", 400)
+ERR_UPLOAD_REJECTED = _error("ERR_UPLOAD_REJECTED", "the server rejected this upload", 400)
+ERR_UPLOAD_TERMINATION_REJECTED = _error(
+    "ERR_UPLOAD_TERMINATION_REJECTED", "the server rejected terminating this upload", 400
+)
+ERR_UPLOAD_INTERRUPTED = _error(
+    "ERR_UPLOAD_INTERRUPTED", "another request for this upload took over; the data received so far is stored", 400
+)
+ERR_SERVER_SHUTDOWN = _error(
+    "ERR_SERVER_SHUTDOWN", "the server is shutting down; the data received so far is stored", 503
+)
+ERR_ORIGIN_NOT_ALLOWED = _error("ERR_ORIGIN_NOT_ALLOWED", "this Origin is not allowed", 403)
+ERR_UNEXPECTED_EOF = _error("ERR_UNEXPECTED_EOF", "the request body ended early", 400)
+ERR_READ_TIMEOUT = _error("ERR_READ_TIMEOUT", "no data arrived within the network timeout", 500)
+ERR_CONNECTION_RESET = _error("ERR_CONNECTION_RESET", "the connection was reset", 500)
+ERR_INTERNAL_SERVER_ERROR = _error("ERR_INTERNAL_SERVER_ERROR", "internal server error", 500)
+ERR_INVALID_HEADER = _error("ERR_INVALID_HEADER", "a request header is invalid", 400)
+ERR_RANGE_NOT_SATISFIABLE = _error("ERR_RANGE_NOT_SATISFIABLE", "the requested range is not available", 416)
+ERR_METHOD_NOT_ALLOWED = _error("ERR_METHOD_NOT_ALLOWED", "method not allowed here", 405)
+ERR_STORAGE_FULL = _error("ERR_STORAGE_FULL", "the storage is full; the data received so far is stored", 507)
+ERR_PRECONDITION_FAILED = _error("ERR_PRECONDITION_FAILED", "a precondition of the request does not hold", 412)

@@ -1,0 +1,221 @@
+"""The request flows: one method per kind of request, each in the same order of steps.
+
+lock -> load -> validate -> write -> finish -> respond. Header rules come from :mod:`.protocol`, bytes and info
+from the store, locks from the locker; routing, CORS and error rendering are the app's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from . import errors, protocol
+from .config import Config
+from .http import Request, Response
+from .stores import LengthDeferrable, Terminatable, Timestamped, Upload
+from .types import UploadInfo
+
+log = logging.getLogger("pytusd")
+
+
+class Handlers:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = config.store
+        self.locker = config.locker
+        self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
+        self.can_defer_length = isinstance(self.store, LengthDeferrable)
+        extensions = ["creation", "creation-with-upload"]
+        if self.can_terminate:
+            extensions.append("termination")
+        if self.can_defer_length:
+            extensions.append("creation-defer-length")
+        self.extensions = ",".join(extensions)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    def upload_url(self, request: Request, upload_id: str) -> str:
+        base = self.config.base_path
+        if "://" in base:
+            return base + upload_id
+        proto, host = request.origin(self.config.behind_proxy)
+        return protocol.upload_url(proto, host, request.mount_prefix + base, upload_id)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, request: Request, upload_id: str) -> AsyncIterator[None]:
+        """Hold the upload's lock; a newer request for the same upload interrupts this one."""
+        lock = await self.locker.acquire(
+            upload_id,
+            lambda: request.interrupt(errors.ERR_UPLOAD_INTERRUPTED()),
+            self.config.acquire_lock_timeout,
+        )
+        try:
+            yield
+        finally:
+            await lock.release()
+
+    async def write_body(self, request: Request, upload: Upload, info: UploadInfo, response: Response) -> UploadInfo:
+        """Stream the request body into the upload at its offset, finish it when complete, set Upload-Offset.
+
+        Raises the reason the body ended early (if any) after every received byte is stored and the upload is
+        finished if those bytes completed it.
+        """
+        offset = info.offset
+        length = request.content_length
+        max_size = self.config.max_size
+        if info.size_is_deferred:
+            limit = max_size - offset if max_size else protocol.INT64_MAX
+            if length is not None and length > limit:
+                raise errors.ERR_MAX_SIZE_EXCEEDED()
+        else:
+            limit = info.size - offset
+            if length is not None and length > limit:
+                raise errors.ERR_UPLOAD_SIZE_EXCEEDED()
+        if length is not None:
+            limit = min(limit, length)
+        body = request.open_body(limit)
+        try:
+            written = await upload.write(offset, body.chunks())
+        finally:
+            request.body = body
+        info = info.replace(offset=offset + written)
+        response.headers["Upload-Offset"] = str(info.offset)
+        if info.is_complete:
+            await upload.finish()
+            log.debug("upload %s finished (%d bytes)", info.id, info.size)
+        if body.error is not None:
+            raise body.error(headers={"Upload-Offset": str(info.offset)})
+        return info
+
+    def _upload_id(self, request: Request) -> str:
+        if not protocol.is_valid_upload_id(request.upload_id):
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        return request.upload_id
+
+    # -- flows ----------------------------------------------------------------------------------------------------
+
+    def options(self, request: Request) -> Response:
+        headers = {"Tus-Version": protocol.TUS_VERSION, "Tus-Extension": self.extensions}
+        if self.config.max_size:
+            headers["Tus-Max-Size"] = str(self.config.max_size)
+        # 200 rather than 204: some browsers treat a 204 preflight as a failure.
+        return Response(200, headers)
+
+    async def create(self, request: Request) -> Response:
+        headers = request.headers
+        with_data = headers.get("content-type") == protocol.OFFSET_CONTENT_TYPE
+        if headers.get("upload-concat"):
+            raise errors.ERR_CONCATENATION_UNSUPPORTED()
+        size, deferred = protocol.parse_creation_length(
+            headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
+        )
+        if self.config.max_size and size > self.config.max_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED()
+        info = UploadInfo(
+            size=size, size_is_deferred=deferred, metadata=protocol.parse_metadata(headers.get("upload-metadata"))
+        )
+        upload = await self.store.create(info)
+        info = await upload.info()
+        url = self.upload_url(request, info.id)
+        response = Response(201, {"Location": url})
+        log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
+        try:
+            if with_data:
+                async with self.locked(request, info.id):
+                    await self.write_body(request, upload, info, response)
+            elif info.is_complete:  # an empty upload is finished the moment it exists
+                await upload.finish()
+        except errors.TusError as exc:
+            # The upload exists: tell the client where, so it can resume what this request could not finish.
+            raise exc(headers={"Location": url}) from None
+        return response
+
+    async def head(self, request: Request) -> Response:
+        upload_id = self._upload_id(request)
+        async with self.locked(request, upload_id):
+            info = await (await self.store.get(upload_id)).info()
+        headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
+        if info.metadata:
+            headers["Upload-Metadata"] = protocol.serialize_metadata(info.metadata)
+        if info.size_is_deferred:
+            headers["Upload-Defer-Length"] = "1"
+        else:
+            headers["Upload-Length"] = str(info.size)
+            headers["Content-Length"] = str(info.size)
+        return Response(200, headers)
+
+    async def patch(self, request: Request) -> Response:
+        headers = request.headers
+        if headers.get("content-type") != protocol.OFFSET_CONTENT_TYPE:
+            raise errors.ERR_INVALID_CONTENT_TYPE()
+        offset = protocol.parse_offset(headers.get("upload-offset"))
+        upload_id = self._upload_id(request)
+        async with self.locked(request, upload_id):
+            upload = await self.store.get(upload_id)
+            info = await upload.info()
+            if info.is_final:
+                raise errors.ERR_MODIFY_FINAL()
+            if offset != info.offset:
+                raise errors.ERR_MISMATCHED_OFFSET(headers={"Upload-Offset": str(info.offset)})
+            response = Response(204, {})
+            if info.is_complete:
+                response.headers["Upload-Offset"] = str(info.offset)
+                return response
+            if (declared := headers.get("upload-length")) is not None:
+                info = await self._declare_length(upload, info, declared)
+            await self.write_body(request, upload, info, response)
+            return response
+
+    async def _declare_length(self, upload: Upload, info: UploadInfo, header: str) -> UploadInfo:
+        """creation-defer-length: the length arrives with a PATCH, once (item 35)."""
+        if not self.can_defer_length:
+            raise errors.ERR_NOT_IMPLEMENTED("this server cannot defer the upload length")
+        if not info.size_is_deferred:
+            raise errors.ERR_INVALID_UPLOAD_LENGTH("the upload's length is already known")
+        length = protocol.parse_non_negative_int(header)
+        if length is None or length < info.offset:
+            raise errors.ERR_INVALID_UPLOAD_LENGTH()
+        if self.config.max_size and length > self.config.max_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED()
+        await self.store.declare_length(upload, length)  # type: ignore[attr-defined]
+        return info.replace(size=length, size_is_deferred=False)
+
+    async def delete(self, request: Request) -> Response:
+        upload_id = self._upload_id(request)
+        async with self.locked(request, upload_id):
+            upload = await self.store.get(upload_id)
+            await self.store.terminate(upload)  # type: ignore[attr-defined]
+        log.info("upload %s terminated", upload_id)
+        return Response(204, {})
+
+    async def get(self, request: Request) -> Response:
+        """Download what is stored. The lock is held only to read the state: bytes below the offset never change,
+        so streaming them does not block the upload from going on."""
+        upload_id = self._upload_id(request)
+        async with self.locked(request, upload_id):
+            upload = await self.store.get(upload_id)
+            info = await upload.info()
+            mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
+        content_type, disposition = protocol.download_headers(info.metadata)
+        size = info.offset
+        headers = {"Content-Type": content_type, "Content-Disposition": disposition, "Accept-Ranges": "bytes"}
+        ranged = True
+        if mtime is not None:
+            etag = protocol.entity_tag(size, mtime)
+            headers["ETag"] = etag
+            headers["Last-Modified"] = protocol.http_date(mtime)
+            status = protocol.check_preconditions(request.headers, etag, mtime)
+            if status == 412:
+                raise errors.ERR_PRECONDITION_FAILED()
+            if status == 304:
+                return Response(304, {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
+            ranged = protocol.range_applies(request.headers, etag, mtime)
+        byte_range = protocol.parse_range(request.headers.get("range"), size) if ranged and size else None
+        if byte_range is None:
+            headers["Content-Length"] = str(size)
+            return Response(200, headers, stream=upload.reader(0, size) if size else None)
+        first, last = byte_range
+        headers["Content-Length"] = str(last - first + 1)
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        return Response(206, headers, stream=upload.reader(first, last + 1))

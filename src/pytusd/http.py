@@ -1,0 +1,126 @@
+"""The small slice of HTTP the app needs on top of raw ASGI: a request view and a response to send.
+
+No framework sits in the hot path: a :class:`Request` is built straight from the ASGI scope, and a
+:class:`Response` is two ASGI messages (or a stream for downloads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+from . import protocol
+from .body import RequestBody
+from .errors import TusError
+from .types import Receive, Scope, Send
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        # Repeated headers are joined, so a repeated tus header fails its parser instead of picking one silently.
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+class Request:
+    """One HTTP request as the handler flows see it."""
+
+    __slots__ = (
+        "scope",
+        "receive",
+        "method",
+        "path",
+        "headers",
+        "upload_id",
+        "body",
+        "stop_error",
+        "network_timeout",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, network_timeout: float) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.headers = _headers(scope)
+        method = scope["method"]
+        # X-HTTP-Method-Override on POST (item 7), for clients that cannot send PATCH or DELETE.
+        if method == "POST" and (override := self.headers.get("x-http-method-override")):
+            method = override.strip().upper()
+        self.method: str = method
+        path: str = scope.get("path", "/")
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        self.path = path
+        self.upload_id = ""
+        self.body: RequestBody | None = None
+        self.stop_error: TusError | None = None
+        self.network_timeout = network_timeout
+
+    @property
+    def content_length(self) -> int | None:
+        return protocol.parse_non_negative_int(self.headers.get("content-length"))
+
+    @property
+    def has_body(self) -> bool:
+        return bool(self.content_length) or "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    def open_body(self, limit: int) -> RequestBody:
+        """The body as a :class:`RequestBody` reading at most ``limit`` bytes."""
+        body = RequestBody(self.receive, self.network_timeout, limit)
+        if self.stop_error is not None:
+            body.error = self.stop_error
+        self.body = body
+        return body
+
+    @property
+    def body_consumed(self) -> bool:
+        if self.body is not None:
+            return self.body.complete
+        return not self.has_body
+
+    def interrupt(self, error: TusError) -> None:
+        """Stop this request's body (now or as soon as it is opened) for ``error``; the first reason wins."""
+        if self.stop_error is None:
+            self.stop_error = error
+        if self.body is not None:
+            self.body.interrupt(error)
+
+    def origin(self, behind_proxy: bool) -> tuple[str, str]:
+        host = self.headers.get("host")
+        if host is None and (server := self.scope.get("server")):
+            host = f"{server[0]}:{server[1]}" if server[1] else server[0]
+        return protocol.request_origin(self.scope.get("scheme", "http"), host, self.headers, behind_proxy)
+
+    @property
+    def mount_prefix(self) -> str:
+        """Where the app is mounted (ASGI ``root_path``), for URLs that point back at it."""
+        return self.scope.get("root_path", "").rstrip("/")
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def from_error(cls, error: TusError) -> Response:
+        headers = {"Content-Type": "text/plain; charset=utf-8", **error.headers}
+        return cls(error.status, headers, error.body.encode("utf-8"))
+
+    async def send(self, send: Send, head_only: bool = False) -> None:
+        headers = self.headers
+        if self.stream is None and "Content-Length" not in headers and self.status not in (204, 304):
+            headers["Content-Length"] = str(len(self.body))
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        if head_only or self.stream is None:
+            await send({"type": "http.response.body", "body": b"" if head_only else self.body})
+            return
+        async for block in self.stream:
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,345 @@
+"""The tus rules that need no I/O: header parsing and serialising, IDs, URLs, download headers.
+
+Each function here is the one place a rule lives; the handler flows call them and never parse headers themselves.
+Item numbers refer to the server checklist (reference/tus-protocol.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import binascii
+import re
+import secrets
+import urllib.parse
+from collections.abc import Mapping
+
+from . import errors
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+INT64_MAX = 2**63 - 1
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def parse_non_negative_int(value: str | None) -> int | None:
+    """A non-negative int64 in plain decimal, or None when the value is anything else (items 6, 24)."""
+    if value is None or not _DIGITS.fullmatch(value):
+        return None
+    number = int(value)
+    return number if number <= INT64_MAX else None
+
+
+def parse_offset(value: str | None) -> int:
+    """``Upload-Offset`` of a PATCH (item 6): 400 ERR_INVALID_OFFSET unless a non-negative integer."""
+    offset = parse_non_negative_int(value)
+    if offset is None:
+        raise errors.ERR_INVALID_OFFSET()
+    return offset
+
+
+def parse_creation_length(length: str | None, defer: str | None, can_defer: bool) -> tuple[int, bool]:
+    """``Upload-Length`` / ``Upload-Defer-Length`` of a creation request -> (size, size_is_deferred).
+
+    Items 24-26, 33-34, with tusd's order of checks: a deferred length the store cannot handle is 501, both headers
+    400 AMBIGUOUS, a defer value other than ``1`` 400, otherwise the length must be a non-negative int64.
+    """
+    if defer == "1" and not can_defer:
+        raise errors.ERR_NOT_IMPLEMENTED("this server cannot defer the upload length")
+    if length not in (None, "") and defer not in (None, ""):
+        raise errors.ERR_AMBIGUOUS_UPLOAD_LENGTH()
+    if defer not in (None, ""):
+        if defer != "1":
+            raise errors.ERR_INVALID_UPLOAD_LENGTH_DEFER()
+        return 0, True
+    size = parse_non_negative_int(length)
+    if size is None:
+        raise errors.ERR_INVALID_UPLOAD_LENGTH()
+    return size, False
+
+
+# --- Upload-Metadata (items 29-32) ---------------------------------------------------------------------------------
+
+_METADATA_KEY = re.compile(r"[!-~]+")  # visible ASCII; a key has no space and no comma by construction
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """Parse ``Upload-Metadata`` the way tusd does.
+
+    Pairs are split on ``,`` and trimmed, then on a single space. A pair with more than two parts or an empty key
+    is skipped, a key without a value maps to ``""``, a value that is not valid base64 (or not UTF-8) drops the pair,
+    and a later duplicate key wins. An empty header means no metadata (tuspy sends one).
+    """
+    meta: dict[str, str] = {}
+    if not header:
+        return meta
+    for element in header.split(","):
+        parts = element.strip().split(" ")
+        if len(parts) > 2 or not parts[0]:
+            continue
+        key = parts[0]
+        if not _METADATA_KEY.fullmatch(key):
+            continue
+        if len(parts) == 1:
+            meta[key] = ""
+            continue
+        try:
+            value = base64.b64decode(parts[1], validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            continue
+        meta[key] = value
+    return meta
+
+
+def serialize_metadata(meta: Mapping[str, str]) -> str:
+    """``Upload-Metadata`` for a HEAD response (item 31). Keys that could not travel in a header are left out."""
+    return ",".join(
+        f"{key} {base64.b64encode(value.encode('utf-8')).decode('ascii')}" if value else key
+        for key, value in meta.items()
+        if _METADATA_KEY.fullmatch(key) and "," not in key
+    )
+
+
+# --- upload IDs ----------------------------------------------------------------------------------------------------
+
+_ID_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$'()*+,;=:@]{1,200}")
+MAX_ID_LENGTH = 500
+
+
+def new_upload_id() -> str:
+    """128 random bits as 32 lowercase hex characters, like tusd's IDs."""
+    return secrets.token_hex(16)
+
+
+def is_valid_upload_id(upload_id: str) -> bool:
+    """Whether an ID may name an upload: URL-safe characters (tusd's set), segments separated by ``/``, no empty,
+    ``.`` or ``..`` segment, no leading or trailing ``/``, bounded length. Anything else never reaches a store, so
+    an ID taken from a URL cannot point outside the storage (``..``, absolute paths, NUL, backslashes)."""
+    if not upload_id or len(upload_id) > MAX_ID_LENGTH:
+        return False
+    for segment in upload_id.split("/"):
+        if segment in (".", "..") or not _ID_SEGMENT.fullmatch(segment):
+            return False
+    return True
+
+
+# --- URLs ----------------------------------------------------------------------------------------------------------
+
+_FORWARDED_HOST = re.compile(r'(?i)(?:^|[;,\s])host="?([^";,\s]+)')
+_FORWARDED_PROTO = re.compile(r'(?i)(?:^|[;,\s])proto="?(https?)\b')
+_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]_%]{1,255}")
+
+
+def request_origin(
+    scheme: str, host: str | None, headers: Mapping[str, str], behind_proxy: bool
+) -> tuple[str, str]:
+    """(proto, host) for absolute URLs. With ``behind_proxy``, X-Forwarded-Host/-Proto and then ``Forwarded``
+    override what the connection says, and the default port is dropped (tusd's rules)."""
+    proto = "https" if scheme in ("https", "wss") else "http"
+    host = host or "localhost"
+    if behind_proxy:
+        forwarded_host = headers.get("x-forwarded-host")
+        if forwarded_host:
+            host = forwarded_host.split(",")[0].strip()
+        forwarded_proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if forwarded_proto in ("http", "https"):
+            proto = forwarded_proto
+        forwarded = headers.get("forwarded")
+        if forwarded:
+            if m := _FORWARDED_HOST.search(forwarded):
+                host = m.group(1)
+            if m := _FORWARDED_PROTO.search(forwarded):
+                proto = m.group(1).lower()
+        if proto == "http" and host.endswith(":80"):
+            host = host[:-3]
+        elif proto == "https" and host.endswith(":443"):
+            host = host[:-4]
+    if not _HOST.fullmatch(host):
+        # A Host header is reflected into Location: never let an odd one inject anything.
+        host = "localhost"
+    return proto, host
+
+
+def upload_url(proto: str, host: str, base_path: str, upload_id: str) -> str:
+    return f"{proto}://{host}{base_path}{urllib.parse.quote(upload_id, safe=_URL_SAFE)}"
+
+
+_URL_SAFE = "/-._~!$'()*+,;=:@"
+
+
+# --- downloads (GET) -----------------------------------------------------------------------------------------------
+
+# Media types a browser may render inline; anything else is served as an attachment (HTML and SVG could carry
+# scripts, PDF readers are a common attack surface). The same list tusd uses.
+INLINE_MEDIA_TYPES = frozenset(
+    {
+        "text/plain",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/bmp",
+        "image/webp",
+        "audio/wave",
+        "audio/wav",
+        "audio/x-wav",
+        "audio/x-pn-wav",
+        "audio/webm",
+        "audio/ogg",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+        "application/ogg",
+    }
+)
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})((?:\s*;\s*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*)\s*;?\s*")
+
+
+def download_headers(meta: Mapping[str, str]) -> tuple[str, str]:
+    """(Content-Type, Content-Disposition) for serving an upload.
+
+    The type comes from the ``filetype`` metadata when it is a well-formed media type, else
+    ``application/octet-stream``; ``inline`` only for :data:`INLINE_MEDIA_TYPES`. The ``filename`` metadata goes
+    into an ASCII fallback with quotes, backslashes and control characters replaced, plus an RFC 5987
+    ``filename*`` carrying the exact UTF-8 name percent-encoded, so no metadata value can inject a header.
+    """
+    filetype = meta.get("filetype", "")
+    match = _MEDIA_TYPE.fullmatch(filetype) if filetype.isascii() else None
+    if match:
+        content_type = filetype.strip()
+        essence = f"{match.group(1)}/{match.group(2)}".lower()
+        disposition = "inline" if essence in INLINE_MEDIA_TYPES else "attachment"
+    else:
+        content_type = "application/octet-stream"
+        disposition = "attachment"
+    filename = meta.get("filename")
+    if filename is not None:
+        fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename)
+        disposition += f'; filename="{fallback}"'
+        if fallback != filename:
+            disposition += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe="")
+    return content_type, disposition
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single ``Range: bytes=...`` -> (first, last) inclusive, or None to serve the whole content.
+
+    Forms other than one byte range (several ranges, other units, malformed) are ignored, as RFC 9110 allows. A
+    range that starts past the end raises 416.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash:
+        return None
+    if first_text == "":
+        suffix = parse_non_negative_int(last_text)
+        if suffix is None:
+            return None
+        if suffix == 0 or size == 0:
+            raise errors.ERR_RANGE_NOT_SATISFIABLE(headers={"Content-Range": f"bytes */{size}"})
+        return max(0, size - suffix), size - 1
+    first = parse_non_negative_int(first_text)
+    last = parse_non_negative_int(last_text) if last_text else size - 1
+    if first is None or last is None or last < first:
+        return None
+    if first >= size:
+        raise errors.ERR_RANGE_NOT_SATISFIABLE(headers={"Content-Range": f"bytes */{size}"})
+    return first, min(last, size - 1)
+
+
+# --- CORS defaults (tusd's CorsConfig) -----------------------------------------------------------------------------
+
+CORS_ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
+CORS_ALLOW_HEADERS = (
+    "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, Content-Type, Upload-Length, "
+    "Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Incomplete, "
+    "Upload-Complete, Upload-Draft-Interop-Version"
+)
+CORS_EXPOSE_HEADERS = (
+    "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, "
+    "Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Incomplete, Upload-Complete, "
+    "Upload-Draft-Interop-Version"
+)
+
+
+def merge_header_lists(required: str, extra: str) -> str:
+    """A comma-separated header list with ``extra`` entries appended to ``required`` ones, without duplicates."""
+    items = [x.strip() for x in required.split(",") if x.strip()]
+    seen = {x.lower() for x in items}
+    for x in extra.split(","):
+        x = x.strip()
+        if x and x.lower() not in seen:
+            items.append(x)
+            seen.add(x.lower())
+    return ", ".join(items)
+
+
+# --- conditional requests (RFC 9110 section 13) --------------------------------------------------------------------
+
+
+def entity_tag(size: int, mtime: float) -> str:
+    """A strong validator for stored bytes: uploads only grow, so size and modification time identify them."""
+    return f'"{size:x}-{int(mtime * 1_000_000):x}"'
+
+
+def _etag_listed(header: str, etag: str, weak: bool) -> bool:
+    if header.strip() == "*":
+        return True
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if weak and candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == etag:
+            return True
+    return False
+
+
+def _parse_http_date(value: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def check_preconditions(headers: Mapping[str, str], etag: str, mtime: float) -> int | None:
+    """The status a conditional GET ends with before any body (412 or 304), or None to go on."""
+    whole_seconds = int(mtime)
+    if_match = headers.get("if-match")
+    if if_match is not None:
+        if not _etag_listed(if_match, etag, weak=False):
+            return 412
+    elif (since := headers.get("if-unmodified-since")) is not None:
+        date = _parse_http_date(since)
+        if date is not None and whole_seconds > date:
+            return 412
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None:
+        if _etag_listed(if_none_match, etag, weak=True):
+            return 304
+    elif (since := headers.get("if-modified-since")) is not None:
+        date = _parse_http_date(since)
+        if date is not None and whole_seconds <= date:
+            return 304
+    return None
+
+
+def range_applies(headers: Mapping[str, str], etag: str, mtime: float) -> bool:
+    """Whether ``Range`` is honoured: without ``If-Range``, or when it names the current validator."""
+    if_range = headers.get("if-range")
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith('"'):
+        return if_range == etag
+    date = _parse_http_date(if_range)
+    return date is not None and int(mtime) == int(date)

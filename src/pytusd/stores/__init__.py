@@ -1,0 +1,15 @@
+"""Where upload bytes live. Each store is its own module; the protocols in :mod:`.base` say what a store is."""
+
+from .base import Concatenatable, DataStore, LengthDeferrable, Terminatable, Timestamped, Upload
+from .file import FileStore, FileUpload
+
+__all__ = [
+    "Concatenatable",
+    "DataStore",
+    "FileStore",
+    "FileUpload",
+    "LengthDeferrable",
+    "Terminatable",
+    "Timestamped",
+    "Upload",
+]
