@@ -63,7 +63,7 @@ class Config:
     cors: CorsConfig = dataclasses.field(default_factory=CorsConfig)
     network_timeout: float = 60.0
     acquire_lock_timeout: float = 20.0
-    show_greeting: bool = True
+    show_greeting: bool = False
 
     def __post_init__(self) -> None:
         base = self.base_path or "/"

@@ -246,10 +246,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     first = parse_non_negative_int(first_text)
     last = parse_non_negative_int(last_text) if last_text else size - 1
-    if first is None or last is None or last < first:
+    if first is None or last is None:
         return None
     if first >= size:
         raise errors.ERR_RANGE_NOT_SATISFIABLE(headers={"Content-Range": f"bytes */{size}"})
+    if last < first:
+        return None
     return first, min(last, size - 1)
 
 

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from pytusd import Config, FileStore, MemoryLocker, TusApp
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH_TYPE = {"Content-Type": "application/offset+octet-stream"}
+
+
+def make_app(tmp_path: os.PathLike[str], **overrides: Any) -> TusApp:
+    store = overrides.pop("store", None) or FileStore(os.path.join(tmp_path, "data"))
+    overrides.setdefault("locker", MemoryLocker())
+    return TusApp(Config(store=store, **overrides))
+
+
+@pytest.fixture
+def upload_dir(tmp_path):
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def client_factory(tmp_path) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def factory(**overrides: Any) -> httpx.AsyncClient:
+        app = make_app(tmp_path, **overrides)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tus.test")
+        client.app = app  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(client_factory) -> httpx.AsyncClient:
+    return client_factory()
+
+
+async def create(client: httpx.AsyncClient, length: int | None = 11, **headers: str) -> str:
+    h = dict(TUS)
+    if length is not None:
+        h["Upload-Length"] = str(length)
+    h.update(headers)
+    r = await client.post("/files/", headers=h)
+    assert r.status_code == 201, r.text
+    return r.headers["location"]
+
+
+async def patch(client: httpx.AsyncClient, url: str, offset: int, data: bytes, **headers: str) -> httpx.Response:
+    h = {**TUS, **PATCH_TYPE, "Upload-Offset": str(offset)}
+    h.update(headers)
+    return await client.patch(url, headers=h, content=data)
+
+
+async def raw_request(
+    app: Any, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Call an ASGI app with exactly this (already percent-decoded) path: no client normalises it first."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        + [(b"host", b"tus.test"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1234),
+        "server": ("tus.test", 80),
+    }
+    await app(scope, receive, send)
+    start = sent[0]
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
