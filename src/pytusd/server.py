@@ -65,6 +65,45 @@ class ServeOptions:
         return f"{scheme}://{host}:{self.port}"
 
 
+def _idle_timeout_protocol(base: type) -> type:
+    """uvicorn's HTTP protocol, also closing connections that stay silent before (or while) sending headers.
+
+    uvicorn times out idle keep-alive connections only after a first response; a connection that never sends a
+    complete request would otherwise stay open forever. Bodies are timed by the app (``RequestBody``).
+    """
+
+    class IdleTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            super().connection_made(transport)
+            self._arm_idle_timeout()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm_idle_timeout()
+
+        def _arm_idle_timeout(self) -> None:
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    IdleTimeoutProtocol.__name__ = f"IdleTimeout{base.__name__}"
+    return IdleTimeoutProtocol
+
+
+def _http_protocol() -> type:
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return _idle_timeout_protocol(HttpToolsProtocol)
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return _idle_timeout_protocol(H11Protocol)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, told to end open uploads gracefully on the first signal and to quit on the second."""
 
@@ -96,14 +135,13 @@ class _Server(uvicorn.Server):
 def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
     """Run ``app`` until SIGINT or SIGTERM; log ``banner`` once the socket listens."""
     has_uvloop = importlib.util.find_spec("uvloop") is not None
-    has_httptools = importlib.util.find_spec("httptools") is not None
     config = uvicorn.Config(
         app,
         host=options.host,
         port=options.port,
         uds=options.unix_socket or None,
         loop="uvloop" if has_uvloop else "asyncio",
-        http="httptools" if has_httptools else "h11",
+        http=_http_protocol(),
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -1,0 +1,167 @@
+"""A real ``pytusd`` process per test, on a free port of 127.0.0.1, stopped by its own PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_DIR = REPO / "tests" / "e2e" / "node"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PytusdProcess:
+    def __init__(self, upload_dir: Path, *args: str, port: int | None = None) -> None:
+        self.upload_dir = upload_dir
+        self.args = args
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/files/"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = upload_dir.parent / f"pytusd-{self.port}.log"
+
+    def start(self) -> PytusdProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytusd",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--upload-dir",
+            str(self.upload_dir),
+            *self.args,
+        ]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pytusd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"pytusd did not listen on {self.port}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        self.proc = None
+
+    def rss_peak_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+
+@pytest.fixture
+def pytusd_factory(tmp_path):
+    started: list[PytusdProcess] = []
+
+    def factory(*args: str, upload_dir: Path | None = None, port: int | None = None) -> PytusdProcess:
+        server = PytusdProcess(upload_dir or tmp_path / "data", *args, port=port)
+        started.append(server)
+        return server.start()
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def pytusd(pytusd_factory) -> PytusdProcess:
+    return pytusd_factory()
+
+
+@pytest.fixture(scope="session")
+def node_client() -> list[str]:
+    """The command that runs tests/e2e/node/upload.mjs with tus-js-client installed by scripts/test."""
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "tus-js-client").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("node and tus-js-client are required in CI (scripts/test installs them)")
+        pytest.skip("node or tus-js-client missing: run scripts/test")
+    return [node, str(NODE_DIR / "upload.mjs")]
+
+
+class RawUpload:
+    """A PATCH (or POST) written by hand on a socket, so a test controls exactly when each byte is sent."""
+
+    def __init__(self, port: int, method: str, path: str, headers: dict[str, str]) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+        self.sock.settimeout(timeout)
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before a response: {raw!r}")
+            raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(status_line.split()[1]), headers, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def tus_patch_headers(offset: int, length: int) -> dict[str, str]:
+    return {
+        "Tus-Resumable": "1.0.0",
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+        "Content-Length": str(length),
+    }
