@@ -379,3 +379,25 @@ def test_tls(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_p40_expect_100_continue(pytusd):
+    url = create(pytusd.url, 5)
+    path = "/files/" + url.rsplit("/", 1)[1]
+    request = RawUpload(pytusd.port, "PATCH", path, {**tus_patch_headers(0, 5), "Expect": "100-continue"})
+    status, _, _ = request.response()
+    assert status == 100
+    request.send(b"hello")
+    status, headers, _ = request.response()
+    assert status == 204 and headers["upload-offset"] == "5"
+    request.close()
+
+
+def test_p40_rejected_request_does_not_ask_for_the_body(pytusd):
+    url = create(pytusd.url, 5)
+    path = "/files/" + url.rsplit("/", 1)[1]
+    request = RawUpload(pytusd.port, "PATCH", path, {**tus_patch_headers(3, 2), "Expect": "100-continue"})
+    status, headers, body = request.response()
+    assert status == 409 and body.startswith(b"ERR_MISMATCHED_OFFSET")
+    assert headers["connection"] == "close"
+    request.close()

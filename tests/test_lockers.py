@@ -1,0 +1,129 @@
+"""MemoryLocker and FileLocker: exclusive per upload, handover on request, timeouts, crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pytusd import FileLocker, MemoryLocker, errors
+
+
+@pytest.fixture(params=["memory", "file"])
+def locker(request, tmp_path):
+    if request.param == "memory":
+        return MemoryLocker()
+    return FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
+
+
+async def test_lock_is_exclusive_and_handed_over_on_request(locker):
+    released = asyncio.Event()
+    order: list[str] = []
+
+    async def holder() -> None:
+        lock = await locker.acquire("u1", released.set, 5)
+        order.append("holder got it")
+        await released.wait()  # holds until somebody asks
+        order.append("holder lets go")
+        await lock.release()
+
+    task = asyncio.create_task(holder())
+    await asyncio.sleep(0.05)
+    lock = await locker.acquire("u1", lambda: None, 5)
+    order.append("newcomer got it")
+    await lock.release()
+    await task
+    assert order == ["holder got it", "holder lets go", "newcomer got it"]
+
+
+async def test_different_uploads_do_not_block_each_other(locker):
+    first = await locker.acquire("a", lambda: None, 1)
+    second = await locker.acquire("b", lambda: None, 1)
+    await first.release()
+    await second.release()
+
+
+async def test_holder_that_does_not_let_go_times_out_the_waiter(locker):
+    asked = []
+    lock = await locker.acquire("u2", lambda: asked.append(True), 5)
+    started = time.monotonic()
+    with pytest.raises(errors.TusError) as info:
+        await locker.acquire("u2", lambda: None, 0.3)
+    assert info.value.code == "ERR_LOCK_TIMEOUT" and info.value.status == 500
+    assert 0.25 < time.monotonic() - started < 2
+    assert asked  # the holder was asked
+    await lock.release()
+    again = await locker.acquire("u2", lambda: None, 1)
+    await again.release()
+
+
+async def test_release_is_idempotent(locker):
+    lock = await locker.acquire("u3", lambda: None, 1)
+    await lock.release()
+    await lock.release()
+    again = await locker.acquire("u3", lambda: None, 1)
+    await again.release()
+
+
+async def test_file_lock_leaves_no_files_behind(tmp_path):
+    locker = FileLocker(tmp_path, holder_poll_interval=0.05)
+    lock = await locker.acquire("abc", lambda: None, 1)
+    assert (tmp_path / "abc.lock").exists()
+    await lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_file_lock_refuses_ids_that_could_escape(tmp_path):
+    locker = FileLocker(tmp_path / "locks")
+    (tmp_path / "locks").mkdir()
+    for bad in ("../x", "/etc/passwd", "a/../../b", ".."):
+        with pytest.raises(errors.TusError) as info:
+            await locker.acquire(bad, lambda: None, 0.1)
+        assert info.value.status == 404
+    assert not (tmp_path / "x.lock").exists()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_file_lock_of_a_killed_process_is_free(tmp_path):
+    """Another process holds the lock and dies without unlocking: the kernel frees it, nobody waits forever."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "dead.lock")], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    locker = FileLocker(tmp_path, acquirer_poll_interval=0.02)
+    with pytest.raises(errors.TusError):
+        await locker.acquire("dead", lambda: None, 0.2)
+    assert (tmp_path / "dead.stop").exists()  # the waiter asked the holder to let go
+    proc.kill()
+    proc.wait()
+    lock = await locker.acquire("dead", lambda: None, 2)
+    assert not (tmp_path / "dead.stop").exists()
+    await lock.release()
+
+
+async def test_file_lock_handover_across_two_lockers(tmp_path):
+    """Two FileLocker objects (as in two processes) on one directory exclude each other and hand over."""
+    a = FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
+    b = FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
+    asked = asyncio.Event()
+    held = await a.acquire("shared", asked.set, 1)
+
+    async def let_go_when_asked() -> None:
+        await asked.wait()
+        await held.release()
+
+    task = asyncio.create_task(let_go_when_asked())
+    started = time.monotonic()
+    lock = await b.acquire("shared", lambda: None, 5)
+    assert time.monotonic() - started < 2
+    await task
+    await lock.release()
