@@ -401,3 +401,16 @@ def test_p40_rejected_request_does_not_ask_for_the_body(pytusd):
     assert status == 409 and body.startswith(b"ERR_MISMATCHED_OFFSET")
     assert headers["connection"] == "close"
     request.close()
+
+
+def test_p19_client_disconnect_keeps_every_byte_that_arrived(pytusd):
+    url = create(pytusd.url, 1_000_000)
+    upload_id = url.rsplit("/", 1)[1]
+    data = os.urandom(300_001)
+    request = RawUpload(pytusd.port, "PATCH", f"/files/{upload_id}", tus_patch_headers(0, 1_000_000))
+    request.send(data)
+    wait_for_offset(str(pytusd.upload_dir / upload_id), len(data))
+    request.close()
+    time.sleep(0.2)
+    assert offset_of(url) == len(data)
+    assert (pytusd.upload_dir / upload_id).read_bytes() == data
