@@ -243,6 +243,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             expose_headers=args.cors_expose_headers,
             max_age=args.cors_max_age,
         ),
+        # 0 means "the default", as in tusd.
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unix_socket=args.unix_sock,
         tls_certificate=args.tls_certificate,
         tls_key=args.tls_key,
-        network_timeout=args.network_timeout or 60.0,
+        network_timeout=config.network_timeout,
         shutdown_timeout=args.shutdown_timeout,
     )
     base = config.base_path if "://" in config.base_path else options.url + config.base_path

@@ -75,10 +75,7 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
-        try:
-            written = await upload.write(offset, body.chunks())
-        finally:
-            request.body = body
+        written = await upload.write(offset, body.chunks())
         info = info.replace(offset=offset + written)
         response.headers["Upload-Offset"] = str(info.offset)
         if info.is_complete:
