@@ -233,18 +233,21 @@ class RawHTTPClient:
 # Process measurements from /proc
 
 
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
 def _proc_children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        if entry.isdigit() and (fields := _stat_fields(entry)) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
     return children
 
 
@@ -280,12 +283,9 @@ def proc_counters(pid: int) -> ProcCounters:
     """CPU time and page faults of ``pid`` and its live descendants, plus the children they have already reaped."""
     user = system = minflt = majflt = 0
     for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+        fields = _stat_fields(p)
+        if fields is None:
             continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
         # fields[0] is field 3 (state): minflt=10, cminflt=11, majflt=12, cmajflt=13,
         # utime=14, stime=15, cutime=16, cstime=17
         minflt += int(fields[7]) + int(fields[8])
