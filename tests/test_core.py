@@ -56,7 +56,9 @@ async def test_p03_p04_p20_options(client):
     r = await client.options("/files/")
     assert r.status_code == 200
     assert r.headers["tus-version"] == "1.0.0"
-    assert r.headers["tus-extension"] == "creation,creation-with-upload,termination,creation-defer-length"
+    assert r.headers["tus-extension"] == (
+        "creation,creation-with-upload,termination,concatenation,creation-defer-length"
+    )
     assert "tus-max-size" not in r.headers
 
 
@@ -230,7 +232,112 @@ async def test_repeated_length_header_is_rejected(client):
     assert r.status_code == 400
 
 
-async def test_concatenation_is_not_yet_offered(client):
+# -- concatenation --------------------------------------------------------------------------------------------------
+
+
+async def _partial(client, data: bytes, **headers: str) -> str:
+    url = await create(client, len(data), **{"Upload-Concat": "partial", **headers})
+    if data:
+        assert (await patch(client, url, 0, data)).status_code == 204
+    return url
+
+
+async def test_p59_p67_partial_upload(client):
+    url = await _partial(client, b"abc")
+    r = await client.head(url)
+    assert r.headers["upload-concat"] == "partial" and r.headers["upload-offset"] == "3"
+
+
+async def test_p60_p64_p66_p69_final_concatenates_in_order_with_reuse(client, upload_dir):
+    a = await _partial(client, b"hello ")
+    b = await _partial(client, b"world")
+    relative_b = "/files/" + b.rsplit("/", 1)[1]
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {relative_b} {a}"})
+    assert r.status_code == 201
+    final = r.headers["location"]
+    assert (await client.get(final)).content == b"hello worldhello "
+    head = await client.head(final)
+    assert head.headers["upload-length"] == head.headers["upload-offset"] == "17"
+    assert head.headers["upload-concat"] == f"final;{a} {b} {a}"
+    # Partials stay usable in another final.
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{b}"})
+    assert (await client.get(r.headers["location"])).content == b"world"
+
+
+async def test_p63_partial_metadata_does_not_carry_over(client):
+    a = await _partial(client, b"x", **{"Upload-Metadata": "filename " + base64.b64encode(b"part").decode()})
+    meta = "filename " + base64.b64encode(b"whole.txt").decode()
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}", "Upload-Metadata": meta})
+    assert (await client.head(r.headers["location"])).headers["upload-metadata"] == meta
+
+
+async def test_p62_unfinished_partial_is_400(client):
+    a = await create(client, 5, **{"Upload-Concat": "partial"})
+    await patch(client, a, 0, b"ab")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})
+    assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_NOT_FINISHED")
+
+
+async def test_p65_patch_on_final_is_403(client):
+    a = await _partial(client, b"ab")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})
+    final = r.headers["location"]
+    r = await patch(client, final, 2, b"x")
+    assert r.status_code == 403 and r.text.startswith("ERR_MODIFY_FINAL")
+    assert (await client.get(final)).content == b"ab"
+
+
+async def test_final_with_body_is_403(client):
+    a = await _partial(client, b"ab")
+    r = await client.post(
+        "/files/", headers={**TUS, **PATCH_TYPE, "Upload-Concat": f"final;{a}"}, content=b"more"
+    )
+    assert r.status_code == 403
+
+
+async def test_final_of_non_partial_is_400(client):
+    plain = await create(client, 1)
+    await patch(client, plain, 0, b"x")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{plain}"})
+    assert r.status_code == 400 and r.text.startswith("ERR_INVALID_CONCAT")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["final;", "final; ", "finale;x", "partial;x", "bogus"],
+)
+async def test_invalid_upload_concat_is_400(client, header):
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1", "Upload-Concat": header})
+    assert r.status_code == 400 and r.text.startswith("ERR_INVALID_CONCAT")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://tus.test/other/abc",
+        "/files/../secret",
+        "/files/%2e%2e/secret",
+        "http://tus.test/files/0123456789abcdef0123456789abcdef",
+        "/files/",
+    ],
+)
+async def test_partial_urls_outside_or_unknown_are_404(client, tmp_path, url):
+    (tmp_path / "secret").write_bytes(b"s")
+    (tmp_path / "secret.info").write_text(json.dumps({"ID": "secret", "Size": 1, "IsPartial": True}))
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{url}"})
+    assert r.status_code == 404, r.text
+
+
+async def test_final_over_max_size_is_413(client_factory):
+    client = client_factory(max_size=5)
+    a = await _partial(client, b"abc")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {a}"})
+    assert r.status_code == 413
+
+
+async def test_concatenation_disabled(client_factory):
+    client = client_factory(disable_concatenation=True)
+    assert "concatenation" not in (await client.options("/files/")).headers["tus-extension"]
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": "partial", "Upload-Length": "1"})
     assert r.status_code == 400 and r.text.startswith("ERR_CONCATENATION_UNSUPPORTED")
 

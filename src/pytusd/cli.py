@@ -116,6 +116,7 @@ _FLAGS = [
     Flag("max-size", parse_non_negative_int, 0, "Largest upload in bytes (0: no limit)", "Protocol"),
     Flag("disable-download", parse_bool, False, "Do not serve uploads with GET", "Protocol"),
     Flag("disable-termination", parse_bool, False, "Do not allow DELETE (termination extension)", "Protocol"),
+    Flag("disable-concatenation", parse_bool, False, "Do not offer the concatenation extension", "Protocol"),
     Flag("show-greeting", parse_bool, True, "Answer GET / with a short greeting text", "Protocol"),
     # CORS
     Flag("disable-cors", parse_bool, False, "Send no CORS headers (e.g. a proxy handles CORS)", "CORS"),
@@ -234,6 +235,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         behind_proxy=args.behind_proxy,
         disable_download=args.disable_download,
         disable_termination=args.disable_termination,
+        disable_concatenation=args.disable_concatenation,
         cors=CorsConfig(
             disable=args.disable_cors,
             allow_origin=args.cors_allow_origin,

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from . import errors, protocol
 from .config import Config
 from .http import Request, Response
-from .stores import LengthDeferrable, Terminatable, Timestamped, Upload
+from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload
 from .types import UploadInfo
 
 log = logging.getLogger("pytusd")
@@ -26,9 +26,12 @@ class Handlers:
         self.locker = config.locker
         self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
         self.can_defer_length = isinstance(self.store, LengthDeferrable)
+        self.can_concat = isinstance(self.store, Concatenatable) and not config.disable_concatenation
         extensions = ["creation", "creation-with-upload"]
         if self.can_terminate:
             extensions.append("termination")
+        if self.can_concat:
+            extensions.append("concatenation")
         if self.can_defer_length:
             extensions.append("creation-defer-length")
         self.extensions = ",".join(extensions)
@@ -40,7 +43,13 @@ class Handlers:
         if "://" in base:
             return base + upload_id
         proto, host = request.origin(self.config.behind_proxy)
-        return protocol.upload_url(proto, host, request.mount_prefix + base, upload_id)
+        return protocol.upload_url(proto, host, self.uploads_path(request), upload_id)
+
+    def uploads_path(self, request: Request) -> str:
+        """The URL path under which this app's uploads are reached, mount point included."""
+        if "://" in self.config.base_path:
+            return self.config.route_prefix
+        return request.mount_prefix + self.config.base_path
 
     @contextlib.asynccontextmanager
     async def locked(self, request: Request, upload_id: str) -> AsyncIterator[None]:
@@ -102,15 +111,29 @@ class Handlers:
     async def create(self, request: Request) -> Response:
         headers = request.headers
         with_data = headers.get("content-type") == protocol.OFFSET_CONTENT_TYPE
-        if headers.get("upload-concat"):
+        concat_header = headers.get("upload-concat")
+        if concat_header and not self.can_concat:
             raise errors.ERR_CONCATENATION_UNSUPPORTED()
-        size, deferred = protocol.parse_creation_length(
-            headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
-        )
+        kind, partial_urls = protocol.parse_concat(concat_header)
+        partials: list[Upload] = []
+        if kind == "final":
+            if with_data:
+                raise errors.ERR_MODIFY_FINAL("a final upload is made of its partials and takes no data")
+            partials, size = await self._finished_partials(request, partial_urls)
+            deferred = False
+        else:
+            size, deferred = protocol.parse_creation_length(
+                headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
+            )
         if self.config.max_size and size > self.config.max_size:
             raise errors.ERR_MAX_SIZE_EXCEEDED()
         info = UploadInfo(
-            size=size, size_is_deferred=deferred, metadata=protocol.parse_metadata(headers.get("upload-metadata"))
+            size=size,
+            size_is_deferred=deferred,
+            metadata=protocol.parse_metadata(headers.get("upload-metadata")),
+            is_partial=kind == "partial",
+            is_final=kind == "final",
+            partial_uploads=tuple([(await p.info()).id for p in partials]),
         )
         upload = await self.store.create(info)
         info = await upload.info()
@@ -118,7 +141,11 @@ class Handlers:
         response = Response(201, {"Location": url})
         log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
         try:
-            if with_data:
+            if kind == "final":
+                async with self.locked(request, info.id):
+                    await self.store.concat(upload, partials)  # type: ignore[attr-defined]
+                    await upload.finish()
+            elif with_data:
                 async with self.locked(request, info.id):
                     await self.write_body(request, upload, info, response)
             elif info.is_complete:  # an empty upload is finished the moment it exists
@@ -128,11 +155,32 @@ class Handlers:
             raise exc(headers={"Location": url}) from None
         return response
 
+    async def _finished_partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int]:
+        """The partial uploads a final one names, in order, and their total size (items 60, 62, 64)."""
+        uploads_path = self.uploads_path(request)
+        partials: list[Upload] = []
+        size = 0
+        for url in urls:
+            upload = await self.store.get(protocol.upload_id_from_url(url, uploads_path))
+            info = await upload.info()
+            if not info.is_partial:
+                raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
+            if not info.is_complete:
+                raise errors.ERR_UPLOAD_NOT_FINISHED()
+            partials.append(upload)
+            size += info.size
+        return partials, size
+
     async def head(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             info = await (await self.store.get(upload_id)).info()
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
+        if info.is_partial:
+            headers["Upload-Concat"] = "partial"
+        elif info.is_final:
+            urls = " ".join(self.upload_url(request, partial) for partial in info.partial_uploads)
+            headers["Upload-Concat"] = f"final;{urls}"
         if info.metadata:
             headers["Upload-Metadata"] = protocol.serialize_metadata(info.metadata)
         if info.size_is_deferred:

@@ -101,6 +101,45 @@ def serialize_metadata(meta: Mapping[str, str]) -> str:
     )
 
 
+# --- Upload-Concat (items 59-60, 69-70) ----------------------------------------------------------------------------
+
+
+def parse_concat(header: str | None) -> tuple[str | None, list[str]]:
+    """``Upload-Concat`` -> (``"partial"`` | ``"final"`` | None, the URLs of a final's partials in order).
+
+    A final must name at least one URL (400 ERR_INVALID_CONCAT otherwise); URLs are space-separated and may be
+    absolute or relative. Anything that is neither ``partial`` nor ``final;...`` is invalid too.
+    """
+    if not header:
+        return None, []
+    header = header.strip()
+    if header == "partial":
+        return "partial", []
+    if header.startswith("final;"):
+        urls = [u for u in header[len("final;") :].split(" ") if u.strip()]
+        if urls:
+            return "final", [u.strip() for u in urls]
+    raise errors.ERR_INVALID_CONCAT()
+
+
+def upload_id_from_url(url: str, uploads_path: str) -> str:
+    """The upload ID in an absolute or relative upload URL whose path lies under ``uploads_path``.
+
+    A URL outside the uploads path, or naming an ID that could not be an upload, is 404 ERR_UPLOAD_NOT_FOUND: it
+    never reaches a store.
+    """
+    try:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise errors.ERR_UPLOAD_NOT_FOUND("a partial upload's URL is invalid") from None
+    if not path.startswith(uploads_path):
+        raise errors.ERR_UPLOAD_NOT_FOUND("a partial upload's URL is not under this server's uploads")
+    upload_id = path[len(uploads_path) :].strip("/")
+    if not is_valid_upload_id(upload_id):
+        raise errors.ERR_UPLOAD_NOT_FOUND("a partial upload's URL names no upload")
+    return upload_id
+
+
 # --- upload IDs ----------------------------------------------------------------------------------------------------
 
 _ID_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$'()*+,;=:@]{1,200}")

@@ -99,3 +99,21 @@ def test_tus_js_client_small_chunks(pytusd, node_client, source_file, tmp_path):
     assert result.returncode == 0, result.stderr
     url = json.loads(result.stdout)["url"]
     assert sha256(stored_path(pytusd, url)) == sha256(source_file)
+
+
+def test_tus_js_client_parallel_uploads_use_concatenation(pytusd, node_client, tmp_path):
+    """parallelUploads: 4 makes tus-js-client upload four partials and concatenate them into a final upload."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(64 * 1024 * 1024))
+    result = subprocess.run(
+        [*node_client, pytusd.url, str(source), str(tmp_path / "p.json"), "--parallel", "4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    url = json.loads(result.stdout)["url"]
+    head = httpx.head(url, headers={"Tus-Resumable": "1.0.0"})
+    concat = head.headers["upload-concat"]
+    assert concat.startswith("final;") and len(concat[len("final;"):].split(" ")) == 4
+    assert sha256(stored_path(pytusd, url)) == sha256(source)

@@ -1,6 +1,6 @@
 // Upload a file to a tus server with tus-js-client (Node), optionally stopping part-way.
 //
-//   node upload.mjs <endpoint> <file> <url-storage.json> [--stop-at FRACTION] [--chunk-size BYTES]
+//   node upload.mjs <endpoint> <file> <url-storage.json> [--stop-at FRACTION] [--chunk-size BYTES] [--parallel N]
 //
 // With --stop-at the upload is aborted once that fraction of the file was sent (mid-request when the chunk size is
 // large), and the script prints {"stopped": true, "url": ...}. Run it again with the same url-storage file and
@@ -15,6 +15,7 @@ const option = (name, fallback) => {
 };
 const stopAt = option('--stop-at', null);
 const chunkSize = option('--chunk-size', Infinity);
+const parallelUploads = option('--parallel', 1);  // > 1 uses the concatenation extension
 
 const result = await new Promise((resolve, reject) => {
   const size = fs.statSync(filePath).size;
@@ -23,7 +24,8 @@ const result = await new Promise((resolve, reject) => {
   const upload = new tus.Upload(fs.createReadStream(filePath), {
     endpoint,
     chunkSize,
-    uploadSize: size,
+    parallelUploads,
+    ...(parallelUploads > 1 ? {} : { uploadSize: size }),
     retryDelays: [0, 200, 500],
     metadata: { filename: 'e2e.bin', filetype: 'application/octet-stream' },
     urlStorage: new tus.FileUrlStorage(storagePath),
