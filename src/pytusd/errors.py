@@ -113,3 +113,8 @@ ERR_RANGE_NOT_SATISFIABLE = _error("ERR_RANGE_NOT_SATISFIABLE", "the requested r
 ERR_METHOD_NOT_ALLOWED = _error("ERR_METHOD_NOT_ALLOWED", "method not allowed here", 405)
 ERR_STORAGE_FULL = _error("ERR_STORAGE_FULL", "the storage is full; the data received so far is stored", 507)
 ERR_PRECONDITION_FAILED = _error("ERR_PRECONDITION_FAILED", "a precondition of the request does not hold", 412)
+ERR_CHECKSUM_MISMATCH = _error("ERR_CHECKSUM_MISMATCH", "the data does not match Upload-Checksum; nothing was stored", 460)
+ERR_UNSUPPORTED_CHECKSUM_ALGORITHM = _error(
+    "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", "this checksum algorithm is not supported; see Tus-Checksum-Algorithm", 400
+)
+ERR_INVALID_CHECKSUM = _error("ERR_INVALID_CHECKSUM", "Upload-Checksum must be '<algorithm> <base64 digest>'", 400)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from . import errors, protocol
 from .config import Config
 from .http import Request, Response
-from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload
+from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
 
 log = logging.getLogger("pytusd")
@@ -34,6 +34,9 @@ class Handlers:
             extensions.append("concatenation")
         if self.can_defer_length:
             extensions.append("creation-defer-length")
+        self.can_checksum = isinstance(self.store, Verifiable)
+        if self.can_checksum:
+            extensions.append("checksum")
         self.extensions = ",".join(extensions)
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -84,7 +87,29 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
-        written = await upload.write(offset, body.chunks())
+        checksum = self._checksum(request)
+        if checksum is None:
+            written = await upload.write(offset, body.chunks())
+        else:
+            algorithm, expected = checksum
+            hasher = protocol.new_hasher(algorithm)
+
+            async def hashed() -> AsyncIterator[bytes]:
+                async for chunk in body.chunks():
+                    hasher.update(chunk)
+                    yield chunk
+
+            matched = False
+
+            def verify(_written: int) -> bool:
+                # All or nothing: a chunk that did not arrive whole cannot be checked, so it is not kept either.
+                nonlocal matched
+                matched = hasher.digest() == expected
+                return matched and body.error is None and body.complete
+
+            written = await self.store.write_verified(upload, offset, hashed(), verify)  # type: ignore[attr-defined]
+            if body.error is None and not matched:
+                body.error = errors.ERR_CHECKSUM_MISMATCH()
         info = info.replace(offset=offset + written)
         response.headers["Upload-Offset"] = str(info.offset)
         if info.is_complete:
@@ -93,6 +118,12 @@ class Handlers:
         if body.error is not None:
             raise body.error(headers={"Upload-Offset": str(info.offset)})
         return info
+
+    def _checksum(self, request: Request) -> tuple[str, bytes] | None:
+        header = request.headers.get("upload-checksum")
+        if header is None or not self.can_checksum:
+            return None
+        return protocol.parse_checksum(header)
 
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
@@ -103,6 +134,8 @@ class Handlers:
 
     def options(self, request: Request) -> Response:
         headers = {"Tus-Version": protocol.TUS_VERSION, "Tus-Extension": self.extensions}
+        if self.can_checksum:
+            headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
         if self.config.max_size:
             headers["Tus-Max-Size"] = str(self.config.max_size)
         # 200 rather than 204: some browsers treat a 204 preflight as a failure.
@@ -127,6 +160,8 @@ class Handlers:
             )
         if self.config.max_size and size > self.config.max_size:
             raise errors.ERR_MAX_SIZE_EXCEEDED()
+        if with_data:
+            self._checksum(request)
         info = UploadInfo(
             size=size,
             size_is_deferred=deferred,
@@ -195,6 +230,7 @@ class Handlers:
         if headers.get("content-type") != protocol.OFFSET_CONTENT_TYPE:
             raise errors.ERR_INVALID_CONTENT_TYPE()
         offset = protocol.parse_offset(headers.get("upload-offset"))
+        self._checksum(request)  # a malformed Upload-Checksum is refused before anything is locked or read
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             upload = await self.store.get(upload_id)

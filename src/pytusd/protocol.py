@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
+import zlib
 import binascii
 import re
 import secrets
@@ -57,6 +59,46 @@ def parse_creation_length(length: str | None, defer: str | None, can_defer: bool
     if size is None:
         raise errors.ERR_INVALID_UPLOAD_LENGTH()
     return size, False
+
+
+# --- checksum (items 46-53) ---------------------------------------------------------------------------------------
+
+
+class _Crc32:
+    """CRC-32 (IEEE, as zlib) with hashlib's update/digest shape; the digest is 4 bytes, big-endian."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256", "sha512", "crc32")
+
+
+def parse_checksum(header: str) -> tuple[str, bytes]:
+    """``Upload-Checksum: <algorithm> <base64 digest>`` -> (algorithm, digest). Unknown algorithms and malformed
+    values are 400 (item 49); names are lowercase ASCII (item 52)."""
+    algorithm, _, encoded = header.strip().partition(" ")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise errors.ERR_UNSUPPORTED_CHECKSUM_ALGORITHM()
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.ERR_INVALID_CHECKSUM() from None
+    if not digest:
+        raise errors.ERR_INVALID_CHECKSUM()
+    return algorithm, digest
+
+
+def new_hasher(algorithm: str) -> hashlib._Hash | _Crc32:  # type: ignore[name-defined]
+    return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
 
 
 # --- Upload-Metadata (items 29-32) ---------------------------------------------------------------------------------
@@ -300,12 +342,12 @@ CORS_ALLOW_METHODS = "POST, HEAD, PATCH, OPTIONS, GET, DELETE"
 CORS_ALLOW_HEADERS = (
     "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, Content-Type, Upload-Length, "
     "Upload-Offset, Tus-Resumable, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Incomplete, "
-    "Upload-Complete, Upload-Draft-Interop-Version"
+    "Upload-Complete, Upload-Draft-Interop-Version, Upload-Checksum"
 )
 CORS_EXPOSE_HEADERS = (
     "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, "
     "Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Incomplete, Upload-Complete, "
-    "Upload-Draft-Interop-Version"
+    "Upload-Draft-Interop-Version, Tus-Checksum-Algorithm"
 )
 
 

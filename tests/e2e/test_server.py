@@ -414,3 +414,31 @@ def test_p19_client_disconnect_keeps_every_byte_that_arrived(pytusd):
     time.sleep(0.2)
     assert offset_of(url) == len(data)
     assert (pytusd.upload_dir / upload_id).read_bytes() == data
+
+
+def test_p50_checksummed_chunk_cut_off_by_a_disconnect_is_discarded(pytusd):
+    import base64
+
+    data = os.urandom(200_000)
+    url = create(pytusd.url, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    request = RawUpload(
+        pytusd.port,
+        "PATCH",
+        f"/files/{upload_id}",
+        {**tus_patch_headers(0, len(data)), "Upload-Checksum": f"sha1 {digest}"},
+    )
+    request.send(data[:120_000])
+    wait_for_offset(str(pytusd.upload_dir / upload_id), 120_000)
+    request.close()
+    time.sleep(0.3)
+    assert offset_of(url) == 0
+    assert (pytusd.upload_dir / upload_id).stat().st_size == 0
+    r = httpx.patch(
+        url,
+        headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+                 "Upload-Checksum": f"sha1 {digest}"},
+        content=data,
+    )
+    assert r.status_code == 204 and (pytusd.upload_dir / upload_id).read_bytes() == data

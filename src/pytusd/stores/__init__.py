@@ -1,6 +1,6 @@
 """Where upload bytes live. Each store is its own module; the protocols in :mod:`.base` say what a store is."""
 
-from .base import Concatenatable, DataStore, LengthDeferrable, Terminatable, Timestamped, Upload
+from .base import Concatenatable, DataStore, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .file import FileStore, FileUpload
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "Terminatable",
     "Timestamped",
     "Upload",
+    "Verifiable",
 ]

@@ -10,10 +10,11 @@ faster than handing writes to a thread (reference/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 from .. import errors
 from ..protocol import is_valid_upload_id, new_upload_id
@@ -41,14 +42,39 @@ class FileUpload:
         self.data_path = data_path
         self.info_path = info_path
 
+    @property
+    def pending_path(self) -> str:
+        """Marks a chunk being written all-or-nothing; holds the offset the chunk started at."""
+        return self.info_path[: -len(".info")] + ".pending"
+
     async def info(self) -> UploadInfo:
         return self._info
 
     async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        fd = self._open_at(offset)
+        try:
+            return await self._write(fd, offset, chunks)
+        finally:
+            os.close(fd)
+
+    def _open_at(self, offset: int) -> int:
+        """Open the data file for writing at ``offset``; bytes past it were never committed (a verified chunk
+        interrupted by a crash) and are cut off here, under the upload's lock, before anything new is written."""
         try:
             fd = os.open(self.data_path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise errors.ERR_UPLOAD_NOT_FOUND() from None
+        try:
+            if os.fstat(fd).st_size > offset:
+                os.ftruncate(fd, offset)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pending_path)
+        except OSError as exc:
+            os.close(fd)
+            raise _storage_error(exc) from exc
+        return fd
+
+    async def _write(self, fd: int, offset: int, chunks: AsyncIterable[bytes]) -> int:
         written = 0
         try:
             async for chunk in chunks:
@@ -63,7 +89,6 @@ class FileUpload:
             raise _storage_error(exc) from exc
         finally:
             self._info = self._info.replace(offset=offset + written)
-            os.close(fd)
         return written
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -90,7 +115,7 @@ class FileUpload:
 class FileStore:
     """Stores uploads as files in ``path``.
 
-    Capabilities: termination, creation-defer-length, concatenation. ``dir_perms``/``file_perms`` are the modes of
+    Capabilities: termination, creation-defer-length, concatenation, verified (checksummed) writes. ``dir_perms``/``file_perms`` are the modes of
     what it creates (tusd's defaults 0775/0664); with ``fsync`` every acknowledged byte and every ``.info`` is
     flushed to the device before the response.
     """
@@ -171,9 +196,19 @@ class FileStore:
             size = os.stat(data_path).st_size
         except (FileNotFoundError, NotADirectoryError):
             raise errors.ERR_UPLOAD_NOT_FOUND() from None
+        size = min(size, self._pending_offset(base + ".pending", size))
         # The ID is the one the URL named: an .info copied from elsewhere cannot redirect requests to another ID.
         info = info.replace(id=upload_id, offset=size)
         return FileUpload(self, info, data_path, info_path)
+
+    @staticmethod
+    def _pending_offset(path: str, default: int) -> int:
+        """Where an unverified chunk started, if one is being written (or was, when a process died)."""
+        try:
+            with open(path, "rb") as f:
+                return int(f.read().strip() or default)
+        except (FileNotFoundError, ValueError):
+            return default
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
@@ -191,11 +226,38 @@ class FileStore:
         self._write_info(upload.info_path, info)
         upload._info = info
 
+    async def write_verified(  # type: ignore[override]
+        self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], bool]
+    ) -> int:
+        fd = upload._open_at(offset)
+        try:
+            marker = os.open(upload.pending_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_perms)
+            try:
+                os.write(marker, str(offset).encode())
+                if self.fsync:
+                    os.fsync(marker)
+            finally:
+                os.close(marker)
+            accepted = False
+            try:
+                written = await upload._write(fd, offset, chunks)
+                accepted = verify(written)
+            finally:
+                if not accepted:
+                    os.ftruncate(fd, offset)
+                    upload._info = upload._info.replace(offset=offset)
+                os.unlink(upload.pending_path)
+            return written if accepted else 0
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        finally:
+            os.close(fd)
+
     async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:  # type: ignore[override]
         fd = os.open(final.data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             for partial in partials:
-                async for block in partial.reader():
+                async for block in partial.reader(0, (await partial.info()).offset):
                     view = memoryview(block)
                     while view:
                         view = view[os.write(fd, view) :]
