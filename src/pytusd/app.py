@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from . import errors, protocol
+from . import errors, expiration, protocol
 from .config import Config
 from .errors import TusError
 from .handlers import Handlers
@@ -46,6 +46,12 @@ class TusApp:
         self._origin_re = config.cors.origin_pattern
         self._active: set[Request] = set()
         self.shutting_down = False
+        self.cleaner = (
+            expiration.Cleaner(config.store, config.locker, self.handlers.expiration, config.expiration_cleanup_interval)  # type: ignore[arg-type]
+            if self.handlers.expiration
+            else None
+        )
+        self._background: asyncio.Task[None] | None = None
         ensure = getattr(config.store, "ensure_directory", None)
         if ensure is not None:
             ensure()
@@ -53,6 +59,9 @@ class TusApp:
     def shutdown(self) -> None:
         """Stop taking requests; open uploads store what they have and answer 503 ERR_SERVER_SHUTDOWN."""
         self.shutting_down = True
+        if self._background is not None:
+            self._background.cancel()
+            self._background = None
         for request in list(self._active):
             request.interrupt(errors.ERR_SERVER_SHUTDOWN())
 
@@ -60,7 +69,14 @@ class TusApp:
     def active_requests(self) -> int:
         return len(self._active)
 
+    def _start_background(self) -> None:
+        # Started by the first lifespan event or request: a mounted sub-app may never see lifespan events.
+        if self.cleaner is not None and self._background is None and not self.shutting_down:
+            self._background = asyncio.get_running_loop().create_task(self.cleaner.run())
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._background is None:
+            self._start_background()
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)

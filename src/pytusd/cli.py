@@ -126,6 +126,20 @@ _FLAGS = [
     Flag("cors-allow-headers", str, "", "Headers allowed in addition to the ones tus needs (comma-separated)", "CORS"),
     Flag("cors-expose-headers", str, "", "Headers exposed in addition to the ones tus needs (comma-separated)", "CORS"),
     Flag("cors-max-age", str, "86400", "Access-Control-Max-Age of preflight responses (seconds)", "CORS"),
+    Flag(
+        "expiration",
+        parse_duration,
+        0.0,
+        "Remove unfinished uploads this long after their last change, e.g. 24h (0: never)",
+        "Protocol",
+    ),
+    Flag(
+        "expiration-cleanup-interval",
+        parse_duration,
+        60.0,
+        "How often the background cleaner looks for expired uploads",
+        "Protocol",
+    ),
     # storage and locks
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
@@ -190,7 +204,9 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytusd",
-        description="pytusd: a tus resumable-upload server. Every flag can also be set as PYTUSD_<NAME> in the "
+        usage="pytusd [cleanup] [flags]",
+        description="pytusd: a tus resumable-upload server. 'pytusd cleanup' removes expired uploads once and "
+        "exits (for cron), with the same flags. Every flag can also be set as PYTUSD_<NAME> in the "
         "environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, --flag=true and --flag=false.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -249,13 +265,37 @@ def config_from_args(args: argparse.Namespace) -> Config:
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
+        expiration=args.expiration,
+        expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
     )
 
 
+def cleanup(args: argparse.Namespace) -> int:
+    """``pytusd cleanup``: remove expired unfinished uploads once (for cron), with the server's flags."""
+    import asyncio
+
+    from .expiration import Cleaner, supported
+
+    config = config_from_args(args)
+    if not supported(config.store, config.expiration):
+        print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
+        return 2
+    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]
+    removed = asyncio.run(cleaner.run_once())
+    print(f"removed {removed} expired upload(s) from {config.store!r}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "serve"
+    if argv and argv[0] == "cleanup":
+        command = argv.pop(0)
     parser = build_parser()
-    args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_normalise_argv(argv))
     logs.configure(args.log_format, args.verbose)
+    if command == "cleanup":
+        return cleanup(args)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
 

@@ -118,3 +118,4 @@ ERR_UNSUPPORTED_CHECKSUM_ALGORITHM = _error(
     "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", "this checksum algorithm is not supported; see Tus-Checksum-Algorithm", 400
 )
 ERR_INVALID_CHECKSUM = _error("ERR_INVALID_CHECKSUM", "Upload-Checksum must be '<algorithm> <base64 digest>'", 400)
+ERR_UPLOAD_EXPIRED = _error("ERR_UPLOAD_EXPIRED", "this upload expired before it was finished and was removed", 410)

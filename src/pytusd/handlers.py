@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from . import errors, protocol
+from . import errors, expiration, protocol
 from .config import Config
 from .http import Request, Response
 from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
@@ -37,6 +37,9 @@ class Handlers:
         self.can_checksum = isinstance(self.store, Verifiable)
         if self.can_checksum:
             extensions.append("checksum")
+        self.expiration = config.expiration if expiration.supported(self.store, config.expiration) else 0.0
+        if self.expiration:
+            extensions.append("expiration")
         self.extensions = ",".join(extensions)
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -112,6 +115,8 @@ class Handlers:
                 body.error = errors.ERR_CHECKSUM_MISMATCH()
         info = info.replace(offset=offset + written)
         response.headers["Upload-Offset"] = str(info.offset)
+        if self.expiration and not info.is_complete:
+            response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         if info.is_complete:
             await upload.finish()
             log.debug("upload %s finished (%d bytes)", info.id, info.size)
@@ -124,6 +129,14 @@ class Handlers:
         if header is None or not self.can_checksum:
             return None
         return protocol.parse_checksum(header)
+
+    async def load(self, upload_id: str) -> tuple[Upload, UploadInfo]:
+        """The upload and its state, for a request holding its lock; an expired upload is removed here (410)."""
+        upload = await self.store.get(upload_id)
+        info = await upload.info()
+        if self.expiration:
+            await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
+        return upload, info
 
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
@@ -174,6 +187,8 @@ class Handlers:
         info = await upload.info()
         url = self.upload_url(request, info.id)
         response = Response(201, {"Location": url})
+        if self.expiration and not info.is_complete and kind != "final":
+            response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
         try:
             if kind == "final":
@@ -209,7 +224,7 @@ class Handlers:
     async def head(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            info = await (await self.store.get(upload_id)).info()
+            _, info = await self.load(upload_id)
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
         if info.is_partial:
             headers["Upload-Concat"] = "partial"
@@ -233,8 +248,7 @@ class Handlers:
         self._checksum(request)  # a malformed Upload-Checksum is refused before anything is locked or read
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            upload = await self.store.get(upload_id)
-            info = await upload.info()
+            upload, info = await self.load(upload_id)
             if info.is_final:
                 raise errors.ERR_MODIFY_FINAL()
             if offset != info.offset:
@@ -265,7 +279,7 @@ class Handlers:
     async def delete(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            upload = await self.store.get(upload_id)
+            upload, _ = await self.load(upload_id)
             await self.store.terminate(upload)  # type: ignore[attr-defined]
         log.info("upload %s terminated", upload_id)
         return Response(204, {})
@@ -275,8 +289,7 @@ class Handlers:
         so streaming them does not block the upload from going on."""
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            upload = await self.store.get(upload_id)
-            info = await upload.info()
+            upload, info = await self.load(upload_id)
             mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
         content_type, disposition = protocol.download_headers(info.metadata)
         size = info.offset

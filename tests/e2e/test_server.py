@@ -442,3 +442,30 @@ def test_p50_checksummed_chunk_cut_off_by_a_disconnect_is_discarded(pytusd):
         content=data,
     )
     assert r.status_code == 204 and (pytusd.upload_dir / upload_id).read_bytes() == data
+
+
+def test_expiration_end_to_end_and_cleanup_command(pytusd_factory, tmp_path):
+    server = pytusd_factory("--expiration", "1s", "--expiration-cleanup-interval", "200ms")
+    url = create(server.url, 10)
+    r = httpx.post(server.url, headers={**TUS, "Upload-Length": "10"})
+    assert "upload-expires" in r.headers
+    upload_id = url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 10
+    while (server.upload_dir / upload_id).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (server.upload_dir / upload_id).exists()  # the server's cleaner removed it
+    assert httpx.head(url, headers=TUS).status_code == 410
+    assert "cleaner removed expired upload" in server.log()
+
+    # `pytusd cleanup` does one pass from the command line (for cron).
+    folder = tmp_path / "cron"
+    other = pytusd_factory(upload_dir=folder)
+    stale = create(other.url, 10).rsplit("/", 1)[1]
+    other.stop()
+    past = time.time() - 7200
+    for name in (stale, f"{stale}.info"):
+        os.utime(folder / name, (past, past))
+    result = run_cli("cleanup", "--upload-dir", str(folder), "--expiration", "1h")
+    assert result.returncode == 0 and "removed 1 expired upload" in result.stdout
+    assert not (folder / stale).exists()
+    assert run_cli("cleanup", "--upload-dir", str(folder)).returncode == 2  # no --expiration: refuses

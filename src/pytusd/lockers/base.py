@@ -28,3 +28,7 @@ class Locker(Protocol):
         waiter, from the event loop) when somebody else wants this lock.
         """
         ...
+
+    async def try_acquire(self, upload_id: str) -> Lock | None:
+        """The lock if it is free right now, else None; never asks a holder to let go (for housekeeping)."""
+        ...

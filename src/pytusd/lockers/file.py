@@ -116,3 +116,12 @@ class FileLocker:
 
         lock._poll = loop.call_later(interval, poll)
         return lock
+
+    async def try_acquire(self, upload_id: str) -> FileLock | None:
+        if not is_valid_upload_id(upload_id):
+            return None
+        try:
+            fd = _try_flock(os.path.join(self.root, upload_id) + ".lock")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return None if fd is None else FileLock(fd, os.path.join(self.root, upload_id) + ".lock", None)

@@ -59,3 +59,10 @@ class MemoryLocker:
         held = _Held(on_release_request)
         self._held[upload_id] = held
         return MemoryLock(self, upload_id, held)
+
+    async def try_acquire(self, upload_id: str) -> MemoryLock | None:
+        if upload_id in self._held:
+            return None
+        held = _Held(lambda: None)
+        self._held[upload_id] = held
+        return MemoryLock(self, upload_id, held)

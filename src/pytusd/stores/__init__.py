@@ -1,11 +1,12 @@
 """Where upload bytes live. Each store is its own module; the protocols in :mod:`.base` say what a store is."""
 
-from .base import Concatenatable, DataStore, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
+from .base import Concatenatable, DataStore, Expiring, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .file import FileStore, FileUpload
 
 __all__ = [
     "Concatenatable",
     "DataStore",
+    "Expiring",
     "FileStore",
     "FileUpload",
     "LengthDeferrable",

@@ -86,6 +86,21 @@ class Verifiable(Protocol):
 
 
 @runtime_checkable
+class Expiring(Protocol):
+    """The store can remove an expired upload and remember it, so that later requests get 410 (expiration)."""
+
+    async def expire(self, upload: Upload) -> None: ...
+
+    def upload_ids(self) -> AsyncIterator[str]:
+        """Every upload in the store (for the cleaner)."""
+        ...
+
+    async def forget_expired(self, older_than: float) -> int:
+        """Drop the memory of uploads that expired before the timestamp ``older_than``; return how many."""
+        ...
+
+
+@runtime_checkable
 class Timestamped(Protocol):
     """The upload knows when its data last changed (used for Last-Modified and conditional GET)."""
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 from .. import errors
@@ -115,7 +116,7 @@ class FileUpload:
 class FileStore:
     """Stores uploads as files in ``path``.
 
-    Capabilities: termination, creation-defer-length, concatenation, verified (checksummed) writes. ``dir_perms``/``file_perms`` are the modes of
+    Capabilities: termination, creation-defer-length, concatenation, verified (checksummed) writes, expiration. ``dir_perms``/``file_perms`` are the modes of
     what it creates (tusd's defaults 0775/0664); with ``fsync`` every acknowledged byte and every ``.info`` is
     flushed to the device before the response.
     """
@@ -187,6 +188,8 @@ class FileStore:
             with open(info_path, "rb") as f:
                 raw = f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if os.path.exists(base + ".expired"):
+                raise errors.ERR_UPLOAD_EXPIRED() from None
             raise errors.ERR_UPLOAD_NOT_FOUND() from None
         except OSError as exc:
             raise _storage_error(exc) from exc
@@ -220,6 +223,33 @@ class FileStore:
                 pass
             except OSError as exc:
                 raise _storage_error(exc) from exc
+
+    async def expire(self, upload: FileUpload) -> None:  # type: ignore[override]
+        """Remove the upload and leave ``<id>.expired`` (a few bytes) so that it answers 410 from now on."""
+        tombstone = upload.info_path[: -len(".info")] + ".expired"
+        with open(tombstone, "w") as f:
+            f.write(str(int(time.time())))
+        await self.terminate(upload)
+
+    async def upload_ids(self) -> AsyncIterator[str]:  # type: ignore[override]
+        for folder, _dirs, files in os.walk(self.root):
+            relative = os.path.relpath(folder, self.root)
+            for name in files:
+                if name.endswith(".info"):
+                    upload_id = name[: -len(".info")]
+                    yield upload_id if relative == "." else f"{relative}/{upload_id}"
+
+    async def forget_expired(self, older_than: float) -> int:
+        forgotten = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(".expired"):
+                    path = os.path.join(folder, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(path).st_mtime < older_than:
+                            os.unlink(path)
+                            forgotten += 1
+        return forgotten
 
     async def declare_length(self, upload: FileUpload, length: int) -> None:  # type: ignore[override]
         info = (await upload.info()).replace(size=length, size_is_deferred=False)

@@ -1,0 +1,91 @@
+"""Expiration: unfinished uploads are removed some time after their last change.
+
+The flows call :func:`check` whenever they load an upload, so an expired one answers 410 at once; the
+:class:`Cleaner` removes the rest in the background (and ``pytusd cleanup`` once, for cron). Neither touches an
+upload that is finished or whose lock is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from . import errors, protocol
+from .lockers import Locker
+from .stores import Expiring, Timestamped, Upload
+from .types import UploadInfo
+
+log = logging.getLogger("pytusd")
+
+# How long an expired upload is remembered (answers 410 rather than 404): at least a day.
+REMEMBER_EXPIRED = 86400.0
+
+
+def supported(store: object, expiration: float) -> bool:
+    return expiration > 0 and isinstance(store, Expiring)
+
+
+async def expires_at(upload: Upload, info: UploadInfo, expiration: float) -> float | None:
+    """When the upload expires, or None if it never does (finished, or the store cannot tell)."""
+    if info.is_complete or not isinstance(upload, Timestamped):
+        return None
+    return await upload.modified_time() + expiration
+
+
+def expires_header(expiration: float) -> str:
+    """``Upload-Expires`` for an upload that just changed (items 42-44)."""
+    return protocol.http_date(time.time() + expiration)
+
+
+async def check(store: Expiring, upload: Upload, info: UploadInfo, expiration: float) -> None:
+    """Remove the upload and raise 410 if it has expired (the caller holds its lock)."""
+    deadline = await expires_at(upload, info, expiration)
+    if deadline is not None and deadline <= time.time():
+        await store.expire(upload)
+        log.info("upload %s expired and was removed", info.id)
+        raise errors.ERR_UPLOAD_EXPIRED()
+
+
+class Cleaner:
+    """Removes expired unfinished uploads every ``interval`` seconds."""
+
+    def __init__(self, store: Expiring, locker: Locker, expiration: float, interval: float) -> None:
+        self.store = store
+        self.locker = locker
+        self.expiration = expiration
+        self.interval = interval
+        self.removed = 0  # expired uploads removed since start
+
+    async def run_once(self) -> int:
+        """One pass over the store; returns how many uploads it removed."""
+        removed = 0
+        now = time.time()
+        async for upload_id in self.store.upload_ids():
+            lock = await self.locker.try_acquire(upload_id)
+            if lock is None:
+                continue  # in use: not expired by any sensible measure
+            try:
+                upload = await self.store.get(upload_id)  # type: ignore[attr-defined]
+                info = await upload.info()
+                deadline = await expires_at(upload, info, self.expiration)
+                if deadline is not None and deadline <= now:
+                    await self.store.expire(upload)
+                    removed += 1
+                    log.info("cleaner removed expired upload %s (%d of %s bytes)", upload_id, info.offset,
+                             "?" if info.size_is_deferred else info.size)
+            except errors.TusError:
+                pass  # gone meanwhile, or unreadable: not ours to judge here
+            finally:
+                await lock.release()
+        await self.store.forget_expired(now - max(REMEMBER_EXPIRED, self.expiration))
+        self.removed += removed
+        return removed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("expiration cleaner failed; trying again in %.0f s", self.interval)
