@@ -57,7 +57,8 @@ async def test_p03_p04_p20_options(client):
     assert r.status_code == 200
     assert r.headers["tus-version"] == "1.0.0"
     assert r.headers["tus-extension"] == (
-        "creation,creation-with-upload,termination,concatenation,creation-defer-length,checksum"
+        "creation,creation-with-upload,termination,concatenation,concatenation-unfinished,creation-defer-length,"
+        "checksum"
     )
     assert "tus-max-size" not in r.headers
 
@@ -271,9 +272,52 @@ async def test_p63_partial_metadata_does_not_carry_over(client):
     assert (await client.head(r.headers["location"])).headers["upload-metadata"] == meta
 
 
-async def test_p62_unfinished_partial_is_400(client):
+async def test_p62_p66_final_of_unfinished_partials_completes_with_the_last_one(client, upload_dir):
     a = await create(client, 5, **{"Upload-Concat": "partial"})
+    b = await create(client, 3, **{"Upload-Concat": "partial"})
     await patch(client, a, 0, b"ab")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {b}"})
+    assert r.status_code == 201
+    final = r.headers["location"]
+    head = await client.head(final)
+    assert "upload-offset" not in head.headers  # item 66: no offset until concatenated
+    assert head.headers["upload-length"] == "8"  # item 68: the length is known already
+    await patch(client, a, 2, b"cde")
+    assert "upload-offset" not in (await client.head(final)).headers
+    await patch(client, b, 0, b"xyz")  # the last partial completes the final
+    head = await client.head(final)
+    assert head.headers["upload-offset"] == "8"
+    assert (upload_dir / final.rsplit("/", 1)[1]).read_bytes() == b"abcdexyz"
+
+
+async def test_concatenation_unfinished_across_processes(tmp_path, upload_dir):
+    """The final was created by another process: it is concatenated when next loaded."""
+    import httpx
+
+    first, second = make_app(tmp_path), make_app(tmp_path)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=first), base_url="http://tus.test") as one, \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://tus.test") as two:
+        a = await create(one, 2, **{"Upload-Concat": "partial"})
+        final = (await one.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a} {a}"})).headers["location"]
+        await patch(two, a, 0, b"hi")
+        assert (await two.head(final)).headers["upload-offset"] == "4"
+        assert (await one.get(final)).content == b"hihi"
+
+
+async def test_partials_finishing_together_concatenate_once(client, upload_dir):
+    import asyncio
+
+    parts = [await create(client, 4, **{"Upload-Concat": "partial"}) for _ in range(4)]
+    final = (await client.post("/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(parts)})).headers[
+        "location"
+    ]
+    results = await asyncio.gather(*(patch(client, p, 0, f"{i}{i}{i}{i}".encode()) for i, p in enumerate(parts)))
+    assert all(r.status_code == 204 for r in results)
+    assert (await client.get(final)).content == b"0000111122223333"
+
+
+async def test_deferred_partial_cannot_be_concatenated(client):
+    a = await create(client, None, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})
     assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_NOT_FINISHED")
 

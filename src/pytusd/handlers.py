@@ -32,6 +32,11 @@ class Handlers:
             extensions.append("termination")
         if self.can_concat:
             extensions.append("concatenation")
+            extensions.append("concatenation-unfinished")
+        # Finals created here that wait for unfinished partials: partial ID -> final IDs. Completing the last partial
+        # in this process concatenates at once; any other process (or a restart) does it when the final is next
+        # loaded, so the index only saves time and is never needed for correctness.
+        self._waiting_finals: dict[str, set[str]] = {}
         if self.can_defer_length:
             extensions.append("creation-defer-length")
         self.can_checksum = isinstance(self.store, Verifiable)
@@ -120,6 +125,8 @@ class Handlers:
         if info.is_complete:
             await upload.finish()
             log.debug("upload %s finished (%d bytes)", info.id, info.size)
+            if info.is_partial and info.id in self._waiting_finals:
+                await self._complete_waiting_finals(request, info.id)
         if body.error is not None:
             raise body.error(headers={"Upload-Offset": str(info.offset)})
         return info
@@ -134,9 +141,43 @@ class Handlers:
         """The upload and its state, for a request holding its lock; an expired upload is removed here (410)."""
         upload = await self.store.get(upload_id)
         info = await upload.info()
+        if info.is_final and not info.is_complete:
+            info = await self._concat_if_ready(upload, info)
         if self.expiration:
             await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
         return upload, info
+
+    async def _concat_if_ready(self, final: Upload, info: UploadInfo) -> UploadInfo:
+        """Concatenate a final upload once all its partials are complete (caller holds the final's lock).
+
+        The lock and the ``is_complete`` check make this happen exactly once, in order, however many partials
+        finish at the same moment.
+        """
+        partials = []
+        for partial_id in info.partial_uploads:
+            partial = await self.store.get(partial_id)
+            if not (await partial.info()).is_complete:
+                return info
+            partials.append(partial)
+        await self.store.concat(final, partials)  # type: ignore[attr-defined]
+        await final.finish()
+        log.info("final upload %s concatenated from %d partials", info.id, len(partials))
+        for partial_id in info.partial_uploads:
+            waiting = self._waiting_finals.get(partial_id)
+            if waiting is not None:
+                waiting.discard(info.id)
+                if not waiting:
+                    del self._waiting_finals[partial_id]
+        return await final.info()
+
+    async def _complete_waiting_finals(self, request: Request, partial_id: str) -> None:
+        """A partial just completed: finish the finals of this process that waited for it."""
+        for final_id in list(self._waiting_finals.get(partial_id, ())):
+            try:
+                async with self.locked(request, final_id):
+                    await self.load(final_id)
+            except errors.TusError as exc:
+                log.warning("final upload %s could not be completed yet: %s", final_id, exc)
 
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
@@ -162,10 +203,11 @@ class Handlers:
             raise errors.ERR_CONCATENATION_UNSUPPORTED()
         kind, partial_urls = protocol.parse_concat(concat_header)
         partials: list[Upload] = []
+        partials_complete = True
         if kind == "final":
             if with_data:
                 raise errors.ERR_MODIFY_FINAL("a final upload is made of its partials and takes no data")
-            partials, size = await self._finished_partials(request, partial_urls)
+            partials, size, partials_complete = await self._partials(request, partial_urls)
             deferred = False
         else:
             size, deferred = protocol.parse_creation_length(
@@ -192,9 +234,12 @@ class Handlers:
         log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
         try:
             if kind == "final":
+                if not partials_complete:
+                    for partial_id in info.partial_uploads:
+                        self._waiting_finals.setdefault(partial_id, set()).add(info.id)
                 async with self.locked(request, info.id):
-                    await self.store.concat(upload, partials)  # type: ignore[attr-defined]
-                    await upload.finish()
+                    # Partials may have completed since they were checked: this concatenates if they all are.
+                    await self._concat_if_ready(upload, info)
             elif with_data:
                 async with self.locked(request, info.id):
                     await self.write_body(request, upload, info, response)
@@ -205,27 +250,33 @@ class Handlers:
             raise exc(headers={"Location": url}) from None
         return response
 
-    async def _finished_partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int]:
-        """The partial uploads a final one names, in order, and their total size (items 60, 62, 64)."""
+    async def _partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int, bool]:
+        """The partial uploads a final one names, in order, their total size, and whether all are complete
+        (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their lengths are
+        known, so that the final's length is."""
         uploads_path = self.uploads_path(request)
         partials: list[Upload] = []
         size = 0
+        complete = True
         for url in urls:
             upload = await self.store.get(protocol.upload_id_from_url(url, uploads_path))
             info = await upload.info()
             if not info.is_partial:
                 raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
-            if not info.is_complete:
-                raise errors.ERR_UPLOAD_NOT_FINISHED()
+            if info.size_is_deferred:
+                raise errors.ERR_UPLOAD_NOT_FINISHED("a partial upload's length is not known yet")
+            complete = complete and info.is_complete
             partials.append(upload)
             size += info.size
-        return partials, size
+        return partials, size, complete
 
     async def head(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             _, info = await self.load(upload_id)
-        headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset)}
+        headers = {"Cache-Control": "no-store"}
+        if not (info.is_final and not info.is_complete):  # item 66: a final has no offset until concatenated
+            headers["Upload-Offset"] = str(info.offset)
         if info.is_partial:
             headers["Upload-Concat"] = "partial"
         elif info.is_final:
