@@ -8,6 +8,7 @@ booleans take ``--flag``, ``--flag=true`` or ``--flag=false``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import dataclasses
 import os
 import re
@@ -266,6 +267,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
         expiration=args.expiration,
+        # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
+        request_trailers=importlib.util.find_spec("httptools") is not None,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
     )
 

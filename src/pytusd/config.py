@@ -51,7 +51,8 @@ class Config:
     ``base_path`` is where uploads live under the app's mount point (``/files/``); it may also be an absolute URL
     (``https://cdn.example/files/``), which is then used as is for upload URLs. ``max_size`` 0 means no limit.
     Timeouts are seconds. ``expiration`` > 0 removes unfinished uploads that long after their last change (checked
-    on access, and by a cleaner every ``expiration_cleanup_interval`` seconds).
+    on access, and by a cleaner every ``expiration_cleanup_interval`` seconds). ``request_trailers`` says that the
+    ASGI server passes request trailers on (pytusd's own server does), which enables checksum-trailer.
     """
 
     store: DataStore
@@ -67,6 +68,7 @@ class Config:
     acquire_lock_timeout: float = 20.0
     show_greeting: bool = False
     expiration: float = 0.0
+    request_trailers: bool = False
     expiration_cleanup_interval: float = 60.0
 
     def __post_init__(self) -> None:

@@ -15,6 +15,11 @@ from .errors import TusError
 from .types import Receive, Scope, Send
 
 
+# The scope extension under which pytusd's own server passes request trailers (a list of (name, value) byte pairs,
+# complete once the last body chunk was received). ASGI itself has no event for request trailers.
+TRAILERS_EXTENSION = "pytusd.request_trailers"
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", ()):
@@ -80,6 +85,15 @@ class Request:
         if self.body is not None:
             return self.body.complete
         return not self.has_body
+
+    def trailer(self, name: str) -> str | None:
+        """A request trailer field (after the body was read), where the server passes trailers on."""
+        trailers = self.scope.get("extensions", {}).get(TRAILERS_EXTENSION)
+        if not trailers:
+            return None
+        wanted = name.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in trailers if k == wanted]
+        return ", ".join(values) if values else None
 
     def interrupt(self, error: TusError) -> None:
         """Stop this request's body (now or as soon as it is opened) for ``error``; the first reason wins."""

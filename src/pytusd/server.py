@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from .app import TusApp
+from .http import TRAILERS_EXTENSION
 
 log = logging.getLogger("pytusd.startup")
 
@@ -73,6 +74,8 @@ def _idle_timeout_protocol(base: type) -> type:
     """
 
     class IdleTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        _trailers: list[tuple[bytes, bytes]] | None = None
+
         def connection_made(self, transport):  # type: ignore[no-untyped-def]
             super().connection_made(transport)
             self._arm_idle_timeout()
@@ -90,6 +93,29 @@ def _idle_timeout_protocol(base: type) -> type:
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
 
+    if hasattr(base, "on_header"):  # httptools: the parser reports trailer fields like header fields
+
+        class TrailerProtocol(IdleTimeoutProtocol):
+            """Hands request trailers to the app as ``scope["extensions"][TRAILERS_EXTENSION]`` (a list of
+            (name, value) pairs, filled once the body has been read), for the checksum-trailer extension."""
+
+            def on_message_begin(self) -> None:
+                self._trailers = None
+                super().on_message_begin()
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                if self._trailers is not None:
+                    self._trailers.append((name.lower(), value))
+                else:
+                    super().on_header(name, value)
+
+            def on_headers_complete(self) -> None:
+                super().on_headers_complete()
+                self._trailers = []
+                self.scope.setdefault("extensions", {})[TRAILERS_EXTENSION] = self._trailers
+
+        TrailerProtocol.__name__ = f"Trailer{base.__name__}"
+        return TrailerProtocol
     IdleTimeoutProtocol.__name__ = f"IdleTimeout{base.__name__}"
     return IdleTimeoutProtocol
 

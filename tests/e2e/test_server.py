@@ -469,3 +469,48 @@ def test_expiration_end_to_end_and_cleanup_command(pytusd_factory, tmp_path):
     assert result.returncode == 0 and "removed 1 expired upload" in result.stdout
     assert not (folder / stale).exists()
     assert run_cli("cleanup", "--upload-dir", str(folder)).returncode == 2  # no --expiration: refuses
+
+
+def _chunked_patch_with_trailer(server, path: str, offset: int, data: bytes, trailer: str | None):
+    request = RawUpload(
+        server.port,
+        "PATCH",
+        path,
+        {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream",
+         "Transfer-Encoding": "chunked", "Trailer": "Upload-Checksum"},
+    )
+    half = len(data) // 2
+    for part in (data[:half], data[half:]):
+        request.send(b"%x\r\n" % len(part) + part + b"\r\n")
+    request.send(b"0\r\n" + (f"Upload-Checksum: {trailer}\r\n".encode() if trailer else b"") + b"\r\n")
+    response = request.response()
+    request.close()
+    return response
+
+
+def test_p54_checksum_trailer(pytusd):
+    import base64
+
+    assert "checksum-trailer" in httpx.options(pytusd.url).headers["tus-extension"].split(",")
+    data = os.urandom(300_000)
+    url = create(pytusd.url, 2 * len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    path = f"/files/{upload_id}"
+    good = "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+    bad = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+
+    status, headers, _ = _chunked_patch_with_trailer(pytusd, path, 0, data, good)
+    assert status == 204 and headers["upload-offset"] == str(len(data))
+
+    status, _, body = _chunked_patch_with_trailer(pytusd, path, len(data), data, bad)
+    assert status == 460 and body.startswith(b"ERR_CHECKSUM_MISMATCH")
+    assert offset_of(url) == len(data)  # the mismatched chunk left nothing behind
+
+    status, _, body = _chunked_patch_with_trailer(pytusd, path, len(data), data, None)
+    assert status == 400 and body.startswith(b"ERR_INVALID_CHECKSUM")
+    assert offset_of(url) == len(data)
+
+    # The client sends the chunk again after the 460, and the upload ends byte-exact.
+    status, headers, _ = _chunked_patch_with_trailer(pytusd, path, len(data), data, good)
+    assert status == 204 and headers["upload-offset"] == str(2 * len(data))
+    assert (pytusd.upload_dir / upload_id).read_bytes() == data + data

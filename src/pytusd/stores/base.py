@@ -7,7 +7,7 @@ A store knows bytes and upload info, nothing about HTTP. The handler flows disco
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..types import UploadInfo
@@ -76,12 +76,13 @@ class Concatenatable(Protocol):
 class Verifiable(Protocol):
     """The store can write a chunk all-or-nothing: kept only if ``verify`` accepts it (checksum extension).
 
-    ``verify(written)`` is called after the chunks end; when it returns False, or the write fails, every byte of
+    ``await verify(written)`` is called after the chunks end (it may read the written bytes back through
+    ``upload.reader``); when it returns False, or the write fails, every byte of
     the chunk is discarded and the offset stays where it was, also if the process dies before the decision.
     """
 
     async def write_verified(
-        self, upload: Upload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], bool]
+        self, upload: Upload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int: ...
 
 

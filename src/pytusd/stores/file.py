@@ -15,7 +15,7 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 
 from .. import errors
 from ..protocol import is_valid_upload_id, new_upload_id
@@ -257,7 +257,7 @@ class FileStore:
         upload._info = info
 
     async def write_verified(  # type: ignore[override]
-        self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], bool]
+        self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int:
         fd = upload._open_at(offset)
         try:
@@ -271,7 +271,7 @@ class FileStore:
             accepted = False
             try:
                 written = await upload._write(fd, offset, chunks)
-                accepted = verify(written)
+                accepted = await verify(written)
             finally:
                 if not accepted:
                     os.ftruncate(fd, offset)
