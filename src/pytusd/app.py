@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from . import errors, expiration, protocol
+from . import draft, errors, expiration, protocol
 from .config import Config
 from .errors import TusError
 from .handlers import Handlers
@@ -40,6 +40,7 @@ class TusApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.handlers = Handlers(config)
+        self.draft = draft.DraftFlows(self.handlers) if config.enable_experimental_protocol else None
         self._prefix = config.route_prefix
         self._prefix_bare = self._prefix.rstrip("/")
         self._cors = config.cors
@@ -165,6 +166,10 @@ class TusApp:
             else:
                 headers["Access-Control-Expose-Headers"] = cors.expose_header
 
+        version = draft.interop_version(request) if self.draft is not None else None
+        if version is not None:
+            del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses
+            return await self._route_draft(request, version, upload_id)
         if method == "OPTIONS":
             return self.handlers.options(request)
         if method not in ("GET", "HEAD") and request.headers.get("tus-resumable") != protocol.TUS_VERSION:
@@ -185,9 +190,34 @@ class TusApp:
             return await handlers.get(request)
         if method == "DELETE" and handlers.can_terminate:
             return await handlers.delete(request)
+        raise self._not_allowed()
+
+    def _not_allowed(self) -> errors.TusError:
         allowed = ["HEAD", "PATCH"]
         if not self.config.disable_download:
             allowed.insert(0, "GET")
-        if handlers.can_terminate:
+        if self.handlers.can_terminate:
             allowed.append("DELETE")
-        raise errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": ", ".join(allowed)})
+        return errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": ", ".join(allowed)})
+
+    async def _route_draft(self, request: Request, version: int, upload_id: str) -> Response:
+        """The IETF resumable-upload draft: same resources, the draft's headers and statuses."""
+        flows, method = self.draft, request.method
+        assert flows is not None
+        if method == "OPTIONS":
+            return flows.options(request, version)
+        if self.shutting_down:
+            raise errors.ERR_SERVER_SHUTDOWN()
+        if not upload_id:
+            if method == "POST":
+                return await flows.create(request, version)
+            raise errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": "POST"})
+        if method == "HEAD":
+            return await flows.head(request, version)
+        if method == "PATCH":
+            return await flows.append(request, version)
+        if method == "GET" and not self.config.disable_download:
+            return await self.handlers.get(request)
+        if method == "DELETE" and self.handlers.can_terminate:
+            return await self.handlers.delete(request)
+        raise self._not_allowed()

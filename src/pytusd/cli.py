@@ -117,6 +117,13 @@ _FLAGS = [
     Flag("max-size", parse_non_negative_int, 0, "Largest upload in bytes (0: no limit)", "Protocol"),
     Flag("disable-download", parse_bool, False, "Do not serve uploads with GET", "Protocol"),
     Flag("disable-termination", parse_bool, False, "Do not allow DELETE (termination extension)", "Protocol"),
+    Flag(
+        "enable-experimental-protocol",
+        parse_bool,
+        False,
+        "Also speak the IETF resumable-upload draft (interop versions 3-8) next to tus 1.0",
+        "Protocol",
+    ),
     Flag("disable-concatenation", parse_bool, False, "Do not offer the concatenation extension", "Protocol"),
     Flag("show-greeting", parse_bool, True, "Answer GET / with a short greeting text", "Protocol"),
     # CORS
@@ -267,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
         expiration=args.expiration,
+        enable_experimental_protocol=args.enable_experimental_protocol,
         # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
         request_trailers=importlib.util.find_spec("httptools") is not None,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,

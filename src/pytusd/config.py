@@ -69,6 +69,7 @@ class Config:
     show_greeting: bool = False
     expiration: float = 0.0
     request_trailers: bool = False
+    enable_experimental_protocol: bool = False
     expiration_cleanup_interval: float = 60.0
 
     def __post_init__(self) -> None:

@@ -514,3 +514,37 @@ def test_p54_checksum_trailer(pytusd):
     status, headers, _ = _chunked_patch_with_trailer(pytusd, path, len(data), data, good)
     assert status == 204 and headers["upload-offset"] == str(2 * len(data))
     assert (pytusd.upload_dir / upload_id).read_bytes() == data + data
+
+
+@pytest.mark.parametrize("version", [3, 4, 5, 6, 7, 8])
+def test_ietf_draft_upload_interrupted_and_resumed(pytusd_factory, version):
+    server = pytusd_factory("--enable-experimental-protocol")
+    data = os.urandom(2_000_000)
+    incomplete = {"Upload-Incomplete": "?1"} if version == 3 else {"Upload-Complete": "?0"}
+    complete = {"Upload-Incomplete": "?0"} if version == 3 else {"Upload-Complete": "?1"}
+    # Creation carrying the first part, then the connection drops mid-body.
+    creation = RawUpload(
+        server.port, "POST", "/files/",
+        {"Upload-Draft-Interop-Version": str(version), **incomplete, "Content-Length": str(len(data))},
+    )
+    creation.send(data[:700_000])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(p.suffix == "" for p in server.upload_dir.glob("*")):
+        time.sleep(0.02)
+    [data_file] = [p for p in server.upload_dir.iterdir() if p.suffix == ""]
+    wait_for_offset(str(data_file), 700_000)
+    creation.close()
+    time.sleep(0.2)
+    url = server.url + data_file.name
+    head = httpx.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
+    assert head.status_code == 204
+    offset = int(head.headers["upload-offset"])
+    assert offset == 700_000
+    append_type = {"Content-Type": "application/partial-upload"} if version >= 6 else {}
+    r = httpx.patch(
+        url,
+        headers={"Upload-Draft-Interop-Version": str(version), **complete, **append_type, "Upload-Offset": str(offset)},
+        content=data[offset:],
+    )
+    assert r.status_code == 204, r.text
+    assert data_file.read_bytes() == data
