@@ -316,6 +316,16 @@ async def test_partials_finishing_together_concatenate_once(client, upload_dir):
     assert (await client.get(final)).content == b"0000111122223333"
 
 
+async def test_p62_without_concatenation_unfinished_unfinished_partials_are_400(client_factory):
+    client = client_factory(disable_concatenation_unfinished=True)
+    extensions = (await client.options("/files/")).headers["tus-extension"].split(",")
+    assert "concatenation" in extensions and "concatenation-unfinished" not in extensions
+    a = await create(client, 5, **{"Upload-Concat": "partial"})
+    await patch(client, a, 0, b"ab")
+    r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})
+    assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_NOT_FINISHED")
+
+
 async def test_deferred_partial_cannot_be_concatenated(client):
     a = await create(client, None, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})

@@ -125,6 +125,13 @@ _FLAGS = [
         "Protocol",
     ),
     Flag("disable-concatenation", parse_bool, False, "Do not offer the concatenation extension", "Protocol"),
+    Flag(
+        "disable-concatenation-unfinished",
+        parse_bool,
+        False,
+        "Require partial uploads to be finished before a final upload names them (as tusd does)",
+        "Protocol",
+    ),
     Flag("show-greeting", parse_bool, True, "Answer GET / with a short greeting text", "Protocol"),
     # CORS
     Flag("disable-cors", parse_bool, False, "Send no CORS headers (e.g. a proxy handles CORS)", "CORS"),
@@ -260,6 +267,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         disable_download=args.disable_download,
         disable_termination=args.disable_termination,
         disable_concatenation=args.disable_concatenation,
+        disable_concatenation_unfinished=args.disable_concatenation_unfinished,
         cors=CorsConfig(
             disable=args.disable_cors,
             allow_origin=args.cors_allow_origin,

@@ -63,6 +63,7 @@ class Config:
     disable_download: bool = False
     disable_termination: bool = False
     disable_concatenation: bool = False
+    disable_concatenation_unfinished: bool = False
     cors: CorsConfig = dataclasses.field(default_factory=CorsConfig)
     network_timeout: float = 60.0
     acquire_lock_timeout: float = 20.0

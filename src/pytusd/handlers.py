@@ -31,8 +31,10 @@ class Handlers:
         extensions = ["creation", "creation-with-upload"]
         if self.can_terminate:
             extensions.append("termination")
+        self.can_concat_unfinished = self.can_concat and not config.disable_concatenation_unfinished
         if self.can_concat:
             extensions.append("concatenation")
+        if self.can_concat_unfinished:
             extensions.append("concatenation-unfinished")
         # Finals created here that wait for unfinished partials: partial ID -> final IDs. Completing the last partial
         # in this process concatenates at once; any other process (or a restart) does it when the final is next
@@ -306,6 +308,8 @@ class Handlers:
                 raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
             if info.size_is_deferred:
                 raise errors.ERR_UPLOAD_NOT_FINISHED("a partial upload's length is not known yet")
+            if not info.is_complete and not self.can_concat_unfinished:
+                raise errors.ERR_UPLOAD_NOT_FINISHED()
             complete = complete and info.is_complete
             partials.append(upload)
             size += info.size
