@@ -10,9 +10,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from . import errors, expiration, protocol
+from . import checksums, errors, expiration, protocol
 from .config import Config
-from .body import RequestBody
 from .http import Request, Response
 from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
@@ -103,9 +102,9 @@ class Handlers:
         body = request.open_body(limit)
         checksum = self._checksum(request)
         if checksum is not None:
-            written = await self._write_checksummed(upload, offset, body, checksum)
-        elif self._checksum_in_trailer(request):
-            written = await self._write_trailer_checksummed(request, upload, offset, body)
+            written = await checksums.write_checked(self.store, upload, offset, body, checksum)  # type: ignore[arg-type]
+        elif self.can_checksum_trailer and checksums.trailer_announced(request):
+            written = await checksums.write_trailer_checked(self.store, request, upload, offset, body)  # type: ignore[arg-type]
         else:
             written = await upload.write(offset, body.chunks())
         info = info.replace(offset=offset + written)
@@ -120,59 +119,6 @@ class Handlers:
         if body.error is not None:
             raise body.error(headers={"Upload-Offset": str(info.offset)})
         return info
-
-    async def _write_checksummed(
-        self, upload: Upload, offset: int, body: RequestBody, checksum: tuple[str, bytes]
-    ) -> int:
-        """checksum: the digest is computed while the body streams; the chunk is kept only if it matches."""
-        algorithm, expected = checksum
-        hasher = protocol.new_hasher(algorithm)
-
-        async def hashed() -> AsyncIterator[bytes]:
-            async for chunk in body.chunks():
-                hasher.update(chunk)
-                yield chunk
-
-        async def verify(_written: int) -> bool:
-            # All or nothing: a chunk that did not arrive whole cannot be checked, so it is not kept either.
-            if body.error is not None or not body.complete:
-                return False
-            if hasher.digest() != expected:
-                body.error = errors.ERR_CHECKSUM_MISMATCH()
-                return False
-            return True
-
-        return await self.store.write_verified(upload, offset, hashed(), verify)  # type: ignore[attr-defined]
-
-    def _checksum_in_trailer(self, request: Request) -> bool:
-        announced = request.headers.get("trailer", "").lower()
-        return self.can_checksum_trailer and "upload-checksum" in [t.strip() for t in announced.split(",")]
-
-    async def _write_trailer_checksummed(self, request: Request, upload: Upload, offset: int, body: RequestBody) -> int:
-        """checksum-trailer: the algorithm is only known at the end, so the stored chunk is read back and hashed
-        (from the page cache, for the file store) before it is kept."""
-
-        async def verify(written: int) -> bool:
-            if body.error is not None or not body.complete:
-                return False
-            header = request.trailer("upload-checksum")
-            if header is None:
-                body.error = errors.ERR_INVALID_CHECKSUM("the announced Upload-Checksum trailer did not come")
-                return False
-            try:
-                algorithm, expected = protocol.parse_checksum(header)
-            except errors.TusError as exc:
-                body.error = exc
-                return False
-            hasher = protocol.new_hasher(algorithm)
-            async for block in upload.reader(offset, offset + written):
-                hasher.update(block)
-            if hasher.digest() != expected:
-                body.error = errors.ERR_CHECKSUM_MISMATCH()
-                return False
-            return True
-
-        return await self.store.write_verified(upload, offset, body.chunks(), verify)  # type: ignore[attr-defined]
 
     def _checksum(self, request: Request) -> tuple[str, bytes] | None:
         header = request.headers.get("upload-checksum")
