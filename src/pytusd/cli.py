@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__, logs
 from .app import TusApp
 from .config import Config, CorsConfig
+from .hooks import DEFAULT_ENABLED_HOOKS, FileHookBackend, Hooks
 from .lockers import FileLocker, Locker, MemoryLocker
 from .stores import FileStore
 
@@ -155,6 +156,15 @@ _FLAGS = [
         "How often the background cleaner looks for expired uploads",
         "Protocol",
     ),
+    # hooks
+    Flag("hooks-dir", str, "", "Directory of hook scripts named after their event (pre-create, post-finish, ...)", "Hooks"),
+    Flag(
+        "hooks-enabled-events",
+        str,
+        "pre-create,post-create,post-receive,post-terminate,post-finish",
+        "Comma-separated hook events to run (also: pre-finish, pre-terminate)",
+        "Hooks",
+    ),
     # storage and locks
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
@@ -247,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
+    if not args.hooks_dir:
+        return None
+    events = [e.strip() for e in args.hooks_enabled_events.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
+    return Hooks(FileHookBackend(args.hooks_dir), events)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     store = FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
     locker: Locker
@@ -282,6 +299,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
         expiration=args.expiration,
+        hooks=hooks_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
         # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
         request_trailers=importlib.util.find_spec("httptools") is not None,

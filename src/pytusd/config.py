@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 from . import protocol
+from .hooks import Hooks
 from .lockers import Locker, MemoryLocker
 from .stores import DataStore
 
@@ -71,6 +72,7 @@ class Config:
     expiration: float = 0.0
     request_trailers: bool = False
     enable_experimental_protocol: bool = False
+    hooks: Hooks | None = None
     expiration_cleanup_interval: float = 60.0
 
     def __post_init__(self) -> None:

@@ -105,7 +105,7 @@ class DraftFlows:
         handlers = self.handlers
         upload_id = handlers._upload_id(request)
         async with handlers.locked(request, upload_id):
-            _, info = await handlers.load(upload_id)
+            _, info = await handlers.load(request, upload_id)
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset), **self._base_headers(version)}
         if not info.size_is_deferred:
             headers["Upload-Length"] = str(info.size)
@@ -120,7 +120,7 @@ class DraftFlows:
         complete = self._complete_requested(request, version)
         upload_id = handlers._upload_id(request)
         async with handlers.locked(request, upload_id):
-            upload, info = await handlers.load(upload_id)
+            upload, info = await handlers.load(request, upload_id)
             if offset != info.offset:
                 raise _problem(
                     errors.ERR_MISMATCHED_OFFSET(headers={"Upload-Offset": str(info.offset)}),
@@ -157,7 +157,7 @@ class DraftFlows:
             )
         await self.handlers.store.declare_length(upload, info.offset)  # type: ignore[attr-defined]
         info = info.replace(size=info.offset, size_is_deferred=False)
-        await upload.finish()  # type: ignore[attr-defined]
+        await self.handlers.finished(request, upload, info, None)  # type: ignore[arg-type]
         return info
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from . import checksums, errors, expiration, protocol
 from .config import Config
+from .hooks import HookResponse
 from .http import Request, Response
 from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
@@ -19,9 +20,34 @@ from .types import UploadInfo
 log = logging.getLogger("pytusd")
 
 
+def merge_hook_response(response: Response, answer: HookResponse) -> None:
+    """A hook's HTTPResponse changes the response: its status and body replace, its headers are added."""
+    if answer.status_code:
+        response.status = answer.status_code
+    if answer.body is not None:
+        response.body = answer.body.encode("utf-8")
+    response.headers.update(answer.headers)
+
+
+def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
+    """pre-create: reject the upload, or change its ID, metadata and storage before it exists."""
+    if answer.reject_upload:
+        raise answer.error(errors.ERR_UPLOAD_REJECTED)
+    if answer.change_id:
+        if not protocol.is_valid_upload_id(answer.change_id):
+            raise errors.ERR_INTERNAL_SERVER_ERROR("the pre-create hook chose an ID that is not URL-safe")
+        info = info.replace(id=answer.change_id)
+    if answer.change_metadata is not None:
+        info = info.replace(metadata=answer.change_metadata)
+    if answer.change_storage is not None:
+        info = info.replace(storage=answer.change_storage)
+    return info
+
+
 class Handlers:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.hooks = config.hooks
         self.store = config.store
         self.locker = config.locker
         self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
@@ -112,8 +138,7 @@ class Handlers:
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         if info.is_complete:
-            await upload.finish()
-            log.debug("upload %s finished (%d bytes)", info.id, info.size)
+            await self.finished(request, upload, info, response)
             if info.is_partial and info.id in self._waiting_finals:
                 await self._complete_waiting_finals(request, info.id)
         if body.error is not None:
@@ -126,17 +151,19 @@ class Handlers:
             return None
         return protocol.parse_checksum(header)
 
-    async def load(self, upload_id: str) -> tuple[Upload, UploadInfo]:
+    async def load(self, request: Request, upload_id: str) -> tuple[Upload, UploadInfo]:
         """The upload and its state, for a request holding its lock; an expired upload is removed here (410)."""
         upload = await self.store.get(upload_id)
         info = await upload.info()
         if info.is_final and not info.is_complete:
-            info = await self._concat_if_ready(upload, info)
+            info = await self._concat_if_ready(request, upload, info)
         if self.expiration:
             await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
         return upload, info
 
-    async def _concat_if_ready(self, final: Upload, info: UploadInfo) -> UploadInfo:
+    async def _concat_if_ready(
+        self, request: Request, final: Upload, info: UploadInfo, response: Response | None = None
+    ) -> UploadInfo:
         """Concatenate a final upload once all its partials are complete (caller holds the final's lock).
 
         The lock and the ``is_complete`` check make this happen exactly once, in order, however many partials
@@ -149,7 +176,6 @@ class Handlers:
                 return info
             partials.append(partial)
         await self.store.concat(final, partials)  # type: ignore[attr-defined]
-        await final.finish()
         log.info("final upload %s concatenated from %d partials", info.id, len(partials))
         for partial_id in info.partial_uploads:
             waiting = self._waiting_finals.get(partial_id)
@@ -157,16 +183,30 @@ class Handlers:
                 waiting.discard(info.id)
                 if not waiting:
                     del self._waiting_finals[partial_id]
-        return await final.info()
+        info = await final.info()
+        await self.finished(request, final, info, response)
+        return info
 
     async def _complete_waiting_finals(self, request: Request, partial_id: str) -> None:
         """A partial just completed: finish the finals of this process that waited for it."""
         for final_id in list(self._waiting_finals.get(partial_id, ())):
             try:
                 async with self.locked(request, final_id):
-                    await self.load(final_id)
+                    await self.load(request, final_id)
             except errors.TusError as exc:
                 log.warning("final upload %s could not be completed yet: %s", final_id, exc)
+
+    async def finished(self, request: Request, upload: Upload, info: UploadInfo, response: Response | None) -> None:
+        """The last byte is stored: let the store finish, run pre-finish (its answer shapes the response), and
+        announce post-finish."""
+        await upload.finish()
+        log.info("upload %s finished (%d bytes)", info.id, info.size)
+        if self.hooks is not None:
+            if self.hooks.wants("pre-finish"):
+                answer = await self.hooks.call("pre-finish", info, request.hook_http())
+                if response is not None:
+                    merge_hook_response(response, answer)
+            self.hooks.fire("post-finish", info, request.hook_http())
 
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
@@ -214,10 +254,18 @@ class Handlers:
             is_final=kind == "final",
             partial_uploads=tuple([(await p.info()).id for p in partials]),
         )
+        hook_answer = None
+        if self.hooks is not None and self.hooks.wants("pre-create"):
+            hook_answer = await self.hooks.call("pre-create", info, request.hook_http())
+            info = apply_pre_create(info, hook_answer)
         upload = await self.store.create(info)
         info = await upload.info()
         url = self.upload_url(request, info.id)
         response = Response(201, {"Location": url})
+        if hook_answer is not None:
+            merge_hook_response(response, hook_answer)
+        if self.hooks is not None:
+            self.hooks.fire("post-create", info, request.hook_http())
         if self.expiration and not info.is_complete and kind != "final":
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
@@ -228,12 +276,12 @@ class Handlers:
                         self._waiting_finals.setdefault(partial_id, set()).add(info.id)
                 async with self.locked(request, info.id):
                     # Partials may have completed since they were checked: this concatenates if they all are.
-                    await self._concat_if_ready(upload, info)
+                    await self._concat_if_ready(request, upload, info, response)
             elif with_data:
                 async with self.locked(request, info.id):
                     await self.write_body(request, upload, info, response)
             elif info.is_complete:  # an empty upload is finished the moment it exists
-                await upload.finish()
+                await self.finished(request, upload, info, response)
         except errors.TusError as exc:
             # The upload exists: tell the client where, so it can resume what this request could not finish.
             raise exc(headers={"Location": url}) from None
@@ -264,7 +312,7 @@ class Handlers:
     async def head(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            _, info = await self.load(upload_id)
+            _, info = await self.load(request, upload_id)
         headers = {"Cache-Control": "no-store"}
         if not (info.is_final and not info.is_complete):  # item 66: a final has no offset until concatenated
             headers["Upload-Offset"] = str(info.offset)
@@ -290,7 +338,7 @@ class Handlers:
         self._checksum(request)  # a malformed Upload-Checksum is refused before anything is locked or read
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            upload, info = await self.load(upload_id)
+            upload, info = await self.load(request, upload_id)
             if info.is_final:
                 raise errors.ERR_MODIFY_FINAL()
             if offset != info.offset:
@@ -320,18 +368,26 @@ class Handlers:
 
     async def delete(self, request: Request) -> Response:
         upload_id = self._upload_id(request)
+        response = Response(204, {})
         async with self.locked(request, upload_id):
-            upload, _ = await self.load(upload_id)
+            upload, info = await self.load(request, upload_id)
+            if self.hooks is not None and self.hooks.wants("pre-terminate"):
+                answer = await self.hooks.call("pre-terminate", info, request.hook_http())
+                if answer.reject_termination:
+                    raise answer.error(errors.ERR_UPLOAD_TERMINATION_REJECTED)
+                merge_hook_response(response, answer)
             await self.store.terminate(upload)  # type: ignore[attr-defined]
         log.info("upload %s terminated", upload_id)
-        return Response(204, {})
+        if self.hooks is not None:
+            self.hooks.fire("post-terminate", info, request.hook_http())
+        return response
 
     async def get(self, request: Request) -> Response:
         """Download what is stored. The lock is held only to read the state: bytes below the offset never change,
         so streaming them does not block the upload from going on."""
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
-            upload, info = await self.load(upload_id)
+            upload, info = await self.load(request, upload_id)
             mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
         content_type, disposition = protocol.download_headers(info.metadata)
         size = info.offset

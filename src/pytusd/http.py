@@ -95,6 +95,21 @@ class Request:
         values = [v.decode("latin-1") for k, v in trailers if k == wanted]
         return ", ".join(values) if values else None
 
+    def hook_http(self) -> dict[str, object]:
+        """The request as tusd's hooks see it: Method, URI, RemoteAddr and Header (canonical names, value lists)."""
+        header: dict[str, list[str]] = {}
+        for raw_name, raw_value in self.scope.get("headers", ()):
+            name = "-".join(part.capitalize() for part in raw_name.decode("latin-1").split("-"))
+            header.setdefault(name, []).append(raw_value.decode("latin-1"))
+        query = self.scope.get("query_string", b"").decode("latin-1")
+        client = self.scope.get("client")
+        return {
+            "Method": self.method,
+            "URI": self.scope.get("path", "/") + (f"?{query}" if query else ""),
+            "RemoteAddr": f"{client[0]}:{client[1]}" if client else "",
+            "Header": header,
+        }
+
     def interrupt(self, error: TusError) -> None:
         """Stop this request's body (now or as soon as it is opened) for ``error``; the first reason wins."""
         if self.stop_error is None:

@@ -548,3 +548,21 @@ def test_ietf_draft_upload_interrupted_and_resumed(pytusd_factory, version):
     )
     assert r.status_code == 204, r.text
     assert data_file.read_bytes() == data
+
+
+def test_file_hooks_through_the_command(pytusd_factory, tmp_path):
+    """Seed 002: a pre-finish script that exits 0 and prints RejectUpload with a 403 reaches the client."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    pre_finish = hooks / "pre-finish"
+    pre_finish.write_text(
+        "#!/bin/sh\ncat > /dev/null\n"
+        'echo \'{"RejectUpload": true, "HTTPResponse": {"StatusCode": 403, "Body": "file is not allowed"}}\'\n'
+    )
+    pre_finish.chmod(0o755)
+    server = pytusd_factory("--hooks-dir", str(hooks), "--hooks-enabled-events", "pre-create,pre-finish")
+    url = create(server.url, 3)
+    r = httpx.patch(
+        url, headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}, content=b"abc"
+    )
+    assert r.status_code == 403 and r.text == "file is not allowed"

@@ -1,0 +1,146 @@
+"""The hook dispatcher and tusd's HookRequest / HookResponse JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from .. import errors
+from ..types import UploadInfo
+
+log = logging.getLogger("pytusd.hooks")
+
+HOOK_TYPES = ("pre-create", "post-create", "post-receive", "pre-finish", "post-finish", "pre-terminate", "post-terminate")
+BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate"})
+DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-terminate", "post-finish")
+
+
+def hook_request(hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> dict[str, Any]:
+    """tusd's HookRequest: ``{"Type", "Event": {"Upload": FileInfo, "HTTPRequest": {...}}}``."""
+    return {"Type": hook_type, "Event": {"Upload": info.to_json_dict(), "HTTPRequest": dict(http)}}
+
+
+def _lower_keys(value: Any) -> dict[str, Any]:
+    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+@dataclasses.dataclass
+class HookResponse:
+    """What a hook answered. Field names are read case-insensitively, as tusd's Go decoder does."""
+
+    status_code: int = 0
+    body: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    reject_upload: bool = False
+    reject_termination: bool = False
+    stop_upload: bool = False
+    change_id: str = ""
+    change_metadata: dict[str, str] | None = None
+    change_storage: dict[str, str] | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> HookResponse:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ValueError("a hook response must be a JSON object")
+        fields = _lower_keys(data)
+        http = _lower_keys(fields.get("httpresponse"))
+        changes = _lower_keys(fields.get("changefileinfo"))
+        status = http.get("statuscode") or 0
+        if not isinstance(status, int) or not (status == 0 or 100 <= status <= 599):
+            raise ValueError(f"invalid HTTPResponse.StatusCode {status!r}")
+        body = http.get("body")
+        headers = {str(k): str(v) for k, v in (http.get("header") or {}).items()}
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\x00") or not name:
+                raise ValueError("a hook's response header contains a line break")
+
+        def text_map(value: Any) -> dict[str, str] | None:
+            if value is None:
+                return None
+            if not isinstance(value, Mapping):
+                raise ValueError("ChangeFileInfo maps must be JSON objects")
+            return {str(k): str(v) for k, v in value.items()}
+
+        return cls(
+            status_code=status,
+            body=None if body in (None, "") else str(body),
+            headers=headers,
+            reject_upload=bool(fields.get("rejectupload")),
+            reject_termination=bool(fields.get("rejecttermination")),
+            stop_upload=bool(fields.get("stopupload")),
+            change_id=str(changes.get("id") or ""),
+            change_metadata=text_map(changes.get("metadata")),
+            change_storage=text_map(changes.get("storage")),
+        )
+
+    def error(self, template: errors.TusError) -> errors.TusError:
+        """``template`` with this response's status, body and headers merged in (tusd's MergeWith)."""
+        return template(
+            status=self.status_code or None,
+            body=self.body,
+            headers=self.headers,
+        )
+
+
+@runtime_checkable
+class HookBackend(Protocol):
+    async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
+        """Run the hook and return its decoded JSON answer (or None for an empty answer); raise on failure."""
+        ...
+
+
+class Hooks:
+    """Calls one backend for the enabled events."""
+
+    def __init__(self, backend: HookBackend, enabled: Iterable[str] = DEFAULT_ENABLED_HOOKS) -> None:
+        enabled = tuple(enabled)
+        unknown = [e for e in enabled if e not in HOOK_TYPES]
+        if unknown:
+            raise ValueError(f"unknown hook events: {', '.join(unknown)} (known: {', '.join(HOOK_TYPES)})")
+        self.backend = backend
+        self.enabled = frozenset(enabled)
+        self.invocations: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
+        self.failures: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def wants(self, hook_type: str) -> bool:
+        return hook_type in self.enabled
+
+    async def call(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
+        """Run a blocking hook. A failing hook fails the request with 500, as in tusd."""
+        if hook_type not in self.enabled:
+            return HookResponse()
+        self.invocations[hook_type] += 1
+        try:
+            return HookResponse.from_json(await self.backend.invoke(hook_type, hook_request(hook_type, info, http)))
+        except Exception as exc:
+            self.failures[hook_type] += 1
+            log.error("%s hook failed for upload %s: %s", hook_type, info.id or "(new)", exc)
+            raise errors.ERR_INTERNAL_SERVER_ERROR(f"{hook_type} hook failed") from exc
+
+    def fire(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> None:
+        """Run a notification hook in the background; its failure is logged and counted, never raised."""
+        if hook_type not in self.enabled:
+            return
+
+        async def run() -> None:
+            self.invocations[hook_type] += 1
+            try:
+                await self.backend.invoke(hook_type, hook_request(hook_type, info, http))
+            except Exception as exc:
+                self.failures[hook_type] += 1
+                log.error("%s hook failed for upload %s: %s", hook_type, info.id, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background hooks still running (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

@@ -1,0 +1,181 @@
+"""Hooks: tusd's events and JSON with Python and file backends (post-receive/StopUpload, HTTP, gRPC: not yet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from pytusd.hooks import FileHookBackend, HookResponse, Hooks, PythonHookBackend
+
+from .conftest import TUS, create, patch
+
+ALL = ("pre-create", "post-create", "pre-finish", "post-finish", "pre-terminate", "post-terminate")
+
+
+def recorder(answers: dict[str, dict] | None = None):
+    calls: list[tuple[str, dict]] = []
+
+    async def hook(hook_type: str, request: dict):
+        calls.append((hook_type, request))
+        return (answers or {}).get(hook_type)
+
+    return calls, Hooks(PythonHookBackend(hook), ALL)
+
+
+async def test_events_in_order_with_tusd_json(client_factory):
+    calls, hooks = recorder()
+    client = client_factory(hooks=hooks)
+    url = await create(client, 3, **{"Upload-Metadata": "filename YS50eHQ="})
+    await patch(client, url, 0, b"abc")
+    await client.delete(url, headers=TUS)
+    await hooks.drain()
+    kinds = [t for t, _ in calls]
+    assert sorted(kinds) == sorted(ALL)
+    # Blocking hooks run inside their requests, in order; notifications run in the background, in any order.
+    assert [t for t in kinds if t.startswith("pre-")] == ["pre-create", "pre-finish", "pre-terminate"]
+    pre_create = calls[0][1]
+    assert pre_create["Type"] == "pre-create"
+    upload = pre_create["Event"]["Upload"]
+    assert upload["ID"] == "" and upload["Size"] == 3 and upload["MetaData"] == {"filename": "a.txt"}
+    assert set(upload) == {"ID", "Size", "SizeIsDeferred", "Offset", "MetaData", "IsPartial", "IsFinal",
+                           "PartialUploads", "Storage"}
+    http = pre_create["Event"]["HTTPRequest"]
+    assert http["Method"] == "POST" and http["URI"] == "/files/"
+    assert http["Header"]["Upload-Length"] == ["3"]
+    finish = dict(calls)["post-finish"]["Event"]["Upload"]
+    assert finish["Offset"] == 3 and finish["ID"] == url.rsplit("/", 1)[1]
+
+
+async def test_pre_create_rejects_with_its_response(client_factory, upload_dir):
+    _, hooks = recorder({"pre-create": {"RejectUpload": True, "HTTPResponse": {"StatusCode": 403, "Body": "no",
+                                                                               "Header": {"X-Why": "quota"}}}})
+    client = client_factory(hooks=hooks)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 403 and r.text == "no" and r.headers["x-why"] == "quota"
+    assert not upload_dir.exists() or os.listdir(upload_dir) == []
+
+
+async def test_pre_create_reject_without_response_is_400(client_factory):
+    _, hooks = recorder({"pre-create": {"rejectupload": True}})  # field names are case-insensitive
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_REJECTED")
+
+
+async def test_pre_create_changes_id_metadata_and_storage(client_factory, upload_dir, tmp_path):
+    target = tmp_path / "elsewhere.bin"
+    _, hooks = recorder({"pre-create": {"ChangeFileInfo": {"ID": "user-7/doc", "MetaData": {"k": "v"},
+                                                           "Storage": {"Path": str(target)}},
+                                        "HTTPResponse": {"Header": {"X-Extra": "1"}}}})
+    client = client_factory(hooks=hooks)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "2"})
+    assert r.status_code == 201 and r.headers["location"].endswith("/files/user-7/doc")
+    assert r.headers["x-extra"] == "1"
+    await patch(client, r.headers["location"], 0, b"hi")
+    assert target.read_bytes() == b"hi"
+    assert (await client.head(r.headers["location"])).headers["upload-metadata"] == "k dg=="
+
+
+async def test_pre_create_invalid_id_is_refused(client_factory):
+    _, hooks = recorder({"pre-create": {"ChangeFileInfo": {"ID": "../escape"}}})
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500
+
+
+async def test_pre_finish_response_reaches_the_client(client_factory, upload_dir):
+    """Seed 002: a pre-finish hook that answers RejectUpload with a 403 makes the client receive that 403."""
+    _, hooks = recorder({"pre-finish": {"RejectUpload": True, "HTTPResponse": {"StatusCode": 403,
+                                                                                "Body": "virus found"}}})
+    client = client_factory(hooks=hooks)
+    url = await create(client, 3)
+    r = await patch(client, url, 0, b"abc")
+    assert r.status_code == 403 and r.text == "virus found"
+
+
+async def test_pre_terminate_can_keep_the_upload(client_factory):
+    _, hooks = recorder({"pre-terminate": {"RejectTermination": True}})
+    client = client_factory(hooks=hooks)
+    url = await create(client, 3)
+    r = await client.delete(url, headers=TUS)
+    assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_TERMINATION_REJECTED")
+    assert (await client.head(url)).status_code == 200
+
+
+async def test_failing_blocking_hook_is_500_and_failing_notification_is_not(client_factory):
+    async def hook(hook_type, request):
+        raise RuntimeError("boom")
+
+    hooks = Hooks(PythonHookBackend(hook), ("pre-create",))
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500 and hooks.failures["pre-create"] == 1
+    hooks = Hooks(PythonHookBackend(hook), ("post-create",))
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    await hooks.drain()
+    assert r.status_code == 201 and hooks.failures["post-create"] == 1
+
+
+def test_hook_response_parsing():
+    answer = HookResponse.from_json({"httpresponse": {"statuscode": 201, "body": "x", "header": {"A": "b"}},
+                                     "STOPUPLOAD": True})
+    assert answer.status_code == 201 and answer.body == "x" and answer.headers == {"A": "b"} and answer.stop_upload
+    for bad in ([1], {"HTTPResponse": {"StatusCode": 99}}, {"HTTPResponse": {"Header": {"A": "b\r\nC: d"}}}):
+        with pytest.raises(ValueError):
+            HookResponse.from_json(bad)
+    with pytest.raises(ValueError):
+        Hooks(PythonHookBackend(lambda t, r: None), ("pre-everything",))
+
+
+def script(directory, name: str, body: str) -> None:
+    path = directory / name
+    path.write_text(body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+async def test_file_hooks(client_factory, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    out = tmp_path / "post-finish.json"
+    script(hooks_dir, "pre-create", "#!/bin/sh\n"
+           "cat > /dev/null\n"
+           'echo \'{"ChangeFileInfo": {"MetaData": {"checked": "yes"}}}\'\n')
+    script(hooks_dir, "post-finish", f"#!/bin/sh\necho \"$TUS_ID $TUS_SIZE $TUS_OFFSET $PWD\" > {out}.env\n"
+           f"cat > {out}\n")
+    hooks = Hooks(FileHookBackend(hooks_dir), ("pre-create", "post-finish", "post-create"))  # no post-create script
+    client = client_factory(hooks=hooks)
+    url = await create(client, 2)
+    await patch(client, url, 0, b"ok")
+    await hooks.drain()
+    upload_id = url.rsplit("/", 1)[1]
+    assert json.loads(out.read_text())["Event"]["Upload"]["MetaData"] == {"checked": "yes"}
+    assert out.with_suffix(".json.env").read_text().split() == [upload_id, "2", "2", str(hooks_dir)]
+
+
+async def test_file_hook_failures(client_factory, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    hooks = Hooks(FileHookBackend(hooks_dir), ("pre-create",))
+    client = client_factory(hooks=hooks)
+    script(hooks_dir, "pre-create", "#!/bin/sh\necho oops >&2\nexit 3\n")
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500 and "pre-create hook failed" in r.text
+    script(hooks_dir, "pre-create", "#!/bin/sh\necho 'not json'\n")
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500 and hooks.failures["pre-create"] == 2
+
+
+async def test_file_hook_arguments_never_reach_a_shell(client_factory, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    marker = tmp_path / "pwned"
+    script(hooks_dir, "pre-create", "#!/bin/sh\ncat > /dev/null\n")
+    hooks = Hooks(FileHookBackend(hooks_dir), ("pre-create",))
+    evil = "$(touch " + str(marker) + ")"
+    import base64
+
+    meta = "name " + base64.b64encode(evil.encode()).decode()
+    r = await client_factory(hooks=hooks).post(
+        "/files/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": meta}
+    )
+    assert r.status_code == 201 and not marker.exists()
