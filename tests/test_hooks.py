@@ -179,3 +179,42 @@ async def test_file_hook_arguments_never_reach_a_shell(client_factory, tmp_path)
         "/files/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": meta}
     )
     assert r.status_code == 201 and not marker.exists()
+
+
+async def test_post_receive_reports_progress_and_can_stop_the_upload(client_factory, upload_dir):
+    import asyncio
+
+    seen: list[int] = []
+
+    async def hook(hook_type, request):
+        offset = request["Event"]["Upload"]["Offset"]
+        seen.append(offset)
+        if offset >= 4:
+            return {"StopUpload": True, "HTTPResponse": {"Body": "stopped: too big"}}
+        return None
+
+    hooks = Hooks(PythonHookBackend(hook), ("post-receive",), progress_interval=0.02)
+    client = client_factory(hooks=hooks)
+    url = await create(client, 100)
+
+    async def slow_body():
+        for _ in range(50):
+            yield b"ab"
+            await asyncio.sleep(0.01)
+
+    r = await client.patch(url, headers={**TUS, "Content-Type": "application/offset+octet-stream",
+                                         "Upload-Offset": "0"}, content=slow_body())
+    assert r.status_code == 400 and r.text == "stopped: too big"
+    assert seen and seen == sorted(seen) and seen[-1] >= 4
+    assert (await client.head(url)).status_code == 404  # stopped uploads are terminated
+    assert os.listdir(upload_dir) == []
+
+
+async def test_post_receive_after_a_patch(client_factory):
+    calls, hooks = recorder()
+    hooks.enabled = frozenset({"post-receive"})
+    client = client_factory(hooks=hooks)
+    url = await create(client, 10)
+    await patch(client, url, 0, b"abc")
+    await hooks.drain()
+    assert [(t, r["Event"]["Upload"]["Offset"]) for t, r in calls] == [("post-receive", 3)]

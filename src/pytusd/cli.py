@@ -165,6 +165,7 @@ _FLAGS = [
         "Comma-separated hook events to run (also: pre-finish, pre-terminate)",
         "Hooks",
     ),
+    Flag("progress-hooks-interval", parse_duration, 1.0, "Interval of post-receive hooks while data arrives", "Hooks"),
     # storage and locks
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
@@ -261,7 +262,7 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     if not args.hooks_dir:
         return None
     events = [e.strip() for e in args.hooks_enabled_events.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
-    return Hooks(FileHookBackend(args.hooks_dir), events)
+    return Hooks(FileHookBackend(args.hooks_dir), events, progress_interval=args.progress_hooks_interval or 1.0)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -6,11 +6,13 @@ from the store, locks from the locker; routing, CORS and error rendering are the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from . import checksums, errors, expiration, protocol
+from .body import RequestBody
 from .config import Config
 from .hooks import HookResponse
 from .http import Request, Response
@@ -126,14 +128,20 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
-        checksum = self._checksum(request)
-        if checksum is not None:
-            written = await checksums.write_checked(self.store, upload, offset, body, checksum)  # type: ignore[arg-type]
-        elif self.can_checksum_trailer and checksums.trailer_announced(request):
-            written = await checksums.write_trailer_checked(self.store, request, upload, offset, body)  # type: ignore[arg-type]
-        else:
-            written = await upload.write(offset, body.chunks())
+        progress = self._report_progress(request, info, body) if self.hooks and self.hooks.wants("post-receive") else None
+        try:
+            written = await self._write_chunks(request, upload, offset, body)
+        finally:
+            if progress is not None:
+                progress.cancel()
         info = info.replace(offset=offset + written)
+        if body.error is not None and body.error.code == "ERR_UPLOAD_STOPPED":
+            if self.can_terminate:
+                await self.store.terminate(upload)  # type: ignore[attr-defined]
+                log.info("upload %s stopped by a post-receive hook and terminated", info.id)
+            raise body.error
+        if self.hooks is not None and written:
+            self.hooks.fire("post-receive", info, request.hook_http())
         response.headers["Upload-Offset"] = str(info.offset)
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
@@ -144,6 +152,38 @@ class Handlers:
         if body.error is not None:
             raise body.error(headers={"Upload-Offset": str(info.offset)})
         return info
+
+    def _report_progress(self, request: Request, info: UploadInfo, body: RequestBody) -> asyncio.Task[None]:
+        """post-receive while a body streams: every progress interval in which bytes arrived. A hook answering
+        StopUpload ends the request (400 ERR_UPLOAD_STOPPED, or its own response) and the upload is terminated."""
+        hooks = self.hooks
+        assert hooks is not None
+
+        async def report() -> None:
+            reported = 0
+            while True:
+                await asyncio.sleep(hooks.progress_interval)
+                if body.received == reported:
+                    continue
+                reported = body.received
+                answer = await hooks.observe(
+                    "post-receive", info.replace(offset=info.offset + reported), request.hook_http()
+                )
+                if answer is not None and answer.stop_upload:
+                    request.interrupt(answer.error(errors.ERR_UPLOAD_STOPPED))
+                    return
+
+        return asyncio.get_running_loop().create_task(report())
+
+    async def _write_chunks(self, request: Request, upload: Upload, offset: int, body: RequestBody) -> int:
+        checksum = self._checksum(request)
+        if checksum is not None:
+            written = await checksums.write_checked(self.store, upload, offset, body, checksum)  # type: ignore[arg-type]
+        elif self.can_checksum_trailer and checksums.trailer_announced(request):
+            written = await checksums.write_trailer_checked(self.store, request, upload, offset, body)  # type: ignore[arg-type]
+        else:
+            written = await upload.write(offset, body.chunks())
+        return written
 
     def _checksum(self, request: Request) -> tuple[str, bytes] | None:
         header = request.headers.get("upload-checksum")

@@ -97,13 +97,16 @@ class HookBackend(Protocol):
 class Hooks:
     """Calls one backend for the enabled events."""
 
-    def __init__(self, backend: HookBackend, enabled: Iterable[str] = DEFAULT_ENABLED_HOOKS) -> None:
+    def __init__(
+        self, backend: HookBackend, enabled: Iterable[str] = DEFAULT_ENABLED_HOOKS, progress_interval: float = 1.0
+    ) -> None:
         enabled = tuple(enabled)
         unknown = [e for e in enabled if e not in HOOK_TYPES]
         if unknown:
             raise ValueError(f"unknown hook events: {', '.join(unknown)} (known: {', '.join(HOOK_TYPES)})")
         self.backend = backend
         self.enabled = frozenset(enabled)
+        self.progress_interval = progress_interval
         self.invocations: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
         self.failures: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
         self._background: set[asyncio.Task[None]] = set()
@@ -122,6 +125,18 @@ class Hooks:
             self.failures[hook_type] += 1
             log.error("%s hook failed for upload %s: %s", hook_type, info.id or "(new)", exc)
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"{hook_type} hook failed") from exc
+
+    async def observe(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse | None:
+        """Run a hook whose answer matters but whose failure must not fail the request (post-receive)."""
+        if hook_type not in self.enabled:
+            return None
+        self.invocations[hook_type] += 1
+        try:
+            return HookResponse.from_json(await self.backend.invoke(hook_type, hook_request(hook_type, info, http)))
+        except Exception as exc:
+            self.failures[hook_type] += 1
+            log.error("%s hook failed for upload %s: %s", hook_type, info.id, exc)
+            return None
 
     def fire(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> None:
         """Run a notification hook in the background; its failure is logged and counted, never raised."""
