@@ -218,3 +218,137 @@ async def test_post_receive_after_a_patch(client_factory):
     await patch(client, url, 0, b"abc")
     await hooks.drain()
     assert [(t, r["Event"]["Upload"]["Offset"]) for t, r in calls] == [("post-receive", 3)]
+
+
+# -- HTTP hooks against a real HTTP server on 127.0.0.1 ------------------------------------------------------------
+
+
+class HookServer:
+    """A small HTTP hook receiver: records requests, answers from a script of (status, body) per call."""
+
+    def __init__(self, answers=None):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[dict, dict]] = []
+        self.answers = list(answers or [])
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((dict(self.headers), body))
+                status, answer = outer.answers.pop(0) if outer.answers else (200, "")
+                data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_server():
+    servers = []
+
+    def make(answers=None):
+        server = HookServer(answers)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+async def test_http_hooks_events_and_rejection(client_factory, hook_server):
+    from pytusd.hooks import HttpHookBackend
+
+    server = hook_server([(200, {"rejectUpload": True, "httpResponse": {"statusCode": 409, "body": "duplicate"}})])
+    hooks = Hooks(HttpHookBackend(server.url, forward_headers=["Authorization"], backoff=0.01),
+                  ("pre-create", "post-create"))
+    client = client_factory(hooks=hooks)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1", "Authorization": "Bearer t"})
+    assert r.status_code == 409 and r.text == "duplicate"
+    url = await create(client, 1, Authorization="Bearer t")
+    await hooks.drain()
+    kinds = [(h.get("Hook-Name"), b["Type"]) for h, b in server.requests]
+    assert kinds == [("pre-create", "pre-create"), ("pre-create", "pre-create"), ("post-create", "post-create")]
+    assert all(h.get("Authorization") == "Bearer t" for h, _ in server.requests)
+    assert "Idempotency-Key" not in server.requests[0][0] and len(server.requests[2][0]["Idempotency-Key"]) == 32
+    assert server.requests[2][1]["Event"]["Upload"]["ID"] == url.rsplit("/", 1)[1]
+
+
+async def test_http_hook_retries_5xx_then_fails_on_4xx(client_factory, hook_server):
+    from pytusd.hooks import HttpHookBackend
+
+    server = hook_server([(503, ""), (500, ""), (200, {"ChangeFileInfo": {"MetaData": {"a": "b"}}}), (404, "")])
+    hooks = Hooks(HttpHookBackend(server.url, retry=3, backoff=0.01), ("pre-create",))
+    client = client_factory(hooks=hooks)
+    url = await create(client, 1)
+    assert (await client.head(url)).headers["upload-metadata"] == "a Yg=="
+    assert len(server.requests) == 3
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500 and len(server.requests) == 4  # 404 is not retried
+
+
+async def test_http_hook_limits(client_factory, hook_server):
+    from pytusd.hooks import HttpHookBackend
+
+    server = hook_server([(200, {"x": "y" * 100}), (200, "not json")])
+    hooks = Hooks(HttpHookBackend(server.url, size_limit=50, backoff=0.01), ("pre-create",))
+    client = client_factory(hooks=hooks)
+    assert (await client.post("/files/", headers={**TUS, "Upload-Length": "1"})).status_code == 500
+    assert (await client.post("/files/", headers={**TUS, "Upload-Length": "1"})).status_code == 500
+    hooks = Hooks(HttpHookBackend("http://127.0.0.1:9/unreachable", retry=1, backoff=0.01), ("pre-create",))
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500
+
+
+async def test_file_hook_timeout_kills_the_script(client_factory, tmp_path):
+    import time
+
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    script(hooks_dir, "pre-create", "#!/bin/sh\nsleep 30\n")
+    hooks = Hooks(FileHookBackend(hooks_dir, timeout=0.3), ("pre-create",))
+    started = time.monotonic()
+    r = await client_factory(hooks=hooks).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500 and time.monotonic() - started < 5
+
+
+class EventMethods:
+    def __init__(self):
+        self.seen = []
+
+    async def pre_create(self, request):
+        self.seen.append("pre-create")
+        return {"ChangeFileInfo": {"ID": "from-methods"}}
+
+    def post_finish(self, request):
+        self.seen.append("post-finish")
+
+
+async def test_python_hook_objects_and_specs(client_factory):
+    target = EventMethods()
+    hooks = Hooks(PythonHookBackend(target), ("pre-create", "post-create", "post-finish"))
+    client = client_factory(hooks=hooks)
+    url = await create(client, 0)
+    await hooks.drain()
+    assert url.endswith("/files/from-methods") and target.seen == ["pre-create", "post-finish"]
+    backend = PythonHookBackend.from_spec("tests.test_hooks:EventMethods")
+    assert backend.hook is EventMethods
+    with pytest.raises(ValueError):
+        PythonHookBackend.from_spec("no-colon")

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__, logs
 from .app import TusApp
 from .config import Config, CorsConfig
-from .hooks import DEFAULT_ENABLED_HOOKS, FileHookBackend, Hooks
+from .hooks import DEFAULT_ENABLED_HOOKS, FileHookBackend, HookBackend, Hooks, HttpHookBackend, PythonHookBackend
 from .lockers import FileLocker, Locker, MemoryLocker
 from .stores import FileStore
 
@@ -165,6 +165,15 @@ _FLAGS = [
         "Comma-separated hook events to run (also: pre-finish, pre-terminate)",
         "Hooks",
     ),
+    Flag("hooks-file-timeout", parse_duration, 0.0, "Kill a hook script running longer than this (0: no limit)", "Hooks"),
+    Flag("hooks-http", str, "", "URL to POST hook events to", "Hooks"),
+    Flag("hooks-http-forward-headers", str, "", "Request headers passed on to the HTTP hook (comma-separated)", "Hooks"),
+    Flag("hooks-http-retry", parse_non_negative_int, 3, "Retries of an HTTP hook on network errors and 5xx", "Hooks"),
+    Flag("hooks-http-backoff", parse_duration, 1.0, "Pause between HTTP hook retries", "Hooks"),
+    Flag("hooks-http-timeout", parse_duration, 15.0, "Timeout of one HTTP hook request", "Hooks"),
+    Flag("hooks-http-size-limit", parse_non_negative_int, 5 * 1024, "Largest HTTP hook response in bytes", "Hooks"),
+    Flag("hooks-http-skip-verify", parse_bool, False, "Do not verify the HTTP hook's TLS certificate", "Hooks"),
+    Flag("hooks-python", str, "", "In-process Python hook as module:object", "Hooks"),
     Flag("progress-hooks-interval", parse_duration, 1.0, "Interval of post-receive hooks while data arrives", "Hooks"),
     # storage and locks
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
@@ -259,10 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
-    if not args.hooks_dir:
+    backends: list[HookBackend] = []
+    if args.hooks_dir:
+        backends.append(FileHookBackend(args.hooks_dir, timeout=args.hooks_file_timeout))
+    if args.hooks_http:
+        backends.append(
+            HttpHookBackend(
+                args.hooks_http,
+                forward_headers=args.hooks_http_forward_headers.split(","),
+                retry=args.hooks_http_retry,
+                backoff=args.hooks_http_backoff,
+                timeout=args.hooks_http_timeout or 15.0,
+                size_limit=args.hooks_http_size_limit,
+                verify=not args.hooks_http_skip_verify,
+            )
+        )
+    if args.hooks_python:
+        backends.append(PythonHookBackend.from_spec(args.hooks_python))
+    if not backends:
         return None
+    if len(backends) > 1:
+        raise ValueError("use one of --hooks-dir, --hooks-http and --hooks-python (several at once: not yet)")
     events = [e.strip() for e in args.hooks_enabled_events.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
-    return Hooks(FileHookBackend(args.hooks_dir), events, progress_interval=args.progress_hooks_interval or 1.0)
+    return Hooks(backends[0], events, progress_interval=args.progress_hooks_interval or 1.0)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -344,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         app = TusApp(config)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError, AttributeError) as exc:
         parser.error(str(exc))
     options = ServeOptions(
         host=args.host,

@@ -15,6 +15,7 @@ from .base import (
     hook_request,
 )
 from .file import FileHookBackend
+from .http import HttpHookBackend
 from .python import PythonHookBackend
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FileHookBackend",
     "HookBackend",
     "HookResponse",
+    "HttpHookBackend",
     "Hooks",
     "PythonHookBackend",
     "hook_request",

@@ -3,20 +3,24 @@
 ``<dir>/<event>`` (e.g. ``pre-create``) runs with the HookRequest JSON on stdin, the upload's ``TUS_ID``,
 ``TUS_SIZE`` and ``TUS_OFFSET`` in its environment and the hooks directory as working directory. It is executed
 directly, never through a shell. Exit status 0 with JSON (or nothing) on stdout is its answer; any other status, or
-output that is not JSON, is a hook failure. A missing script means the hook does nothing.
+output that is not JSON, is a hook failure, and so is running longer than ``timeout`` (the script is killed). A
+missing script means the hook does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from typing import Any
 
 
 class FileHookBackend:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], timeout: float = 0) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
+        self.timeout = timeout  # seconds; 0 waits as long as the script runs (tusd's behaviour)
 
     def __repr__(self) -> str:
         return f"FileHookBackend({self.directory!r})"
@@ -36,14 +40,21 @@ class FileHookBackend:
             path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=None,  # passed through to the server's stderr, as tusd does
             cwd=self.directory,
             env=env,
+            start_new_session=True,  # its own process group, so a timeout ends the script's children too
         )
-        stdout, stderr = await process.communicate(json.dumps(request).encode())
+        try:
+            async with asyncio.timeout(self.timeout or None):
+                stdout, _ = await process.communicate(json.dumps(request).encode())
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise RuntimeError(f"{path} did not finish within {self.timeout:g} s and was killed") from None
         if process.returncode != 0:
-            detail = stderr.decode(errors="replace").strip()[-500:]
-            raise RuntimeError(f"{path} exited with status {process.returncode}: {detail}")
+            raise RuntimeError(f"{path} exited with status {process.returncode}")
         text = stdout.decode(errors="replace").strip()
         if not text:
             return None

@@ -1,0 +1,92 @@
+"""HTTP hooks: the HookRequest JSON is POSTed to an endpoint, as tusd's ``-hooks-http``.
+
+Network errors and 5xx answers are retried ``retry`` times, ``backoff`` seconds apart; any other non-2xx answer is
+a hook failure, as is a body larger than ``size_limit`` or one that is not JSON. Notification events carry an
+``Idempotency-Key`` (the same on every retry) so a receiver can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from .base import BLOCKING_HOOKS
+
+
+class HookHttpError(RuntimeError):
+    pass
+
+
+class HttpHookBackend:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        forward_headers: Iterable[str] = (),
+        retry: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 15.0,
+        size_limit: int = 5 * 1024,
+        verify: bool = True,
+    ) -> None:
+        self.endpoint = endpoint
+        self.forward_headers = [h.strip() for h in forward_headers if h.strip()]
+        self.retry = retry
+        self.backoff = backoff
+        self.size_limit = size_limit
+        self._client = httpx.AsyncClient(timeout=timeout, verify=verify)
+
+    def __repr__(self) -> str:
+        return f"HttpHookBackend({self.endpoint!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _headers(self, hook_type: str, request: dict[str, Any]) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Hook-Name": hook_type}
+        incoming = request["Event"]["HTTPRequest"].get("Header", {})
+        lowered = {k.lower(): v for k, v in incoming.items()}
+        for name in self.forward_headers:
+            values = lowered.get(name.lower())
+            if values:
+                headers[name] = ", ".join(values)
+        if hook_type not in BLOCKING_HOOKS:
+            headers["Idempotency-Key"] = secrets.token_hex(16)
+        return headers
+
+    async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
+        headers = self._headers(hook_type, request)
+        payload = json.dumps(request).encode()
+        attempt = 0
+        while True:
+            try:
+                async with self._client.stream("POST", self.endpoint, content=payload, headers=headers) as response:
+                    body = bytearray()
+                    async for block in response.aiter_bytes():
+                        body += block
+                        if len(body) > self.size_limit:
+                            raise HookHttpError(f"hook response is larger than {self.size_limit} bytes")
+                    status = response.status_code
+            except httpx.TransportError as exc:
+                failure: Exception = exc
+            else:
+                if 200 <= status < 300:
+                    text = body.decode(errors="replace").strip()
+                    if not text:
+                        return None
+                    try:
+                        return json.loads(text)
+                    except ValueError as exc:
+                        raise HookHttpError(f"hook endpoint answered something that is not JSON: {text[:200]!r}") from exc
+                failure = HookHttpError(f"hook endpoint answered {status}")
+                if status < 500:
+                    raise failure
+            if attempt >= self.retry:
+                raise HookHttpError(f"hook endpoint failed after {attempt + 1} attempts: {failure}") from failure
+            attempt += 1
+            await asyncio.sleep(self.backoff)
