@@ -352,3 +352,40 @@ async def test_python_hook_objects_and_specs(client_factory):
     assert backend.hook is EventMethods
     with pytest.raises(ValueError):
         PythonHookBackend.from_spec("no-colon")
+
+
+async def test_pre_access_guards_existing_uploads(client_factory):
+    async def hook(hook_type, request):
+        if hook_type != "pre-access":
+            return None
+        headers = request["Event"]["HTTPRequest"]["Header"]
+        if headers.get("Authorization") != ["Bearer owner"]:
+            return {"RejectUpload": True, "HTTPResponse": {"StatusCode": 401, "Header": {"WWW-Authenticate": "Bearer"}}}
+        return None
+
+    hooks = Hooks(PythonHookBackend(hook), ("pre-access",))
+    client = client_factory(hooks=hooks)
+    url = await create(client, 3)  # creation is pre-create's business, not pre-access's
+    owner = {"Authorization": "Bearer owner"}
+    assert (await client.head(url, headers=owner)).status_code == 200
+    assert (await patch(client, url, 0, b"abc", **owner)).status_code == 204
+    assert (await client.get(url, headers=owner)).content == b"abc"
+    for method in ("HEAD", "GET", "PATCH", "DELETE"):
+        r = await client.request(method, url, headers={**TUS, "Content-Type": "application/offset+octet-stream",
+                                                       "Upload-Offset": "3"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", method
+    r = await client.get(url, headers={"Authorization": "Bearer owner"})
+    assert r.status_code == 200 and r.content == b"abc"
+
+
+async def test_pre_access_is_off_by_default(client_factory):
+    calls, _ = recorder()
+    from pytusd.hooks import DEFAULT_ENABLED_HOOKS
+
+    assert "pre-access" not in DEFAULT_ENABLED_HOOKS
+    hooks = Hooks(PythonHookBackend(lambda t, r: calls.append(t)))
+    client = client_factory(hooks=hooks)
+    url = await create(client, 1)
+    await client.head(url)
+    await hooks.drain()
+    assert "pre-access" not in calls

@@ -166,6 +166,8 @@ class TusApp:
             else:
                 headers["Access-Control-Expose-Headers"] = cors.expose_header
 
+        if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE"):
+            await self.handlers.authorize(request)
         version = draft.interop_version(request) if self.draft is not None else None
         if version is not None:
             del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses

@@ -248,6 +248,17 @@ class Handlers:
                     merge_hook_response(response, answer)
             self.hooks.fire("post-finish", info, request.hook_http())
 
+    async def authorize(self, request: Request) -> None:
+        """pre-access: the hook sees the upload and the request before any HEAD, PATCH, GET or DELETE and may refuse
+        it with ``RejectUpload`` (403 ERR_ACCESS_DENIED, or its own status, body and headers)."""
+        if self.hooks is None or not self.hooks.wants("pre-access"):
+            return
+        upload_id = self._upload_id(request)
+        info = await (await self.store.get(upload_id)).info()
+        answer = await self.hooks.call("pre-access", info, request.hook_http())
+        if answer.reject_upload:
+            raise answer.error(errors.ERR_ACCESS_DENIED)
+
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
             raise errors.ERR_UPLOAD_NOT_FOUND()

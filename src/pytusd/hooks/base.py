@@ -13,8 +13,17 @@ from ..types import UploadInfo
 
 log = logging.getLogger("pytusd.hooks")
 
-HOOK_TYPES = ("pre-create", "post-create", "post-receive", "pre-finish", "post-finish", "pre-terminate", "post-terminate")
-BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate"})
+HOOK_TYPES = (
+    "pre-create",
+    "post-create",
+    "post-receive",
+    "pre-finish",
+    "post-finish",
+    "pre-terminate",
+    "post-terminate",
+    "pre-access",  # beyond tusd: before every HEAD, PATCH, GET and DELETE of an existing upload (off by default)
+)
+BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate", "pre-access"})
 DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-terminate", "post-finish")
 
 
