@@ -165,6 +165,9 @@ _FLAGS = [
         "Comma-separated hook events to run (also: pre-finish, pre-terminate)",
         "Hooks",
     ),
+    Flag("hooks-dir-events", str, "", "Events for the file hooks (default: --hooks-enabled-events)", "Hooks"),
+    Flag("hooks-http-events", str, "", "Events for the HTTP hook (default: --hooks-enabled-events)", "Hooks"),
+    Flag("hooks-python-events", str, "", "Events for the Python hook (default: --hooks-enabled-events)", "Hooks"),
     Flag("hooks-file-timeout", parse_duration, 0.0, "Kill a hook script running longer than this (0: no limit)", "Hooks"),
     Flag("hooks-http", str, "", "URL to POST hook events to", "Hooks"),
     Flag("hooks-http-forward-headers", str, "", "Request headers passed on to the HTTP hook (comma-separated)", "Hooks"),
@@ -268,29 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
-    backends: list[HookBackend] = []
+    """Every hook backend given on the command line, each for ``--hooks-<backend>-events`` or, by default, for
+    ``--hooks-enabled-events``."""
+
+    def events(own: str) -> list[str]:
+        chosen = own or args.hooks_enabled_events
+        return [e.strip() for e in chosen.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
+
+    bindings: list[tuple[HookBackend, list[str]]] = []
     if args.hooks_dir:
-        backends.append(FileHookBackend(args.hooks_dir, timeout=args.hooks_file_timeout))
+        bindings.append((FileHookBackend(args.hooks_dir, timeout=args.hooks_file_timeout), events(args.hooks_dir_events)))
     if args.hooks_http:
-        backends.append(
-            HttpHookBackend(
-                args.hooks_http,
-                forward_headers=args.hooks_http_forward_headers.split(","),
-                retry=args.hooks_http_retry,
-                backoff=args.hooks_http_backoff,
-                timeout=args.hooks_http_timeout or 15.0,
-                size_limit=args.hooks_http_size_limit,
-                verify=not args.hooks_http_skip_verify,
-            )
+        backend = HttpHookBackend(
+            args.hooks_http,
+            forward_headers=args.hooks_http_forward_headers.split(","),
+            retry=args.hooks_http_retry,
+            backoff=args.hooks_http_backoff,
+            timeout=args.hooks_http_timeout or 15.0,
+            size_limit=args.hooks_http_size_limit,
+            verify=not args.hooks_http_skip_verify,
         )
+        bindings.append((backend, events(args.hooks_http_events)))
     if args.hooks_python:
-        backends.append(PythonHookBackend.from_spec(args.hooks_python))
-    if not backends:
+        bindings.append((PythonHookBackend.from_spec(args.hooks_python), events(args.hooks_python_events)))
+    if not bindings:
         return None
-    if len(backends) > 1:
-        raise ValueError("use one of --hooks-dir, --hooks-http and --hooks-python (several at once: not yet)")
-    events = [e.strip() for e in args.hooks_enabled_events.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
-    return Hooks(backends[0], events, progress_interval=args.progress_hooks_interval or 1.0)
+    return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -87,6 +87,20 @@ class HookResponse:
             change_storage=text_map(changes.get("storage")),
         )
 
+    def merge(self, later: HookResponse) -> None:
+        """Fold a later backend's answer into this one."""
+        self.status_code = later.status_code or self.status_code
+        self.body = later.body if later.body is not None else self.body
+        self.headers.update(later.headers)
+        self.reject_upload = self.reject_upload or later.reject_upload
+        self.reject_termination = self.reject_termination or later.reject_termination
+        self.stop_upload = self.stop_upload or later.stop_upload
+        self.change_id = later.change_id or self.change_id
+        if later.change_metadata is not None:
+            self.change_metadata = later.change_metadata
+        if later.change_storage is not None:
+            self.change_storage = later.change_storage
+
     def error(self, template: errors.TusError) -> errors.TusError:
         """``template`` with this response's status, body and headers merged in (tusd's MergeWith)."""
         return template(
@@ -103,18 +117,35 @@ class HookBackend(Protocol):
         ...
 
 
+class HookFailed(Exception):
+    pass
+
+
 class Hooks:
-    """Calls one backend for the enabled events."""
+    """Dispatches hook events to one or more backends, each for the events it is bound to.
+
+    ``Hooks(backend, events)`` binds one backend; ``Hooks(bindings=[(file_backend, events), (http_backend, ...)])``
+    several. For a blocking event the backends run in the order given and their answers are merged: any rejection
+    or stop wins, later statuses, bodies and file-info changes override earlier ones, headers add up.
+    """
 
     def __init__(
-        self, backend: HookBackend, enabled: Iterable[str] = DEFAULT_ENABLED_HOOKS, progress_interval: float = 1.0
+        self,
+        backend: HookBackend | None = None,
+        enabled: Iterable[str] = DEFAULT_ENABLED_HOOKS,
+        progress_interval: float = 1.0,
+        *,
+        bindings: Iterable[tuple[HookBackend, Iterable[str]]] = (),
     ) -> None:
-        enabled = tuple(enabled)
-        unknown = [e for e in enabled if e not in HOOK_TYPES]
-        if unknown:
-            raise ValueError(f"unknown hook events: {', '.join(unknown)} (known: {', '.join(HOOK_TYPES)})")
-        self.backend = backend
-        self.enabled = frozenset(enabled)
+        pairs = ([(backend, enabled)] if backend is not None else []) + list(bindings)
+        self.bindings: list[tuple[HookBackend, frozenset[str]]] = []
+        for bound, events in pairs:
+            events = frozenset(events)
+            unknown = sorted(events - set(HOOK_TYPES))
+            if unknown:
+                raise ValueError(f"unknown hook events: {', '.join(unknown)} (known: {', '.join(HOOK_TYPES)})")
+            self.bindings.append((bound, events))
+        self.enabled = frozenset().union(*(events for _, events in self.bindings))
         self.progress_interval = progress_interval
         self.invocations: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
         self.failures: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
@@ -123,46 +154,46 @@ class Hooks:
     def wants(self, hook_type: str) -> bool:
         return hook_type in self.enabled
 
+    async def _run(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
+        request = hook_request(hook_type, info, http)
+        merged = HookResponse()
+        for backend, events in self.bindings:
+            if hook_type not in events:
+                continue
+            self.invocations[hook_type] += 1
+            try:
+                merged.merge(HookResponse.from_json(await backend.invoke(hook_type, request)))
+            except Exception as exc:
+                self.failures[hook_type] += 1
+                log.error("%s hook (%r) failed for upload %s: %s", hook_type, backend, info.id or "(new)", exc)
+                raise HookFailed(hook_type) from exc
+        return merged
+
     async def call(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
         """Run a blocking hook. A failing hook fails the request with 500, as in tusd."""
         if hook_type not in self.enabled:
             return HookResponse()
-        self.invocations[hook_type] += 1
         try:
-            return HookResponse.from_json(await self.backend.invoke(hook_type, hook_request(hook_type, info, http)))
-        except Exception as exc:
-            self.failures[hook_type] += 1
-            log.error("%s hook failed for upload %s: %s", hook_type, info.id or "(new)", exc)
+            return await self._run(hook_type, info, http)
+        except HookFailed as exc:
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"{hook_type} hook failed") from exc
 
     async def observe(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse | None:
         """Run a hook whose answer matters but whose failure must not fail the request (post-receive)."""
         if hook_type not in self.enabled:
             return None
-        self.invocations[hook_type] += 1
         try:
-            return HookResponse.from_json(await self.backend.invoke(hook_type, hook_request(hook_type, info, http)))
-        except Exception as exc:
-            self.failures[hook_type] += 1
-            log.error("%s hook failed for upload %s: %s", hook_type, info.id, exc)
+            return await self._run(hook_type, info, http)
+        except HookFailed:
             return None
 
     def fire(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> None:
         """Run a notification hook in the background; its failure is logged and counted, never raised."""
         if hook_type not in self.enabled:
             return
-
-        async def run() -> None:
-            self.invocations[hook_type] += 1
-            try:
-                await self.backend.invoke(hook_type, hook_request(hook_type, info, http))
-            except Exception as exc:
-                self.failures[hook_type] += 1
-                log.error("%s hook failed for upload %s: %s", hook_type, info.id, exc)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task = asyncio.get_running_loop().create_task(self.observe(hook_type, info, http))
+        self._background.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._background.discard)  # type: ignore[arg-type]
 
     async def drain(self) -> None:
         """Wait for background hooks still running (tests, shutdown)."""
