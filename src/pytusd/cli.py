@@ -21,6 +21,7 @@ from .app import TusApp
 from .config import Config, CorsConfig
 from .hooks import DEFAULT_ENABLED_HOOKS, FileHookBackend, HookBackend, Hooks, HttpHookBackend, PythonHookBackend
 from .lockers import FileLocker, Locker, MemoryLocker
+from .rules import UploadRules
 from .stores import FileStore
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -178,6 +179,13 @@ _FLAGS = [
     Flag("hooks-http-skip-verify", parse_bool, False, "Do not verify the HTTP hook's TLS certificate", "Hooks"),
     Flag("hooks-python", str, "", "In-process Python hook as module:object", "Hooks"),
     Flag("progress-hooks-interval", parse_duration, 1.0, "Interval of post-receive hooks while data arrives", "Hooks"),
+    # upload rules
+    Flag("upload-rules", str, "", "JSON file of upload rules (max_size, allowed_types, ...; see README)", "Upload rules"),
+    Flag("allowed-types", str, "", "Media types an upload may have (filetype metadata; e.g. image/*,application/pdf)",
+         "Upload rules"),
+    Flag("allowed-extensions", str, "", "File extensions an upload may have (filename metadata; e.g. .pdf,.png)",
+         "Upload rules"),
+    Flag("required-metadata", str, "", "Metadata keys every upload must carry (comma-separated)", "Upload rules"),
     # storage and locks
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
@@ -299,6 +307,26 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)
 
 
+def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
+    """Upload rules from --upload-rules, with the single-rule flags overriding the file's entries."""
+    rules = UploadRules.from_file(args.upload_rules) if args.upload_rules else UploadRules()
+
+    def listed(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    changes = {
+        name: listed(value)
+        for name, value in (
+            ("allowed_types", args.allowed_types),
+            ("allowed_extensions", args.allowed_extensions),
+            ("required_metadata", args.required_metadata),
+        )
+        if value
+    }
+    rules = dataclasses.replace(rules, **changes) if changes else rules
+    return None if rules.empty else rules
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     store = FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
     locker: Locker
@@ -335,6 +363,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         show_greeting=args.show_greeting,
         expiration=args.expiration,
         hooks=hooks_from_args(args),
+        rules=rules_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
         # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
         request_trailers=importlib.util.find_spec("httptools") is not None,

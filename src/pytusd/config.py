@@ -8,6 +8,7 @@ import re
 from . import protocol
 from .hooks import Hooks
 from .lockers import Locker, MemoryLocker
+from .rules import UploadRules
 from .stores import DataStore
 
 
@@ -73,6 +74,7 @@ class Config:
     request_trailers: bool = False
     enable_experimental_protocol: bool = False
     hooks: Hooks | None = None
+    rules: UploadRules | None = None
     expiration_cleanup_interval: float = 60.0
 
     def __post_init__(self) -> None:

@@ -50,6 +50,9 @@ class Handlers:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.hooks = config.hooks
+        # What a deferred-length upload may grow to: the server's limit or an upload rule's, whichever is lower.
+        limits = [config.max_size, config.rules.max_size if config.rules else 0]
+        self.size_limit = min((x for x in limits if x), default=0)
         self.store = config.store
         self.locker = config.locker
         self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
@@ -116,7 +119,7 @@ class Handlers:
         """
         offset = info.offset
         length = request.content_length
-        max_size = self.config.max_size
+        max_size = self.size_limit
         if info.size_is_deferred:
             limit = max_size - offset if max_size else protocol.INT64_MAX
             if length is not None and length > limit:
@@ -305,6 +308,8 @@ class Handlers:
             is_final=kind == "final",
             partial_uploads=tuple([(await p.info()).id for p in partials]),
         )
+        if self.config.rules is not None:
+            self.config.rules.check(info)
         hook_answer = None
         if self.hooks is not None and self.hooks.wants("pre-create"):
             hook_answer = await self.hooks.call("pre-create", info, request.hook_http())
@@ -414,6 +419,8 @@ class Handlers:
             raise errors.ERR_INVALID_UPLOAD_LENGTH()
         if self.config.max_size and length > self.config.max_size:
             raise errors.ERR_MAX_SIZE_EXCEEDED()
+        if self.config.rules is not None:
+            self.config.rules.check_size(length)
         await self.store.declare_length(upload, length)  # type: ignore[attr-defined]
         return info.replace(size=length, size_is_deferred=False)
 

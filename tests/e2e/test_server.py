@@ -566,3 +566,23 @@ def test_file_hooks_through_the_command(pytusd_factory, tmp_path):
         url, headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}, content=b"abc"
     )
     assert r.status_code == 403 and r.text == "file is not allowed"
+
+
+def test_upload_rules_from_flags_and_file(pytusd_factory, tmp_path):
+    import base64
+    import json
+
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"max_size": 50, "allowed_types": ["text/*"]}))
+    server = pytusd_factory("--upload-rules", str(rules), "--required-metadata", "filename")
+
+    def post(length: int, **meta: str):
+        header = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
+        return httpx.post(server.url, headers={**TUS, "Upload-Length": str(length), "Upload-Metadata": header})
+
+    assert post(10, filename="a.txt", filetype="text/plain").status_code == 201
+    assert post(60, filename="a.txt", filetype="text/plain").status_code == 413
+    r = post(10, filetype="text/plain")
+    assert r.status_code == 400 and "required_metadata" in r.text
+    r = post(10, filename="a.txt", filetype="image/png")
+    assert r.status_code == 400 and "allowed_types" in r.text
