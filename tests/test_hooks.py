@@ -418,3 +418,73 @@ async def test_several_backends_each_for_its_events(client_factory, tmp_path):
                 0, b"x")
     await hooks.drain()
     assert first_calls == ["pre-create"] * 3 and second_calls == ["pre-create"] * 3 + ["post-finish"]
+
+
+# -- Fireboom upload hooks against a Fireboom-style hook server ---------------------------------------------------
+
+
+class FireboomServer(HookServer):
+    """Answers preUpload by the file name: 'bad*' is rejected, others renamed to 'renamed-<name>'."""
+
+    def __init__(self):
+        super().__init__()
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((dict(self.headers, path=self.path), body))
+                answer = {}
+                if self.path.endswith("/preUpload"):
+                    name = body["file"]["name"]
+                    answer = {"error": "name not allowed"} if name.startswith("bad") else {"fileKey": f"renamed-{name}"}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server.RequestHandlerClass = Handler
+
+
+async def test_fireboom_hooks_rename_reject_and_report(client_factory):
+    import base64
+
+    from pytusd.hooks import FireboomHookBackend
+
+    server = FireboomServer()
+    try:
+        backend = FireboomHookBackend(server.url.rsplit("/", 1)[0], "files", "avatars")
+        hooks = Hooks(backend, ("pre-create", "post-finish", "post-terminate"))
+        client = client_factory(hooks=hooks)
+
+        def meta(name):
+            return {"Upload-Metadata": "filename " + base64.b64encode(name.encode()).decode()}
+
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "2", "X-Request-ID": "req-1", **meta("a.png")})
+        assert r.status_code == 201 and r.headers["location"].endswith("/files/renamed-a.png")
+        await patch(client, r.headers["location"], 0, b"ok")
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "2", **meta("bad.exe")})
+        assert r.status_code == 400 and r.text == "name not allowed"
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "9", **meta("c.txt")})
+        await client.delete(r.headers["location"], headers=TUS)
+        await hooks.drain()
+        pre = [(h, b) for h, b in server.requests if h["path"] == "/upload/files/avatars/preUpload"]
+        post = [(h, b) for h, b in server.requests if h["path"] == "/upload/files/avatars/postUpload"]
+        assert len(pre) == 3 and len(post) == 2 and len(server.requests) == 5
+        first_headers, first = pre[0]
+        assert first_headers["X-Request-Id"] == "req-1"
+        assert first["file"] == {"name": "a.png", "size": 2, "type": "", "provider": "files"}
+        assert first["__wg"]["clientRequest"]["method"] == "POST" and first["meta"] == {"filename": "a.png"}
+        finished = [b for _, b in post if "error" not in b]
+        failed = [b for _, b in post if "error" in b]
+        assert [b["file"]["name"] for b in finished] == ["renamed-a.png"]
+        assert [b["file"]["name"] for b in failed] == ["renamed-c.txt"] and failed[0]["error"]["name"] == "UploadError"
+    finally:
+        server.close()

@@ -19,7 +19,15 @@ from typing import Any
 from . import __version__, logs
 from .app import TusApp
 from .config import Config, CorsConfig
-from .hooks import DEFAULT_ENABLED_HOOKS, FileHookBackend, HookBackend, Hooks, HttpHookBackend, PythonHookBackend
+from .hooks import (
+    DEFAULT_ENABLED_HOOKS,
+    FileHookBackend,
+    FireboomHookBackend,
+    HookBackend,
+    Hooks,
+    HttpHookBackend,
+    PythonHookBackend,
+)
 from .lockers import FileLocker, Locker, MemoryLocker
 from .rules import UploadRules
 from .stores import FileStore
@@ -178,6 +186,9 @@ _FLAGS = [
     Flag("hooks-http-size-limit", parse_non_negative_int, 5 * 1024, "Largest HTTP hook response in bytes", "Hooks"),
     Flag("hooks-http-skip-verify", parse_bool, False, "Do not verify the HTTP hook's TLS certificate", "Hooks"),
     Flag("hooks-python", str, "", "In-process Python hook as module:object", "Hooks"),
+    Flag("hooks-fireboom", str, "", "URL of a Fireboom-style hook server (preUpload/postUpload)", "Hooks"),
+    Flag("hooks-fireboom-storage", str, "tus", "Storage name in Fireboom hook URLs", "Hooks"),
+    Flag("hooks-fireboom-profile", str, "default", "Upload profile name in Fireboom hook URLs", "Hooks"),
     Flag("progress-hooks-interval", parse_duration, 1.0, "Interval of post-receive hooks while data arrives", "Hooks"),
     # upload rules
     Flag("upload-rules", str, "", "JSON file of upload rules (max_size, allowed_types, ...; see README)", "Upload rules"),
@@ -302,6 +313,9 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
         bindings.append((backend, events(args.hooks_http_events)))
     if args.hooks_python:
         bindings.append((PythonHookBackend.from_spec(args.hooks_python), events(args.hooks_python_events)))
+    if args.hooks_fireboom:
+        fireboom = FireboomHookBackend(args.hooks_fireboom, args.hooks_fireboom_storage, args.hooks_fireboom_profile)
+        bindings.append((fireboom, ["pre-create", "post-finish", "post-terminate"]))
     if not bindings:
         return None
     return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)

@@ -15,6 +15,7 @@ from .base import (
     hook_request,
 )
 from .file import FileHookBackend
+from .fireboom import FireboomHookBackend
 from .http import HttpHookBackend
 from .python import PythonHookBackend
 
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_ENABLED_HOOKS",
     "HOOK_TYPES",
     "FileHookBackend",
+    "FireboomHookBackend",
     "HookBackend",
     "HookResponse",
     "HttpHookBackend",

@@ -22,50 +22,28 @@ class HookHttpError(RuntimeError):
     pass
 
 
-class HttpHookBackend:
+class JsonPoster:
+    """POSTs JSON and decodes the JSON answer, with retries on network errors and 5xx and a size limit."""
+
     def __init__(
-        self,
-        endpoint: str,
-        *,
-        forward_headers: Iterable[str] = (),
-        retry: int = 3,
-        backoff: float = 1.0,
-        timeout: float = 15.0,
-        size_limit: int = 5 * 1024,
+        self, *, retry: int = 3, backoff: float = 1.0, timeout: float = 15.0, size_limit: int = 5 * 1024,
         verify: bool = True,
     ) -> None:
-        self.endpoint = endpoint
-        self.forward_headers = [h.strip() for h in forward_headers if h.strip()]
         self.retry = retry
         self.backoff = backoff
         self.size_limit = size_limit
         self._client = httpx.AsyncClient(timeout=timeout, verify=verify)
 
-    def __repr__(self) -> str:
-        return f"HttpHookBackend({self.endpoint!r})"
-
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _headers(self, hook_type: str, request: dict[str, Any]) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Hook-Name": hook_type}
-        incoming = request["Event"]["HTTPRequest"].get("Header", {})
-        lowered = {k.lower(): v for k, v in incoming.items()}
-        for name in self.forward_headers:
-            values = lowered.get(name.lower())
-            if values:
-                headers[name] = ", ".join(values)
-        if hook_type not in BLOCKING_HOOKS:
-            headers["Idempotency-Key"] = secrets.token_hex(16)
-        return headers
-
-    async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
-        headers = self._headers(hook_type, request)
-        payload = json.dumps(request).encode()
+    async def post(self, url: str, payload: Any, headers: dict[str, str]) -> Any:
+        data = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", **headers}
         attempt = 0
         while True:
             try:
-                async with self._client.stream("POST", self.endpoint, content=payload, headers=headers) as response:
+                async with self._client.stream("POST", url, content=data, headers=headers) as response:
                     body = bytearray()
                     async for block in response.aiter_bytes():
                         body += block
@@ -90,3 +68,41 @@ class HttpHookBackend:
                 raise HookHttpError(f"hook endpoint failed after {attempt + 1} attempts: {failure}") from failure
             attempt += 1
             await asyncio.sleep(self.backoff)
+
+
+class HttpHookBackend:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        forward_headers: Iterable[str] = (),
+        retry: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 15.0,
+        size_limit: int = 5 * 1024,
+        verify: bool = True,
+    ) -> None:
+        self.endpoint = endpoint
+        self.forward_headers = [h.strip() for h in forward_headers if h.strip()]
+        self.poster = JsonPoster(retry=retry, backoff=backoff, timeout=timeout, size_limit=size_limit, verify=verify)
+
+    def __repr__(self) -> str:
+        return f"HttpHookBackend({self.endpoint!r})"
+
+    async def aclose(self) -> None:
+        await self.poster.aclose()
+
+    def _headers(self, hook_type: str, request: dict[str, Any]) -> dict[str, str]:
+        headers = {"Hook-Name": hook_type}
+        incoming = request["Event"]["HTTPRequest"].get("Header", {})
+        lowered = {k.lower(): v for k, v in incoming.items()}
+        for name in self.forward_headers:
+            values = lowered.get(name.lower())
+            if values:
+                headers[name] = ", ".join(values)
+        if hook_type not in BLOCKING_HOOKS:
+            headers["Idempotency-Key"] = secrets.token_hex(16)
+        return headers
+
+    async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
+        return await self.poster.post(self.endpoint, request, self._headers(hook_type, request))
