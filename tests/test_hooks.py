@@ -228,21 +228,23 @@ async def test_post_receive_after_a_patch(client_factory):
 
 
 class HookServer:
-    """A small HTTP hook receiver: records requests, answers from a script of (status, body) per call."""
+    """A small HTTP hook receiver on 127.0.0.1: records (headers with the path, JSON body) of every POST and answers
+    with ``respond(path, body) -> (status, answer)``, by default from a script of answers, one per call."""
 
-    def __init__(self, answers=None):
+    def __init__(self, answers=None, respond=None):
         import http.server
         import threading
 
         self.requests: list[tuple[dict, dict]] = []
         self.answers = list(answers or [])
+        respond = respond or (lambda path, body: self.answers.pop(0) if self.answers else (200, ""))
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((dict(self.headers), body))
-                status, answer = outer.answers.pop(0) if outer.answers else (200, "")
+                outer.requests.append((dict(self.headers, path=self.path), body))
+                status, answer = respond(self.path, body)
                 data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -423,34 +425,12 @@ async def test_several_backends_each_for_its_events(client_factory, tmp_path):
 # -- Fireboom upload hooks against a Fireboom-style hook server ---------------------------------------------------
 
 
-class FireboomServer(HookServer):
-    """Answers preUpload by the file name: 'bad*' is rejected, others renamed to 'renamed-<name>'."""
-
-    def __init__(self):
-        super().__init__()
-        import http.server
-
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((dict(self.headers, path=self.path), body))
-                answer = {}
-                if self.path.endswith("/preUpload"):
-                    name = body["file"]["name"]
-                    answer = {"error": "name not allowed"} if name.startswith("bad") else {"fileKey": f"renamed-{name}"}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server.RequestHandlerClass = Handler
+def fireboom_answer(path: str, body: dict) -> tuple[int, dict]:
+    """A Fireboom-style hook server: preUpload rejects names starting with 'bad', renames the others."""
+    if path.endswith("/preUpload"):
+        name = body["file"]["name"]
+        return 200, ({"error": "name not allowed"} if name.startswith("bad") else {"fileKey": f"renamed-{name}"})
+    return 200, {}
 
 
 async def test_fireboom_hooks_rename_reject_and_report(client_factory):
@@ -458,7 +438,7 @@ async def test_fireboom_hooks_rename_reject_and_report(client_factory):
 
     from pytusd.hooks import FireboomHookBackend
 
-    server = FireboomServer()
+    server = HookServer(respond=fireboom_answer)
     try:
         backend = FireboomHookBackend(server.url.rsplit("/", 1)[0], "files", "avatars")
         hooks = Hooks(backend, ("pre-create", "post-finish", "post-terminate"))

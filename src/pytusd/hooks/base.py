@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +31,17 @@ DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-term
 def hook_request(hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> dict[str, Any]:
     """tusd's HookRequest: ``{"Type", "Event": {"Upload": FileInfo, "HTTPRequest": {...}}}``."""
     return {"Type": hook_type, "Event": {"Upload": info.to_json_dict(), "HTTPRequest": dict(http)}}
+
+
+def decode_answer(raw: bytes, source: str) -> Any:
+    """A hook's raw answer as JSON: None when empty, an error naming ``source`` when it is not JSON."""
+    text = raw.decode(errors="replace").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{source} answered something that is not JSON: {text[:200]!r}") from exc
 
 
 def _lower_keys(value: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import os
 import signal
 from typing import Any
 
+from .base import decode_answer
+
 
 class FileHookBackend:
     def __init__(self, directory: str | os.PathLike[str], timeout: float = 0) -> None:
@@ -55,10 +57,4 @@ class FileHookBackend:
             raise RuntimeError(f"{path} did not finish within {self.timeout:g} s and was killed") from None
         if process.returncode != 0:
             raise RuntimeError(f"{path} exited with status {process.returncode}")
-        text = stdout.decode(errors="replace").strip()
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise RuntimeError(f"{path} printed something that is not JSON: {text[:200]!r}") from exc
+        return decode_answer(stdout, path)

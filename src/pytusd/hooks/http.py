@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .base import BLOCKING_HOOKS
+from .base import BLOCKING_HOOKS, decode_answer
 
 
 class HookHttpError(RuntimeError):
@@ -54,13 +54,7 @@ class JsonPoster:
                 failure: Exception = exc
             else:
                 if 200 <= status < 300:
-                    text = body.decode(errors="replace").strip()
-                    if not text:
-                        return None
-                    try:
-                        return json.loads(text)
-                    except ValueError as exc:
-                        raise HookHttpError(f"hook endpoint answered something that is not JSON: {text[:200]!r}") from exc
+                    return decode_answer(bytes(body), url)
                 failure = HookHttpError(f"hook endpoint answered {status}")
                 if status < 500:
                     raise failure
