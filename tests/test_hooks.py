@@ -468,3 +468,59 @@ async def test_fireboom_hooks_rename_reject_and_report(client_factory):
         assert [b["file"]["name"] for b in failed] == ["renamed-c.txt"] and failed[0]["error"]["name"] == "UploadError"
     finally:
         server.close()
+
+
+# -- gRPC hooks against a gRPC server built from the .proto -------------------------------------------------------
+
+
+async def test_grpc_hooks(client_factory):
+    from grpc import aio
+
+    from pytusd.hooks.grpc import GrpcHookBackend
+    from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
+
+    received = []
+
+    class Handler(hook_pb2_grpc.HookHandlerServicer):
+        async def InvokeHook(self, request, context):
+            received.append(request)
+            if request.type == "pre-create":
+                if request.event.upload.metaData.get("filename") == "bad":
+                    return hook_pb2.HookResponse(
+                        rejectUpload=True, httpResponse=hook_pb2.HTTPResponse(statusCode=422, body="no")
+                    )
+                return hook_pb2.HookResponse(
+                    changeFileInfo=hook_pb2.FileInfoChanges(id="grpc-id", metaData={"via": "grpc"}),
+                    httpResponse=hook_pb2.HTTPResponse(header={"X-Hook": "grpc"}),
+                )
+            return hook_pb2.HookResponse()
+
+    server = aio.server()
+    hook_pb2_grpc.add_HookHandlerServicer_to_server(Handler(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        backend = GrpcHookBackend(f"127.0.0.1:{port}", backoff=0.01)
+        hooks = Hooks(backend, ("pre-create", "post-finish"))
+        client = client_factory(hooks=hooks)
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "2", "Upload-Metadata": "filename b2s="})
+        assert r.status_code == 201 and r.headers["location"].endswith("/files/grpc-id")
+        assert r.headers["x-hook"] == "grpc"
+        await patch(client, r.headers["location"], 0, b"hi")
+        assert (await client.head(r.headers["location"])).headers["upload-metadata"] == "via Z3JwYw=="
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "2", "Upload-Metadata": "filename YmFk"})
+        assert r.status_code == 422 and r.text == "no"
+        await hooks.drain()
+        assert sorted(m.type for m in received) == ["post-finish", "pre-create", "pre-create"]
+        first = received[0]
+        assert first.event.upload.size == 2 and first.event.httpRequest.method == "POST"
+        assert first.event.httpRequest.header["Upload-Length"] == "2"
+        [finish] = [m for m in received if m.type == "post-finish"]
+        assert finish.event.upload.id == "grpc-id" and finish.event.upload.offset == 2
+        await backend.aclose()
+    finally:
+        await server.stop(None)
+    # A server that is gone: retried, then a 500 for a blocking hook.
+    backend = GrpcHookBackend(f"127.0.0.1:{port}", retry=1, backoff=0.01, timeout=2)
+    r = await client_factory(hooks=Hooks(backend, ("pre-create",))).post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 500

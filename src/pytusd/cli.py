@@ -186,6 +186,14 @@ _FLAGS = [
     Flag("hooks-http-size-limit", parse_non_negative_int, 5 * 1024, "Largest HTTP hook response in bytes", "Hooks"),
     Flag("hooks-http-skip-verify", parse_bool, False, "Do not verify the HTTP hook's TLS certificate", "Hooks"),
     Flag("hooks-python", str, "", "In-process Python hook as module:object", "Hooks"),
+    Flag("hooks-grpc", str, "", "host:port of a gRPC hook server (tusd's HookHandler service)", "Hooks"),
+    Flag("hooks-grpc-events", str, "", "Events for the gRPC hook (default: --hooks-enabled-events)", "Hooks"),
+    Flag("hooks-grpc-retry", parse_non_negative_int, 3, "Retries of a gRPC hook when the server is unavailable", "Hooks"),
+    Flag("hooks-grpc-backoff", parse_duration, 1.0, "Pause between gRPC hook retries", "Hooks"),
+    Flag("hooks-grpc-secure", parse_bool, False, "Use TLS to the gRPC hook server", "Hooks"),
+    Flag("hooks-grpc-server-tls-certificate", str, "", "CA certificate to verify the gRPC hook server", "Hooks"),
+    Flag("hooks-grpc-client-tls-certificate", str, "", "Client certificate for mTLS to the gRPC hook server", "Hooks"),
+    Flag("hooks-grpc-client-tls-key", str, "", "Client key for mTLS to the gRPC hook server", "Hooks"),
     Flag("hooks-fireboom", str, "", "URL of a Fireboom-style hook server (preUpload/postUpload)", "Hooks"),
     Flag("hooks-fireboom-storage", str, "tus", "Storage name in Fireboom hook URLs", "Hooks"),
     Flag("hooks-fireboom-profile", str, "default", "Upload profile name in Fireboom hook URLs", "Hooks"),
@@ -313,6 +321,19 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
         bindings.append((backend, events(args.hooks_http_events)))
     if args.hooks_python:
         bindings.append((PythonHookBackend.from_spec(args.hooks_python), events(args.hooks_python_events)))
+    if args.hooks_grpc:
+        from .hooks.grpc import GrpcHookBackend
+
+        grpc_backend = GrpcHookBackend(
+            args.hooks_grpc,
+            retry=args.hooks_grpc_retry,
+            backoff=args.hooks_grpc_backoff,
+            secure=args.hooks_grpc_secure,
+            server_certificate=args.hooks_grpc_server_tls_certificate,
+            client_certificate=args.hooks_grpc_client_tls_certificate,
+            client_key=args.hooks_grpc_client_tls_key,
+        )
+        bindings.append((grpc_backend, events(args.hooks_grpc_events)))
     if args.hooks_fireboom:
         fireboom = FireboomHookBackend(args.hooks_fireboom, args.hooks_fireboom_storage, args.hooks_fireboom_profile)
         bindings.append((fireboom, ["pre-create", "post-finish", "post-terminate"]))
