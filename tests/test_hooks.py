@@ -524,3 +524,18 @@ async def test_grpc_hooks(client_factory):
     backend = GrpcHookBackend(f"127.0.0.1:{port}", retry=1, backoff=0.01, timeout=2)
     r = await client_factory(hooks=Hooks(backend, ("pre-create",))).post("/files/", headers={**TUS, "Upload-Length": "1"})
     assert r.status_code == 500
+
+
+async def test_tusd_style_script_with_lower_case_fields_and_counters(client_factory, tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    script(hooks_dir, "pre-create", "#!/bin/sh\ncat > /dev/null\n"
+           'echo \'{"rejectupload": true, "httpresponse": {"statuscode": 418, "body": "teapot"}}\'\n')
+    script(hooks_dir, "pre-terminate", "#!/bin/sh\nexit 1\n")
+    hooks = Hooks(FileHookBackend(hooks_dir), ("pre-create", "pre-terminate"))
+    client = client_factory(hooks=hooks)
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+    assert r.status_code == 418 and r.text == "teapot"
+    counters = hooks.metrics()
+    assert counters["tusd_hook_invocations_total"]["pre-create"] == 1
+    assert counters["tusd_hook_errors_total"]["pre-create"] == 0

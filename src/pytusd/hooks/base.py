@@ -207,6 +207,13 @@ class Hooks:
         self._background.add(task)  # type: ignore[arg-type]
         task.add_done_callback(self._background.discard)  # type: ignore[arg-type]
 
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """The counters under tusd's metric names, per hook type (for a metrics endpoint or an application)."""
+        return {
+            "tusd_hook_invocations_total": dict(self.invocations),
+            "tusd_hook_errors_total": dict(self.failures),
+        }
+
     async def drain(self) -> None:
         """Wait for background hooks still running (tests, shutdown)."""
         while self._background:
