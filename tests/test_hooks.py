@@ -539,3 +539,96 @@ async def test_tusd_style_script_with_lower_case_fields_and_counters(client_fact
     counters = hooks.metrics()
     assert counters["tusd_hook_invocations_total"]["pre-create"] == 1
     assert counters["tusd_hook_errors_total"]["pre-create"] == 0
+
+
+@pytest.mark.parametrize("kind", ["python", "file", "http", "grpc"])
+async def test_every_event_on_every_backend(client_factory, tmp_path, kind):
+    from pytusd.hooks import HOOK_TYPES, HttpHookBackend
+
+    seen: list[str] = []
+    cleanup = []
+    if kind == "python":
+        backend = PythonHookBackend(lambda hook_type, request: seen.append(request["Type"]))
+    elif kind == "file":
+        hooks_dir = tmp_path / "hooks"
+        hooks_dir.mkdir()
+        log = tmp_path / "events.log"
+        for event in HOOK_TYPES:
+            script(hooks_dir, event, f"#!/bin/sh\ncat > /dev/null\necho {event} >> {log}\n")
+        backend = FileHookBackend(hooks_dir)
+    elif kind == "http":
+        server = HookServer()
+        cleanup.append(server.close)
+        backend = HttpHookBackend(server.url, backoff=0.01)
+    else:
+        from grpc import aio
+
+        from pytusd.hooks.grpc import GrpcHookBackend
+        from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
+
+        class Recorder(hook_pb2_grpc.HookHandlerServicer):
+            async def InvokeHook(self, request, context):
+                seen.append(request.type)
+                return hook_pb2.HookResponse()
+
+        grpc_server = aio.server()
+        hook_pb2_grpc.add_HookHandlerServicer_to_server(Recorder(), grpc_server)
+        port = grpc_server.add_insecure_port("127.0.0.1:0")
+        await grpc_server.start()
+        backend = GrpcHookBackend(f"127.0.0.1:{port}", backoff=0.01)
+    try:
+        hooks = Hooks(backend, HOOK_TYPES)
+        client = client_factory(hooks=hooks)
+        url = await create(client, 4)
+        assert (await client.head(url)).status_code == 200
+        assert (await patch(client, url, 0, b"data")).status_code == 204
+        assert (await client.delete(url, headers=TUS)).status_code == 204
+        await hooks.drain()
+        if kind == "file":
+            seen = log.read_text().split()
+        elif kind == "http":
+            seen = [body["Type"] for _, body in server.requests]
+        assert sorted(set(seen)) == sorted(HOOK_TYPES)
+        assert hooks.failures == dict.fromkeys(HOOK_TYPES, 0)
+    finally:
+        for close in cleanup:
+            close()
+        if kind == "grpc":
+            await grpc_server.stop(None)
+
+
+async def test_grpc_hooks_over_tls(client_factory, tmp_path):
+    import subprocess
+
+    import grpc
+    from grpc import aio
+
+    from pytusd.hooks.grpc import GrpcHookBackend
+    from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days",
+         "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+
+    class Handler(hook_pb2_grpc.HookHandlerServicer):
+        async def InvokeHook(self, request, context):
+            return hook_pb2.HookResponse(changeFileInfo=hook_pb2.FileInfoChanges(id="over-tls"))
+
+    server = aio.server()
+    hook_pb2_grpc.add_HookHandlerServicer_to_server(Handler(), server)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        backend = GrpcHookBackend(f"localhost:{port}", secure=True, server_certificate=str(cert), retry=0)
+        client = client_factory(hooks=Hooks(backend, ("pre-create",)))
+        r = await client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+        assert r.status_code == 201 and r.headers["location"].endswith("/files/over-tls")
+        plain = GrpcHookBackend(f"localhost:{port}", retry=0, timeout=2)  # no TLS: the server refuses
+        r = await client_factory(hooks=Hooks(plain, ("pre-create",))).post("/files/", headers={**TUS, "Upload-Length": "1"})
+        assert r.status_code == 500
+    finally:
+        await server.stop(None)
