@@ -632,3 +632,36 @@ async def test_grpc_hooks_over_tls(client_factory, tmp_path):
         assert r.status_code == 500
     finally:
         await server.stop(None)
+
+
+def test_generated_grpc_modules_match_the_proto(tmp_path):
+    """The committed hook_pb2 was generated from hook.proto as it is now (scripts/gen-proto after any change)."""
+    import importlib.resources
+    import shutil
+
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    from pytusd.hooks.proto import hook_pb2
+
+    source = importlib.resources.files("pytusd.hooks.proto") / "hook.proto"
+    target = tmp_path / "pytusd" / "hooks" / "proto"
+    target.mkdir(parents=True)
+    shutil.copy(str(source), target / "hook.proto")
+    out = tmp_path / "descriptor.bin"
+    assert protoc.main(["protoc", f"-I{tmp_path}", f"--descriptor_set_out={out}",
+                        "pytusd/hooks/proto/hook.proto"]) == 0
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    committed = descriptor_pb2.FileDescriptorProto()
+    hook_pb2.DESCRIPTOR.CopyToProto(committed)
+
+    def normalise(messages):  # json_name is filled by protoc but not by CopyToProto
+        for message in messages:
+            for field in message.field:
+                field.ClearField("json_name")
+            normalise(message.nested_type)
+
+    normalise(fresh.message_type)
+    normalise(committed.message_type)
+    assert fresh == committed
+    assert [m.name for m in fresh.service[0].method] == ["InvokeHook"] and fresh.package == "proto"
