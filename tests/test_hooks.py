@@ -665,3 +665,20 @@ def test_generated_grpc_modules_match_the_proto(tmp_path):
     normalise(committed.message_type)
     assert fresh == committed
     assert [m.name for m in fresh.service[0].method] == ["InvokeHook"] and fresh.package == "proto"
+
+
+async def test_plain_callable_on_the_config(client_factory):
+    seen = []
+
+    async def on_event(hook_type, request):
+        seen.append(hook_type)
+        if hook_type == "pre-create" and request["Event"]["Upload"]["Size"] > 10:
+            return {"RejectUpload": True}
+
+    client = client_factory(hooks=on_event)
+    assert (await client.post("/files/", headers={**TUS, "Upload-Length": "11"})).status_code == 400
+    url = await create(client, 1)
+    await patch(client, url, 0, b"x")
+    await client.app.handlers.hooks.drain()
+    assert {"pre-create", "post-create", "pre-finish", "post-finish", "post-receive"} <= set(seen)
+    assert "pre-access" not in seen

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
+from typing import Any
 
 from . import protocol
-from .hooks import Hooks
+from .hooks import HOOK_TYPES, Hooks, PythonHookBackend
 from .lockers import Locker, MemoryLocker
 from .rules import UploadRules
 from .stores import DataStore
@@ -73,7 +75,7 @@ class Config:
     expiration: float = 0.0
     request_trailers: bool = False
     enable_experimental_protocol: bool = False
-    hooks: Hooks | None = None
+    hooks: Hooks | Callable[[str, dict[str, Any]], Any] | None = None
     rules: UploadRules | None = None
     expiration_cleanup_interval: float = 60.0
 
@@ -89,6 +91,10 @@ class Config:
         if self.network_timeout <= 0 or self.acquire_lock_timeout <= 0:
             raise ValueError("timeouts must be positive")
         re.compile(self.cors.allow_origin)
+        if self.hooks is not None and not isinstance(self.hooks, Hooks):
+            # A plain (async) callable: it sees every event but pre-access, which stays opt-in.
+            events = [e for e in HOOK_TYPES if e != "pre-access"]
+            self.hooks = Hooks(PythonHookBackend(self.hooks), events)
 
     @property
     def route_prefix(self) -> str:
