@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from . import checksums, errors, expiration, protocol
 from .body import RequestBody
+from .concat import Concatenation
 from .config import Config
 from .hooks import HookResponse
 from .http import Request, Response
@@ -66,10 +67,7 @@ class Handlers:
             extensions.append("concatenation")
         if self.can_concat_unfinished:
             extensions.append("concatenation-unfinished")
-        # Finals created here that wait for unfinished partials: partial ID -> final IDs. Completing the last partial
-        # in this process concatenates at once; any other process (or a restart) does it when the final is next
-        # loaded, so the index only saves time and is never needed for correctness.
-        self._waiting_finals: dict[str, set[str]] = {}
+        self.concat = Concatenation(self)
         if self.can_defer_length:
             extensions.append("creation-defer-length")
         self.can_checksum = isinstance(self.store, Verifiable)
@@ -150,8 +148,8 @@ class Handlers:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         if info.is_complete:
             await self.finished(request, upload, info, response)
-            if info.is_partial and info.id in self._waiting_finals:
-                await self._complete_waiting_finals(request, info.id)
+            if info.is_partial:
+                await self.concat.partial_completed(request, info.id)
         if body.error is not None:
             raise body.error(headers={"Upload-Offset": str(info.offset)})
         return info
@@ -199,45 +197,10 @@ class Handlers:
         upload = await self.store.get(upload_id)
         info = await upload.info()
         if info.is_final and not info.is_complete:
-            info = await self._concat_if_ready(request, upload, info)
+            info = await self.concat.complete_if_ready(request, upload, info)
         if self.expiration:
             await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
         return upload, info
-
-    async def _concat_if_ready(
-        self, request: Request, final: Upload, info: UploadInfo, response: Response | None = None
-    ) -> UploadInfo:
-        """Concatenate a final upload once all its partials are complete (caller holds the final's lock).
-
-        The lock and the ``is_complete`` check make this happen exactly once, in order, however many partials
-        finish at the same moment.
-        """
-        partials = []
-        for partial_id in info.partial_uploads:
-            partial = await self.store.get(partial_id)
-            if not (await partial.info()).is_complete:
-                return info
-            partials.append(partial)
-        await self.store.concat(final, partials)  # type: ignore[attr-defined]
-        log.info("final upload %s concatenated from %d partials", info.id, len(partials))
-        for partial_id in info.partial_uploads:
-            waiting = self._waiting_finals.get(partial_id)
-            if waiting is not None:
-                waiting.discard(info.id)
-                if not waiting:
-                    del self._waiting_finals[partial_id]
-        info = await final.info()
-        await self.finished(request, final, info, response)
-        return info
-
-    async def _complete_waiting_finals(self, request: Request, partial_id: str) -> None:
-        """A partial just completed: finish the finals of this process that waited for it."""
-        for final_id in list(self._waiting_finals.get(partial_id, ())):
-            try:
-                async with self.locked(request, final_id):
-                    await self.load(request, final_id)
-            except errors.TusError as exc:
-                log.warning("final upload %s could not be completed yet: %s", final_id, exc)
 
     async def finished(self, request: Request, upload: Upload, info: UploadInfo, response: Response | None) -> None:
         """The last byte is stored: let the store finish, run pre-finish (its answer shapes the response), and
@@ -290,7 +253,7 @@ class Handlers:
         if kind == "final":
             if with_data:
                 raise errors.ERR_MODIFY_FINAL("a final upload is made of its partials and takes no data")
-            partials, size, partials_complete = await self._partials(request, partial_urls)
+            partials, size, partials_complete = await self.concat.partials(request, partial_urls)
             deferred = False
         else:
             size, deferred = protocol.parse_creation_length(
@@ -328,11 +291,10 @@ class Handlers:
         try:
             if kind == "final":
                 if not partials_complete:
-                    for partial_id in info.partial_uploads:
-                        self._waiting_finals.setdefault(partial_id, set()).add(info.id)
+                    self.concat.wait_for_partials(info)
                 async with self.locked(request, info.id):
                     # Partials may have completed since they were checked: this concatenates if they all are.
-                    await self._concat_if_ready(request, upload, info, response)
+                    await self.concat.complete_if_ready(request, upload, info, response)
             elif with_data:
                 async with self.locked(request, info.id):
                     await self.write_body(request, upload, info, response)
@@ -342,28 +304,6 @@ class Handlers:
             # The upload exists: tell the client where, so it can resume what this request could not finish.
             raise exc(headers={"Location": url}) from None
         return response
-
-    async def _partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int, bool]:
-        """The partial uploads a final one names, in order, their total size, and whether all are complete
-        (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their lengths are
-        known, so that the final's length is."""
-        uploads_path = self.uploads_path(request)
-        partials: list[Upload] = []
-        size = 0
-        complete = True
-        for url in urls:
-            upload = await self.store.get(protocol.upload_id_from_url(url, uploads_path))
-            info = await upload.info()
-            if not info.is_partial:
-                raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
-            if info.size_is_deferred:
-                raise errors.ERR_UPLOAD_NOT_FINISHED("a partial upload's length is not known yet")
-            if not info.is_complete and not self.can_concat_unfinished:
-                raise errors.ERR_UPLOAD_NOT_FINISHED()
-            complete = complete and info.is_complete
-            partials.append(upload)
-            size += info.size
-        return partials, size, complete
 
     async def head(self, request: Request) -> Response:
         upload_id = self._upload_id(request)

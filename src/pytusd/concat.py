@@ -1,0 +1,92 @@
+"""Concatenation and concatenation-unfinished: final uploads made of partial ones (items 58-70).
+
+Used by the handler flows (``Handlers.concat``); the store does the byte work (``Concatenatable.concat``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from . import errors, protocol
+from .http import Request, Response
+from .stores import Upload
+from .types import UploadInfo
+
+if TYPE_CHECKING:
+    from .handlers import Handlers
+
+log = logging.getLogger("pytusd")
+
+
+class Concatenation:
+    def __init__(self, handlers: Handlers) -> None:
+        self.handlers = handlers
+        # Finals created here that wait for unfinished partials: partial ID -> final IDs. Completing the last
+        # partial in this process concatenates at once; any other process (or a restart) does it when the final is
+        # next loaded, so the index only saves time and is never needed for correctness.
+        self._waiting: dict[str, set[str]] = {}
+
+    async def partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int, bool]:
+        """The partial uploads a final one names, in order, their total size, and whether all are complete
+        (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their lengths are
+        known, so that the final's length is."""
+        handlers = self.handlers
+        uploads_path = handlers.uploads_path(request)
+        partials: list[Upload] = []
+        size = 0
+        complete = True
+        for url in urls:
+            upload = await handlers.store.get(protocol.upload_id_from_url(url, uploads_path))
+            info = await upload.info()
+            if not info.is_partial:
+                raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
+            if info.size_is_deferred:
+                raise errors.ERR_UPLOAD_NOT_FINISHED("a partial upload's length is not known yet")
+            if not info.is_complete and not handlers.can_concat_unfinished:
+                raise errors.ERR_UPLOAD_NOT_FINISHED()
+            complete = complete and info.is_complete
+            partials.append(upload)
+            size += info.size
+        return partials, size, complete
+
+    def wait_for_partials(self, final: UploadInfo) -> None:
+        for partial_id in final.partial_uploads:
+            self._waiting.setdefault(partial_id, set()).add(final.id)
+
+    async def complete_if_ready(
+        self, request: Request, final: Upload, info: UploadInfo, response: Response | None = None
+    ) -> UploadInfo:
+        """Concatenate a final upload once all its partials are complete (the caller holds the final's lock).
+
+        The lock and the ``is_complete`` check make this happen exactly once, in order, however many partials
+        finish at the same moment.
+        """
+        store = self.handlers.store
+        partials = []
+        for partial_id in info.partial_uploads:
+            partial = await store.get(partial_id)
+            if not (await partial.info()).is_complete:
+                return info
+            partials.append(partial)
+        await store.concat(final, partials)  # type: ignore[attr-defined]
+        log.info("final upload %s concatenated from %d partials", info.id, len(partials))
+        for partial_id in info.partial_uploads:
+            waiting = self._waiting.get(partial_id)
+            if waiting is not None:
+                waiting.discard(info.id)
+                if not waiting:
+                    del self._waiting[partial_id]
+        info = await final.info()
+        await self.handlers.finished(request, final, info, response)
+        return info
+
+    async def partial_completed(self, request: Request, partial_id: str) -> None:
+        """A partial just completed: finish the finals of this process that waited for it."""
+        handlers = self.handlers
+        for final_id in list(self._waiting.get(partial_id, ())):
+            try:
+                async with handlers.locked(request, final_id):
+                    await handlers.load(request, final_id)
+            except errors.TusError as exc:
+                log.warning("final upload %s could not be completed yet: %s", final_id, exc)
