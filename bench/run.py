@@ -306,14 +306,7 @@ def steal_seconds() -> float:
 
 
 def _status_kib(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _status_line(f"/proc/{pid}/status", key)
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -837,6 +830,7 @@ def machine_info(work_dir: str) -> dict[str, Any]:
 
 
 def _status_line(path: str, key: str) -> int:
+    """The number on the ``key:`` line of a /proc file such as status or meminfo (kB), 0 when absent."""
     try:
         with open(path) as f:
             for line in f:

@@ -76,7 +76,7 @@ class TusApp:
             self._background = asyncio.get_running_loop().create_task(self.cleaner.run())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._background is None:
+        if self.cleaner is not None and self._background is None:
             self._start_background()
         kind = scope["type"]
         if kind == "http":

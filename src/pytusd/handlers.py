@@ -129,7 +129,8 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
-        progress = self._report_progress(request, info, body) if self.hooks and self.hooks.wants("post-receive") else None
+        reports_progress = self.hooks is not None and self.hooks.wants("post-receive")
+        progress = self._report_progress(request, info, body) if reports_progress else None
         try:
             written = await self._write_chunks(request, upload, offset, body)
         finally:
@@ -141,8 +142,8 @@ class Handlers:
                 await self.store.terminate(upload)  # type: ignore[attr-defined]
                 log.info("upload %s stopped by a post-receive hook and terminated", info.id)
             raise body.error
-        if self.hooks is not None and written:
-            self.hooks.fire("post-receive", info, request.hook_http())
+        if reports_progress and written:
+            self.hooks.fire("post-receive", info, request.hook_http())  # type: ignore[union-attr]
         response.headers["Upload-Offset"] = str(info.offset)
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)

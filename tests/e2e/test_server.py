@@ -284,6 +284,8 @@ def test_defaults_like_tusd_and_startup_line(tmp_path):
         try:
             probe.bind(("0.0.0.0", 8080))
         except OSError:
+            if os.environ.get("CI") == "true":
+                pytest.fail("port 8080 is taken: CI must be able to test pytusd's defaults")
             pytest.skip("port 8080 is in use on this machine")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytusd"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
