@@ -93,3 +93,26 @@ async def raw_request(
     start = sent[0]
     response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
     return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+# --- real services, started once per test session (tests/services.py) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    from tests.services import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A Ceph RADOS Gateway; PYTUSD_TEST_S3_ENDPOINT points the suite at one already running (keys from services)."""
+    from tests.services import ceph_rgw
+
+    if os.environ.get("PYTUSD_TEST_S3_ENDPOINT"):
+        yield os.environ["PYTUSD_TEST_S3_ENDPOINT"]
+        return
+    with ceph_rgw(tmp_path_factory.mktemp("ceph")) as endpoint:
+        yield endpoint

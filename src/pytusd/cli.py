@@ -30,7 +30,7 @@ from .hooks import (
 )
 from .lockers import FileLocker, Locker, MemoryLocker
 from .rules import UploadRules
-from .stores import FileStore
+from .stores import DataStore, FileStore
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -83,8 +83,8 @@ def parse_log_format(text: str) -> str:
 
 
 def parse_locker(text: str) -> str:
-    if text not in ("file", "memory"):
-        raise argparse.ArgumentTypeError("locker must be file or memory")
+    if text not in ("", "file", "memory", "redis"):
+        raise argparse.ArgumentTypeError("locker must be file, memory or redis")
     return text
 
 
@@ -209,26 +209,46 @@ _FLAGS = [
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
     Flag("file-perms", parse_octal, 0o664, "Permissions of created files (octal)", "File storage"),
+    # S3 (chosen when --s3-bucket is set)
+    Flag("s3-bucket", str, "", "Store uploads in this S3 bucket instead of --upload-dir", "S3 storage"),
+    Flag("s3-object-prefix", str, "", "Prefix of every object's key (e.g. uploads/)", "S3 storage"),
+    Flag("s3-metadata-object-prefix", str, "", "Prefix of the .info and .part objects (default: --s3-object-prefix)",
+         "S3 storage"),
+    Flag("s3-endpoint", str, "", "S3 endpoint URL of a non-AWS service (path-style addressing)", "S3 storage"),
+    Flag("s3-part-size", parse_non_negative_int, 50 * 1024 * 1024, "Preferred part size in bytes", "S3 storage"),
+    Flag("s3-min-part-size", parse_non_negative_int, 5 * 1024 * 1024,
+         "Smallest part in bytes; fewer bytes wait in the .part object", "S3 storage"),
+    Flag("s3-max-buffered-parts", parse_non_negative_int, 20,
+         "Parts one request holds in temporary files at most", "S3 storage"),
+    Flag("s3-concurrent-part-uploads", parse_non_negative_int, 10, "Parts uploaded in parallel at most", "S3 storage"),
+    Flag("s3-disable-content-hashes", parse_bool, False,
+         "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
+    Flag("s3-disable-ssl", parse_bool, False, "Use plain HTTP to S3 when no --s3-endpoint URL says", "S3 storage"),
+    # locks
     Flag(
         "locker",
         parse_locker,
-        "file",
-        "Upload locks: 'file' (several processes on one host) or 'memory' (one process)",
-        "File storage",
+        "",
+        "Upload locks: 'file' (processes on one host; the default with --upload-dir), 'memory' (one process; "
+        "the default with S3) or 'redis' (any number of processes and hosts)",
+        "Locks",
     ),
+    Flag("redis-url", str, "redis://127.0.0.1:6379/0", "Redis server of --locker redis", "Locks"),
+    Flag("redis-lock-ttl", parse_duration, 5.0,
+         "A Redis lock expires this long after its holder stopped renewing it (a crashed process)", "Locks"),
     Flag(
         "filelock-holder-poll-interval",
         parse_duration,
         0.5,
         "How often a lock holder checks whether another request wants the lock",
-        "File storage",
+        "Locks",
     ),
     Flag(
         "filelock-acquirer-poll-interval",
         parse_duration,
         0.1,
         "Longest wait between attempts of a request waiting for a lock",
-        "File storage",
+        "Locks",
     ),
     # timeouts
     Flag("network-timeout", parse_duration, 60.0, "Close connections idle (or silent mid-body) this long", "Timeouts"),
@@ -362,17 +382,50 @@ def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
     return None if rules.empty else rules
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    store = FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
-    locker: Locker
-    if args.locker == "memory":
-        locker = MemoryLocker()
-    else:
-        locker = FileLocker(
-            args.upload_dir,
-            holder_poll_interval=args.filelock_holder_poll_interval,
-            acquirer_poll_interval=args.filelock_acquirer_poll_interval,
+def store_from_args(args: argparse.Namespace) -> DataStore:
+    """The storage the flags name: S3 when --s3-bucket is set, else the upload directory (tusd's order)."""
+    if args.s3_bucket:
+        from .stores.s3 import S3Store, make_client
+
+        client = make_client(
+            endpoint=args.s3_endpoint,
+            disable_ssl=args.s3_disable_ssl,
+            max_pool_connections=max(10, args.s3_concurrent_part_uploads) + 16,
         )
+        return S3Store(
+            args.s3_bucket,
+            client,
+            object_prefix=args.s3_object_prefix,
+            metadata_object_prefix=args.s3_metadata_object_prefix,
+            part_size=args.s3_part_size,
+            min_part_size=args.s3_min_part_size,
+            max_buffered_parts=args.s3_max_buffered_parts,
+            concurrent_part_uploads=args.s3_concurrent_part_uploads,
+            disable_content_hashes=args.s3_disable_content_hashes,
+        )
+    return FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
+
+
+def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
+    kind = args.locker or ("file" if isinstance(store, FileStore) else "memory")
+    if kind == "memory":
+        return MemoryLocker()
+    if kind == "redis":
+        from .lockers.redis import RedisLocker
+
+        return RedisLocker(args.redis_url, ttl=args.redis_lock_ttl or 5.0)
+    if not isinstance(store, FileStore):
+        os.makedirs(args.upload_dir, exist_ok=True)  # the lock files' home when the uploads live elsewhere
+    return FileLocker(
+        args.upload_dir,
+        holder_poll_interval=args.filelock_holder_poll_interval,
+        acquirer_poll_interval=args.filelock_acquirer_poll_interval,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    store = store_from_args(args)
+    locker = locker_from_args(args, store)
     return Config(
         store=store,
         locker=locker,

@@ -119,4 +119,5 @@ ERR_UNSUPPORTED_CHECKSUM_ALGORITHM = _error(
 )
 ERR_INVALID_CHECKSUM = _error("ERR_INVALID_CHECKSUM", "Upload-Checksum must be '<algorithm> <base64 digest>'", 400)
 ERR_UPLOAD_EXPIRED = _error("ERR_UPLOAD_EXPIRED", "this upload expired before it was finished and was removed", 410)
+ERR_INCOMPLETE_UPLOAD = _error("ERR_INCOMPLETE_UPLOAD", "cannot stream non-finished upload", 400)
 ERR_ACCESS_DENIED = _error("ERR_ACCESS_DENIED", "access to this upload was denied", 403)

@@ -387,6 +387,8 @@ class Handlers:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             upload, info = await self.load(request, upload_id)
+            if not info.is_complete and not getattr(upload, "readable_while_incomplete", True):
+                raise errors.ERR_INCOMPLETE_UPLOAD()
             mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
         content_type, disposition = protocol.download_headers(info.metadata)
         size = info.offset

@@ -328,6 +328,9 @@ def test_json_logs(pytusd_factory):
 
     server = pytusd_factory("--log-format", "json")
     create(server.url, 1)
+    deadline = time.monotonic() + 5  # the access line is written just after the response went out
+    while "POST /files/ -> 201" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     assert any("POST /files/ -> 201" in entry["msg"] for entry in lines)
     assert all({"time", "level", "msg"} <= entry.keys() for entry in lines)

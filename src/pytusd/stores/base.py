@@ -30,7 +30,11 @@ class Upload(Protocol):
         ...
 
     def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The stored bytes from ``start`` up to ``end`` (exclusive; None for all that is stored)."""
+        """The stored bytes from ``start`` up to ``end`` (exclusive; None for all that is stored).
+
+        An upload class whose bytes cannot be read before it is finished (S3's multipart parts) sets the class
+        attribute ``readable_while_incomplete = False``; GET then answers 400 ``ERR_INCOMPLETE_UPLOAD``.
+        """
         ...
 
     async def finish(self) -> None:

@@ -1,0 +1,846 @@
+"""S3Store: uploads as S3 multipart uploads, in the object layout of tusd's s3store.
+
+For an upload with ID ``<objectId>+<multipartId>`` the bucket holds
+
+* ``<prefix><objectId>``: the object, built by a multipart upload (``multipartId``) and complete once finished;
+* ``<prefix><objectId>.info``: the upload info as tusd's FileInfo JSON;
+* ``<prefix><objectId>.part``: the bytes after the last part while they are fewer than S3's minimum part size.
+
+Nothing about an upload lives in the process: its offset is the sum of its parts (ListParts) plus the tail object,
+so any pytusd process, restarted or another one behind the load balancer, resumes any upload. A bucket written by
+tusd is served as it is.
+
+A PATCH body is cut into parts while it arrives. Each part is spooled to an unnamed temporary file and uploaded
+from a thread (boto3, see README "S3" for why not an async client); at most ``max_buffered_parts`` spools exist
+per request and at most ``concurrent_part_uploads`` parts upload at once across the store, so memory stays flat
+and a fast client is slowed to the speed of S3 instead of filling the disk. Only bytes that S3 confirmed are ever
+counted in the offset:
+
+* parts count only while their numbers are contiguous from 1 (a part that failed leaves a gap; what follows it is
+  ignored and overwritten later);
+* the tail object records in its metadata the offset it starts at; a tail whose bytes went into a part since (a
+  crash between the two steps) no longer matches and is ignored, so nothing is counted twice.
+
+The part size grows with the upload so that no upload ever needs more than 10,000 parts: for a known length it is
+``max(part_size, length / 10000)``; for a deferred length it doubles every 1,000 parts. A PATCH that ends with
+fewer bytes than the part size leaves them as a short part when the remaining parts can still hold the rest of the
+upload (5 TiB for a deferred length), else as the tail object (tusd #1247).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import math
+import re
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from .. import errors
+from ..protocol import new_upload_id
+from ..types import UploadInfo
+
+log = logging.getLogger("pytusd.s3")
+
+MIB = 1 << 20
+GIB = 1 << 30
+DEFAULT_PART_SIZE = 50 * MIB  # tusd's preferred part size
+DEFAULT_MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * GIB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * GIB
+DEFERRED_DOUBLING = 1_000  # a deferred-length upload's part size doubles every this many parts
+READ_BLOCK = 1 * MIB
+TAIL_OFFSET_KEY = "pytusd-tail-offset"
+
+_NON_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_HEADER_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
+
+T = TypeVar("T")
+
+
+# --- part planning (pure) ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """How an upload is cut into parts; pure arithmetic, so it is tested on its own."""
+
+    part_size: int = DEFAULT_PART_SIZE
+    min_part_size: int = DEFAULT_MIN_PART_SIZE
+    max_part_size: int = MAX_PART_SIZE
+    max_parts: int = MAX_PARTS
+    max_object_size: int = MAX_OBJECT_SIZE
+
+    def size_of(self, number: int, length: int | None) -> int:
+        """The size of full part ``number`` (1-based) of an upload of ``length`` bytes (None: deferred)."""
+        if length is not None:
+            return min(self.max_part_size, max(self.part_size, self.min_part_size, -(-length // self.max_parts)))
+        doublings = min((number - 1) // DEFERRED_DOUBLING, 40)
+        return min(self.max_part_size, max(self.part_size, self.min_part_size) << doublings)
+
+    def capacity(self, first: int, length: int | None) -> int:
+        """How many bytes full parts ``first`` up to ``max_parts`` hold."""
+        if first > self.max_parts:
+            return 0
+        if length is not None:
+            return (self.max_parts - first + 1) * self.size_of(first, length)
+        total, number = 0, first
+        while number <= self.max_parts:
+            block_end = min(self.max_parts, ((number - 1) // DEFERRED_DOUBLING + 1) * DEFERRED_DOUBLING)
+            total += (block_end - number + 1) * self.size_of(number, None)
+            number = block_end + 1
+        return total
+
+    def short_part_allowed(self, number: int, size: int, offset_after: int, length: int | None) -> bool:
+        """Whether part ``number`` may hold only ``size`` bytes (fewer than a full part) and the upload still fit:
+        it must meet S3's minimum, and the parts after it must be able to hold everything that is left."""
+        if size < self.min_part_size:
+            return False
+        remaining = (length if length is not None else self.max_object_size) - offset_after
+        return self.capacity(number + 1, length) >= remaining
+
+    def remainder_is_part(self, number: int, size: int, offset_after: int, length: int | None) -> bool:
+        """Where the ``size`` bytes left at the end of a request go: part ``number`` (True) or the tail object.
+        The last bytes of an upload are always its last part, whatever their size."""
+        if length is not None and offset_after == length:
+            return True
+        return self.short_part_allowed(number, size, offset_after, length)
+
+    def check_length(self, length: int) -> None:
+        if length > self.max_object_size or self.size_of(1, length) * self.max_parts < length:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"S3 objects are at most {self.max_object_size} bytes")
+
+
+# --- state derived from S3 -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass
+class _State:
+    info: UploadInfo
+    parts: list[Part] = field(default_factory=list)
+    tail_size: int = 0
+    stale_tail: bool = False  # a tail object exists whose bytes are in a part already
+    completed: bool = False  # the multipart upload is gone: completed (or aborted)
+    info_modified: float = 0.0
+
+    @property
+    def parts_size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    @property
+    def offset(self) -> int:
+        return self.info.size if self.completed else self.parts_size + self.tail_size
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _is_missing(exc: BaseException) -> bool:
+    return _error_code(exc) in ("NoSuchKey", "NotFound", "404")
+
+
+def _storage_error(exc: BaseException) -> errors.TusError:
+    if isinstance(exc, errors.TusError):
+        return exc
+    return errors.ERR_INTERNAL_SERVER_ERROR(f"S3 error: {exc}")
+
+
+def contiguous(parts: Sequence[Part]) -> list[Part]:
+    """The parts numbered 1, 2, 3, ... without a gap; what follows a gap is not part of the upload."""
+    result: list[Part] = []
+    for part in sorted(parts, key=lambda p: p.number):
+        if part.number != len(result) + 1:
+            break
+        result.append(part)
+    return result
+
+
+# --- the upload ----------------------------------------------------------------------------------------------------
+
+
+class S3Upload:
+    """One upload in an :class:`S3Store`. Its state is read from S3 once per request (under the upload's lock)."""
+
+    # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
+    readable_while_incomplete = False
+
+    def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
+        self._store = store
+        self.object_id = object_id
+        self.multipart_id = multipart_id
+        self._state = state
+
+    @property
+    def id(self) -> str:
+        return f"{self.object_id}+{self.multipart_id}"
+
+    async def state(self) -> _State:
+        if self._state is None:
+            self._state = await self._store._load(self)
+        return self._state
+
+    async def info(self) -> UploadInfo:
+        state = await self.state()
+        return state.info.replace(offset=state.offset)
+
+    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        state = await self.state()
+        if offset != state.offset:
+            raise errors.ERR_MISMATCHED_OFFSET()
+        writer = _PartWriter(self._store, self, state)
+        body_error: BaseException | None = None
+        try:
+            if state.tail_size:
+                await writer.prepend_tail()
+            iterator = aiter(chunks)
+            while True:
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # the request body failed: store what arrived, then report it
+                    body_error = exc
+                    break
+                await writer.feed(chunk)
+            written = await writer.close()
+        except BaseException as exc:
+            await writer.abandon()
+            self._state = None  # the truth is in S3: read it again
+            if isinstance(exc, Exception):
+                log.warning("upload %s: S3 write failed: %s", self.id, exc)
+                raise _storage_error(exc) from exc
+            raise
+        if body_error is not None:
+            raise body_error
+        return written
+
+    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        store = self._store
+        kwargs: dict[str, Any] = {"Bucket": store.bucket, "Key": store.object_key(self.object_id)}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        try:
+            response = await store._call(store.client.get_object, **kwargs)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise errors.ERR_INCOMPLETE_UPLOAD() from exc
+            raise _storage_error(exc) from exc
+        body = response["Body"]
+        try:
+            while True:
+                block = await store._call(body.read, READ_BLOCK)
+                if not block:
+                    break
+                yield block
+        finally:
+            body.close()
+
+    async def finish(self) -> None:
+        state = await self.state()
+        if state.completed:
+            return
+        store = self._store
+        parts = list(state.parts)
+        try:
+            if state.tail_size:
+                writer = _PartWriter(store, self, state)
+                await writer.prepend_tail()
+                parts.append(await writer.upload_spool_now(len(parts) + 1))
+            if not parts:  # an empty upload still needs one (empty) part
+                parts.append(await store._upload_part(self, 1, None, 0))
+            await store._call(
+                store.client.complete_multipart_upload,
+                Bucket=store.bucket,
+                Key=store.object_key(self.object_id),
+                UploadId=self.multipart_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+            )
+        except Exception as exc:
+            self._state = None
+            raise _storage_error(exc) from exc
+        state.parts = parts
+        state.completed = True
+        if state.tail_size or state.stale_tail:
+            await store._delete_quietly(store.meta_key(self.object_id + ".part"))
+            state.tail_size, state.stale_tail = 0, False
+
+    async def modified_time(self) -> float:
+        state = await self.state()
+        if not state.completed:
+            return state.info_modified
+        store = self._store
+        try:
+            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=store.object_key(self.object_id))
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        return float(head["LastModified"].timestamp())
+
+
+class _PartWriter:
+    """Cuts one request's bytes into parts, uploads them in the background and accounts for what S3 confirmed."""
+
+    def __init__(self, store: S3Store, upload: S3Upload, state: _State) -> None:
+        self.store = store
+        self.upload = upload
+        self.state = state
+        self.length: int | None = None if state.info.size_is_deferred else state.info.size
+        self.start_offset = state.offset
+        self.next_number = len(state.parts) + 1
+        self.dispatched = state.parts_size  # bytes in confirmed parts plus parts handed to an upload task
+        self.spool: IO[bytes] | None = None
+        self.spool_size = 0
+        self.slots = asyncio.Semaphore(store.max_buffered_parts)
+        self.tasks: dict[int, asyncio.Task[Part]] = {}
+        self.consumed_tail = False
+
+    async def _new_spool(self) -> None:
+        await self.slots.acquire()
+        self.spool = tempfile.TemporaryFile(dir=self.store.temp_dir, prefix="pytusd-s3-", buffering=0)
+        self.spool_size = 0
+
+    def _spool_write(self, data: bytes | memoryview) -> None:
+        assert self.spool is not None
+        view = memoryview(data)
+        while view:
+            view = view[self.spool.write(view) :]  # type: ignore[arg-type]
+        self.spool_size += len(data)
+
+    async def prepend_tail(self) -> None:
+        """Start the first part with the tail object's bytes."""
+        store = self.store
+        key = store.meta_key(self.upload.object_id + ".part")
+        await self._new_spool()
+        response = await store._call(store.client.get_object, Bucket=store.bucket, Key=key)
+        body = response["Body"]
+        try:
+            while block := await store._call(body.read, READ_BLOCK):
+                self._spool_write(block)
+        finally:
+            body.close()
+        if self.spool_size != self.state.tail_size:
+            raise errors.ERR_INTERNAL_SERVER_ERROR("the tail object changed while it was read")
+        self.consumed_tail = True
+
+    async def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            self._raise_failures()
+            if self.spool is None:
+                await self._new_spool()
+            room = self.store.plan.size_of(self.next_number, self.length) - self.spool_size
+            self._spool_write(view[:room])
+            view = view[room:]
+            if self.spool_size >= self.store.plan.size_of(self.next_number, self.length):
+                self._dispatch()
+
+    def _raise_failures(self) -> None:
+        for task in self.tasks.values():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def _dispatch(self) -> None:
+        """Hand the current spool to a background upload as the next part."""
+        spool, size, number = self.spool, self.spool_size, self.next_number
+        assert spool is not None
+        self.spool = None
+        self.spool_size = 0
+        self.next_number += 1
+        self.dispatched += size
+
+        async def run() -> Part:
+            try:
+                return await self.store._upload_part(self.upload, number, spool, size)
+            finally:
+                spool.close()
+                self.slots.release()
+
+        self.tasks[number] = asyncio.get_running_loop().create_task(run())
+
+    async def upload_spool_now(self, number: int) -> Part:
+        """Upload the current spool as part ``number`` and wait for it (used by finish)."""
+        spool, size = self.spool, self.spool_size
+        assert spool is not None
+        try:
+            return await self.store._upload_part(self.upload, number, spool, size)
+        finally:
+            spool.close()
+            self.spool = None
+            self.slots.release()
+
+    async def close(self) -> int:
+        """The body ended: place the remainder (last part, short part or tail), wait for S3, update the state."""
+        state, plan = self.state, self.store.plan
+        remainder = self.spool_size
+        new_tail: IO[bytes] | None = None
+        if remainder:
+            if plan.remainder_is_part(self.next_number, remainder, self.dispatched + remainder, self.length):
+                self._dispatch()
+            else:
+                new_tail, self.spool = self.spool, None
+        elif self.spool is not None:
+            self.spool.close()
+            self.spool = None
+            self.slots.release()
+        try:
+            parts = await self._settle()
+            state.parts = contiguous([*state.parts, *parts])
+            expected = len(state.parts) == self.next_number - 1
+            if not expected:
+                raise errors.ERR_INTERNAL_SERVER_ERROR("a part upload went missing")
+            if new_tail is not None:
+                await self.store._put_tail(self.upload, new_tail, state.parts_size)
+                state.tail_size, state.stale_tail = remainder, False
+            elif self.consumed_tail or state.stale_tail:
+                # Its bytes are in a part now (or were before): the tail object is stale, remove it.
+                state.tail_size, state.stale_tail = 0, True
+                await self.store._delete_quietly(self.store.meta_key(self.upload.object_id + ".part"))
+                state.stale_tail = False
+        finally:
+            if new_tail is not None:
+                new_tail.close()
+                self.slots.release()
+        return state.offset - self.start_offset
+
+    async def _settle(self) -> list[Part]:
+        """Wait for every part upload; raise the first failure after all of them ended."""
+        await _wait_all(list(self.tasks.values()))
+        parts, failure = [], None
+        for task in self.tasks.values():
+            if task.cancelled():
+                failure = failure or asyncio.CancelledError()
+            elif task.exception() is not None:
+                failure = failure or task.exception()
+            else:
+                parts.append(task.result())
+        if failure is not None:
+            raise failure
+        return parts
+
+    async def abandon(self) -> None:
+        """After a failure: let running part uploads end (a thread cannot be stopped, and a part that lands after
+        the lock is released could overwrite a newer one), then drop the spools."""
+        await _wait_all(list(self.tasks.values()))
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+async def _wait_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait until every task is done, even if the caller is cancelled meanwhile (then re-raise the cancellation)."""
+    cancelled = False
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        try:
+            await asyncio.shield(asyncio.wait(pending))
+        except asyncio.CancelledError:
+            cancelled = True
+        pending = [t for t in pending if not t.done()]
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+# --- the store -----------------------------------------------------------------------------------------------------
+
+
+class S3Store:
+    """Stores uploads in an S3 bucket (AWS or compatible: Ceph RADOS Gateway, MinIO, ...).
+
+    ``client`` is a boto3 S3 client (see :func:`make_client`). Capabilities: termination, creation-defer-length,
+    concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        client: Any,
+        *,
+        object_prefix: str = "",
+        metadata_object_prefix: str = "",
+        part_size: int = DEFAULT_PART_SIZE,
+        min_part_size: int = DEFAULT_MIN_PART_SIZE,
+        max_part_size: int = MAX_PART_SIZE,
+        max_buffered_parts: int = 20,
+        concurrent_part_uploads: int = 10,
+        disable_content_hashes: bool = False,
+        temp_dir: str | None = None,
+    ) -> None:
+        if min_part_size > part_size:
+            raise ValueError("the minimum part size cannot exceed the part size")
+        self.bucket = bucket
+        self.client = client
+        self.object_prefix = object_prefix
+        self.metadata_object_prefix = metadata_object_prefix
+        self.plan = PartPlan(part_size=part_size, min_part_size=min_part_size, max_part_size=max_part_size)
+        self.max_buffered_parts = max(1, max_buffered_parts)
+        self.concurrent_part_uploads = max(1, concurrent_part_uploads)
+        self.disable_content_hashes = disable_content_hashes
+        self.temp_dir = temp_dir
+        # Part uploads and everything else run in separate thread pools, so that a HEAD never queues behind parts.
+        self._part_pool = concurrent.futures.ThreadPoolExecutor(self.concurrent_part_uploads, "pytusd-s3-part")
+        self._pool = concurrent.futures.ThreadPoolExecutor(16, "pytusd-s3")
+        self._part_slots: asyncio.Semaphore | None = None
+        self._http: Any = None
+
+    def __repr__(self) -> str:
+        where = getattr(getattr(self.client, "meta", None), "endpoint_url", "")
+        return f"S3Store({self.bucket!r}, prefix={self.object_prefix!r}, endpoint={where!r})"
+
+    # -- keys -----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _with_prefix(prefix: str, key: str) -> str:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return prefix + key
+
+    def object_key(self, object_id: str) -> str:
+        return self._with_prefix(self.object_prefix, object_id)
+
+    def meta_key(self, name: str) -> str:
+        return self._with_prefix(self.metadata_object_prefix or self.object_prefix, name)
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _upload_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> Part:
+        if self._part_slots is None:
+            self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
+        async with self._part_slots:
+            loop = asyncio.get_running_loop()
+            send = self._put_part_presigned if self.disable_content_hashes else self._put_part
+            etag = await loop.run_in_executor(self._part_pool, send, upload, number, spool, size)
+        return Part(number, size, etag)
+
+    def _put_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
+        body: Any = b""
+        if spool is not None:
+            spool.seek(0)
+            body = spool
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.object_key(upload.object_id),
+            UploadId=upload.multipart_id,
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
+        )
+        return str(response["ETag"])
+
+    def _put_part_presigned(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
+        """UploadPart through a presigned URL: the payload is not hashed for the signature (tusd's
+        --s3-disable-content-hashes), which saves a SHA-256 pass over every byte."""
+        import httpx
+
+        url = self.client.generate_presigned_url(
+            "upload_part",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self.object_key(upload.object_id),
+                "UploadId": upload.multipart_id,
+                "PartNumber": number,
+            },
+            ExpiresIn=900,
+        )
+        if self._http is None:
+            self._http = httpx.Client(timeout=httpx.Timeout(60.0))
+        content: Any = b""
+        if spool is not None:
+            spool.seek(0)
+            content = iter(functools.partial(spool.read, READ_BLOCK), b"")
+        response = self._http.put(url, content=content, headers={"Content-Length": str(size)})
+        if response.status_code != 200:
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                f"S3 answered {response.status_code} to a presigned part upload: {response.text[:200]}"
+            )
+        return str(response.headers.get("etag", ""))
+
+    async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> None:
+        def put() -> None:
+            spool.seek(0)
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.meta_key(upload.object_id + ".part"),
+                Body=spool,
+                Metadata={TAIL_OFFSET_KEY: str(starts_at)},
+            )
+
+        await self._call(put)
+
+    async def _delete_quietly(self, key: str) -> None:
+        try:
+            await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
+        except Exception as exc:  # a stale tail is ignored anyway; removing it is housekeeping
+            log.warning("could not delete %s: %s", key, exc)
+
+    async def _put_info(self, upload: S3Upload, info: UploadInfo) -> None:
+        await self._call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self.meta_key(upload.object_id + ".info"),
+            Body=info.to_json(),
+            ContentType="application/json",
+        )
+
+    # -- reading the state ----------------------------------------------------------------------------------------
+
+    async def _load(self, upload: S3Upload) -> _State:
+        client, bucket = self.client, self.bucket
+
+        def read_info() -> tuple[bytes, float] | None:
+            try:
+                response = client.get_object(Bucket=bucket, Key=self.meta_key(upload.object_id + ".info"))
+            except Exception as exc:
+                if _is_missing(exc):
+                    return None
+                raise
+            with contextlib.closing(response["Body"]) as body:
+                return body.read(), response["LastModified"].timestamp()
+
+        def list_parts() -> list[Part] | None:
+            parts: list[Part] = []
+            marker = 0
+            while True:
+                try:
+                    page = client.list_parts(
+                        Bucket=bucket,
+                        Key=self.object_key(upload.object_id),
+                        UploadId=upload.multipart_id,
+                        PartNumberMarker=marker,
+                    )
+                except Exception as exc:
+                    # The multipart upload is gone: completed (AWS says NoSuchUpload, Ceph NoSuchKey).
+                    if _error_code(exc) in ("NoSuchUpload", "NoSuchKey", "404"):
+                        return None
+                    raise
+                parts.extend(Part(p["PartNumber"], p["Size"], p["ETag"]) for p in page.get("Parts", ()))
+                if not page.get("IsTruncated"):
+                    return parts
+                marker = int(page["NextPartNumberMarker"])
+
+        def head_tail() -> tuple[int, int | None]:
+            try:
+                head = client.head_object(Bucket=bucket, Key=self.meta_key(upload.object_id + ".part"))
+            except Exception as exc:
+                if _is_missing(exc) or _error_code(exc) in ("403", "AccessDenied", "Forbidden"):
+                    return 0, None
+                raise
+            starts_at = head.get("Metadata", {}).get(TAIL_OFFSET_KEY)
+            return int(head["ContentLength"]), int(starts_at) if starts_at and starts_at.isdigit() else None
+
+        try:
+            raw_info, listed, (tail_size, tail_start) = await asyncio.gather(
+                self._call(read_info), self._call(list_parts), self._call(head_tail)
+            )
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        if raw_info is None:
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        info = UploadInfo.from_json(raw_info[0])
+        if info.id != upload.id:  # an .info reached through another multipart ID is not this upload
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        state = _State(info=info, info_modified=raw_info[1])
+        if listed is None:
+            state.completed = True
+            return state
+        state.parts = contiguous(listed)
+        if tail_size:
+            if tail_start is None or tail_start == state.parts_size:
+                state.tail_size = tail_size
+            else:
+                state.stale_tail = True
+        return state
+
+    # -- DataStore ------------------------------------------------------------------------------------------------
+
+    async def create(self, info: UploadInfo) -> S3Upload:
+        if not info.size_is_deferred:
+            self.plan.check_length(info.size)
+        object_id = info.id or new_upload_id()
+        metadata = {
+            _HEADER_TOKEN.sub("_", key): _NON_PRINTABLE.sub("?", value) for key, value in info.metadata.items() if key
+        }
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(object_id), "Metadata": metadata}
+        filetype = info.metadata.get("filetype", "")
+        if filetype and not _NON_PRINTABLE.search(filetype):
+            kwargs["ContentType"] = filetype
+        try:
+            response = await self._call(self.client.create_multipart_upload, **kwargs)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        upload = S3Upload(self, object_id, str(response["UploadId"]))
+        info = info.replace(
+            id=upload.id,
+            offset=0,
+            storage={"Type": "s3store", "Bucket": self.bucket, "Key": self.object_key(object_id)},
+        )
+        try:
+            await self._put_info(upload, info)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        upload._state = _State(info=info)
+        return upload
+
+    async def get(self, upload_id: str) -> S3Upload:
+        object_id, _, multipart_id = upload_id.rpartition("+")
+        if not object_id or not multipart_id:
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        upload = S3Upload(self, object_id, multipart_id)
+        await upload.state()
+        return upload
+
+    # -- capabilities ---------------------------------------------------------------------------------------------
+
+    async def terminate(self, upload: S3Upload) -> None:
+        async def abort() -> None:
+            try:
+                await self._call(
+                    self.client.abort_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=self.object_key(upload.object_id),
+                    UploadId=upload.multipart_id,
+                )
+            except Exception as exc:
+                if _error_code(exc) not in ("NoSuchUpload", "NoSuchKey", "404"):
+                    raise
+
+        async def delete() -> None:
+            keys = [
+                self.object_key(upload.object_id),
+                self.meta_key(upload.object_id + ".part"),
+                self.meta_key(upload.object_id + ".info"),
+            ]
+            response = await self._call(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+            )
+            failed = [e for e in response.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise errors.ERR_INTERNAL_SERVER_ERROR(f"S3 could not delete {failed[0].get('Key')}: {failed[0]}")
+
+        try:
+            await asyncio.gather(abort(), delete())
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+
+    async def declare_length(self, upload: S3Upload, length: int) -> None:
+        self.plan.check_length(length)
+        state = await upload.state()
+        info = state.info.replace(size=length, size_is_deferred=False)
+        try:
+            await self._put_info(upload, info)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        state.info = info
+
+    async def concat(self, final: S3Upload, partials: Sequence[S3Upload]) -> None:
+        sizes = [(await p.info()).offset for p in partials]
+        pieces: list[tuple[S3Upload, int, int, bool]] = []  # (partial, first byte, last byte, whole object)
+        for partial, size in zip(partials, sizes, strict=True):
+            count = max(1, math.ceil(size / self.plan.max_part_size))
+            step = max(1, math.ceil(size / count))
+            pieces.extend((partial, first, min(size, first + step) - 1, count == 1) for first in range(0, size, step))
+        copyable = (
+            all(isinstance(p, S3Upload) and p._store is self for p in partials)
+            and all(size > 0 for size in sizes)
+            and all(last - first + 1 >= self.plan.min_part_size for _, first, last, _ in pieces[:-1])
+            and len(pieces) <= self.plan.max_parts
+        )
+        if not copyable:
+            await self._concat_by_streaming(final, partials, sizes)
+            return
+        state = await final.state()
+
+        async def copy(number: int, partial: S3Upload, first: int, last: int, whole: bool) -> Part:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": self.object_key(final.object_id),
+                "UploadId": final.multipart_id,
+                "PartNumber": number,
+                "CopySource": {"Bucket": self.bucket, "Key": self.object_key(partial.object_id)},
+            }
+            if not whole:
+                kwargs["CopySourceRange"] = f"bytes={first}-{last}"
+            assert self._part_slots is not None
+            async with self._part_slots:
+                response = await self._call(self.client.upload_part_copy, **kwargs)
+            return Part(number, last - first + 1, str(response["CopyPartResult"]["ETag"]))
+
+        if self._part_slots is None:
+            self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
+        tasks = [asyncio.ensure_future(copy(n, *piece)) for n, piece in enumerate(pieces, 1)]
+        await _wait_all(tasks)
+        failures = [t.exception() for t in tasks if t.exception() is not None]
+        if failures:
+            final._state = None
+            raise _storage_error(failures[0]) from failures[0]  # type: ignore[arg-type]
+        state.parts = [t.result() for t in tasks]
+
+    async def _concat_by_streaming(self, final: S3Upload, partials: Sequence[S3Upload], sizes: list[int]) -> None:
+        """Read the partials and write them into the final upload like a PATCH would."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for partial, size in zip(partials, sizes, strict=True):
+                if size:
+                    async for block in partial.reader(0, size):
+                        yield block
+
+        await final.write(0, chunks())
+
+
+def make_client(
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    disable_ssl: bool = False,
+    max_pool_connections: int = 32,
+) -> Any:
+    """A boto3 S3 client with credentials and region from the standard AWS chain (environment, shared config and
+    credentials files, instance metadata). A custom endpoint gets path-style addressing, as tusd does."""
+    try:
+        import boto3
+        from botocore.config import Config as BotoConfig
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("the S3 store needs boto3: pip install 'pytusd[s3]'") from exc
+    session = boto3.session.Session()
+    config = BotoConfig(
+        s3={"addressing_style": "path"} if endpoint else {},
+        max_pool_connections=max_pool_connections,
+        retries={"max_attempts": 5, "mode": "standard"},
+        # CRC checksums on every request are AWS's newer default; not every S3 implementation accepts them, and the
+        # part's Content-MD5/SHA-256 signature already protects the bytes.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return session.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        region_name=region or session.region_name or "us-east-1",
+        use_ssl=not disable_ssl,
+        config=config,
+    )
+
+
+__all__ = ["PartPlan", "S3Store", "S3Upload", "make_client"]

@@ -1,0 +1,331 @@
+"""S3Store against a real Ceph RADOS Gateway (started by the suite), plus the part-planning arithmetic on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+
+import pytest
+
+from pytusd import errors
+from pytusd.stores.s3 import MAX_OBJECT_SIZE, MIB, PartPlan, S3Store, make_client
+from pytusd.types import UploadInfo
+
+from .conftest import TUS, create, patch
+
+PART = 5 * MIB  # Ceph, like AWS, refuses parts under 5 MiB but the last
+
+
+# --- the arithmetic ------------------------------------------------------------------------------------------------
+
+
+def simulate(plan: PartPlan, length: int | None, patches: list[int]) -> int:
+    """How many parts an upload takes when the client sends PATCHes of these sizes (the S3Store's rules)."""
+    parts = tail = offset = 0
+    for size in patches:
+        pending = tail + size
+        while pending >= plan.size_of(parts + 1, length):
+            pending -= plan.size_of(parts + 1, length)
+            offset += plan.size_of(parts + 1, length)
+            parts += 1
+        tail = 0
+        if pending and plan.remainder_is_part(parts + 1, pending, offset + pending, length):
+            parts += 1
+            offset += pending
+        else:
+            tail = pending
+    if tail:  # finish uploads the tail as the last part
+        parts += 1
+    return parts
+
+
+def test_known_length_never_needs_more_than_10000_parts():
+    plan = PartPlan()
+    for length in (1, 50 * MIB, 500 * 1024 * MIB, MAX_OBJECT_SIZE):
+        assert plan.size_of(1, length) * plan.max_parts >= length
+        assert plan.size_of(1, length) >= plan.min_part_size
+
+
+def test_deferred_length_capacity_reaches_the_largest_object():
+    plan = PartPlan()
+    assert plan.capacity(1, None) >= MAX_OBJECT_SIZE
+    assert plan.size_of(1, None) == plan.part_size
+    assert plan.size_of(1001, None) == 2 * plan.part_size
+    assert plan.size_of(10_000, None) <= plan.max_part_size
+
+
+def test_many_small_patches_stay_under_the_part_limit():
+    # tusd #1247: 5 MiB PATCHes of a 60 GiB file made 12,288 parts, and S3 refused the 10,001st.
+    plan = PartPlan()
+    length = 60 * 1024 * MIB
+    patches = [5 * MIB] * (length // (5 * MIB))
+    assert simulate(plan, length, patches) <= plan.max_parts
+    # Scaled down so that it runs fast: 100-part limit, 1 KiB minimum, PATCHes at exactly the minimum.
+    small = PartPlan(part_size=10_240, min_part_size=1024, max_parts=100, max_object_size=10**7)
+    length = 500 * 1024
+    assert simulate(small, length, [1024] * 500) <= 100
+    assert simulate(small, None, [1024] * 500) <= 100
+    # And tiny PATCHes below the minimum ride in the tail until a part is full.
+    assert simulate(small, length, [100] * 5120) <= 100
+
+
+def test_short_parts_are_used_while_there_is_room():
+    plan = PartPlan()
+    assert plan.remainder_is_part(1, 5 * MIB, 5 * MIB, 100 * MIB)
+    assert not plan.remainder_is_part(1, 4 * MIB, 4 * MIB, 100 * MIB)  # below S3's minimum
+    assert plan.remainder_is_part(1, 1, 1, 1)  # the last bytes are the last part, whatever their size
+    full = PartPlan(part_size=10, min_part_size=5, max_parts=10, max_object_size=1000)
+    assert not full.remainder_is_part(1, 5, 5, 100)  # 9 parts of 10 cannot hold the other 95 bytes
+
+
+def test_a_length_beyond_what_s3_holds_is_refused():
+    with pytest.raises(errors.TusError) as info:
+        PartPlan().check_length(MAX_OBJECT_SIZE + 1)
+    assert info.value.status == 413
+
+
+# --- against Ceph RADOS Gateway ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    client = make_client(endpoint=s3_endpoint)
+    bucket = f"pytusd-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    client.pytusd_bucket = bucket  # type: ignore[attr-defined]
+    yield client
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+def store_for(s3, client=None, **options) -> S3Store:
+    """A store on the test's bucket; another ``client`` stands for another process."""
+    options.setdefault("part_size", PART)
+    options.setdefault("min_part_size", PART)
+    return S3Store(s3.pytusd_bucket, client or s3, **options)
+
+
+def keys(client) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket=client.pytusd_bucket).get("Contents", [])}
+
+
+async def chunks_of(data: bytes, size: int = 1 << 20):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def read_all(upload, start=0, end=None) -> bytes:
+    return b"".join([block async for block in upload.reader(start, end)])
+
+
+async def test_upload_in_patches_resumes_in_another_process_and_finishes(s3):
+    data = os.urandom(13 * MIB + 12345)
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=len(data), metadata={"filename": "a.bin", "filetype": "image/png"}))
+    info = await upload.info()
+    object_id, _, multipart_id = info.id.rpartition("+")
+    assert object_id and multipart_id and info.storage["Type"] == "s3store"
+    assert f"{object_id}.info" in keys(s3)
+
+    # 6 MiB: one short part (over the minimum) ... then 1 MiB: stays in the tail object.
+    assert await upload.write(0, chunks_of(data[: 6 * MIB])) == 6 * MIB
+    assert await upload.write(6 * MIB, chunks_of(data[6 * MIB : 7 * MIB])) == MIB
+    assert f"{object_id}.part" in keys(s3)
+
+    # Another process (a new store, nothing cached) sees the same state and goes on.
+    other = store_for(s3, make_client(endpoint=s3.meta.endpoint_url))
+    resumed = await other.get(info.id)
+    assert (await resumed.info()).offset == 7 * MIB
+    assert await resumed.write(7 * MIB, chunks_of(data[7 * MIB :])) == len(data) - 7 * MIB
+    assert f"{object_id}.part" not in keys(s3)  # the tail went into a part
+    assert (await resumed.info()).is_complete
+    await resumed.finish()
+
+    again = await store.get(info.id)
+    assert (await again.info()).offset == len(data)
+    assert hashlib.sha256(await read_all(again)).digest() == hashlib.sha256(data).digest()
+    assert await read_all(again, 100, 200) == data[100:200]
+    head = s3.head_object(Bucket=s3.pytusd_bucket, Key=object_id)
+    assert head["ContentLength"] == len(data)
+    assert head["ContentType"] == "image/png"
+    assert head["Metadata"]["filename"] == "a.bin"
+    assert json.loads(s3.get_object(Bucket=s3.pytusd_bucket, Key=f"{object_id}.info")["Body"].read())["ID"] == info.id
+
+
+async def test_interrupted_body_keeps_what_arrived(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=20 * MIB))
+    data = os.urandom(20 * MIB)
+
+    async def broken():
+        yield data[: 3 * MIB]
+        yield data[3 * MIB : 7 * MIB]
+        raise errors.ERR_UNEXPECTED_EOF()
+
+    with pytest.raises(errors.TusError) as info:
+        await upload.write(0, broken())
+    assert info.value.code == "ERR_UNEXPECTED_EOF"
+    fresh = await store.get((await upload.info()).id)
+    assert (await fresh.info()).offset == 7 * MIB
+    await fresh.write(7 * MIB, chunks_of(data[7 * MIB :]))
+    await fresh.finish()
+    assert await read_all(fresh) == data
+
+
+async def test_a_stale_tail_is_not_counted_twice(s3):
+    """A crash between uploading the part that holds the tail's bytes and deleting the tail object."""
+    store = store_for(s3)
+    data = os.urandom(8 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    upload_id = (await upload.info()).id
+    await upload.write(0, chunks_of(data[:MIB]))  # tail object, starting at 0
+    object_id = upload.object_id
+    tail = s3.get_object(Bucket=s3.pytusd_bucket, Key=f"{object_id}.part")
+    assert tail["Metadata"]["pytusd-tail-offset"] == "0"
+    # The "crashed" request had put the tail plus 5 MiB into part 1:
+    s3.upload_part(
+        Bucket=s3.pytusd_bucket, Key=object_id, UploadId=upload.multipart_id, PartNumber=1, Body=data[: 6 * MIB]
+    )
+    fresh = await store.get(upload_id)
+    assert (await fresh.info()).offset == 6 * MIB
+    await fresh.write(6 * MIB, chunks_of(data[6 * MIB :]))
+    await fresh.finish()
+    assert await read_all(fresh) == data
+
+
+async def test_parts_after_a_gap_do_not_count(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=20 * MIB))
+    s3.upload_part(
+        Bucket=s3.pytusd_bucket, Key=upload.object_id, UploadId=upload.multipart_id, PartNumber=2, Body=b"x" * PART
+    )
+    fresh = await store.get((await upload.info()).id)
+    assert (await fresh.info()).offset == 0
+    data = os.urandom(20 * MIB)
+    await fresh.write(0, chunks_of(data))
+    await fresh.finish()
+    assert await read_all(fresh) == data
+
+
+async def test_deferred_length_and_tail_finished_by_finish(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size_is_deferred=True))
+    data = os.urandom(6 * MIB + 10)
+    await upload.write(0, chunks_of(data[: 6 * MIB]))
+    await upload.write(6 * MIB, chunks_of(data[6 * MIB :]))  # 10 bytes: the tail
+    fresh = await store.get((await upload.info()).id)
+    assert (await fresh.info()).size_is_deferred and (await fresh.info()).offset == len(data)
+    await store.declare_length(fresh, len(data))
+    assert (await fresh.info()).is_complete
+    await fresh.finish()
+    assert await read_all(await store.get(fresh.id)) == data
+    assert f"{fresh.object_id}.part" not in keys(s3)
+
+
+async def test_empty_upload(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=0))
+    await upload.finish()
+    assert await read_all(await store.get(upload.id)) == b""
+
+
+async def test_terminate_removes_everything(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=10 * MIB))
+    await upload.write(0, chunks_of(os.urandom(MIB)))
+    await store.terminate(upload)
+    assert keys(s3) == set()
+    with pytest.raises(errors.TusError) as info:
+        await store.get(upload.id)
+    assert info.value.status == 404
+
+
+async def test_unknown_or_forged_ids_are_not_found(s3):
+    store = store_for(s3)
+    upload = await store.create(UploadInfo(size=10))
+    for bad in ("nope", "+x", "x+", f"{upload.object_id}+forged", f"other+{upload.multipart_id}"):
+        with pytest.raises(errors.TusError) as info:
+            await store.get(bad)
+        assert info.value.status == 404, bad
+
+
+@pytest.mark.parametrize("partial_size", [PART + 1, 1000], ids=["part-copy", "streamed"])
+async def test_concatenation(s3, partial_size):
+    store = store_for(s3)
+    datas = [os.urandom(partial_size) for _ in range(3)]
+    partials = []
+    for data in datas:
+        partial = await store.create(UploadInfo(size=len(data), is_partial=True))
+        await partial.write(0, chunks_of(data))
+        await partial.finish()
+        partials.append(await store.get(partial.id))
+    final = await store.create(UploadInfo(size=sum(map(len, datas)), is_final=True))
+    await store.concat(final, partials)
+    assert (await final.info()).is_complete
+    await final.finish()
+    assert await read_all(await store.get(final.id)) == b"".join(datas)
+
+
+async def test_a_bucket_written_by_tusd_is_served(s3):
+    """tusd's layout: its .info JSON, a multipart upload with parts, and a .part tail without our metadata."""
+    bucket, object_id = s3.pytusd_bucket, uuid.uuid4().hex
+    multipart_id = s3.create_multipart_upload(Bucket=bucket, Key=object_id)["UploadId"]
+    upload_id = f"{object_id}+{multipart_id}"
+    data = os.urandom(12 * MIB)
+    s3.upload_part(Bucket=bucket, Key=object_id, UploadId=multipart_id, PartNumber=1, Body=data[: 5 * MIB])
+    s3.put_object(Bucket=bucket, Key=f"{object_id}.part", Body=data[5 * MIB : 6 * MIB])
+    tusd_info = {
+        "ID": upload_id, "Size": len(data), "SizeIsDeferred": False, "Offset": 0, "MetaData": {"filename": "t"},
+        "IsPartial": False, "IsFinal": False, "PartialUploads": None,
+        "Storage": {"Type": "s3store", "Bucket": bucket, "Key": object_id},
+    }
+    s3.put_object(Bucket=bucket, Key=f"{object_id}.info", Body=json.dumps(tusd_info).encode())
+    store = store_for(s3)
+    upload = await store.get(upload_id)
+    assert (await upload.info()).offset == 6 * MIB
+    await upload.write(6 * MIB, chunks_of(data[6 * MIB :]))
+    await upload.finish()
+    assert await read_all(await store.get(upload_id)) == data
+
+
+async def test_presigned_parts_without_content_hashes(s3):
+    store = store_for(s3, disable_content_hashes=True)
+    data = os.urandom(11 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data))
+    await upload.finish()
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_through_the_app(s3, client_factory):
+    from pytusd import MemoryLocker
+
+    store = store_for(s3)
+    client = client_factory(store=store, locker=MemoryLocker())
+    r = await client.options("/files/")
+    extensions = r.headers["tus-extension"].split(",")
+    assert {"creation", "termination", "concatenation", "creation-defer-length"} <= set(extensions)
+    data = os.urandom(7 * MIB)
+    url = await create(client, len(data), **{"Upload-Metadata": "filename dGVzdC50eHQ="})
+    assert (await patch(client, url, 0, data[:MIB])).status_code == 204
+    r = await client.get(url, headers=TUS)
+    assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+    r = await patch(client, url, MIB, data[MIB:])
+    assert r.status_code == 204 and r.headers["upload-offset"] == str(len(data))
+    r = await client.head(url, headers=TUS)
+    assert r.headers["upload-offset"] == str(len(data))
+    r = await client.get(url, headers={**TUS, "Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == data[10:20]
+    r = await client.get(url, headers=TUS)
+    assert r.content == data and "test.txt" in r.headers["content-disposition"]
+    assert (await client.delete(url, headers=TUS)).status_code == 204
+    assert (await client.head(url, headers=TUS)).status_code == 404
