@@ -127,6 +127,9 @@ keyring = {root}/keyring
 rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
 rgw data = {root}/rgw
 ms mon client mode = crc
+# Free deleted and aborted data soon (default: after 2 h), so the in-memory OSD does not fill up during a run.
+rgw gc obj min wait = 30
+rgw gc processor period = 30
 """
 
 

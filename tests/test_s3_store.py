@@ -329,3 +329,20 @@ async def test_through_the_app(s3, client_factory):
     assert r.content == data and "test.txt" in r.headers["content-disposition"]
     assert (await client.delete(url, headers=TUS)).status_code == 204
     assert (await client.head(url, headers=TUS)).status_code == 404
+
+
+def test_flags_choose_the_s3_store_and_its_options(tmp_path):
+    from pytusd import MemoryLocker
+    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+
+    argv = ["-s3-bucket", "b", "-s3-endpoint", "http://127.0.0.1:9", "-s3-object-prefix", "up/",
+            "-s3-part-size", str(8 * MIB), "-s3-max-buffered-parts", "3", "-s3-concurrent-part-uploads", "2",
+            "-s3-disable-content-hashes", "--upload-dir", str(tmp_path)]
+    config = config_from_args(build_parser().parse_args(_normalise_argv(argv)))
+    store = config.store
+    assert isinstance(store, S3Store) and isinstance(config.locker, MemoryLocker)
+    assert store.bucket == "b" and store.object_key("x") == "up/x" and store.meta_key("x.info") == "up/x.info"
+    assert store.plan.part_size == 8 * MIB and store.max_buffered_parts == 3 and store.concurrent_part_uploads == 2
+    assert store.disable_content_hashes
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert store.client.meta.config.s3["addressing_style"] == "path"

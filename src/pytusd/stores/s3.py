@@ -816,7 +816,10 @@ def make_client(
     max_pool_connections: int = 32,
 ) -> Any:
     """A boto3 S3 client with credentials and region from the standard AWS chain (environment, shared config and
-    credentials files, instance metadata). A custom endpoint gets path-style addressing, as tusd does."""
+    credentials files, instance metadata). A custom endpoint gets path-style addressing, as tusd does.
+
+    ``max_pool_connections`` must be at least the store's ``concurrent_part_uploads`` plus a few for metadata
+    requests; with fewer, urllib3 opens and discards extra connections without a visible warning."""
     try:
         import boto3
         from botocore.config import Config as BotoConfig
@@ -833,6 +836,7 @@ def make_client(
         response_checksum_validation="when_required",
         connect_timeout=10,
         read_timeout=60,
+        signature_version="s3v4",  # also for presigned part URLs, which would otherwise get the old SigV2
     )
     return session.client(
         "s3",
