@@ -2,6 +2,7 @@
 
 from .base import Concatenatable, DataStore, Expiring, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .file import FileStore, FileUpload
+from .s3 import S3Store, S3Upload
 
 __all__ = [
     "Concatenatable",
@@ -10,6 +11,8 @@ __all__ = [
     "FileStore",
     "FileUpload",
     "LengthDeferrable",
+    "S3Store",
+    "S3Upload",
     "Terminatable",
     "Timestamped",
     "Upload",
