@@ -30,20 +30,19 @@ upload (5 TiB for a deferred length), else as the tail object (tusd #1247).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
 import math
 import re
-import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from .. import errors
 from ..protocol import new_upload_id
 from ..types import UploadInfo
+from .streaming import Blocking, PieceWriter, contiguous, feed_body, wait_all
 
 log = logging.getLogger("pytusd.s3")
 
@@ -61,7 +60,6 @@ TAIL_OFFSET_KEY = "pytusd-tail-offset"
 _NON_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 _HEADER_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
 
-T = TypeVar("T")
 
 
 # --- part planning (pure) ------------------------------------------------------------------------------------------
@@ -162,16 +160,6 @@ def _storage_error(exc: BaseException) -> errors.TusError:
     return errors.ERR_INTERNAL_SERVER_ERROR(f"S3 error: {exc}")
 
 
-def contiguous(parts: Sequence[Part]) -> list[Part]:
-    """The parts numbered 1, 2, 3, ... without a gap; what follows a gap is not part of the upload."""
-    result: list[Part] = []
-    for part in sorted(parts, key=lambda p: p.number):
-        if part.number != len(result) + 1:
-            break
-        result.append(part)
-    return result
-
-
 # --- the upload ----------------------------------------------------------------------------------------------------
 
 
@@ -204,22 +192,40 @@ class S3Upload:
         state = await self.state()
         if offset != state.offset:
             raise errors.ERR_MISMATCHED_OFFSET()
-        writer = _PartWriter(self._store, self, state)
-        body_error: BaseException | None = None
+        store, plan = self._store, self._store.plan
+        length = None if state.info.size_is_deferred else state.info.size
+        writer: PieceWriter[Part] = PieceWriter(
+            functools.partial(store._upload_part, self),
+            first_number=len(state.parts) + 1,
+            piece_size=lambda number: plan.size_of(number, length),
+            max_buffered=store.max_buffered_parts,
+            temp_dir=store.temp_dir,
+        )
+        new_tail = None
         try:
             if state.tail_size:
-                await writer.prepend_tail()
-            iterator = aiter(chunks)
-            while True:
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:  # the request body failed: store what arrived, then report it
-                    body_error = exc
-                    break
-                await writer.feed(chunk)
-            written = await writer.close()
+                await writer.prepend(self._tail_blocks(state.tail_size))
+            body_error = await feed_body(chunks, writer.feed)
+            # The rest: a part of its own (the upload's end, or a short part there is room for), else the tail.
+            remainder = writer.spool_size
+            if remainder:
+                stored = state.parts_size + writer.dispatched + remainder
+                if plan.remainder_is_part(writer.next_number, remainder, stored, length):
+                    writer.dispatch()
+                else:
+                    new_tail = writer.detach()
+            parts = contiguous([*state.parts, *await writer.settle()])
+            if len(parts) != writer.next_number - 1:
+                raise errors.ERR_INTERNAL_SERVER_ERROR("a part upload went missing")
+            state.parts = parts
+            if new_tail is not None:
+                await store._put_tail(self, new_tail, state.parts_size)
+                state.tail_size, state.stale_tail = remainder, False
+            elif state.tail_size or state.stale_tail:
+                # The tail's bytes are in a part now (or were already): the tail object is stale, remove it.
+                state.tail_size, state.stale_tail = 0, True
+                await store._delete_quietly(store.meta_key(self.object_id + ".part"))
+                state.stale_tail = False
         except BaseException as exc:
             await writer.abandon()
             self._state = None  # the truth is in S3: read it again
@@ -227,9 +233,27 @@ class S3Upload:
                 log.warning("upload %s: S3 write failed: %s", self.id, exc)
                 raise _storage_error(exc) from exc
             raise
+        finally:
+            if new_tail is not None:
+                new_tail.close()
         if body_error is not None:
             raise body_error
-        return written
+        return state.offset - offset
+
+    async def _tail_blocks(self, expected: int) -> AsyncIterator[bytes]:
+        store = self._store
+        response = await store._call(
+            store.client.get_object, Bucket=store.bucket, Key=store.meta_key(self.object_id + ".part")
+        )
+        body, received = response["Body"], 0
+        try:
+            while block := await store._call(body.read, READ_BLOCK):
+                received += len(block)
+                yield block
+        finally:
+            body.close()
+        if received != expected:
+            raise errors.ERR_INTERNAL_SERVER_ERROR("the tail object changed while it was read")
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         store = self._store
@@ -244,10 +268,7 @@ class S3Upload:
             raise _storage_error(exc) from exc
         body = response["Body"]
         try:
-            while True:
-                block = await store._call(body.read, READ_BLOCK)
-                if not block:
-                    break
+            while block := await store._call(body.read, READ_BLOCK):
                 yield block
         finally:
             body.close()
@@ -259,10 +280,17 @@ class S3Upload:
         store = self._store
         parts = list(state.parts)
         try:
-            if state.tail_size:
-                writer = _PartWriter(store, self, state)
-                await writer.prepend_tail()
-                parts.append(await writer.upload_spool_now(len(parts) + 1))
+            if state.tail_size:  # a deferred length declared after the last bytes: the tail is the last part
+                writer: PieceWriter[Part] = PieceWriter(
+                    functools.partial(store._upload_part, self),
+                    first_number=len(parts) + 1,
+                    piece_size=lambda number: state.tail_size,
+                    max_buffered=1,
+                    temp_dir=store.temp_dir,
+                )
+                await writer.prepend(self._tail_blocks(state.tail_size))
+                writer.dispatch()
+                parts.extend(await writer.settle())
             if not parts:  # an empty upload still needs one (empty) part
                 parts.append(await store._upload_part(self, 1, None, 0))
             await store._call(
@@ -291,169 +319,6 @@ class S3Upload:
         except Exception as exc:
             raise _storage_error(exc) from exc
         return float(head["LastModified"].timestamp())
-
-
-class _PartWriter:
-    """Cuts one request's bytes into parts, uploads them in the background and accounts for what S3 confirmed."""
-
-    def __init__(self, store: S3Store, upload: S3Upload, state: _State) -> None:
-        self.store = store
-        self.upload = upload
-        self.state = state
-        self.length: int | None = None if state.info.size_is_deferred else state.info.size
-        self.start_offset = state.offset
-        self.next_number = len(state.parts) + 1
-        self.dispatched = state.parts_size  # bytes in confirmed parts plus parts handed to an upload task
-        self.spool: IO[bytes] | None = None
-        self.spool_size = 0
-        self.slots = asyncio.Semaphore(store.max_buffered_parts)
-        self.tasks: dict[int, asyncio.Task[Part]] = {}
-        self.consumed_tail = False
-
-    async def _new_spool(self) -> None:
-        await self.slots.acquire()
-        self.spool = tempfile.TemporaryFile(dir=self.store.temp_dir, prefix="pytusd-s3-", buffering=0)
-        self.spool_size = 0
-
-    def _spool_write(self, data: bytes | memoryview) -> None:
-        assert self.spool is not None
-        view = memoryview(data)
-        while view:
-            view = view[self.spool.write(view) :]  # type: ignore[arg-type]
-        self.spool_size += len(data)
-
-    async def prepend_tail(self) -> None:
-        """Start the first part with the tail object's bytes."""
-        store = self.store
-        key = store.meta_key(self.upload.object_id + ".part")
-        await self._new_spool()
-        response = await store._call(store.client.get_object, Bucket=store.bucket, Key=key)
-        body = response["Body"]
-        try:
-            while block := await store._call(body.read, READ_BLOCK):
-                self._spool_write(block)
-        finally:
-            body.close()
-        if self.spool_size != self.state.tail_size:
-            raise errors.ERR_INTERNAL_SERVER_ERROR("the tail object changed while it was read")
-        self.consumed_tail = True
-
-    async def feed(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            self._raise_failures()
-            if self.spool is None:
-                await self._new_spool()
-            room = self.store.plan.size_of(self.next_number, self.length) - self.spool_size
-            self._spool_write(view[:room])
-            view = view[room:]
-            if self.spool_size >= self.store.plan.size_of(self.next_number, self.length):
-                self._dispatch()
-
-    def _raise_failures(self) -> None:
-        for task in self.tasks.values():
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-
-    def _dispatch(self) -> None:
-        """Hand the current spool to a background upload as the next part."""
-        spool, size, number = self.spool, self.spool_size, self.next_number
-        assert spool is not None
-        self.spool = None
-        self.spool_size = 0
-        self.next_number += 1
-        self.dispatched += size
-
-        async def run() -> Part:
-            try:
-                return await self.store._upload_part(self.upload, number, spool, size)
-            finally:
-                spool.close()
-                self.slots.release()
-
-        self.tasks[number] = asyncio.get_running_loop().create_task(run())
-
-    async def upload_spool_now(self, number: int) -> Part:
-        """Upload the current spool as part ``number`` and wait for it (used by finish)."""
-        spool, size = self.spool, self.spool_size
-        assert spool is not None
-        try:
-            return await self.store._upload_part(self.upload, number, spool, size)
-        finally:
-            spool.close()
-            self.spool = None
-            self.slots.release()
-
-    async def close(self) -> int:
-        """The body ended: place the remainder (last part, short part or tail), wait for S3, update the state."""
-        state, plan = self.state, self.store.plan
-        remainder = self.spool_size
-        new_tail: IO[bytes] | None = None
-        if remainder:
-            if plan.remainder_is_part(self.next_number, remainder, self.dispatched + remainder, self.length):
-                self._dispatch()
-            else:
-                new_tail, self.spool = self.spool, None
-        elif self.spool is not None:
-            self.spool.close()
-            self.spool = None
-            self.slots.release()
-        try:
-            parts = await self._settle()
-            state.parts = contiguous([*state.parts, *parts])
-            expected = len(state.parts) == self.next_number - 1
-            if not expected:
-                raise errors.ERR_INTERNAL_SERVER_ERROR("a part upload went missing")
-            if new_tail is not None:
-                await self.store._put_tail(self.upload, new_tail, state.parts_size)
-                state.tail_size, state.stale_tail = remainder, False
-            elif self.consumed_tail or state.stale_tail:
-                # Its bytes are in a part now (or were before): the tail object is stale, remove it.
-                state.tail_size, state.stale_tail = 0, True
-                await self.store._delete_quietly(self.store.meta_key(self.upload.object_id + ".part"))
-                state.stale_tail = False
-        finally:
-            if new_tail is not None:
-                new_tail.close()
-                self.slots.release()
-        return state.offset - self.start_offset
-
-    async def _settle(self) -> list[Part]:
-        """Wait for every part upload; raise the first failure after all of them ended."""
-        await _wait_all(list(self.tasks.values()))
-        parts, failure = [], None
-        for task in self.tasks.values():
-            if task.cancelled():
-                failure = failure or asyncio.CancelledError()
-            elif task.exception() is not None:
-                failure = failure or task.exception()
-            else:
-                parts.append(task.result())
-        if failure is not None:
-            raise failure
-        return parts
-
-    async def abandon(self) -> None:
-        """After a failure: let running part uploads end (a thread cannot be stopped, and a part that lands after
-        the lock is released could overwrite a newer one), then drop the spools."""
-        await _wait_all(list(self.tasks.values()))
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-
-
-async def _wait_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Wait until every task is done, even if the caller is cancelled meanwhile (then re-raise the cancellation)."""
-    cancelled = False
-    pending = [t for t in tasks if not t.done()]
-    while pending:
-        try:
-            await asyncio.shield(asyncio.wait(pending))
-        except asyncio.CancelledError:
-            cancelled = True
-        pending = [t for t in pending if not t.done()]
-    if cancelled:
-        raise asyncio.CancelledError()
 
 
 # --- the store -----------------------------------------------------------------------------------------------------
@@ -493,8 +358,8 @@ class S3Store:
         self.disable_content_hashes = disable_content_hashes
         self.temp_dir = temp_dir
         # Part uploads and everything else run in separate thread pools, so that a HEAD never queues behind parts.
-        self._part_pool = concurrent.futures.ThreadPoolExecutor(self.concurrent_part_uploads, "pytusd-s3-part")
-        self._pool = concurrent.futures.ThreadPoolExecutor(16, "pytusd-s3")
+        self._call = Blocking(16, "pytusd-s3")
+        self._send = Blocking(self.concurrent_part_uploads, "pytusd-s3-part")
         self._part_slots: asyncio.Semaphore | None = None
         self._http: Any = None
 
@@ -518,17 +383,12 @@ class S3Store:
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-
     async def _upload_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> Part:
         if self._part_slots is None:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         async with self._part_slots:
-            loop = asyncio.get_running_loop()
             send = self._put_part_presigned if self.disable_content_hashes else self._put_part
-            etag = await loop.run_in_executor(self._part_pool, send, upload, number, spool, size)
+            etag = await self._send(send, upload, number, spool, size)
         return Part(number, size, etag)
 
     def _put_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
@@ -789,7 +649,7 @@ class S3Store:
         if self._part_slots is None:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         tasks = [asyncio.ensure_future(copy(n, *piece)) for n, piece in enumerate(pieces, 1)]
-        await _wait_all(tasks)
+        await wait_all(tasks)
         failures = [t.exception() for t in tasks if t.exception() is not None]
         if failures:
             final._state = None

@@ -1,0 +1,198 @@
+"""What the object-storage stores share: blocking SDK calls off the event loop, and request bodies cut into pieces.
+
+Object stores (S3, Azure Blob, GCS) receive an upload as numbered pieces (parts, blocks, chunk objects). A
+:class:`PieceWriter` cuts a request body into such pieces while it arrives: each piece is spooled to an unnamed
+temporary file and handed to an upload coroutine in the background; at most ``max_buffered`` spools exist at once
+(the body waits for a slot, so a client faster than the storage is slowed down instead of buffered), and the store
+bounds how many upload at once. The SDKs are blocking, so they run in thread pools (:class:`Blocking`): hashing and
+sending release the GIL, and the event loop stays free for other uploads (measured in bench/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import tempfile
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import IO, Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+READ_BLOCK = 1 << 20
+
+
+class Blocking:
+    """A thread pool for a blocking SDK; ``await blocking(fn, *args, **kwargs)`` runs ``fn`` in it."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), name)
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+
+async def wait_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait until every task is done, even if the caller is cancelled meanwhile (then re-raise the cancellation).
+
+    An upload running in a thread cannot be stopped; a piece that lands after the upload's lock was released could
+    overwrite a newer one, so a request never ends before its pieces did."""
+    cancelled = False
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        try:
+            await asyncio.shield(asyncio.wait(pending))
+        except asyncio.CancelledError:
+            cancelled = True
+        pending = [t for t in pending if not t.done()]
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+class Numbered(Protocol):
+    @property
+    def number(self) -> int: ...
+
+
+N = TypeVar("N", bound=Numbered)
+
+
+def contiguous(pieces: Iterable[N]) -> list[N]:
+    """The pieces numbered 1, 2, 3, ... without a gap. A piece whose upload failed leaves a gap; what follows it
+    was stored out of order and is not part of the upload (it is overwritten later)."""
+    result: list[N] = []
+    for piece in sorted(pieces, key=lambda p: p.number):
+        if piece.number != len(result) + 1:
+            break
+        result.append(piece)
+    return result
+
+
+async def feed_body(chunks: AsyncIterable[bytes], feed: Callable[[bytes], Awaitable[None]]) -> Exception | None:
+    """Pass every chunk of a request body to ``feed``. When the body itself fails (the client broke the
+    connection, a limit was hit), stop and return that error, so the caller stores what arrived and then reports
+    it; errors of ``feed`` (the storage) propagate."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return None
+        except Exception as exc:
+            return exc
+        await feed(chunk)
+
+
+def first_failure(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
+    for task in tasks:
+        if task.cancelled():
+            return asyncio.CancelledError()
+        if task.exception() is not None:
+            return task.exception()
+    return None
+
+
+class PieceWriter(Generic[P]):
+    """Cuts one request's bytes into numbered pieces and uploads them in the background.
+
+    ``upload(number, spool, size)`` stores one piece (``spool`` is a file positioned anywhere; None for an empty
+    piece) and returns what the store needs to remember about it. ``piece_size(number)`` is the size of full piece
+    ``number``. Full pieces are dispatched as they fill; what is left when the body ends is the caller's to place
+    (:meth:`dispatch` it as a short piece, or :meth:`detach` it).
+    """
+
+    def __init__(
+        self,
+        upload: Callable[[int, IO[bytes] | None, int], Awaitable[P]],
+        *,
+        first_number: int,
+        piece_size: Callable[[int], int],
+        max_buffered: int,
+        temp_dir: str | None = None,
+    ) -> None:
+        self._upload = upload
+        self._piece_size = piece_size
+        self._temp_dir = temp_dir
+        self._slots = asyncio.Semaphore(max(1, max_buffered))
+        self._tasks: list[asyncio.Task[P]] = []
+        self.next_number = first_number
+        self.dispatched = 0  # bytes handed to piece uploads by this writer
+        self.spool: IO[bytes] | None = None
+        self.spool_size = 0
+
+    async def _new_spool(self) -> None:
+        await self._slots.acquire()
+        self.spool = tempfile.TemporaryFile(dir=self._temp_dir, prefix="pytusd-", buffering=0)
+        self.spool_size = 0
+
+    def _spool_write(self, data: bytes | memoryview) -> None:
+        assert self.spool is not None
+        view = memoryview(data)
+        while view:
+            view = view[self.spool.write(view) :]  # type: ignore[arg-type]
+        self.spool_size += len(data)
+
+    async def prepend(self, blocks: AsyncIterable[bytes]) -> int:
+        """Start the next piece with these bytes (S3's tail object); returns how many there were."""
+        if self.spool is None:
+            await self._new_spool()
+        async for block in blocks:
+            self._spool_write(block)
+        return self.spool_size
+
+    async def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            failure = first_failure([t for t in self._tasks if t.done()])
+            if failure is not None:
+                raise failure
+            if self.spool is None:
+                await self._new_spool()
+            full = self._piece_size(self.next_number)
+            room = full - self.spool_size
+            self._spool_write(view[:room])
+            view = view[room:]
+            if self.spool_size >= full:
+                self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand the current spool to a background upload as the next piece."""
+        spool, size, number = self.spool, self.spool_size, self.next_number
+        assert spool is not None
+        self.spool, self.spool_size = None, 0
+        self.next_number += 1
+        self.dispatched += size
+
+        async def run() -> P:
+            try:
+                return await self._upload(number, spool, size)
+            finally:
+                spool.close()
+                self._slots.release()
+
+        self._tasks.append(asyncio.get_running_loop().create_task(run()))
+
+    def detach(self) -> IO[bytes] | None:
+        """Take the current spool out of the writer (the caller closes it); None if there is none."""
+        spool = self.spool
+        if spool is not None:
+            self.spool, self.spool_size = None, 0
+            self._slots.release()
+        return spool
+
+    async def settle(self) -> list[P]:
+        """Wait for every piece upload; raise the first failure once all of them ended. Results in piece order."""
+        await wait_all(list(self._tasks))
+        failure = first_failure(self._tasks)
+        if failure is not None:
+            raise failure
+        return [t.result() for t in self._tasks]
+
+    async def abandon(self) -> None:
+        """After a failure: let running uploads end, drop the spool."""
+        await wait_all(list(self._tasks))
+        spool = self.detach()
+        if spool is not None:
+            spool.close()

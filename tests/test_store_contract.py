@@ -1,0 +1,191 @@
+"""The store contract: what every store must do, run against each store on its real backend.
+
+Adding a store means adding a builder to ``BUILDERS`` and passing this file. A builder gets the pytest request and a
+temporary folder and returns a function that makes a *new* store object on the same backend each time it is called
+(a new object stands for a restarted or another process: nothing may be remembered in the old one), plus a
+clean-up. Capabilities a store lacks (termination, concatenation, deferred length) are skipped for it, not faked.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pytusd import errors
+from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
+from pytusd.types import UploadInfo
+
+MIB = 1 << 20
+# Larger than S3's 5 MiB minimum part, so that stores working in parts or blocks cut it into several.
+SIZE = 11 * MIB + 7
+
+Builder = Callable[[pytest.FixtureRequest, Any], tuple[Callable[[], Any], Callable[[], None]]]
+
+
+def build_file(request, tmp_path):
+    from pytusd import FileStore
+
+    return (lambda: FileStore(tmp_path / "data")), (lambda: None)
+
+
+def build_s3(request, tmp_path):
+    from pytusd.stores.s3 import S3Store, make_client
+    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    client = make_client(endpoint=endpoint)
+    bucket = f"contract-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+
+    def cleanup() -> None:
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket)
+
+    def make() -> S3Store:
+        return S3Store(bucket, make_client(endpoint=endpoint), part_size=5 * MIB, min_part_size=5 * MIB)
+
+    return make, cleanup
+
+
+BUILDERS: dict[str, Builder] = {"file": build_file, "s3": build_s3}
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def make_store(request, tmp_path):
+    make, cleanup = BUILDERS[request.param](request, tmp_path)
+    yield make
+    cleanup()
+
+
+async def chunks_of(data: bytes, size: int = MIB) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def read_all(upload, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([block async for block in upload.reader(start, end)])
+
+
+async def test_write_resume_in_a_new_process_finish_and_read_back(make_store):
+    data = os.urandom(SIZE)
+    store = make_store()
+    upload = await store.create(UploadInfo(size=SIZE, metadata={"filename": "a.bin", "filetype": "text/plain"}))
+    info = await upload.info()
+    assert info.id and info.offset == 0 and info.size == SIZE and info.metadata["filename"] == "a.bin"
+    assert await upload.write(0, chunks_of(data[: 6 * MIB + 3])) == 6 * MIB + 3
+
+    resumed = await make_store().get(info.id)
+    state = await resumed.info()
+    assert state.offset == 6 * MIB + 3 and state.size == SIZE and state.metadata == info.metadata
+    assert await resumed.write(state.offset, chunks_of(data[state.offset :])) == SIZE - state.offset
+    assert (await resumed.info()).is_complete
+    await resumed.finish()
+
+    done = await make_store().get(info.id)
+    assert (await done.info()).offset == SIZE
+    assert await read_all(done) == data
+    assert await read_all(done, 5 * MIB - 10, 5 * MIB + 10) == data[5 * MIB - 10 : 5 * MIB + 10]
+
+
+async def test_many_small_writes(make_store):
+    data = os.urandom(300_000)
+    store = make_store()
+    upload = await store.create(UploadInfo(size=len(data)))
+    upload_id = (await upload.info()).id
+    for offset in range(0, len(data), 100_000):
+        upload = await make_store().get(upload_id)
+        assert (await upload.info()).offset == offset
+        await upload.write(offset, chunks_of(data[offset : offset + 100_000], 4096))
+    await upload.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
+
+
+async def test_a_body_that_breaks_keeps_what_arrived(make_store):
+    data = os.urandom(2 * MIB)
+    store = make_store()
+    upload = await store.create(UploadInfo(size=len(data)))
+    upload_id = (await upload.info()).id
+
+    async def broken():
+        yield data[:MIB]
+        raise errors.ERR_UNEXPECTED_EOF()
+
+    with pytest.raises(errors.TusError):
+        await upload.write(0, broken())
+    again = await make_store().get(upload_id)
+    assert (await again.info()).offset == MIB
+    await again.write(MIB, chunks_of(data[MIB:]))
+    await again.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
+
+
+async def test_deferred_length(make_store):
+    store = make_store()
+    if not isinstance(store, LengthDeferrable):
+        pytest.skip("the store does not offer creation-defer-length")
+    data = os.urandom(6 * MIB + 5)
+    upload = await store.create(UploadInfo(size_is_deferred=True))
+    upload_id = (await upload.info()).id
+    await upload.write(0, chunks_of(data))
+    later = await make_store().get(upload_id)
+    assert (await later.info()).size_is_deferred and (await later.info()).offset == len(data)
+    await store.declare_length(later, len(data))
+    assert (await later.info()).is_complete
+    await later.finish()
+    final = await make_store().get(upload_id)
+    assert not (await final.info()).size_is_deferred
+    assert await read_all(final) == data
+
+
+async def test_empty_upload(make_store):
+    store = make_store()
+    upload = await store.create(UploadInfo(size=0))
+    await upload.finish()
+    assert await read_all(await make_store().get((await upload.info()).id)) == b""
+
+
+async def test_terminate(make_store):
+    store = make_store()
+    if not isinstance(store, Terminatable):
+        pytest.skip("the store does not offer termination")
+    upload = await store.create(UploadInfo(size=10))
+    upload_id = (await upload.info()).id
+    await upload.write(0, chunks_of(b"12345"))
+    await store.terminate(upload)
+    with pytest.raises(errors.TusError) as info:
+        await make_store().get(upload_id)
+    assert info.value.status == 404
+
+
+async def test_unknown_id_is_not_found(make_store):
+    with pytest.raises(errors.TusError) as info:
+        await make_store().get("0123456789abcdef0123456789abcdef")
+    assert info.value.status == 404
+
+
+@pytest.mark.parametrize("sizes", [(6 * MIB, 5 * MIB + 1), (1000, 0, 2000)], ids=["large", "small"])
+async def test_concatenation(make_store, sizes):
+    store = make_store()
+    if not isinstance(store, Concatenatable):
+        pytest.skip("the store does not offer concatenation")
+    datas = [os.urandom(n) for n in sizes]
+    partials = []
+    for data in datas:
+        partial = await store.create(UploadInfo(size=len(data), is_partial=True))
+        await partial.write(0, chunks_of(data))
+        await partial.finish()
+        partials.append(await make_store().get((await partial.info()).id))
+    final = await store.create(UploadInfo(size=sum(sizes), is_final=True, partial_uploads=()))
+    await store.concat(final, partials)
+    assert (await final.info()).is_complete
+    await final.finish()
+    assert await read_all(await make_store().get((await final.info()).id)) == b"".join(datas)
