@@ -116,3 +116,19 @@ def s3_endpoint(tmp_path_factory):
         return
     with ceph_rgw(tmp_path_factory.mktemp("ceph")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def azure_endpoint(tmp_path_factory):
+    from tests.services import azurite
+
+    with azurite(tmp_path_factory.mktemp("azurite")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(tmp_path_factory):
+    from tests.services import gcs_emulator
+
+    with gcs_emulator(tmp_path_factory.mktemp("gcs")) as endpoint:
+        yield endpoint

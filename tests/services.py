@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,10 @@ import pytest
 
 S3_ACCESS_KEY = "PYTUSDACCESS"
 S3_SECRET_KEY = "PYTUSDSECRET"
+# Azurite's fixed development account (documented by Microsoft for the emulator; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+SERVICES_NODE = Path(__file__).resolve().parent / "services_node" / "node_modules" / ".bin"
 
 
 def free_port() -> int:
@@ -235,3 +240,55 @@ def nginx(root: Path, backends: list[int]) -> Iterator[int]:
         yield port
     finally:
         stop_pid(proc.pid)
+
+
+# --- Azurite (Azure Blob Storage emulator, npm) ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def azurite(folder: Path) -> Iterator[str]:
+    """Azurite's blob service; yields the account's blob endpoint (``http://127.0.0.1:PORT/devstoreaccount1``)."""
+    require("node")
+    program = SERVICES_NODE / "azurite-blob"
+    if not program.exists():
+        message = "azurite is missing: scripts/test installs it into tests/services_node"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(folder / "azurite.log", "ab")
+    proc = subprocess.Popen(
+        [str(program), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder),
+         "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 30, proc, "azurite")
+        yield f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    finally:
+        stop_pid(proc.pid)
+        log.close()
+
+
+# --- GCS emulator (gcp-storage-emulator, PyPI) ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gcs_emulator(folder: Path) -> Iterator[str]:
+    """gcp-storage-emulator (a stub of the GCS JSON API, kept in ``folder``); yields its URL."""
+    program = Path(sys.executable).parent / "gcp-storage-emulator"
+    if not program.exists():
+        message = "gcp-storage-emulator is missing (a test extra: pip install -e '.[test]')"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(folder / "gcs.log", "ab")
+    proc = subprocess.Popen(
+        [str(program), "-d", str(folder / "data"), "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 30, proc, "gcp-storage-emulator")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_pid(proc.pid)
+        log.close()
