@@ -346,3 +346,12 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
     assert store.disable_content_hashes
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
     assert store.client.meta.config.s3["addressing_style"] == "path"
+
+
+def test_two_storages_on_the_command_line_are_an_error(capsys):
+    from pytusd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--s3-bucket", "a", "--azure-storage", "b", "--port", "0"])
+    assert exit_info.value.code == 2
+    assert "choose one storage: --s3-bucket and --azure-storage" in capsys.readouterr().err

@@ -224,6 +224,21 @@ _FLAGS = [
     Flag("s3-disable-content-hashes", parse_bool, False,
          "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
     Flag("s3-disable-ssl", parse_bool, False, "Use plain HTTP to S3 when no --s3-endpoint URL says", "S3 storage"),
+    # GCS (chosen when --gcs-bucket is set)
+    Flag("gcs-bucket", str, "", "Store uploads in this Google Cloud Storage bucket (credentials: "
+         "GCS_SERVICE_ACCOUNT_FILE or application default credentials)", "GCS storage"),
+    Flag("gcs-object-prefix", str, "", "Prefix of every object's name", "GCS storage"),
+    Flag("gcs-endpoint", str, "", "GCS endpoint URL (an emulator or a private endpoint)", "GCS storage"),
+    # Azure (chosen when --azure-storage is set)
+    Flag("azure-storage", str, "", "Store uploads in this Azure Blob Storage container (account and key: "
+         "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, or AZURE_STORAGE_CONNECTION_STRING)", "Azure storage"),
+    Flag("azure-container-access-type", str, "", "Access type of a container pytusd creates: '' (private), "
+         "'blob' or 'container'", "Azure storage"),
+    Flag("azure-blob-access-tier", str, "", "Access tier of finished blobs: '' (the account's default), 'hot', "
+         "'cool' or 'archive'", "Azure storage"),
+    Flag("azure-object-prefix", str, "", "Prefix of every blob's name", "Azure storage"),
+    Flag("azure-endpoint", str, "", "Blob service URL (default https://<account>.blob.core.windows.net)",
+         "Azure storage"),
     # locks
     Flag(
         "locker",
@@ -383,7 +398,26 @@ def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
 
 
 def store_from_args(args: argparse.Namespace) -> DataStore:
-    """The storage the flags name: S3 when --s3-bucket is set, else the upload directory (tusd's order)."""
+    """The storage the flags name: S3, GCS or Azure when its bucket or container is set, else the upload directory
+    (tusd's order of precedence; naming two is an error rather than a silent choice)."""
+    named = [flag for flag, value in (("--s3-bucket", args.s3_bucket), ("--gcs-bucket", args.gcs_bucket),
+                                       ("--azure-storage", args.azure_storage)) if value]
+    if len(named) > 1:
+        raise ValueError(f"choose one storage: {' and '.join(named)} were both given")
+    if args.gcs_bucket:
+        from .stores.gcs import GCSStore
+
+        return GCSStore.from_options(args.gcs_bucket, object_prefix=args.gcs_object_prefix, endpoint=args.gcs_endpoint)
+    if args.azure_storage:
+        from .stores.azure import AzureStore
+
+        return AzureStore.from_options(
+            args.azure_storage,
+            object_prefix=args.azure_object_prefix,
+            endpoint=args.azure_endpoint,
+            container_access_type=args.azure_container_access_type,
+            blob_access_tier=args.azure_blob_access_tier,
+        )
     if args.s3_bucket:
         from .stores.s3 import S3Store, make_client
 
