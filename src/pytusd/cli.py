@@ -290,7 +290,7 @@ def env_name(flag: str) -> str:
 
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
     """Accept Go-style single-dash long flags (``-upload-dir``) as well as ``--upload-dir``."""
-    known = {f.name for f in _FLAGS} | {"version", "help"}
+    known = {f.name for f in _FLAGS} | {"version", "help", "json"}
     out = []
     for arg in argv:
         if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
@@ -301,15 +301,23 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+ADMIN_COMMANDS = ("cleanup", "list", "info", "delete")
+
+
+def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pytusd",
-        usage="pytusd [cleanup] [flags]",
-        description="pytusd: a tus resumable-upload server. 'pytusd cleanup' removes expired uploads once and "
-        "exits (for cron), with the same flags. Every flag can also be set as PYTUSD_<NAME> in the "
+        prog="pytusd" if command == "serve" else f"pytusd {command}",
+        usage="pytusd [cleanup | list | info ID | delete ID] [flags]",
+        description="pytusd: a tus resumable-upload server. Admin commands take the same flags and work on the "
+        "store they name: 'pytusd list' (uploads: ID, size, offset, state, filename, expiry; --json), "
+        "'pytusd info ID', 'pytusd delete ID' (takes the upload's lock, then deletes it) and 'pytusd cleanup' "
+        "(removes expired uploads once, for cron). Every flag can also be set as PYTUSD_<NAME> in the "
         "environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, --flag=true and --flag=false.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if command in ("list", "info", "delete"):
+        parser.add_argument("ids", nargs="*", metavar="ID", help="upload ID (info, delete)")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in _FLAGS:
         group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
@@ -512,13 +520,21 @@ def cleanup(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
-    if argv and argv[0] == "cleanup":
+    if argv and argv[0] in ADMIN_COMMANDS:
         command = argv.pop(0)
-    parser = build_parser()
+    parser = build_parser(command)
     args = parser.parse_args(_normalise_argv(argv))
-    logs.configure(args.log_format, args.verbose)
+    logs.configure(args.log_format, args.verbose and command == "serve")
     if command == "cleanup":
         return cleanup(args)
+    if command != "serve":
+        from . import admin
+
+        try:
+            config = config_from_args(args)
+        except (ValueError, OSError, ImportError) as exc:
+            parser.error(str(exc))
+        return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
 

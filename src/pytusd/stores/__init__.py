@@ -1,6 +1,16 @@
 """Where upload bytes live. Each store is its own module; the protocols in :mod:`.base` say what a store is."""
 
-from .base import Concatenatable, DataStore, Expiring, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
+from .base import (
+    Concatenatable,
+    DataStore,
+    Expiring,
+    LengthDeferrable,
+    Listable,
+    Terminatable,
+    Timestamped,
+    Upload,
+    Verifiable,
+)
 from .file import FileStore, FileUpload
 from .s3 import S3Store, S3Upload
 
@@ -11,6 +21,7 @@ __all__ = [
     "FileStore",
     "FileUpload",
     "LengthDeferrable",
+    "Listable",
     "S3Store",
     "S3Upload",
     "Terminatable",

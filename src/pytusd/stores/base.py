@@ -91,6 +91,15 @@ class Verifiable(Protocol):
 
 
 @runtime_checkable
+class Listable(Protocol):
+    """The store can enumerate its uploads (``pytusd list``, the expiration cleaner)."""
+
+    def upload_ids(self) -> AsyncIterator[str]:
+        """The ID of every upload in the store, in no particular order."""
+        ...
+
+
+@runtime_checkable
 class Expiring(Protocol):
     """The store can remove an expired upload and remember it, so that later requests get 410 (expiration)."""
 

@@ -603,6 +603,23 @@ class S3Store:
         except Exception as exc:
             raise _storage_error(exc) from exc
 
+    async def upload_ids(self) -> AsyncIterator[str]:
+        """Every upload, from its ``.info`` object (whose ID names the multipart upload)."""
+        prefix = self.meta_key("")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = await self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                key = obj["Key"]
+                if not key.endswith(".info"):
+                    continue
+                try:
+                    response = await self._call(self.client.get_object, Bucket=self.bucket, Key=key)
+                    raw = await self._call(response["Body"].read)
+                    yield UploadInfo.from_json(raw).id
+                except Exception as exc:  # removed meanwhile, or not one of ours: skip it
+                    log.warning("skipping %s: %s", key, exc)
+
     async def declare_length(self, upload: S3Upload, length: int) -> None:
         self.plan.check_length(length)
         state = await upload.state()

@@ -1,0 +1,130 @@
+"""Admin commands: ``pytusd list``, ``pytusd info ID``, ``pytusd delete ID``, ``pytusd cleanup``.
+
+They take the server's flags, so they reach the same store and locker as the server they sit next to (any
+store: disk, S3, GCS, Azure). ``delete`` takes the upload's lock first, asking a running server to let go of it,
+exactly as a ``DELETE`` request would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from . import errors, expiration
+from .config import Config
+from .stores import Listable, Terminatable, Upload
+from .types import UploadInfo
+
+
+def state_of(info: UploadInfo) -> str:
+    if info.is_complete:
+        return "finished"
+    if info.is_final:
+        return "final, waiting for partials"
+    if info.size_is_deferred:
+        return "receiving (length not yet known)"
+    return "receiving"
+
+
+async def describe(config: Config, upload: Upload) -> dict[str, Any]:
+    info = await upload.info()
+    expires = None
+    if config.expiration > 0:
+        expires = await expiration.expires_at(upload, info, config.expiration)
+    return {
+        "id": info.id,
+        "size": None if info.size_is_deferred else info.size,
+        "offset": info.offset,
+        "state": state_of(info),
+        "filename": info.metadata.get("filename", ""),
+        "partial": info.is_partial,
+        "final": info.is_final,
+        "expires": None if expires is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+        "metadata": dict(info.metadata),
+        "storage": dict(info.storage),
+    }
+
+
+async def list_uploads(config: Config) -> list[dict[str, Any]]:
+    store = config.store
+    if not isinstance(store, Listable):
+        raise errors.ERR_NOT_IMPLEMENTED(f"{store!r} cannot list its uploads")
+    rows = []
+    async for upload_id in store.upload_ids():
+        try:
+            rows.append(await describe(config, await store.get(upload_id)))
+        except errors.TusError:  # removed or expired while we listed
+            continue
+    rows.sort(key=lambda row: row["id"])
+    return rows
+
+
+async def info(config: Config, upload_id: str) -> dict[str, Any]:
+    return await describe(config, await config.store.get(upload_id))
+
+
+async def delete(config: Config, upload_id: str) -> dict[str, Any]:
+    store = config.store
+    if not isinstance(store, Terminatable):
+        raise errors.ERR_NOT_IMPLEMENTED(f"{store!r} cannot delete uploads")
+    lock = await config.locker.acquire(upload_id, lambda: None, config.acquire_lock_timeout)
+    try:
+        upload = await store.get(upload_id)
+        described = await describe(config, upload)
+        await store.terminate(upload)
+    finally:
+        await lock.release()
+    return described
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024  # type: ignore[assignment]
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    headers = ("ID", "SIZE", "OFFSET", "STATE", "FILENAME", "EXPIRES")
+    table = [headers] + [
+        (r["id"], _size(r["size"]), _size(r["offset"]), r["state"], r["filename"], r["expires"] or "")
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
+    for row in table:
+        out.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def run(command: str, config: Config, arguments: list[str], as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Run one admin command; the exit status is 0, 1 (the upload is not there, or the store cannot) or 2."""
+    actions: dict[str, Callable[[], Any]] = {
+        "list": lambda: list_uploads(config),
+        "info": lambda: info(config, arguments[0]),
+        "delete": lambda: delete(config, arguments[0]),
+    }
+    if command in ("info", "delete") and len(arguments) != 1:
+        print(f"pytusd {command}: give exactly one upload ID", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(actions[command]())
+    except errors.TusError as exc:
+        print(f"pytusd {command}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    if as_json:
+        json.dump(result, out, indent=2)
+        out.write("\n")
+    elif command == "list":
+        print_table(result, out)
+    elif command == "delete":
+        out.write(f"deleted {result['id']} ({_size(result['offset'])} of {_size(result['size'])})\n")
+    else:
+        for key, value in result.items():
+            out.write(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}\n")
+    return 0
