@@ -355,3 +355,25 @@ def test_two_storages_on_the_command_line_are_an_error(capsys):
         main(["--s3-bucket", "a", "--azure-storage", "b", "--port", "0"])
     assert exit_info.value.code == 2
     assert "choose one storage: --s3-bucket and --azure-storage" in capsys.readouterr().err
+
+
+async def test_an_orphan_part_never_joins_the_upload_later(s3):
+    """Part 3 stored after a gap (part 2 failed, or its process died). A later request that fills number 2 with a
+    short part must not make part 3's bytes count: the orphan's number is skipped, new parts come after it."""
+    store = store_for(s3)
+    data = os.urandom(12 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    upload_id = upload.id
+    await upload.write(0, chunks_of(data[: 5 * MIB]))  # part 1
+    s3.upload_part(
+        Bucket=s3.pytusd_bucket, Key=upload.object_id, UploadId=upload.multipart_id, PartNumber=3, Body=b"x" * PART
+    )
+    fresh = await store.get(upload_id)
+    assert (await fresh.info()).offset == 5 * MIB
+    assert await fresh.write(5 * MIB, chunks_of(data[5 * MIB : 11 * MIB])) == 6 * MIB
+    again = await store_for(s3, make_client(endpoint=s3.meta.endpoint_url)).get(upload_id)
+    info = await again.info()
+    assert info.offset == 11 * MIB and info.storage["PytusdSkipParts"] == "2-3"
+    await again.write(11 * MIB, chunks_of(data[11 * MIB :]))
+    await again.finish()
+    assert await read_all(await store.get(upload_id)) == data

@@ -16,8 +16,10 @@ per request and at most ``concurrent_part_uploads`` parts upload at once across 
 and a fast client is slowed to the speed of S3 instead of filling the disk. Only bytes that S3 confirmed are ever
 counted in the offset:
 
-* parts count only while their numbers are contiguous from 1 (a part that failed leaves a gap; what follows it is
-  ignored and overwritten later);
+* parts count only while their numbers run on from 1 without a gap. A part that failed (or was cut off by a
+  crash) leaves a gap, and what was stored after it is an orphan: the next write records the orphans' numbers as
+  skipped in the ``.info`` (``Storage["PytusdSkipParts"]``) before it uploads anything and numbers its parts after
+  them, so an orphan can never join the run later with bytes from the wrong offset; finish lists only the run;
 * the tail object records in its metadata the offset it starts at; a tail whose bytes went into a part since (a
   crash between the two steps) no longer matches and is ignored, so nothing is counted twice.
 
@@ -42,7 +44,7 @@ from typing import IO, Any
 from .. import errors
 from ..protocol import new_upload_id
 from ..types import UploadInfo
-from .streaming import Blocking, PieceWriter, contiguous, feed_body, wait_all
+from .streaming import Blocking, PieceWriter, feed_body, wait_all
 
 log = logging.getLogger("pytusd.s3")
 
@@ -125,10 +127,49 @@ class Part:
     etag: str
 
 
+SKIP_KEY = "PytusdSkipParts"
+REPAIR_KEY = "PytusdRepairRanges"  # byte ranges to keep while an object with leftover parts is being cut
+
+
+def parse_skips(text: str) -> list[tuple[int, int]]:
+    """``"3-5,9-9"`` -> [(3, 5), (9, 9)]: part numbers that hold no bytes of the upload."""
+    ranges = []
+    for item in text.split(","):
+        first, _, last = item.strip().partition("-")
+        if first.isdigit() and last.isdigit() and int(first) <= int(last):
+            ranges.append((int(first), int(last)))
+    return sorted(ranges)
+
+
+def chain(parts: Sequence[Part], skips: Sequence[tuple[int, int]]) -> tuple[list[Part], int]:
+    """The parts that form the upload: numbered 1, 2, 3, ... leaving out the skipped numbers, up to the first
+    gap. Returns them and the number the next part gets."""
+
+    def after_skips(number: int) -> int:
+        for first, last in skips:
+            if first <= number <= last:
+                number = last + 1
+        return number
+
+    run: list[Part] = []
+    expected = after_skips(1)
+    for part in sorted(parts, key=lambda p: p.number):
+        if part.number < expected:  # a skipped number
+            continue
+        if part.number != expected:
+            break
+        run.append(part)
+        expected = after_skips(expected + 1)
+    return run, expected
+
+
 @dataclass
 class _State:
     info: UploadInfo
     parts: list[Part] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)  # numbers of stored parts beyond the run (after a gap)
+    leftovers: list[Part] = field(default_factory=list)  # every stored part that is not in the run
+    next_number: int = 1
     tail_size: int = 0
     stale_tail: bool = False  # a tail object exists whose bytes are in a part already
     completed: bool = False  # the multipart upload is gone: completed (or aborted)
@@ -193,10 +234,12 @@ class S3Upload:
         if offset != state.offset:
             raise errors.ERR_MISMATCHED_OFFSET()
         store, plan = self._store, self._store.plan
+        if state.orphans:
+            await store._skip_orphans(self, state)
         length = None if state.info.size_is_deferred else state.info.size
         writer: PieceWriter[Part] = PieceWriter(
             functools.partial(store._upload_part, self),
-            first_number=len(state.parts) + 1,
+            first_number=state.next_number,
             piece_size=lambda number: plan.size_of(number, length),
             max_buffered=store.max_buffered_parts,
             temp_dir=store.temp_dir,
@@ -214,8 +257,9 @@ class S3Upload:
                     writer.dispatch()
                 else:
                     new_tail = writer.detach()
-            parts = contiguous([*state.parts, *await writer.settle()])
-            if len(parts) != writer.next_number - 1:
+            new_parts = await writer.settle()
+            parts, state.next_number = chain([*state.parts, *new_parts], parse_skips(state.info.storage.get(SKIP_KEY, "")))
+            if len(parts) != len(state.parts) + len(new_parts):
                 raise errors.ERR_INTERNAL_SERVER_ERROR("a part upload went missing")
             state.parts = parts
             if new_tail is not None:
@@ -281,9 +325,11 @@ class S3Upload:
         parts = list(state.parts)
         try:
             if state.tail_size:  # a deferred length declared after the last bytes: the tail is the last part
+                if state.orphans:
+                    await store._skip_orphans(self, state)
                 writer: PieceWriter[Part] = PieceWriter(
                     functools.partial(store._upload_part, self),
-                    first_number=len(parts) + 1,
+                    first_number=state.next_number,
                     piece_size=lambda number: state.tail_size,
                     max_buffered=1,
                     temp_dir=store.temp_dir,
@@ -293,13 +339,10 @@ class S3Upload:
                 parts.extend(await writer.settle())
             if not parts:  # an empty upload still needs one (empty) part
                 parts.append(await store._upload_part(self, 1, None, 0))
-            await store._call(
-                store.client.complete_multipart_upload,
-                Bucket=store.bucket,
-                Key=store.object_key(self.object_id),
-                UploadId=self.multipart_id,
-                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
-            )
+            if state.leftovers:
+                await store._complete_around_leftovers(self, state, parts)
+            else:
+                await store._complete(self, self.multipart_id, parts)
         except Exception as exc:
             self._state = None
             raise _storage_error(exc) from exc
@@ -362,6 +405,10 @@ class S3Store:
         self._send = Blocking(self.concurrent_part_uploads, "pytusd-s3-part")
         self._part_slots: asyncio.Semaphore | None = None
         self._http: Any = None
+
+    async def ready(self) -> None:
+        """Readiness (``/ready``): the bucket answers HeadBucket."""
+        await self._call(self.client.head_bucket, Bucket=self.bucket)
 
     def __repr__(self) -> str:
         where = getattr(getattr(self.client, "meta", None), "endpoint_url", "")
@@ -452,6 +499,101 @@ class S3Store:
         except Exception as exc:  # a stale tail is ignored anyway; removing it is housekeeping
             log.warning("could not delete %s: %s", key, exc)
 
+    async def _complete(self, upload: S3Upload, multipart_id: str, parts: Sequence[Part]) -> None:
+        await self._call(
+            self.client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=self.object_key(upload.object_id),
+            UploadId=multipart_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+        )
+
+    async def _complete_around_leftovers(self, upload: S3Upload, state: _State, parts: list[Part]) -> None:
+        """Complete an upload that has parts outside its run (skipped orphans of a failed or crashed request).
+
+        AWS drops parts a CompleteMultipartUpload does not list, but Ceph refuses to complete (InvalidPart), so
+        this works for both: complete with every part, the leftovers included, then copy the upload's own byte
+        ranges out of that object into the final one (UploadPartCopy, on the server). The ranges are recorded in
+        the ``.info`` first, so a crash in between is repaired the next time the upload is loaded.
+        """
+        everything = sorted([*parts, *state.leftovers], key=lambda p: p.number)
+        if everything[-1].number != parts[-1].number:
+            raise errors.ERR_INTERNAL_SERVER_ERROR("a leftover part is numbered after the upload's last part")
+        for i, part in enumerate(everything[:-1]):  # every part but the last must meet S3's minimum
+            if part in state.leftovers and part.size < self.plan.min_part_size:
+                filler = await self._call(
+                    self.client.upload_part,
+                    Bucket=self.bucket,
+                    Key=self.object_key(upload.object_id),
+                    UploadId=upload.multipart_id,
+                    PartNumber=part.number,
+                    Body=bytes(self.plan.min_part_size),
+                )
+                everything[i] = Part(part.number, self.plan.min_part_size, str(filler["ETag"]))
+        ranges: list[list[int]] = []
+        position, wanted = 0, {p.number for p in parts}
+        for part in everything:
+            if part.number in wanted and part.size:
+                if ranges and ranges[-1][1] == position - 1:
+                    ranges[-1][1] = position + part.size - 1
+                else:
+                    ranges.append([position, position + part.size - 1])
+            position += part.size
+        info = state.info.replace(storage={**state.info.storage, REPAIR_KEY: ",".join(f"{a}-{b}" for a, b in ranges)})
+        await self._put_info(upload, info)
+        state.info = info
+        await self._complete(upload, upload.multipart_id, everything)
+        await self._finish_repair(upload, state)
+
+    async def _finish_repair(self, upload: S3Upload, state: _State) -> None:
+        """Copy the recorded byte ranges of the object over itself, unless that was done already."""
+        key = self.object_key(upload.object_id)
+        ranges = parse_skips(state.info.storage.get(REPAIR_KEY, ""))
+        try:
+            head = await self._call(self.client.head_object, Bucket=self.bucket, Key=key)
+            if int(head["ContentLength"]) != state.info.size:
+                created = await self._call(
+                    self.client.create_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Metadata=head.get("Metadata", {}),
+                    ContentType=head.get("ContentType", "binary/octet-stream"),
+                )
+                repair_id = str(created["UploadId"])
+                pieces = []
+                for first, last in ranges:
+                    count = max(1, math.ceil((last - first + 1) / self.plan.max_part_size))
+                    step = math.ceil((last - first + 1) / count)
+                    pieces.extend((a, min(last, a + step - 1)) for a in range(first, last + 1, step))
+                parts = []
+                for number, (a, b) in enumerate(pieces, 1):
+                    copied = await self._call(
+                        self.client.upload_part_copy,
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=repair_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": self.bucket, "Key": key},
+                        CopySourceRange=f"bytes={a}-{b}",
+                    )
+                    parts.append(Part(number, b - a + 1, str(copied["CopyPartResult"]["ETag"])))
+                await self._complete(upload, repair_id, parts)
+            info = state.info.replace(storage={k: v for k, v in state.info.storage.items() if k != REPAIR_KEY})
+            await self._put_info(upload, info)
+            state.info = info
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+
+    async def _skip_orphans(self, upload: S3Upload, state: _State) -> None:
+        """Record the numbers from the gap up to the last orphan as skipped, before anything else is written."""
+        first, last = state.next_number, max(state.orphans)
+        skips = [*parse_skips(state.info.storage.get(SKIP_KEY, "")), (first, last)]
+        storage = {**state.info.storage, SKIP_KEY: ",".join(f"{a}-{b}" for a, b in skips)}
+        info = state.info.replace(storage=storage)
+        await self._put_info(upload, info)
+        log.warning("upload %s: parts %d-%d were stored after a gap; they are skipped", upload.id, first, last)
+        state.info, state.orphans, state.next_number = info, [], last + 1
+
     async def _put_info(self, upload: S3Upload, info: UploadInfo) -> None:
         await self._call(
             self.client.put_object,
@@ -521,8 +663,13 @@ class S3Store:
         state = _State(info=info, info_modified=raw_info[1])
         if listed is None:
             state.completed = True
+            if REPAIR_KEY in info.storage:
+                await self._finish_repair(upload, state)
             return state
-        state.parts = contiguous(listed)
+        state.parts, state.next_number = chain(listed, parse_skips(info.storage.get(SKIP_KEY, "")))
+        state.orphans = sorted(p.number for p in listed if p.number >= state.next_number)
+        in_run = {p.number for p in state.parts}
+        state.leftovers = [p for p in listed if p.number not in in_run]
         if tail_size:
             if tail_start is None or tail_start == state.parts_size:
                 state.tail_size = tail_size
