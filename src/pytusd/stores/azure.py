@@ -1,0 +1,816 @@
+"""AzureStore: uploads as Azure block blobs built from staged blocks, in the blob layout of tusd's azurestore.
+
+For an upload with ID ``<id>`` the container holds
+
+* ``<prefix><id>``: a block blob. While the upload runs, its bytes are *uncommitted* blocks staged on it (plus one
+  marker block, staged when the upload is created, as tusd does); ``finish`` commits them, and only then the blob
+  exists for readers;
+* ``<prefix><id>.info``: the upload info as tusd's FileInfo JSON;
+* ``<prefix><id>.part``: the bytes after the last block while there is no room left for another short block (a
+  pytusd addition, see below); its metadata records the offset it starts at.
+
+Nothing about an upload lives in the process: its offset is read from Get Block List on every request, so any
+pytusd process resumes any upload. Once committed, the upload is complete and its offset is the blob's size; a blob
+with no uncommitted blocks left counts as finished (the marker block tells a new upload from a finished one).
+
+Block IDs. Every block's ID says where it belongs: 12 bytes, the block's index (its number - 1) as a little-endian
+uint32 followed by its first byte's offset in the upload as a little-endian uint64, base64 (16 characters, the same
+length for all blocks as Azure requires). The offset is the sum of the blocks 1, 2, 3, ... where each block starts
+exactly where the previous one ended; Azure's listing order is not relied on. A block whose upload failed leaves a
+gap, and what was staged after it is ignored (and overwritten later); since the offset is part of the ID, a block
+left over from an earlier failed request never counts where it does not fit, whatever its number. tusd's IDs are 4
+bytes (the index alone) and its marker is index 0x7FFFFFFF; a blob whose blocks have 4-byte IDs is tusd's, and is
+resumed, counted and committed in tusd's scheme (blocks contiguous by number), so a container written by tusd is
+served as it is. tusd cannot resume an upload pytusd started (it commits 4-byte IDs); it serves finished ones.
+
+The block operations go through the SDK's generated REST layer (``BlobClient._client.block_blob``): the public
+``stage_block`` and ``commit_block_list`` treat a block ID as UTF-8 text and base64 it themselves, which cannot
+express tusd's binary IDs (and ``get_block_list`` decodes them back to text where it can). Everything else uses the
+public API.
+
+A PATCH body is cut into blocks while it arrives (:class:`~.streaming.PieceWriter`): each block is spooled to an
+unnamed temporary file and staged from a thread, at most ``max_buffered_blocks`` spools exist per request and at
+most ``concurrent_block_uploads`` blocks upload at once across the store, so memory stays flat. A blob holds at most
+50,000 blocks of at most 4000 MiB: for a known length the block size is ``max(block_size, length / 50000)`` (and
+grows further if the blocks left must hold more, after a length declared late); for a deferred length it doubles
+every 1,000 blocks. The bytes left at the end of a PATCH become a short block while the remaining blocks can still
+hold the rest of the upload (64 TiB for a deferred length), else they wait in the ``.part`` blob and start the next
+PATCH's first block (tusd's #1247 for S3: many small PATCHes of a huge upload would otherwise run out of blocks).
+
+Unfinished uploads cannot be read (uncommitted blocks are not readable), and concatenation is not offered: doing it
+server-side needs Put Block From URL, which Azurite (the emulator the tests run on) does not implement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import io
+import logging
+import os
+import re
+import struct
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .. import errors
+from ..protocol import new_upload_id
+from ..types import UploadInfo
+from .streaming import Blocking, PieceWriter, contiguous, feed_body
+
+try:
+    from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+    from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
+    from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError("the Azure store needs azure-storage-blob: pip install 'pytusd[azure]'") from exc
+
+log = logging.getLogger("pytusd.azure")
+
+MIB = 1 << 20
+TIB = 1 << 40
+DEFAULT_BLOCK_SIZE = 16 * MIB
+MAX_BLOCK_SIZE = 4000 * MIB  # Put Block, API version 2019-12-12 and later
+MAX_BLOCKS = 50_000  # committed blocks per blob
+MAX_BLOB_SIZE = MAX_BLOCKS * MAX_BLOCK_SIZE  # about 190.7 TiB
+MAX_DEFERRED_SIZE = 64 * TIB  # what a deferred-length upload may grow to (see BlockPlan)
+DEFERRED_DOUBLING = 1_000  # a deferred-length upload's block size doubles every this many blocks
+READ_RANGE = 4 * MIB  # a download is fetched in ranges of this size, one ahead of the reader
+TAIL_OFFSET_KEY = "pytusd_tail_offset"  # Azure metadata names must be C# identifiers: no hyphens
+MARKER_INDEX = 0x7FFFFFFF  # tusd's sentinel block: staged at creation so that "no uncommitted blocks" means finished
+BLOB_CLIENT_CACHE = 3 * 1024  # blob clients kept per store (three per upload)
+ACCESS_TIERS = {"": None, "hot": "Hot", "cool": "Cool", "cold": "Cold", "archive": "Archive"}
+CONTAINER_ACCESS_TYPES = {"": None, "private": None, "blob": "blob", "container": "container"}
+
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
+# --- block planning (pure) -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How an upload is cut into blocks; pure arithmetic, so it is tested on its own.
+
+    A deferred-length upload is limited to ``max_deferred_size``, well below what 50,000 blocks hold with the
+    doubling sizes (about 150 TiB): the margin is what lets a PATCH end in a short block for a long time.
+    """
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    max_block_size: int = MAX_BLOCK_SIZE
+    max_blocks: int = MAX_BLOCKS
+    max_blob_size: int = MAX_BLOB_SIZE
+    max_deferred_size: int = MAX_DEFERRED_SIZE
+
+    def base_size(self, length: int) -> int:
+        """The block size of an upload of ``length`` bytes: 50,000 of them hold it."""
+        return min(self.max_block_size, max(self.block_size, -(-length // self.max_blocks)))
+
+    def size_of(self, number: int, length: int | None, start: int = 0) -> int:
+        """The size of full block ``number`` (1-based), which starts at byte ``start``, of an upload of ``length``
+        bytes (None: deferred). For a known length it grows beyond :meth:`base_size` when the blocks left must hold
+        more than that (a length declared after many blocks were used)."""
+        if length is None:
+            doublings = min((number - 1) // DEFERRED_DOUBLING, 40)
+            return min(self.max_block_size, self.block_size << doublings)
+        left = max(1, self.max_blocks - number + 1)
+        return min(self.max_block_size, max(self.base_size(length), -(-(length - start) // left)))
+
+    def capacity(self, first: int, length: int | None) -> int:
+        """How many bytes blocks ``first`` up to ``max_blocks`` hold at the planned sizes."""
+        if first > self.max_blocks:
+            return 0
+        if length is not None:
+            return (self.max_blocks - first + 1) * self.base_size(length)
+        total, number = 0, first
+        while number <= self.max_blocks:
+            group_end = min(self.max_blocks, ((number - 1) // DEFERRED_DOUBLING + 1) * DEFERRED_DOUBLING)
+            total += (group_end - number + 1) * self.size_of(number, None)
+            number = group_end + 1
+        return total
+
+    def remainder_is_block(self, number: int, offset_after: int, length: int | None) -> bool:
+        """Where the bytes left at the end of a request go: block ``number`` (True) or the ``.part`` blob. They are
+        a block when they end the upload, or when the blocks after it can still hold the rest of the upload."""
+        if length is not None and offset_after == length:
+            return True
+        remaining = (length if length is not None else self.max_deferred_size) - offset_after
+        return self.capacity(number + 1, length) >= remaining
+
+    def check_length(self, length: int) -> None:
+        if length > self.max_blob_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"Azure block blobs are at most {self.max_blob_size} bytes")
+
+    def check_fits(self, length: int, next_number: int, offset: int) -> None:
+        """A length declared after ``offset`` bytes went into blocks up to ``next_number - 1``: the blocks left must
+        be able to hold the rest."""
+        self.check_length(length)
+        room = max(0, self.max_blocks - next_number + 1) * self.max_block_size
+        if length - offset > room:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"the blob's remaining blocks hold at most {offset + room} bytes")
+
+
+# --- block IDs -----------------------------------------------------------------------------------------------------
+
+
+def block_id(number: int, start: int | None) -> str:
+    """The ID of block ``number`` starting at byte ``start``; ``start=None`` makes tusd's 4-byte ID."""
+    raw = struct.pack("<I", number - 1) if start is None else struct.pack("<IQ", number - 1, start)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def marker_id(tusd: bool = False) -> str:
+    return base64.b64encode(struct.pack("<I", MARKER_INDEX) if tusd else struct.pack("<IQ", MARKER_INDEX, 0)).decode()
+
+
+def parse_block_id(name: str) -> tuple[int, int | None] | None:
+    """``(index, start)`` of a block ID (``start`` None for tusd's IDs), or None for an ID of neither scheme."""
+    try:
+        raw = base64.b64decode(name, validate=True)
+    except ValueError:
+        return None
+    if len(raw) == 4:
+        return struct.unpack("<I", raw)[0], None
+    if len(raw) == 12:
+        index, start = struct.unpack("<IQ", raw)
+        return index, start
+    return None
+
+
+@dataclass(frozen=True)
+class Block:
+    number: int
+    start: int  # the offset of its first byte in the upload
+    size: int
+    tusd: bool = False  # named in tusd's scheme (4-byte ID without the offset)
+
+    @property
+    def id(self) -> str:
+        return block_id(self.number, None if self.tusd else self.start)
+
+
+def chain(listed: list[tuple[int, int | None, int]]) -> list[Block]:
+    """The blocks that hold the upload, from the staged ``(index, start, size)`` (markers removed): numbers 1, 2,
+    3, ... each starting where the previous one ended. tusd's blocks (start None) chain by number alone."""
+    found = {(index + 1, start): size for index, start, size in listed}
+    tusd = any(start is None for _, start, _ in listed)
+    blocks: list[Block] = []
+    offset = 0
+    while True:
+        number = len(blocks) + 1
+        size = found.get((number, None if tusd else offset))
+        if size is None:
+            return blocks
+        blocks.append(Block(number, offset, size, tusd))
+        offset += size
+
+
+# --- state derived from Azure --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    info: UploadInfo
+    blocks: list[Block] = field(default_factory=list)
+    tusd: bool = False  # the blob's blocks use tusd's IDs: go on in its scheme
+    tail_size: int = 0
+    stale_tail: bool = False  # a .part blob exists whose bytes are in a block already
+    completed: bool = False  # the block list is committed
+    completed_size: int = 0
+    info_modified: float = 0.0
+    blob_modified: float = 0.0
+
+    @property
+    def blocks_size(self) -> int:
+        return sum(b.size for b in self.blocks)
+
+    @property
+    def offset(self) -> int:
+        return self.completed_size if self.completed else self.blocks_size + self.tail_size
+
+
+def _error_code(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None)
+    if not code:
+        response = getattr(exc, "response", None)
+        code = getattr(response, "headers", {}).get("x-ms-error-code") if response is not None else None
+    return str(getattr(code, "value", code) or "")  # the public API gives a StorageErrorCode enum
+
+
+def _is_missing(exc: BaseException) -> bool:
+    return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404
+
+
+def _storage_error(exc: BaseException) -> errors.TusError:
+    if isinstance(exc, errors.TusError):
+        return exc
+    if isinstance(exc, HttpResponseError):
+        lines = str(exc.message or exc.reason or "").splitlines()  # the first line; the rest is request IDs
+        summary = " ".join(filter(None, [_error_code(exc) or str(exc.status_code or ""), lines[0] if lines else ""]))
+        return errors.ERR_INTERNAL_SERVER_ERROR(f"Azure error: {summary}")
+    return errors.ERR_INTERNAL_SERVER_ERROR(f"Azure error: {exc}")
+
+
+class _BlockWriter(PieceWriter[Block]):
+    """A :class:`PieceWriter` that knows where each block starts (the block's ID says so)."""
+
+    def __init__(
+        self, stage: Callable[[int, int, IO[bytes] | None, int], Awaitable[Block]], *, first_byte: int, **options: Any
+    ) -> None:
+        super().__init__(self._stage_numbered, **options)
+        self._stage = stage
+        self.first_byte = first_byte
+        self._starts: dict[int, int] = {}
+
+    @property
+    def position(self) -> int:
+        """Where the block being filled starts."""
+        return self.first_byte + self.dispatched
+
+    def dispatch(self) -> None:
+        self._starts[self.next_number] = self.position
+        super().dispatch()
+
+    async def _stage_numbered(self, number: int, spool: IO[bytes] | None, size: int) -> Block:
+        return await self._stage(number, self._starts.pop(number), spool, size)
+
+
+# --- the upload ----------------------------------------------------------------------------------------------------
+
+
+class AzureUpload:
+    """One upload in an :class:`AzureStore`. Its state is read from Azure once per request (under its lock)."""
+
+    # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
+    readable_while_incomplete = False
+
+    def __init__(self, store: AzureStore, upload_id: str, state: _State | None = None) -> None:
+        self._store = store
+        self.id = upload_id
+        self._state = state
+        self.blob = store.blob_client(upload_id)
+        self.info_blob = store.blob_client(upload_id + ".info")
+        self.tail_blob = store.blob_client(upload_id + ".part")
+
+    async def state(self) -> _State:
+        if self._state is None:
+            self._state = await self._store._load(self)
+        return self._state
+
+    async def info(self) -> UploadInfo:
+        state = await self.state()
+        return state.info.replace(offset=state.offset)
+
+    def _writer(self, state: _State, piece_size: Callable[[int], int], max_buffered: int) -> _BlockWriter:
+        return _BlockWriter(
+            functools.partial(self._store._stage_block, self, state.tusd),
+            first_byte=state.blocks_size,
+            first_number=len(state.blocks) + 1,
+            piece_size=piece_size,
+            max_buffered=max_buffered,
+            temp_dir=self._store.temp_dir,
+        )
+
+    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        state = await self.state()
+        if offset != state.offset:
+            raise errors.ERR_MISMATCHED_OFFSET()
+        if state.completed:
+            raise errors.ERR_UPLOAD_SIZE_EXCEEDED("the upload is finished")
+        store, plan = self._store, self._store.plan
+        length = None if state.info.size_is_deferred else state.info.size
+        writer = self._writer(
+            state, lambda number: plan.size_of(number, length, writer.position), store.max_buffered_blocks
+        )
+        new_tail = None
+        try:
+            if state.tail_size:
+                await writer.prepend(self._tail_blocks(state.tail_size))
+            body_error = await feed_body(chunks, writer.feed)
+            # The rest: a short block of its own (the upload's end, or while there is room), else the .part blob.
+            remainder = writer.spool_size
+            if remainder:
+                if plan.remainder_is_block(writer.next_number, writer.position + remainder, length):
+                    writer.dispatch()
+                else:
+                    new_tail = writer.detach()
+            blocks = contiguous([*state.blocks, *await writer.settle()])
+            if len(blocks) != writer.next_number - 1:
+                raise errors.ERR_INTERNAL_SERVER_ERROR("a block upload went missing")
+            state.blocks = blocks
+            if new_tail is not None:
+                await store._put_tail(self, new_tail, state.blocks_size)
+                state.tail_size, state.stale_tail = remainder, False
+            elif state.tail_size or state.stale_tail:
+                # The tail's bytes are in a block now (or were already): the .part blob is stale, remove it.
+                state.tail_size, state.stale_tail = 0, True
+                await store._delete_quietly(self.tail_blob)
+                state.stale_tail = False
+        except BaseException as exc:
+            await writer.abandon()
+            self._state = None  # the truth is in Azure: read it again
+            if isinstance(exc, Exception):
+                log.warning("upload %s: Azure write failed: %s", self.id, exc)
+                raise _storage_error(exc) from exc
+            raise
+        finally:
+            if new_tail is not None:
+                new_tail.close()
+        if body_error is not None:
+            raise body_error
+        return state.offset - offset
+
+    async def _tail_blocks(self, expected: int) -> AsyncIterator[bytes]:
+        received = 0
+        async for block in self._store._read(self.tail_blob, 0, expected):
+            received += len(block)
+            yield block
+        if received != expected:
+            raise errors.ERR_INTERNAL_SERVER_ERROR("the .part blob changed while it was read")
+
+    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        state = await self.state()
+        if not state.completed:
+            raise errors.ERR_INCOMPLETE_UPLOAD()
+        end = state.completed_size if end is None else min(end, state.completed_size)
+        try:
+            async for block in self._store._read(self.blob, start, end):
+                yield block
+        except Exception as exc:
+            if _is_missing(exc):
+                raise errors.ERR_INCOMPLETE_UPLOAD() from exc
+            raise _storage_error(exc) from exc
+
+    async def finish(self) -> None:
+        state = await self.state()
+        if state.completed:
+            return
+        store = self._store
+        blocks = list(state.blocks)
+        try:
+            if state.tail_size:  # a deferred length declared after the last bytes: the tail is the last block
+                tail_size = state.tail_size
+                writer = self._writer(state, lambda number: tail_size, 1)
+                await writer.prepend(self._tail_blocks(tail_size))
+                writer.dispatch()
+                blocks.extend(await writer.settle())
+            size = sum(b.size for b in blocks)
+            if not state.info.size_is_deferred and size != state.info.size:
+                raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
+            await store._commit(self, blocks, state.info)
+        except Exception as exc:
+            self._state = None
+            raise _storage_error(exc) from exc
+        state.blocks, state.completed, state.completed_size = blocks, True, size
+        if state.tail_size or state.stale_tail:
+            await store._delete_quietly(self.tail_blob)
+            state.tail_size, state.stale_tail = 0, False
+
+    async def modified_time(self) -> float:
+        state = await self.state()
+        return state.blob_modified if state.completed else state.info_modified
+
+
+# --- the store -----------------------------------------------------------------------------------------------------
+
+
+class AzureStore:
+    """Stores uploads in an Azure Blob Storage container (or Azurite).
+
+    ``service`` is a sync :class:`azure.storage.blob.BlobServiceClient` (see :meth:`from_options`); its calls run
+    in thread pools. The container is created on first use when it is missing (``container_access_type``: '' for
+    private, 'blob' or 'container'). ``blob_access_tier`` ('' for the account's default, 'hot', 'cool', 'cold',
+    'archive') and the ``filetype`` metadata as Content-Type are set when the block list is committed.
+    Capabilities: termination, creation-defer-length.
+    """
+
+    def __init__(
+        self,
+        container: str,
+        service: BlobServiceClient,
+        *,
+        object_prefix: str = "",
+        container_access_type: str = "",
+        blob_access_tier: str = "",
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        max_buffered_blocks: int = 8,
+        concurrent_block_uploads: int = 16,
+        temp_dir: str | None = None,
+    ) -> None:
+        if not container:
+            raise ValueError("the Azure store needs a container name")
+        if container_access_type.lower() not in CONTAINER_ACCESS_TYPES:
+            raise ValueError(f"container access type must be '', 'blob' or 'container', not {container_access_type!r}")
+        if blob_access_tier.lower() not in ACCESS_TIERS:
+            raise ValueError(
+                f"blob access tier must be '', 'hot', 'cool', 'cold' or 'archive', not {blob_access_tier!r}"
+            )
+        if not 0 < block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"the block size must be between 1 byte and {MAX_BLOCK_SIZE} bytes")
+        self.container = container
+        self.service = service
+        self.object_prefix = object_prefix
+        self.container_access_type = CONTAINER_ACCESS_TYPES[container_access_type.lower()]
+        self.blob_access_tier = ACCESS_TIERS[blob_access_tier.lower()]
+        self.plan = BlockPlan(block_size=block_size)
+        self.max_buffered_blocks = max(1, max_buffered_blocks)
+        self.concurrent_block_uploads = max(1, concurrent_block_uploads)
+        self.temp_dir = temp_dir
+        self._container = service.get_container_client(container)
+        # Block uploads and everything else run in separate thread pools, so that a HEAD never queues behind blocks.
+        self._call = Blocking(16, "pytusd-azure")
+        self._send = Blocking(self.concurrent_block_uploads, "pytusd-azure-block")
+        self._block_slots: asyncio.Semaphore | None = None
+        self._container_ready = False
+        self._blob_clients: dict[str, BlobClient] = {}
+
+    def __repr__(self) -> str:
+        return f"AzureStore({self.container!r}, prefix={self.object_prefix!r}, endpoint={self.service.url!r})"
+
+    @classmethod
+    def from_options(
+        cls,
+        container: str,
+        *,
+        object_prefix: str = "",
+        endpoint: str = "",
+        container_access_type: str = "",
+        blob_access_tier: str = "",
+        **options: Any,
+    ) -> AzureStore:
+        """A store with credentials from the environment, as tusd reads them: ``AZURE_STORAGE_CONNECTION_STRING``,
+        or ``AZURE_STORAGE_ACCOUNT`` and ``AZURE_STORAGE_KEY`` with ``endpoint`` (default
+        ``https://<account>.blob.core.windows.net``; for Azurite ``http://127.0.0.1:10000/devstoreaccount1``).
+        A connection string names its own endpoint; ``endpoint`` then is ignored. ``options`` go to the store."""
+        connection_string = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT", "")
+        key = os.environ.get("AZURE_STORAGE_KEY", "")
+        client_options = _client_options(int(options.get("concurrent_block_uploads", 16)) + 16)
+        if connection_string:
+            if endpoint:
+                log.warning("the Azure endpoint %s is ignored: the connection string names its own", endpoint)
+            service = BlobServiceClient.from_connection_string(connection_string, **client_options)
+        elif account and key:
+            url = endpoint.rstrip("/") or f"https://{account}.blob.core.windows.net"
+            service = BlobServiceClient(url, credential={"account_name": account, "account_key": key}, **client_options)
+        else:
+            raise ValueError(
+                "the Azure store needs credentials: set AZURE_STORAGE_CONNECTION_STRING, "
+                "or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY"
+            )
+        return cls(
+            container,
+            service,
+            object_prefix=object_prefix,
+            container_access_type=container_access_type,
+            blob_access_tier=blob_access_tier,
+            **options,
+        )
+
+    # -- names ----------------------------------------------------------------------------------------------------
+
+    def blob_name(self, name: str) -> str:
+        prefix = self.object_prefix
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return prefix + name
+
+    def blob_client(self, name: str) -> BlobClient:
+        """A client for one blob. Making one costs about half a millisecond (the SDK builds its REST layer each
+        time), so recent ones are kept; they hold no state about the upload."""
+        client = self._blob_clients.pop(name, None)
+        if client is None:
+            client = self._container.get_blob_client(self.blob_name(name))
+            if len(self._blob_clients) >= BLOB_CLIENT_CACHE:
+                del self._blob_clients[next(iter(self._blob_clients))]
+        self._blob_clients[name] = client  # most recently used last
+        return client
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    async def _ensure_container(self) -> None:
+        if self._container_ready:
+            return
+        try:
+            await self._call(self._container.create_container, public_access=self.container_access_type)
+            log.info("created Azure container %s", self.container)
+        except ResourceExistsError:
+            pass
+        except HttpResponseError as exc:
+            if exc.status_code != 403:
+                raise _storage_error(exc) from exc
+            # Credentials scoped to the container (a SAS) may not create it; if it is missing, the next call says so.
+            log.warning("could not make sure the container %s exists: %s", self.container, _error_code(exc))
+        self._container_ready = True
+
+    async def _stage_block(
+        self, upload: AzureUpload, tusd: bool, number: int, start: int, spool: IO[bytes] | None, size: int
+    ) -> Block:
+        if number > self.plan.max_blocks or size > self.plan.max_block_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_blocks} blocks")
+        if spool is None or size == 0:
+            raise errors.ERR_INTERNAL_SERVER_ERROR("Azure refuses empty blocks")
+        block = Block(number, start, size, tusd)
+        if self._block_slots is None:
+            self._block_slots = asyncio.Semaphore(self.concurrent_block_uploads)
+        async with self._block_slots:
+            await self._send(_put_block, upload.blob, block.id, spool, size)
+        return block
+
+    async def _commit(self, upload: AzureUpload, blocks: list[Block], info: UploadInfo) -> None:
+        filetype = info.metadata.get("filetype", "")
+        headers = BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
+        await self._call(
+            upload.blob._client.block_blob.commit_block_list,
+            blocks=BlockLookupList(uncommitted=[b.id for b in blocks]),
+            tier=self.blob_access_tier,
+            blob_http_headers=headers,
+        )
+
+    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> None:
+        def put() -> None:
+            size = spool.seek(0, os.SEEK_END)
+            spool.seek(0)
+            upload.tail_blob.upload_blob(
+                spool, length=size, overwrite=True, metadata={TAIL_OFFSET_KEY: str(starts_at)}, max_concurrency=1
+            )
+
+        await self._call(put)
+
+    async def _put_info(self, upload: AzureUpload, info: UploadInfo) -> None:
+        await self._call(
+            upload.info_blob.upload_blob,
+            info.to_json(),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    async def _delete_quietly(self, blob: BlobClient) -> None:
+        try:
+            await self._call(blob.delete_blob)
+        except Exception as exc:  # a stale .part is ignored anyway; removing it is housekeeping
+            if not _is_missing(exc):
+                log.warning("could not delete %s: %s", blob.blob_name, exc)
+
+    async def _read(self, blob: BlobClient, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` up to ``end`` of a committed blob, in ranges of ``READ_RANGE``, the next one fetched while
+        the current one is consumed (the SDK would hold its first 32 MiB in memory)."""
+
+        def fetch(first: int, count: int) -> bytes:
+            data = blob.download_blob(offset=first, length=count, max_concurrency=1).readall()
+            if len(data) != count:
+                raise errors.ERR_INTERNAL_SERVER_ERROR(f"{blob.blob_name} is shorter than expected")
+            return data
+
+        def start_fetch(first: int) -> asyncio.Task[bytes] | None:
+            if first >= end:
+                return None
+            return asyncio.ensure_future(self._call(fetch, first, min(READ_RANGE, end - first)))
+
+        pending = start_fetch(start)
+        try:
+            while pending is not None:
+                current = pending
+                data = await current
+                pending = start_fetch(start := start + len(data))
+                yield data
+        finally:  # the reader stopped early (the client went away): drop the range fetched ahead
+            if pending is not None:
+                pending.cancel()
+                if pending.done() and not pending.cancelled():
+                    pending.exception()  # retrieved, so that asyncio does not warn about it
+
+    # -- reading the state ----------------------------------------------------------------------------------------
+
+    async def _load(self, upload: AzureUpload) -> _State:
+        def read_info() -> tuple[bytes, float] | None:
+            try:
+                downloader = upload.info_blob.download_blob()
+                return downloader.readall(), downloader.properties.last_modified.timestamp()
+            except Exception as exc:
+                if _is_missing(exc):
+                    return None
+                raise
+
+        def list_blocks() -> tuple[Any, Any] | None:
+            try:
+                return upload.blob._client.block_blob.get_block_list(
+                    list_type="all", cls=lambda _response, listing, headers: (listing, headers)
+                )
+            except Exception as exc:
+                if _is_missing(exc):  # neither committed nor staged blocks: a new upload (or blocks expired)
+                    return None
+                raise
+
+        def head_tail() -> tuple[int, int | None]:
+            try:
+                properties = upload.tail_blob.get_blob_properties()
+            except Exception as exc:
+                if _is_missing(exc):
+                    return 0, None
+                raise
+            starts_at = (properties.metadata or {}).get(TAIL_OFFSET_KEY, "")
+            return int(properties.size), int(starts_at) if starts_at.isdigit() else None
+
+        try:
+            raw_info, listing, (tail_size, tail_start) = await asyncio.gather(
+                self._call(read_info), self._call(list_blocks), self._call(head_tail)
+            )
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        if raw_info is None:
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        info = UploadInfo.from_json(raw_info[0])
+        if info.id != upload.id:  # an .info reached under another name is not this upload
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        state = _State(info=info, info_modified=raw_info[1])
+        if listing is not None:
+            blocks, headers = listing
+            staged = blocks.uncommitted_blocks or []
+            if not staged:  # committed, nothing staged any more: finished
+                state.completed = True
+                state.completed_size = int(headers.get("x-ms-blob-content-length") or 0)
+                modified = headers.get("Last-Modified")
+                state.blob_modified = modified.timestamp() if modified is not None else state.info_modified
+                state.stale_tail = bool(tail_size)
+                return state
+            listed: list[tuple[int, int | None, int]] = []
+            for block in staged:
+                parsed = parse_block_id(block.name)
+                if parsed is None:
+                    log.warning("upload %s: ignoring a block with a foreign ID %r", upload.id, block.name)
+                    continue
+                state.tusd = parsed[1] is None
+                if parsed[0] != MARKER_INDEX:
+                    listed.append((parsed[0], parsed[1], int(block.size)))
+            state.blocks = chain(listed)
+        if tail_size:
+            if tail_start == state.blocks_size:
+                state.tail_size = tail_size
+            else:
+                state.stale_tail = True
+        return state
+
+    # -- DataStore ------------------------------------------------------------------------------------------------
+
+    async def create(self, info: UploadInfo) -> AzureUpload:
+        if not info.size_is_deferred:
+            self.plan.check_length(info.size)
+        await self._ensure_container()
+        chosen = bool(info.id)
+        upload = AzureUpload(self, info.id or new_upload_id())
+        info = info.replace(
+            id=upload.id,
+            offset=0,
+            storage={"Type": "azurestore", "Container": self.container, "Key": self.blob_name(upload.id)},
+        )
+        try:
+            if chosen:  # an ID chosen by a hook may have been used before: drop what was staged for it
+                await self._discard_staged(upload)
+            await asyncio.gather(
+                self._put_info(upload, info), self._send(_put_block, upload.blob, marker_id(), None, 0)
+            )
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        upload._state = _State(info=info)
+        return upload
+
+    async def get(self, upload_id: str) -> AzureUpload:
+        if not upload_id:
+            raise errors.ERR_UPLOAD_NOT_FOUND()
+        upload = AzureUpload(self, upload_id)
+        await upload.state()
+        return upload
+
+    async def _discard_staged(self, upload: AzureUpload) -> None:
+        """Drop the uncommitted blocks of the upload's blob (committing an empty list does that; nothing else can)."""
+        try:
+            listing = await self._call(upload.blob._client.block_blob.get_block_list, list_type="uncommitted")
+        except Exception as exc:
+            if _is_missing(exc):
+                return
+            raise
+        if listing.uncommitted_blocks:
+            await self._call(upload.blob._client.block_blob.commit_block_list, blocks=BlockLookupList(uncommitted=[]))
+
+    # -- capabilities ---------------------------------------------------------------------------------------------
+
+    async def terminate(self, upload: AzureUpload) -> None:
+        async def delete(blob: BlobClient) -> None:
+            try:
+                await self._call(blob.delete_blob, delete_snapshots="include")
+            except Exception as exc:
+                if not _is_missing(exc):
+                    raise
+
+        try:
+            await delete(upload.info_blob)  # first: from here on the upload does not exist
+            await asyncio.gather(self._discard_staged(upload), delete(upload.tail_blob))
+            await delete(upload.blob)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+
+    async def declare_length(self, upload: AzureUpload, length: int) -> None:
+        state = await upload.state()
+        self.plan.check_fits(length, len(state.blocks) + 1, state.offset)
+        info = state.info.replace(size=length, size_is_deferred=False)
+        try:
+            await self._put_info(upload, info)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        state.info = info
+
+    async def upload_ids(self) -> AsyncIterator[str]:
+        """Every upload, from the names of the ``.info`` blobs."""
+        prefix = self.blob_name("")
+
+        def names() -> list[str]:
+            return [b.name for b in self._container.list_blobs(name_starts_with=prefix or None)]
+
+        try:
+            listed = await self._call(names)
+        except Exception as exc:
+            if _is_missing(exc):  # no container yet: no uploads
+                return
+            raise _storage_error(exc) from exc
+        for name in listed:
+            if name.endswith(".info") and len(name) > len(prefix) + len(".info"):
+                yield name[len(prefix) : -len(".info")]
+
+
+def _put_block(blob: BlobClient, name: str, spool: IO[bytes] | None, size: int) -> None:
+    """Put Block with the ID exactly as given (see the module docstring). A None spool stages the marker block,
+    one byte: Azure refuses empty blocks (tusd #1358)."""
+    if spool is None:
+        body: IO[bytes] = io.BytesIO(b"\0")
+        size = 1
+    else:
+        spool.seek(0)
+        body = spool
+    blob._client.block_blob.stage_block(block_id=name, content_length=size, body=body)
+
+
+def _client_options(pool_size: int) -> dict[str, Any]:
+    """A connection pool as large as the store's concurrency (requests' default of 10 would open and drop
+    connections under load), and retries like tusd's (5, short delays) instead of the SDK's minutes of backoff."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import ExponentialRetry
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_connections=4, pool_maxsize=pool_size, max_retries=Retry(total=False, redirect=False, raise_on_status=False)
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return {
+        "transport": RequestsTransport(session=session, connection_timeout=20, read_timeout=60),
+        "retry_policy": ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=5),
+    }
+
+
+__all__ = ["AzureStore", "AzureUpload", "Block", "BlockPlan", "block_id", "chain", "parse_block_id"]

@@ -1,0 +1,594 @@
+"""AzureStore against Azurite (started by the suite), plus the block arithmetic and block IDs on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import struct
+import uuid
+
+import pytest
+
+from pytusd import errors
+from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped
+from pytusd.types import UploadInfo
+
+azure_blob = pytest.importorskip("azure.storage.blob")
+
+from azure.core.exceptions import ResourceNotFoundError  # noqa: E402
+from azure.storage.blob import BlobServiceClient  # noqa: E402
+
+from pytusd.stores.azure import (  # noqa: E402
+    MAX_BLOB_SIZE,
+    MAX_BLOCK_SIZE,
+    MAX_BLOCKS,
+    MAX_DEFERRED_SIZE,
+    READ_RANGE,
+    AzureStore,
+    BlockPlan,
+    block_id,
+    chain,
+    marker_id,
+    parse_block_id,
+)
+from tests.services import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
+
+from .conftest import TUS, create, patch  # noqa: E402
+
+MIB = 1 << 20
+GIB = 1 << 30
+BLOCK = 4 * MIB  # small blocks, so that a few MiB make several
+
+
+def service_for(endpoint: str) -> BlobServiceClient:
+    return BlobServiceClient(endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+
+
+def contract_builder(request, tmp_path):
+    """For tests/test_store_contract.py: each ``make()`` is a new store with a new client on the same container."""
+    endpoint = request.getfixturevalue("azure_endpoint")
+    container = f"contract-{uuid.uuid4().hex[:12]}"
+
+    def make() -> AzureStore:
+        return AzureStore(container, service_for(endpoint), block_size=BLOCK, temp_dir=str(tmp_path))
+
+    def cleanup() -> None:
+        try:
+            service_for(endpoint).delete_container(container)
+        except ResourceNotFoundError:
+            pass
+
+    return make, cleanup
+
+
+# --- the arithmetic ------------------------------------------------------------------------------------------------
+
+
+def simulate(plan: BlockPlan, length: int | None, patches: list[int], declared: int | None = None) -> int:
+    """How many blocks an upload takes when the client sends PATCHes of these sizes (the AzureStore's rules);
+    ``declared`` becomes the length after the PATCHes of a deferred upload (then more PATCHes of the last size)."""
+    blocks = tail = stored = 0  # stored: bytes in blocks
+
+    def send(size: int, length: int | None) -> None:
+        nonlocal blocks, tail, stored
+        pending = tail + size
+        while pending >= plan.size_of(blocks + 1, length, stored):
+            full = plan.size_of(blocks + 1, length, stored)
+            pending -= full
+            stored += full
+            blocks += 1
+        tail = 0
+        if pending and plan.remainder_is_block(blocks + 1, stored + pending, length):
+            blocks += 1
+            stored += pending
+        else:
+            tail = pending
+
+    for size in patches:
+        send(size, length)
+    if declared is not None:
+        plan.check_fits(declared, blocks + 1, stored + tail)
+        while stored + tail < declared:
+            send(min(patches[-1], declared - stored - tail), declared)
+    if tail:  # finish stages the tail as the last block
+        blocks += 1
+    return blocks
+
+
+def patches_of(length: int, size: int) -> list[int]:
+    return [size] * (length // size) + ([length % size] if length % size else [])
+
+
+def test_a_known_length_never_needs_more_than_50000_blocks():
+    plan = BlockPlan()
+    for length in (1, 16 * MIB, 781 * GIB, 10 * 1024 * GIB, MAX_BLOB_SIZE):
+        assert plan.size_of(1, length) * MAX_BLOCKS >= length
+        assert plan.size_of(1, length) <= MAX_BLOCK_SIZE
+    assert plan.size_of(1, 100 * MIB) == plan.block_size  # small uploads keep the configured block size
+
+
+def test_a_deferred_length_doubles_the_block_size_and_keeps_a_margin():
+    plan = BlockPlan()
+    assert plan.size_of(1, None) == plan.block_size
+    assert plan.size_of(1001, None) == 2 * plan.block_size
+    assert plan.size_of(50_000, None) == MAX_BLOCK_SIZE
+    # The margin above the deferred limit is what lets PATCHes end in short blocks; it holds for small blocks too.
+    for block_size in (1 * MIB, 4 * MIB, 16 * MIB, 100 * MIB):
+        assert BlockPlan(block_size=block_size).capacity(1, None) >= 2 * MAX_DEFERRED_SIZE
+
+
+def test_many_small_patches_stay_under_the_block_limit():
+    plan = BlockPlan()
+    # 1 MiB PATCHes of 48 GiB: every PATCH is a short block, 49,152 of them.
+    assert simulate(plan, 48 * GIB, [MIB] * (48 * 1024)) == 48 * 1024
+    # 5 MiB PATCHes of 1 TiB (209,716 of them) would be 209,716 blocks; the .part blob gathers them once the
+    # remaining blocks could no longer hold the rest as short blocks.
+    length = 1024 * GIB
+    assert simulate(plan, length, patches_of(length, 5 * MIB)) <= MAX_BLOCKS
+    # Scaled down so that deferred lengths run fast: 100 blocks of at most 1 MiB, 1 KiB blocks.
+    small = BlockPlan(block_size=1024, max_block_size=MIB, max_blocks=100, max_blob_size=100 * MIB,
+                      max_deferred_size=50 * 1024)
+    assert simulate(small, 500 * 1024, patches_of(500 * 1024, 100)) <= 100
+    assert simulate(small, None, [100] * 500) <= 100
+
+
+def test_a_length_declared_after_many_blocks_still_fits():
+    plan = BlockPlan()
+    # 40,000 PATCHes of 5 MiB with a deferred length, then 400 GiB declared: the blocks left grow to hold the rest.
+    assert simulate(plan, None, [5 * MIB] * 40_000, declared=400 * GIB) <= MAX_BLOCKS
+    assert plan.size_of(45_001, 400 * GIB, 300 * GIB) * 5_000 >= 100 * GIB
+    with pytest.raises(errors.TusError) as info:
+        plan.check_fits(MAX_BLOB_SIZE, 49_999, 0)  # two blocks of 4000 MiB cannot hold 190 TiB
+    assert info.value.status == 413
+
+
+def test_short_blocks_are_used_while_there_is_room():
+    plan = BlockPlan()
+    assert plan.remainder_is_block(1, 3 * MIB, 100 * MIB)  # Azure has no minimum block size
+    assert plan.remainder_is_block(1, 1, 1)  # the last bytes are the last block
+    full = BlockPlan(block_size=10, max_block_size=10, max_blocks=10, max_blob_size=100)
+    assert not full.remainder_is_block(1, 5, 100)  # 9 blocks of 10 cannot hold the other 95 bytes
+    assert full.remainder_is_block(1, 10, 100)
+
+
+def test_a_length_beyond_what_azure_holds_is_refused():
+    with pytest.raises(errors.TusError) as info:
+        BlockPlan().check_length(MAX_BLOB_SIZE + 1)
+    assert info.value.status == 413
+
+
+# --- block IDs -----------------------------------------------------------------------------------------------------
+
+
+def test_block_ids_name_the_number_and_the_start():
+    ids = [block_id(n, start) for n, start in ((1, 0), (2, 16 * MIB), (50_000, MAX_BLOB_SIZE - MAX_BLOCK_SIZE))]
+    assert len({len(i) for i in ids}) == 1 and len(ids[0]) == 16  # 12 bytes, one length for all (Azure's rule)
+    assert parse_block_id(ids[1]) == (1, 16 * MIB)
+    assert parse_block_id(marker_id()) == (0x7FFFFFFF, 0)
+    # tusd's IDs: the index as 4 little-endian bytes; its marker is index 0x7FFFFFFF.
+    assert block_id(1, None) == "AAAAAA==" and block_id(2, None) == "AQAAAA=="
+    assert marker_id(tusd=True) == "////fw==" and parse_block_id("////fw==") == (0x7FFFFFFF, None)
+    assert parse_block_id(base64.b64encode(b"foreign").decode()) is None
+    assert parse_block_id("not base64!") is None
+
+
+def test_the_chain_follows_numbers_and_offsets_not_the_listing_order():
+    # Listed out of order (Azure does not promise an order); block 3 is missing, so 4 does not count.
+    listed = [(1, 10, 5), (0, 0, 10), (3, 20, 7)]
+    assert [(b.number, b.start, b.size) for b in chain(listed)] == [(1, 0, 10), (2, 10, 5)]
+    # A block left by an earlier request, whose start does not fit where the chain now ends, does not count.
+    assert [b.number for b in chain([(0, 0, 10), (1, 16, 16)])] == [1]
+    # Two blocks with the same number: the one that starts where the previous one ended.
+    assert [(b.start, b.size) for b in chain([(0, 0, 10), (1, 16, 16), (1, 10, 6), (2, 16, 1)])] == [
+        (0, 10), (10, 6), (16, 1)
+    ]
+    # tusd's blocks chain by number alone.
+    assert [(b.number, b.start, b.tusd) for b in chain([(1, None, 5), (0, None, 3)])] == [(1, 0, True), (2, 3, True)]
+
+
+# --- against Azurite -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def azure(azure_endpoint):
+    service = service_for(azure_endpoint)
+    container = f"pytusd-{uuid.uuid4().hex[:12]}"
+    service.pytusd_container = container  # type: ignore[attr-defined]
+    yield service
+    try:
+        service.delete_container(container)
+    except ResourceNotFoundError:
+        pass
+
+
+def store_for(azure, endpoint: str | None = None, **options) -> AzureStore:
+    """A store on the test's container; an ``endpoint`` makes a new client (another process)."""
+    options.setdefault("block_size", BLOCK)
+    service = service_for(endpoint) if endpoint else azure
+    return AzureStore(azure.pytusd_container, service, **options)
+
+
+def names(azure) -> set[str]:
+    return {b.name for b in azure.get_container_client(azure.pytusd_container).list_blobs()}
+
+
+def staged(azure, name: str) -> list[tuple[int, int | None, int]]:
+    """(number, start, size) of the uncommitted blocks of a blob, markers included (number 0x80000000)."""
+    blob = azure.get_blob_client(azure.pytusd_container, name)
+    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
+    result = []
+    for block in listing.uncommitted_blocks or []:
+        index, start = parse_block_id(block.name)
+        result.append((index + 1, start, block.size))
+    return sorted(result)
+
+
+def stage(azure, name: str, block: str, data: bytes) -> None:
+    blob = azure.get_blob_client(azure.pytusd_container, name)
+    blob._client.block_blob.stage_block(block_id=block, content_length=len(data), body=io.BytesIO(data))
+
+
+async def chunks_of(data: bytes, size: int = MIB):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def read_all(upload, start=0, end=None) -> bytes:
+    return b"".join([block async for block in upload.reader(start, end)])
+
+
+async def test_a_patch_is_cut_into_blocks_and_another_process_sees_the_offset(azure, azure_endpoint):
+    data = os.urandom(3 * BLOCK + 12345)
+    store = store_for(azure)
+    upload = await store.create(UploadInfo(size=len(data), metadata={"filename": "a.bin"}))
+    info = await upload.info()
+    assert info.storage == {"Type": "azurestore", "Container": azure.pytusd_container, "Key": info.id}
+    assert f"{info.id}.info" in names(azure)  # the blob itself does not exist before it is committed
+    assert await upload.write(0, chunks_of(data[: 2 * BLOCK + 100])) == 2 * BLOCK + 100
+    assert staged(azure, info.id) == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, 100), (0x80000000, 0, 1)]
+
+    other = store_for(azure, azure_endpoint)  # a new client, nothing cached
+    resumed = await other.get(info.id)
+    assert (await resumed.info()).offset == 2 * BLOCK + 100
+    assert await resumed.write(2 * BLOCK + 100, chunks_of(data[2 * BLOCK + 100 :])) == len(data) - 2 * BLOCK - 100
+    assert [(n, s) for n, s, _ in staged(azure, info.id)][:5] == [
+        (1, 0), (2, BLOCK), (3, 2 * BLOCK), (4, 2 * BLOCK + 100), (5, 3 * BLOCK + 100)
+    ]
+    await resumed.finish()
+    assert staged(azure, info.id) == []  # committed: the marker went with the rest
+    done = await store_for(azure, azure_endpoint).get(info.id)
+    assert (await done.info()).offset == len(data)
+    assert await read_all(done) == data
+    assert await read_all(done, BLOCK - 5, BLOCK + 5) == data[BLOCK - 5 : BLOCK + 5]
+    reader = done.reader()  # a reader stopped early (the client went away) drops the range fetched ahead
+    assert await anext(reader) == data[:READ_RANGE]
+    await reader.aclose()
+    stored = json.loads(azure.get_blob_client(azure.pytusd_container, f"{info.id}.info").download_blob().readall())
+    assert stored["ID"] == info.id and stored["MetaData"] == {"filename": "a.bin"}
+
+
+async def test_a_gap_in_the_block_numbers_does_not_count(azure):
+    store = store_for(azure)
+    upload = await store.create(UploadInfo(size=3 * BLOCK))
+    stage(azure, upload.id, block_id(2, BLOCK), b"x" * BLOCK)  # block 2 without block 1
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).offset == 0
+    data = os.urandom(3 * BLOCK)
+    await fresh.write(0, chunks_of(data))
+    await fresh.finish()
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_a_leftover_block_that_does_not_fit_does_not_count(azure):
+    """Block 2 of an earlier request that failed at block 1 stays staged; a later, shorter block 1 must not make it
+    count (S3 counts by number alone and would)."""
+    store = store_for(azure)
+    data = os.urandom(3 * BLOCK)
+    upload = await store.create(UploadInfo(size=len(data)))
+    stage(azure, upload.id, block_id(2, BLOCK), data[BLOCK : 2 * BLOCK])
+    await upload.write(0, chunks_of(data[:MIB]))  # a short block 1
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).offset == MIB
+    await fresh.write(MIB, chunks_of(data[MIB:]))
+    await fresh.finish()
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_a_failed_block_keeps_only_what_was_confirmed(azure, monkeypatch):
+    store = store_for(azure, concurrent_block_uploads=4)
+    data = os.urandom(4 * BLOCK)
+    upload = await store.create(UploadInfo(size=len(data)))
+    original = store._stage_block
+
+    async def failing(upload, tusd, number, start, spool, size):
+        if number == 2:
+            await asyncio.sleep(0.3)  # the blocks after it are staged meanwhile
+            raise OSError("connection reset")
+        return await original(upload, tusd, number, start, spool, size)
+
+    monkeypatch.setattr(store, "_stage_block", failing)
+    with pytest.raises(errors.TusError) as info:
+        await upload.write(0, chunks_of(data))
+    assert info.value.status == 500
+    assert 3 in [n for n, _, _ in staged(azure, upload.id)]  # staged after the gap, and ignored
+    monkeypatch.setattr(store, "_stage_block", original)
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).offset == BLOCK
+    await fresh.write(BLOCK, chunks_of(data[BLOCK : 2 * BLOCK + 10]))  # ends inside where block 3 was
+    again = await store.get(upload.id)
+    assert (await again.info()).offset == 2 * BLOCK + 10
+    await again.write(2 * BLOCK + 10, chunks_of(data[2 * BLOCK + 10 :]))
+    await again.finish()
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_small_patches_gather_in_the_part_blob_when_blocks_run_short(azure, azure_endpoint):
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # 4 blocks: no room for short ones
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    step = 300 * 1024
+    for offset in range(0, len(data), step):
+        fresh = store_for(azure, azure_endpoint)
+        fresh.plan = store.plan
+        current = await fresh.get(upload.id)
+        assert (await current.info()).offset == offset
+        await current.write(offset, chunks_of(data[offset : offset + step], 100 * 1024))
+        if offset + step < MIB:
+            assert f"{upload.id}.part" in names(azure)
+            assert staged(azure, upload.id) == [(0x80000000, 0, 1)]
+    await current.finish()
+    assert len(azure.get_blob_client(azure.pytusd_container, upload.id).get_block_list("committed")[0]) == 4
+    assert f"{upload.id}.part" not in names(azure)
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_a_stale_part_blob_is_not_counted_twice(azure):
+    """A crash between staging the block that holds the .part's bytes and deleting the .part blob."""
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data[:1000]))
+    tail = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.part").get_blob_properties()
+    assert tail.size == 1000 and tail.metadata["pytusd_tail_offset"] == "0"
+    stage(azure, upload.id, block_id(1, 0), data[:MIB])  # the "crashed" request's block 1
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).offset == MIB
+    await fresh.write(MIB, chunks_of(data[MIB:]))
+    assert f"{upload.id}.part" not in names(azure)
+    await fresh.finish()
+    assert await read_all(fresh) == data
+
+
+async def test_deferred_length_with_the_rest_in_the_part_blob(azure):
+    store = store_for(azure)
+    assert isinstance(store, LengthDeferrable)
+    store.plan = BlockPlan(block_size=BLOCK, max_deferred_size=MAX_BLOB_SIZE)  # no margin: remainders wait
+    data = os.urandom(BLOCK + 10)
+    upload = await store.create(UploadInfo(size_is_deferred=True))
+    await upload.write(0, chunks_of(data))
+    assert f"{upload.id}.part" in names(azure)
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).size_is_deferred and (await fresh.info()).offset == len(data)
+    await store.declare_length(fresh, len(data))
+    assert (await fresh.info()).is_complete
+    await fresh.finish()
+    final = await store.get(upload.id)
+    assert not (await final.info()).size_is_deferred
+    assert await read_all(final) == data
+    assert f"{upload.id}.part" not in names(azure)
+
+
+async def test_access_tier_and_content_type_of_the_finished_blob(azure):
+    store = store_for(azure, blob_access_tier="cool")
+    data = os.urandom(1000)
+    upload = await store.create(UploadInfo(size=len(data), metadata={"filetype": "image/png", "filename": "a.png"}))
+    await upload.write(0, chunks_of(data))
+    await upload.finish()
+    properties = azure.get_blob_client(azure.pytusd_container, upload.id).get_blob_properties()
+    assert properties.blob_tier == "Cool" and properties.content_settings.content_type == "image/png"
+    assert properties.size == len(data)
+    assert isinstance(upload, Timestamped)
+    assert abs(await (await store.get(upload.id)).modified_time() - properties.last_modified.timestamp()) < 1
+
+
+async def test_the_default_tier_and_no_filetype(azure):
+    store = store_for(azure)
+    upload = await store.create(UploadInfo(size=3, metadata={"filetype": "bad\nvalue"}))
+    await upload.write(0, chunks_of(b"abc"))
+    await upload.finish()
+    properties = azure.get_blob_client(azure.pytusd_container, upload.id).get_blob_properties()
+    assert properties.blob_tier == "Hot"  # Azurite's account default
+    assert properties.content_settings.content_type == "application/octet-stream"
+
+
+async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
+    store = store_for(azure)
+    assert isinstance(store, Terminatable) and not isinstance(store, Concatenatable)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
+    upload = await store.create(UploadInfo(size=4 * MIB))
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block and a .part blob
+    assert names(azure) == {f"{upload.id}.info", f"{upload.id}.part"}
+    await store.terminate(upload)
+    assert names(azure) == set()
+    with pytest.raises(ResourceNotFoundError):
+        staged(azure, upload.id)
+    with pytest.raises(errors.TusError) as info:
+        await store.get(upload.id)
+    assert info.value.status == 404
+    # A finished upload too.
+    done = await store.create(UploadInfo(size=3))
+    await done.write(0, chunks_of(b"abc"))
+    await done.finish()
+    await store.terminate(await store.get(done.id))
+    assert names(azure) == set()
+
+
+async def test_empty_upload_and_a_reused_id(azure):
+    store = store_for(azure)
+    upload = await store.create(UploadInfo(size=0))
+    await upload.finish()
+    assert await read_all(await store.get(upload.id)) == b""
+    # An ID chosen by a hook, used before: what was staged for it is dropped.
+    stage(azure, "chosen", block_id(1, 0), b"old bytes")
+    again = await store.create(UploadInfo(id="chosen", size=5))
+    assert (await (await store.get("chosen")).info()).offset == 0
+    await again.write(0, chunks_of(b"fresh"))
+    await again.finish()
+    assert await read_all(await store.get("chosen")) == b"fresh"
+
+
+async def test_unknown_or_mismatched_ids_are_not_found(azure):
+    store = store_for(azure)
+    for bad in ("nope", ""):
+        with pytest.raises(errors.TusError) as info:
+            await store.get(bad)
+        assert info.value.status == 404
+    upload = await store.create(UploadInfo(size=10))
+    info_blob = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.info").download_blob().readall()
+    azure.get_blob_client(azure.pytusd_container, "other.info").upload_blob(info_blob)
+    with pytest.raises(errors.TusError) as info:
+        await store.get("other")
+    assert info.value.status == 404
+    assert sorted([i async for i in store.upload_ids()]) == sorted([upload.id, "other"])
+
+
+async def test_azure_errors_become_internal_server_errors(azure_endpoint):
+    store = AzureStore("Not_A_Valid_Container", service_for(azure_endpoint))
+    with pytest.raises(errors.TusError) as info:
+        await store.create(UploadInfo(size=1))
+    assert info.value.status == 500 and "Azure error: InvalidResourceName" in str(info.value), str(info.value)
+    nobody = BlobServiceClient("http://127.0.0.1:9/devstoreaccount1", credential=AZURITE_KEY, retry_total=0)
+    unreachable = AzureStore("c", nobody)
+    with pytest.raises(errors.TusError) as info:
+        await unreachable.get("x")
+    assert info.value.status == 500 and "Azure error" in str(info.value)
+
+
+async def test_a_container_written_by_tusd_is_resumed_and_served(azure):
+    """tusd's layout: its .info JSON, blocks with 4-byte IDs (one per PATCH) and its marker block."""
+    store = store_for(azure, object_prefix="up")
+    await store._ensure_container()
+    upload_id = uuid.uuid4().hex
+    data = os.urandom(2 * BLOCK + 3000)
+    tusd_info = {
+        "ID": upload_id, "Size": len(data), "SizeIsDeferred": False, "Offset": 0, "MetaData": {"filename": "t"},
+        "IsPartial": False, "IsFinal": False, "PartialUploads": None,
+        "Storage": {"Type": "azurestore", "Container": azure.pytusd_container, "Key": f"up/{upload_id}"},
+    }
+    azure.get_blob_client(azure.pytusd_container, f"up/{upload_id}.info").upload_blob(json.dumps(tusd_info))
+    stage(azure, f"up/{upload_id}", base64.b64encode(struct.pack("<I", 0x7FFFFFFF)).decode(), b"\0")
+    stage(azure, f"up/{upload_id}", base64.b64encode(struct.pack("<I", 0)).decode(), data[:1000])
+    stage(azure, f"up/{upload_id}", base64.b64encode(struct.pack("<I", 1)).decode(), data[1000 : BLOCK + 1000])
+    upload = await store.get(upload_id)
+    assert (await upload.info()).offset == BLOCK + 1000
+    await upload.write(BLOCK + 1000, chunks_of(data[BLOCK + 1000 :]))
+    blob = azure.get_blob_client(azure.pytusd_container, f"up/{upload_id}")
+    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
+    assert {len(base64.b64decode(b.name)) for b in listing.uncommitted_blocks} == {4}  # tusd's scheme goes on
+    await upload.finish()
+    assert await read_all(await store.get(upload_id)) == data
+
+    # A finished tusd upload: a committed blob, nothing staged.
+    finished_id = uuid.uuid4().hex
+    tusd_info.update(ID=finished_id, Size=5)
+    azure.get_blob_client(azure.pytusd_container, f"up/{finished_id}.info").upload_blob(json.dumps(tusd_info))
+    azure.get_blob_client(azure.pytusd_container, f"up/{finished_id}").upload_blob(b"hello")
+    done = await store.get(finished_id)
+    assert (await done.info()).offset == 5 and await read_all(done) == b"hello"
+
+
+async def test_through_the_app(azure, client_factory):
+    from pytusd import MemoryLocker
+
+    store = store_for(azure)
+    client = client_factory(store=store, locker=MemoryLocker())
+    r = await client.options("/files/")
+    extensions = set(r.headers["tus-extension"].split(","))
+    assert {"creation", "termination", "creation-defer-length"} <= extensions
+    assert "concatenation" not in extensions
+    data = os.urandom(2 * BLOCK + 5)
+    url = await create(client, len(data), **{"Upload-Metadata": "filename dGVzdC50eHQ="})
+    assert (await patch(client, url, 0, data[:MIB])).status_code == 204
+    r = await client.get(url, headers=TUS)
+    assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+    r = await patch(client, url, MIB, data[MIB:])
+    assert r.status_code == 204 and r.headers["upload-offset"] == str(len(data))
+    r = await client.head(url, headers=TUS)
+    assert r.headers["upload-offset"] == str(len(data))
+    r = await client.get(url, headers={**TUS, "Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == data[10:20]
+    r = await client.get(url, headers=TUS)
+    assert r.content == data and "test.txt" in r.headers["content-disposition"] and r.headers.get("etag")
+    assert (await client.delete(url, headers=TUS)).status_code == 204
+    assert (await client.head(url, headers=TUS)).status_code == 404
+
+    # Deferred length through the app.
+    url = await create(client, None, **{"Upload-Defer-Length": "1"})
+    assert (await patch(client, url, 0, b"12345")).status_code == 204
+    r = await patch(client, url, 5, b"678", **{"Upload-Length": "8"})
+    assert r.status_code == 204 and r.headers["upload-offset"] == "8"
+    assert (await client.get(url, headers=TUS)).content == b"12345678"
+
+
+async def test_from_options_reads_the_environment(azure_endpoint, monkeypatch):
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY"):
+        AzureStore.from_options("c")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
+    with pytest.raises(ValueError, match="credentials"):
+        AzureStore.from_options("c")  # a key is needed too
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+    assert AzureStore.from_options("c").service.url.startswith("https://devstoreaccount1.blob.core.windows.net")
+    with pytest.raises(ValueError, match="access tier"):
+        AzureStore.from_options("c", blob_access_tier="lukewarm")
+    with pytest.raises(ValueError, match="access type"):
+        AzureStore.from_options("c", container_access_type="public")
+
+    # Account and key with an endpoint: the container is created on first use, with its access type.
+    container = f"opts-{uuid.uuid4().hex[:8]}"
+    store = AzureStore.from_options(
+        container, endpoint=azure_endpoint, object_prefix="up/", container_access_type="blob", blob_access_tier="cool"
+    )
+    assert repr(store) == f"AzureStore({container!r}, prefix='up/', endpoint={store.service.url!r})"
+    upload = await store.create(UploadInfo(size=3))
+    await upload.write(0, chunks_of(b"abc"))
+    await upload.finish()
+    service = service_for(azure_endpoint)
+    container_client = service.get_container_client(container)
+    assert container_client.get_container_properties().public_access == "blob"
+    assert {b.name for b in container_client.list_blobs()} == {f"up/{upload.id}", f"up/{upload.id}.info"}
+    assert service.get_blob_client(container, f"up/{upload.id}").get_blob_properties().blob_tier == "Cool"
+    await AzureStore.from_options(container, endpoint=azure_endpoint, container_access_type="blob").create(
+        UploadInfo(size=1)
+    )  # the container exists already: fine
+
+    # A connection string wins over account and key.
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "bm90IHRoZSBrZXk=")
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={azure_endpoint};",
+    )
+    again = AzureStore.from_options(container, object_prefix="up/")
+    assert await read_all(await again.get(upload.id)) == b"abc"
+    container_client.delete_container()
+
+
+def test_the_cli_flags_build_the_azure_store(tmp_path, monkeypatch):
+    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+    argv = ["-azure-storage", "c", "-azure-endpoint", "http://127.0.0.1:9/devstoreaccount1",
+            "-azure-object-prefix", "up/", "-azure-blob-access-tier", "archive", "--upload-dir", str(tmp_path)]
+    store = config_from_args(build_parser().parse_args(_normalise_argv(argv))).store
+    assert isinstance(store, AzureStore)
+    assert store.container == "c" and store.blob_name("x") == "up/x" and store.blob_access_tier == "Archive"
+    assert store.service.url.startswith("http://127.0.0.1:9/devstoreaccount1")
