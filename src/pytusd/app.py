@@ -8,17 +8,25 @@ command serve it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
-from . import draft, errors, expiration, protocol
+from . import draft, errors, expiration, logs, protocol, tracing
 from .config import Config
 from .errors import TusError
 from .handlers import Handlers
 from .http import Request, Response
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .types import Receive, Scope, Send
 
 log = logging.getLogger("pytusd")
+
+# /ready: how long the store and the locker may take to answer, and the ID a store without ready() is asked for.
+READY_TIMEOUT = 5.0
+READY_PROBE_ID = "pytusd-readiness-probe"
 
 GREETING = (
     "Welcome to pytusd\n"
@@ -39,7 +47,18 @@ class TusApp:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.handlers = Handlers(config)
+        # This app's numbers (app.metrics.registry is what config.metrics_path serves) and spans.
+        self.metrics = Metrics()
+        self.tracing = tracing.Tracing(config.tracer_provider)
+        self.handlers = Handlers(config, self.metrics, self.tracing)
+        if config.hooks is not None:
+            config.hooks.instrument(self.metrics, self.tracing)  # type: ignore[union-attr]
+        logs.install_request_id_filter()
+        # Observability endpoints, relative to the mount point like base_path: no CORS, no tus checks, no hooks.
+        endpoints = {config.health_path: "health", config.ready_path: "ready"}
+        if config.expose_metrics:
+            endpoints[config.metrics_path] = "metrics"
+        self._endpoints = {path: kind for path, kind in endpoints.items() if path}
         self.draft = draft.DraftFlows(self.handlers) if config.enable_experimental_protocol else None
         self._prefix = config.route_prefix
         self._prefix_bare = self._prefix.rstrip("/")
@@ -48,7 +67,13 @@ class TusApp:
         self._active: set[Request] = set()
         self.shutting_down = False
         self.cleaner = (
-            expiration.Cleaner(config.store, config.locker, self.handlers.expiration, config.expiration_cleanup_interval)  # type: ignore[arg-type]
+            expiration.Cleaner(
+                config.store,  # type: ignore[arg-type]
+                config.locker,
+                self.handlers.expiration,
+                config.expiration_cleanup_interval,
+                metrics=self.metrics,
+            )
             if self.handlers.expiration
             else None
         )
@@ -91,37 +116,103 @@ class TusApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.shutdown()
+                self.metrics.process_exited()
+                await self.tracing.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive, self.config.network_timeout)
-        self._active.add(request)
+        # The request's ID: in its response, its log lines and its hooks' payloads.
+        request_id = logs.request_id_from(request.headers.get("x-request-id"))
+        token = logs.request_id_var.set(request_id)
         try:
-            response = await self._respond(request)
+            endpoint = self._endpoints.get(request.path)
+            if endpoint is not None:
+                await self._observability(endpoint, request, send, request_id)
+            else:
+                await self._tus_http(request, send, request_id, started)
         finally:
-            self._active.discard(request)
-        if not request.body_consumed:
-            # The client is still sending a body we will not read: end the connection rather than drain it.
-            response.headers["Connection"] = "close"
-        try:
-            await response.send(send, head_only=request.method == "HEAD")
-        finally:
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%s %s -> %d (%.1f ms)",
-                    request.method,
-                    request.path,
-                    response.status,
-                    (time.perf_counter() - started) * 1000,
-                )
+            logs.request_id_var.reset(token)
 
-    async def _respond(self, request: Request) -> Response:
+    def _in_routes(self, path: str) -> bool:
+        """Whether the path is the uploads' (counted in tusd_requests_total and tusd_errors_total, as in tusd)."""
+        return path.startswith(self._prefix) or path == self._prefix_bare
+
+    async def _tus_http(self, request: Request, send: Send, request_id: str, started: float) -> None:
+        metrics = self.metrics
+        in_routes = self._in_routes(request.path)
+        if in_routes:
+            metrics.request(request.method)
+        counts_requests = not metrics.server_counts_connections  # else pytusd's server counts connections
+        if counts_requests:
+            metrics.connection_opened()
+        try:
+            span_context = tracing.NOTHING
+            if self.tracing.active:
+                route = self._route_name(request) if in_routes else ""
+                attributes = {"http.method": request.method, "http.request.method": request.method,
+                              "url.path": request.path, "pytusd.request_id": request_id}
+                if route:
+                    attributes["http.route"] = route
+                span_context = self.tracing.request_span(
+                    f"{request.method} {route}" if route else request.method, request.headers, attributes
+                )
+            with span_context as span:
+                self._active.add(request)
+                try:
+                    response, error = await self._respond(request)
+                finally:
+                    self._active.discard(request)
+                response.headers["X-Request-ID"] = request_id
+                if not request.body_consumed:
+                    # The client is still sending a body we will not read: end the connection rather than drain it.
+                    response.headers["Connection"] = "close"
+                try:
+                    await response.send(send, head_only=request.method == "HEAD")
+                finally:
+                    upload_id = request.upload_id or self._created_id(response)
+                    if span is not None:
+                        attributes = {"tus.upload_id": upload_id or None, "tus.offset": _offset(request, response)}
+                        tracing.finish_request(span, response.status, attributes)
+                    if log.isEnabledFor(logging.INFO):
+                        duration = round((time.perf_counter() - started) * 1000, 1)
+                        log.info(
+                            "%s %s -> %d (%.1f ms)",
+                            request.method,
+                            request.path,
+                            response.status,
+                            duration,
+                            extra=logs.fields(
+                                event="RequestCompleted", method=request.method, path=request.path,
+                                status=response.status, duration_ms=duration, upload_id=upload_id or None,
+                                error=error,
+                            ),
+                        )
+        finally:
+            if counts_requests:
+                metrics.connection_closed()
+
+    def _route_name(self, request: Request) -> str:
+        """The route as a template, for span names: ``/files/{id}`` or ``/files/``."""
+        base = request.mount_prefix + self._prefix
+        return base + "{id}" if request.path[len(self._prefix) :].strip("/") else base
+
+    def _created_id(self, response: Response) -> str:
+        location = response.headers.get("Location")
+        if response.status != 201 or not location or self._prefix not in location:
+            return ""
+        return location.rsplit(self._prefix, 1)[1]
+
+    async def _respond(self, request: Request) -> tuple[Response, str | None]:
+        """The response, and the tus error code when it is an error (counted in tusd_errors_total)."""
         headers: dict[str, str] = {"Tus-Resumable": protocol.TUS_VERSION, "X-Content-Type-Options": "nosniff"}
+        error: TusError | None = None
         try:
             response = await self._route(request, headers)
         except TusError as exc:
+            error = exc
             response = Response.from_error(exc)
             if request.method == "HEAD":
                 response.body = b""
@@ -131,10 +222,81 @@ class TusApp:
             raise
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
-            response = Response.from_error(errors.ERR_INTERNAL_SERVER_ERROR())
+            error = errors.ERR_INTERNAL_SERVER_ERROR()
+            response = Response.from_error(error)
         headers.update(response.headers)
         response.headers = headers
-        return response
+        if error is not None and self._in_routes(request.path):
+            self.metrics.error(error.status, error.code)
+        return response, error.code if error is not None else None
+
+    # -- observability ----------------------------------------------------------------------------------------------
+
+    async def _observability(self, endpoint: str, request: Request, send: Send, request_id: str) -> None:
+        """/metrics, /health and /ready: cheap, no CORS, no Tus-Resumable, no hooks, not counted as requests."""
+        headers = {"Cache-Control": "no-store", "X-Request-ID": request_id, "X-Content-Type-Options": "nosniff"}
+        if request.method not in ("GET", "HEAD"):
+            headers.update({"Allow": "GET, HEAD", "Content-Type": "text/plain; charset=utf-8"})
+            response = Response(405, headers, b"method not allowed\n")
+        elif endpoint == "metrics":
+            response = Response(200, {**headers, "Content-Type": METRICS_CONTENT_TYPE}, self.metrics.exposition())
+        elif endpoint == "health":
+            response = _json_response(200, headers, {"status": "ok"})
+        else:
+            ready, checks = await self.check_ready()
+            body = {"status": "ok" if ready else "unavailable", "checks": checks}
+            response = _json_response(200 if ready else 503, headers, body)
+        if not request.body_consumed:
+            response.headers["Connection"] = "close"
+        await response.send(send, head_only=request.method == "HEAD")
+        log.debug("%s %s -> %d", request.method, request.path, response.status)
+
+    async def check_ready(self) -> tuple[bool, dict[str, str]]:
+        """Whether this app can serve uploads: its store and its locker each answered within READY_TIMEOUT.
+
+        Returns ``(ready, {"store": "ok" | "error: <type>", "locker": ...})``; why a part failed is logged. A store
+        or locker may offer ``async def ready()`` (raising when it is not); a store without one is asked for an
+        upload that does not exist, which must answer "not found"; a locker without one counts as ready.
+        """
+        if self.shutting_down:
+            return False, {"server": "shutting down"}
+        results = await asyncio.gather(
+            self._probe("store", self._store_ready), self._probe("locker", self._locker_ready)
+        )
+        checks = {"store": results[0], "locker": results[1]}
+        return all(result == "ok" for result in results), checks
+
+    async def _probe(self, part: str, check: Callable[[], Awaitable[None]]) -> str:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await check()
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            log.warning("readiness: the %s did not answer within %g s", part, READY_TIMEOUT,
+                        extra=logs.fields(event="NotReady", part=part))
+            return "error: timeout"
+        except Exception as exc:
+            log.warning("readiness: the %s failed: %s", part, exc, extra=logs.fields(event="NotReady", part=part))
+            return f"error: {type(exc).__name__}"
+        return "ok"
+
+    async def _store_ready(self) -> None:
+        store = self.config.store
+        ready = getattr(store, "ready", None)
+        if ready is not None:
+            await ready()
+            return
+        try:
+            await store.get(READY_PROBE_ID)
+        except TusError as exc:
+            if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
+                raise
+
+    async def _locker_ready(self) -> None:
+        ready = getattr(self.config.locker, "ready", None)
+        if ready is not None:
+            await ready()
 
     async def _route(self, request: Request, headers: dict[str, str]) -> Response:
         path = request.path
@@ -143,6 +305,11 @@ class TusApp:
         elif path == self._prefix_bare:
             upload_id = ""
         else:
+            if self.config.upload_page and request.method in ("GET", "HEAD"):
+                from . import page  # the upload page at / and its files (pytusd.page)
+
+                if (answer := page.respond(request, self.config)) is not None:
+                    return answer
             if path == "/" and self.config.show_greeting and request.method in ("GET", "HEAD"):
                 url = self.handlers.upload_url(request, "")
                 body = GREETING.format(url=url).encode()
@@ -223,3 +390,13 @@ class TusApp:
         if method == "DELETE" and self.handlers.can_terminate:
             return await self.handlers.delete(request)
         raise self._not_allowed()
+
+
+def _json_response(status: int, headers: dict[str, str], body: object) -> Response:
+    return Response(status, {**headers, "Content-Type": "application/json"}, json.dumps(body).encode() + b"\n")
+
+
+def _offset(request: Request, response: Response) -> int | None:
+    """The upload's offset after the request (its response's Upload-Offset, else the one the request named)."""
+    value = response.headers.get("Upload-Offset") or request.headers.get("upload-offset")
+    return protocol.parse_non_negative_int(value) if value else None

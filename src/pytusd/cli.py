@@ -82,6 +82,12 @@ def parse_log_format(text: str) -> str:
     return text
 
 
+def parse_otel_exporter(text: str) -> str:
+    if text not in ("", "console", "otlp"):
+        raise argparse.ArgumentTypeError("trace exporter must be console or otlp")
+    return text
+
+
 def parse_locker(text: str) -> str:
     if text not in ("", "file", "memory", "redis"):
         raise argparse.ArgumentTypeError("locker must be file, memory or redis")
@@ -143,6 +149,13 @@ _FLAGS = [
         "Protocol",
     ),
     Flag("show-greeting", parse_bool, True, "Answer GET / with a short greeting text", "Protocol"),
+    Flag(
+        "upload-page",
+        parse_bool,
+        True,
+        "Serve a browser upload page at / (the greeting still answers clients that do not ask for HTML)",
+        "Protocol",
+    ),
     # CORS
     Flag("disable-cors", parse_bool, False, "Send no CORS headers (e.g. a proxy handles CORS)", "CORS"),
     Flag("cors-allow-origin", str, ".*", "Regular expression the Origin header must match", "CORS"),
@@ -279,6 +292,17 @@ _FLAGS = [
         "Tune glibc malloc thresholds at start-up (about 2x upload throughput); false to opt out",
         "Output",
     ),
+    # observability (README "Operating pytusd")
+    Flag("expose-metrics", parse_bool, True, "Serve Prometheus metrics at --metrics-path", "Observability"),
+    Flag("metrics-path", str, "/metrics", "Path of the Prometheus metrics (PROMETHEUS_MULTIPROC_DIR: summed over "
+         "every process writing there)", "Observability"),
+    Flag("health-path", str, "/health", "Liveness endpoint: 200 while the process runs ('' to turn off)",
+         "Observability"),
+    Flag("ready-path", str, "/ready", "Readiness endpoint: 200 when the storage and the locker answer, else 503 "
+         "('' to turn off)", "Observability"),
+    Flag("otel-traces", parse_otel_exporter, "", "Export OpenTelemetry traces: 'console' or 'otlp' (needs "
+         "pytusd[otel]; otlp also opentelemetry-exporter-otlp and OTEL_EXPORTER_OTLP_*). Without it, a tracer "
+         "provider set up by opentelemetry-instrument is used when there is one", "Observability"),
 ]
 
 _BOOL_FLAGS = {f.name for f in _FLAGS if f.type is parse_bool}
@@ -491,6 +515,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
         show_greeting=args.show_greeting,
+        upload_page=args.upload_page,
         expiration=args.expiration,
         hooks=hooks_from_args(args),
         rules=rules_from_args(args),
@@ -498,6 +523,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
         request_trailers=importlib.util.find_spec("httptools") is not None,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
+        expose_metrics=args.expose_metrics,
+        metrics_path=args.metrics_path,
+        health_path=args.health_path,
+        ready_path=args.ready_path,
     )
 
 
@@ -543,6 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.malloc_tuning:
         tune_malloc()
     try:
+        if args.otel_traces:
+            from . import tracing
+
+            tracing.configure(args.otel_traces)
         config = config_from_args(args)
         app = TusApp(config)
     except (ValueError, OSError, ImportError, AttributeError) as exc:

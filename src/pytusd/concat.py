@@ -69,7 +69,8 @@ class Concatenation:
             if not (await partial.info()).is_complete:
                 return info
             partials.append(partial)
-        await store.concat(final, partials)  # type: ignore[attr-defined]
+        with self.handlers.store_operation("concat", info.id):
+            await store.concat(final, partials)  # type: ignore[attr-defined]
         log.info("final upload %s concatenated from %d partials", info.id, len(partials))
         for partial_id in info.partial_uploads:
             waiting = self._waiting.get(partial_id)

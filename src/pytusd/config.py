@@ -72,14 +72,25 @@ class Config:
     network_timeout: float = 60.0
     acquire_lock_timeout: float = 20.0
     show_greeting: bool = False
+    upload_page: bool = False  # GET / serves a browser upload page (pytusd.page); the CLI turns it on
     expiration: float = 0.0
     request_trailers: bool = False
     enable_experimental_protocol: bool = False
     hooks: Hooks | Callable[[str, dict[str, Any]], Any] | None = None
     rules: UploadRules | None = None
     expiration_cleanup_interval: float = 60.0
+    # Observability (README "Operating pytusd"): paths are relative to where the app is mounted; "" turns one off.
+    expose_metrics: bool = True
+    metrics_path: str = "/metrics"
+    health_path: str = "/health"
+    ready_path: str = "/ready"
+    tracer_provider: Any = None  # an OpenTelemetry TracerProvider; None: the global one, if configured
 
     def __post_init__(self) -> None:
+        for name in ("metrics_path", "health_path", "ready_path"):
+            path = getattr(self, name)
+            if path and not path.startswith("/"):
+                setattr(self, name, "/" + path)
         base = self.base_path or "/"
         if "://" not in base and not base.startswith("/"):
             base = "/" + base

@@ -88,8 +88,7 @@ class DraftFlows:
         if (disposition := request.headers.get("content-disposition")) and (name := _filename(disposition)):
             metadata["filename"] = name
         info = UploadInfo(size=length or 0, size_is_deferred=length is None, metadata=metadata)
-        upload = await handlers.store.create(info)
-        info = await upload.info()
+        upload, info = await handlers.create_upload(request, info)  # counted and logged
         url = handlers.upload_url(request, info.id)
         response = Response(201, {"Location": url, **self._base_headers(version)})
         try:

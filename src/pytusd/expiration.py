@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from . import errors, protocol
 from .lockers import Locker
@@ -43,18 +44,22 @@ async def check(store: Expiring, upload: Upload, info: UploadInfo, expiration: f
     deadline = await expires_at(upload, info, expiration)
     if deadline is not None and deadline <= time.time():
         await store.expire(upload)
-        log.info("upload %s expired and was removed", info.id)
+        log.info("upload %s expired and was removed", info.id,
+                 extra={"fields": {"event": "UploadExpired", "upload_id": info.id, "offset": info.offset}})
         raise errors.ERR_UPLOAD_EXPIRED()
 
 
 class Cleaner:
     """Removes expired unfinished uploads every ``interval`` seconds."""
 
-    def __init__(self, store: Expiring, locker: Locker, expiration: float, interval: float) -> None:
+    def __init__(
+        self, store: Expiring, locker: Locker, expiration: float, interval: float, *, metrics: Any = None
+    ) -> None:
         self.store = store
         self.locker = locker
         self.expiration = expiration
         self.interval = interval
+        self.metrics = metrics  # a pytusd.metrics.Metrics: pytusd_expired_uploads_removed_total
         self.removed = 0  # expired uploads removed since start
 
     async def run_once(self) -> int:
@@ -73,13 +78,16 @@ class Cleaner:
                     await self.store.expire(upload)
                     removed += 1
                     log.info("cleaner removed expired upload %s (%d of %s bytes)", upload_id, info.offset,
-                             "?" if info.size_is_deferred else info.size)
+                             "?" if info.size_is_deferred else info.size,
+                             extra={"fields": {"event": "UploadExpired", "upload_id": upload_id, "offset": info.offset}})
             except errors.TusError:
                 pass  # gone meanwhile, or unreadable: not ours to judge here
             finally:
                 await lock.release()
         await self.store.forget_expired(now - max(REMEMBER_EXPIRED, self.expiration))
         self.removed += removed
+        if self.metrics is not None:
+            self.metrics.expired_removed(removed)
         return removed
 
     async def run(self) -> None:

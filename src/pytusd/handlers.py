@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
-from . import checksums, errors, expiration, protocol
+from . import checksums, errors, expiration, logs, protocol, tracing
 from .body import RequestBody
 from .concat import Concatenation
 from .config import Config
 from .hooks import HookResponse
 from .http import Request, Response
+from .metrics import Metrics
 from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
 
@@ -48,9 +49,11 @@ def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
 
 
 class Handlers:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None, tracer: tracing.Tracing | None = None) -> None:
         self.config = config
         self.hooks = config.hooks
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.tracing = tracer if tracer is not None else tracing.Tracing(config.tracer_provider)
         # What a deferred-length upload may grow to: the server's limit or an upload rule's, whichever is lower.
         limits = [config.max_size, config.rules.max_size if config.rules else 0]
         self.size_limit = min((x for x in limits if x), default=0)
@@ -96,14 +99,28 @@ class Handlers:
             return self.config.route_prefix
         return request.mount_prefix + self.config.base_path
 
+    @contextlib.contextmanager
+    def store_operation(self, operation: str, upload_id: str | None = None) -> Iterator[None]:
+        """Time a store operation (``pytusd_store_operation_seconds``) and trace it as a child span."""
+        if not self.tracing.active:
+            with self.metrics.store_operation(operation):
+                yield
+            return
+        attributes = {"tus.store.operation": operation}
+        if upload_id:
+            attributes["tus.upload_id"] = upload_id
+        with self.metrics.store_operation(operation), self.tracing.span(f"store.{operation}", attributes):
+            yield
+
     @contextlib.asynccontextmanager
     async def locked(self, request: Request, upload_id: str) -> AsyncIterator[None]:
         """Hold the upload's lock; a newer request for the same upload interrupts this one."""
-        lock = await self.locker.acquire(
-            upload_id,
-            lambda: request.interrupt(errors.ERR_UPLOAD_INTERRUPTED()),
-            self.config.acquire_lock_timeout,
-        )
+        with self.metrics.lock_wait(), self.tracing.span("lock.acquire", {"tus.upload_id": upload_id}):
+            lock = await self.locker.acquire(
+                upload_id,
+                lambda: request.interrupt(errors.ERR_UPLOAD_INTERRUPTED()),
+                self.config.acquire_lock_timeout,
+            )
         try:
             yield
         finally:
@@ -132,16 +149,30 @@ class Handlers:
         reports_progress = self.hooks is not None and self.hooks.wants("post-receive")
         progress = self._report_progress(request, info, body) if reports_progress else None
         try:
-            written = await self._write_chunks(request, upload, offset, body)
+            with self.metrics.active_upload(), self.store_operation("write", info.id):
+                written = await self._write_chunks(request, upload, offset, body)
         finally:
             if progress is not None:
                 progress.cancel()
+        self.metrics.bytes_received(written)
         info = info.replace(offset=offset + written)
         if body.error is not None and body.error.code == "ERR_UPLOAD_STOPPED":
             if self.can_terminate:
-                await self.store.terminate(upload)  # type: ignore[attr-defined]
-                log.info("upload %s stopped by a post-receive hook and terminated", info.id)
+                with self.store_operation("terminate", info.id):
+                    await self.store.terminate(upload)  # type: ignore[attr-defined]
+                self.metrics.upload_terminated(info.id)
+                log.info(
+                    "upload %s stopped by a post-receive hook and terminated", info.id,
+                    extra=logs.fields(event="UploadTerminated", upload_id=info.id, offset=info.offset,
+                                      reason="stopped"),
+                )
             raise body.error
+        if body.error is not None:
+            log.info(
+                "upload %s interrupted at offset %d: %s", info.id, info.offset, body.error.code,
+                extra=logs.fields(event="UploadInterrupted", upload_id=info.id, offset=info.offset,
+                                  received=written, reason=body.error.code),
+            )
         if reports_progress and written:
             self.hooks.fire("post-receive", info, request.hook_http())  # type: ignore[union-attr]
         response.headers["Upload-Offset"] = str(info.offset)
@@ -195,19 +226,28 @@ class Handlers:
 
     async def load(self, request: Request, upload_id: str) -> tuple[Upload, UploadInfo]:
         """The upload and its state, for a request holding its lock; an expired upload is removed here (410)."""
-        upload = await self.store.get(upload_id)
-        info = await upload.info()
+        with self.store_operation("get", upload_id):
+            upload = await self.store.get(upload_id)
+            info = await upload.info()
         if info.is_final and not info.is_complete:
             info = await self.concat.complete_if_ready(request, upload, info)
         if self.expiration:
-            await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
+            try:
+                await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
+            except errors.TusError as exc:
+                if exc.code == "ERR_UPLOAD_EXPIRED":
+                    self.metrics.expired_removed(1)
+                raise
         return upload, info
 
     async def finished(self, request: Request, upload: Upload, info: UploadInfo, response: Response | None) -> None:
         """The last byte is stored: let the store finish, run pre-finish (its answer shapes the response), and
         announce post-finish."""
-        await upload.finish()
-        log.info("upload %s finished (%d bytes)", info.id, info.size)
+        with self.store_operation("finish", info.id):
+            await upload.finish()
+        self.metrics.upload_finished(info.id, info.size)
+        log.info("upload %s finished (%d bytes)", info.id, info.size,
+                 extra=logs.fields(event="UploadFinished", upload_id=info.id, size=info.size))
         if self.hooks is not None:
             if self.hooks.wants("pre-finish"):
                 answer = await self.hooks.call("pre-finish", info, request.hook_http())
@@ -221,10 +261,23 @@ class Handlers:
         if self.hooks is None or not self.hooks.wants("pre-access"):
             return
         upload_id = self._upload_id(request)
-        info = await (await self.store.get(upload_id)).info()
+        with self.store_operation("get", upload_id):
+            info = await (await self.store.get(upload_id)).info()
         answer = await self.hooks.call("pre-access", info, request.hook_http())
         if answer.reject_upload:
             raise answer.error(errors.ERR_ACCESS_DENIED)
+
+    async def create_upload(self, request: Request, info: UploadInfo) -> tuple[Upload, UploadInfo]:
+        """Create the upload in the store; count and log it."""
+        with self.store_operation("create", info.id or None):
+            upload = await self.store.create(info)
+            info = await upload.info()
+        self.metrics.upload_created(info.id)
+        tracing.annotate(tus__upload_id=info.id)
+        size = "deferred" if info.size_is_deferred else info.size
+        log.info("upload %s created (size %s)", info.id, size,
+                 extra=logs.fields(event="UploadCreated", upload_id=info.id, size=size))
+        return upload, info
 
     def _upload_id(self, request: Request) -> str:
         if not protocol.is_valid_upload_id(request.upload_id):
@@ -278,8 +331,7 @@ class Handlers:
         if self.hooks is not None and self.hooks.wants("pre-create"):
             hook_answer = await self.hooks.call("pre-create", info, request.hook_http())
             info = apply_pre_create(info, hook_answer)
-        upload = await self.store.create(info)
-        info = await upload.info()
+        upload, info = await self.create_upload(request, info)
         url = self.upload_url(request, info.id)
         response = Response(201, {"Location": url})
         if hook_answer is not None:
@@ -288,7 +340,6 @@ class Handlers:
             self.hooks.fire("post-create", info, request.hook_http())
         if self.expiration and not info.is_complete and kind != "final":
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
-        log.info("upload %s created (size %s)", info.id, "deferred" if deferred else size)
         try:
             if kind == "final":
                 if not partials_complete:
@@ -375,8 +426,11 @@ class Handlers:
                 if answer.reject_termination:
                     raise answer.error(errors.ERR_UPLOAD_TERMINATION_REJECTED)
                 merge_hook_response(response, answer)
-            await self.store.terminate(upload)  # type: ignore[attr-defined]
-        log.info("upload %s terminated", upload_id)
+            with self.store_operation("terminate", upload_id):
+                await self.store.terminate(upload)  # type: ignore[attr-defined]
+        self.metrics.upload_terminated(upload_id)
+        log.info("upload %s terminated", upload_id,
+                 extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))
         if self.hooks is not None:
             self.hooks.fire("post-terminate", info, request.hook_http())
         return response

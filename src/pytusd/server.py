@@ -20,6 +20,7 @@ import uvicorn
 
 from .app import TusApp
 from .http import TRAILERS_EXTENSION
+from .metrics import Metrics
 
 log = logging.getLogger("pytusd.startup")
 
@@ -66,19 +67,30 @@ class ServeOptions:
         return f"{scheme}://{host}:{self.port}"
 
 
-def _idle_timeout_protocol(base: type) -> type:
+def _idle_timeout_protocol(base: type, metrics: Metrics | None = None) -> type:
     """uvicorn's HTTP protocol, also closing connections that stay silent before (or while) sending headers.
 
     uvicorn times out idle keep-alive connections only after a first response; a connection that never sends a
-    complete request would otherwise stay open forever. Bodies are timed by the app (``RequestBody``).
+    complete request would otherwise stay open forever. Bodies are timed by the app (``RequestBody``). With
+    ``metrics``, open connections are counted in ``tusd_connections_open`` (as tusd counts them).
     """
 
     class IdleTimeoutProtocol(base):  # type: ignore[valid-type,misc]
         _trailers: list[tuple[bytes, bytes]] | None = None
+        _counted = False
 
         def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            if metrics is not None:
+                metrics.connection_opened()
+                self._counted = True
             super().connection_made(transport)
             self._arm_idle_timeout()
+
+        def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+            if self._counted:
+                self._counted = False
+                metrics.connection_closed()  # type: ignore[union-attr]
+            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -120,14 +132,14 @@ def _idle_timeout_protocol(base: type) -> type:
     return IdleTimeoutProtocol
 
 
-def _http_protocol() -> type:
+def _http_protocol(metrics: Metrics | None = None) -> type:
     if importlib.util.find_spec("httptools") is not None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        return _idle_timeout_protocol(HttpToolsProtocol)
+        return _idle_timeout_protocol(HttpToolsProtocol, metrics)
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    return _idle_timeout_protocol(H11Protocol)
+    return _idle_timeout_protocol(H11Protocol, metrics)
 
 
 class _Server(uvicorn.Server):
@@ -167,7 +179,7 @@ def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
         port=options.port,
         uds=options.unix_socket or None,
         loop="uvloop" if has_uvloop else "asyncio",
-        http=_http_protocol(),
+        http=_http_protocol(app.metrics),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -178,7 +190,11 @@ def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
         ssl_keyfile=options.tls_key or None,
         backlog=4096,
     )
+    app.metrics.server_counts_connections = True  # connections, not requests, in tusd_connections_open
     server = _Server(config, app, banner)
-    server.run()
+    try:
+        server.run()
+    finally:
+        app.metrics.process_exited()
     if server.force_exit:
         os._exit(1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from .. import errors
+from .. import errors, logs, tracing
 from ..types import UploadInfo
 
 log = logging.getLogger("pytusd.hooks")
@@ -25,6 +26,7 @@ HOOK_TYPES = (
     "pre-access",  # beyond tusd: before every HEAD, PATCH, GET and DELETE of an existing upload (off by default)
 )
 BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate", "pre-access"})
+_NO_SPAN = contextlib.nullcontext()
 DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-terminate", "post-finish")
 
 
@@ -159,25 +161,66 @@ class Hooks:
             self.bindings.append((bound, events))
         self.enabled = frozenset().union(*(events for _, events in self.bindings))
         self.progress_interval = progress_interval
-        self.invocations: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
-        self.failures: dict[str, int] = dict.fromkeys(HOOK_TYPES, 0)
+        self._metrics: Any = None  # pytusd.metrics.Metrics: the app's (see instrument), else one of its own
+        self._tracing: tracing.Tracing | None = None
         self._background: set[asyncio.Task[None]] = set()
+
+    def instrument(self, metrics: Any, tracer: tracing.Tracing | None = None) -> None:
+        """Count invocations and failures in ``metrics`` (a :class:`pytusd.metrics.Metrics`) and trace hook calls
+        with ``tracer``; a TusApp does this with its own. A Hooks object shared by two apps counts in the last."""
+        self._metrics = metrics
+        self._tracing = tracer
+
+    @property
+    def counters(self) -> Any:
+        if self._metrics is None:
+            from ..metrics import Metrics
+
+            self._metrics = Metrics()
+        return self._metrics
+
+    @property
+    def invocations(self) -> dict[str, int]:
+        """Calls per hook type (one per backend bound to the event), from ``tusd_hook_invocations_total``."""
+        return self.counters.hook_counts()[0]
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """Failed calls per hook type, from ``tusd_hook_errors_total``."""
+        return self.counters.hook_counts()[1]
 
     def wants(self, hook_type: str) -> bool:
         return hook_type in self.enabled
 
     async def _run(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
         request = hook_request(hook_type, info, http)
+        request_id = logs.request_id_var.get()
+        if request_id is not None:
+            # The request's ID (the client's X-Request-ID, or the one pytusd made) travels in the payload.
+            header = request["Event"]["HTTPRequest"]
+            header["Header"] = {**(header.get("Header") or {}), "X-Request-Id": [request_id]}
+        counters = self.counters
+        tracer = self._tracing
         merged = HookResponse()
         for backend, events in self.bindings:
             if hook_type not in events:
                 continue
-            self.invocations[hook_type] += 1
+            counters.hook_invoked(hook_type)
+            span = _NO_SPAN
+            if tracer is not None and tracer.active:
+                attributes = {"tus.hook.type": hook_type, "tus.hook.backend": type(backend).__name__}
+                if info.id:
+                    attributes["tus.upload_id"] = info.id
+                span = tracer.span(f"hook {hook_type}", attributes, client=True)
             try:
-                merged.merge(HookResponse.from_json(await backend.invoke(hook_type, request)))
+                with span:
+                    merged.merge(HookResponse.from_json(await backend.invoke(hook_type, request)))
             except Exception as exc:
-                self.failures[hook_type] += 1
-                log.error("%s hook (%r) failed for upload %s: %s", hook_type, backend, info.id or "(new)", exc)
+                counters.hook_failed(hook_type)
+                log.error(
+                    "%s hook (%r) failed for upload %s: %s", hook_type, backend, info.id or "(new)", exc,
+                    extra=logs.fields(event="HookInvocationError", hook=hook_type, upload_id=info.id or None),
+                )
                 raise HookFailed(hook_type) from exc
         return merged
 
@@ -208,11 +251,9 @@ class Hooks:
         task.add_done_callback(self._background.discard)  # type: ignore[arg-type]
 
     def metrics(self) -> dict[str, dict[str, int]]:
-        """The counters under tusd's metric names, per hook type (for a metrics endpoint or an application)."""
-        return {
-            "tusd_hook_invocations_total": dict(self.invocations),
-            "tusd_hook_errors_total": dict(self.failures),
-        }
+        """The counters under tusd's metric names, per hook type (read from the Prometheus counters)."""
+        invocations, failures = self.counters.hook_counts()
+        return {"tusd_hook_invocations_total": invocations, "tusd_hook_errors_total": failures}
 
     async def drain(self) -> None:
         """Wait for background hooks still running (tests, shutdown)."""

@@ -2,7 +2,8 @@
 
 Network errors and 5xx answers are retried ``retry`` times, ``backoff`` seconds apart; any other non-2xx answer is
 a hook failure, as is a body larger than ``size_limit`` or one that is not JSON. Notification events carry an
-``Idempotency-Key`` (the same on every retry) so a receiver can drop duplicates.
+``Idempotency-Key`` (the same on every retry) so a receiver can drop duplicates. Every call carries the
+request's ``X-Request-ID`` (and, when tracing, a ``traceparent``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from .. import tracing
 from .base import BLOCKING_HOOKS, decode_answer
 
 
@@ -96,6 +98,10 @@ class HttpHookBackend:
                 headers[name] = ", ".join(values)
         if hook_type not in BLOCKING_HOOKS:
             headers["Idempotency-Key"] = secrets.token_hex(16)
+        request_id = lowered.get("x-request-id")
+        if request_id:
+            headers["X-Request-ID"] = request_id[-1]  # the payload's, which is the request's ID (hooks/base.py)
+        tracing.inject(headers)  # traceparent of the hook's span, when tracing
         return headers
 
     async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:

@@ -32,3 +32,11 @@ class Locker(Protocol):
     async def try_acquire(self, upload_id: str) -> Lock | None:
         """The lock if it is free right now, else None; never asks a holder to let go (for housekeeping)."""
         ...
+
+
+@runtime_checkable
+class ReadyLocker(Protocol):
+    """Optional: the locker can tell cheaply whether it works (``/ready``); ``ready()`` raises saying why not.
+    A locker without it (MemoryLocker) is always ready."""
+
+    async def ready(self) -> None: ...

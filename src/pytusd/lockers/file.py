@@ -75,6 +75,11 @@ class FileLocker:
     def __repr__(self) -> str:
         return f"FileLocker({self.root!r})"
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``): the lock directory exists and lock files can be created in it."""
+        if not os.path.isdir(self.root) or not os.access(self.root, os.W_OK | os.X_OK):
+            raise OSError(f"lock directory {self.root} is missing or not writable")
+
     async def acquire(self, upload_id: str, on_release_request: ReleaseRequest, timeout: float) -> FileLock:
         if not is_valid_upload_id(upload_id):
             raise errors.ERR_UPLOAD_NOT_FOUND()

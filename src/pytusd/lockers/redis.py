@@ -201,6 +201,12 @@ class RedisLocker:
         extra = "" if self.prefix == "pytusd" else f", prefix={self.prefix!r}"
         return f"RedisLocker({_without_password(self.url)!r}{extra})"
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``): Redis answers PING (within ``ttl``)."""
+        client = self._connect()
+        async with asyncio.timeout(self.ttl):
+            await client.ping()
+
     def key(self, upload_id: str) -> str:
         """The Redis key of an upload's lock."""
         return f"{self.prefix}:lock:{upload_id}"

@@ -119,3 +119,12 @@ class Timestamped(Protocol):
     """The upload knows when its data last changed (used for Last-Modified and conditional GET)."""
 
     async def modified_time(self) -> float: ...
+
+
+@runtime_checkable
+class Ready(Protocol):
+    """The store can tell cheaply whether it is usable (``/ready``): ``ready()`` returns, or raises saying why not.
+
+    A store without it is asked for an upload that does not exist instead, which must answer "not found"."""
+
+    async def ready(self) -> None: ...

@@ -140,6 +140,13 @@ class FileStore:
     def ensure_directory(self) -> None:
         os.makedirs(self.root, mode=self.dir_perms, exist_ok=True)
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``): the directory exists and this process may create files in it."""
+        if not os.path.isdir(self.root):
+            raise OSError(f"upload directory {self.root} does not exist")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise OSError(f"upload directory {self.root} is not writable")
+
     # -- paths ----------------------------------------------------------------------------------------------------
 
     def _path_for(self, upload_id: str) -> str:

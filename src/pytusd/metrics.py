@@ -1,0 +1,312 @@
+"""Prometheus metrics: tusd's names (so tusd dashboards and alerts work unchanged) plus pytusd's own.
+
+Every :class:`pytusd.TusApp` has one :class:`Metrics` (``app.metrics``) with its own ``registry``; the app serves
+it at ``config.metrics_path``. tusd's metrics keep tusd's names, types and labels:
+
+=================================  =======  ==============  ==========================================
+``tusd_requests_total``            counter  method          requests per method (uploads' routes only)
+``tusd_errors_total``              counter  status, code    error responses per status and tus code
+``tusd_bytes_received``            counter                  upload bytes stored
+``tusd_uploads_created``           counter                  uploads created
+``tusd_uploads_finished``          counter                  uploads whose last byte was stored
+``tusd_uploads_terminated``        counter                  uploads deleted (DELETE, or stopped by a hook)
+``tusd_connections_open``          gauge                    open connections (see below)
+``tusd_hook_invocations_total``    counter  hooktype        hook calls (one per backend bound to the event)
+``tusd_hook_errors_total``         counter  hooktype        failed hook calls
+=================================  =======  ==============  ==========================================
+
+and pytusd adds ``pytusd_upload_duration_seconds`` and ``pytusd_upload_size_bytes`` (histograms, at finish),
+``pytusd_active_uploads`` (gauge: request bodies being written), ``pytusd_lock_wait_seconds`` (histogram),
+``pytusd_store_operation_seconds{operation}`` (histogram) and ``pytusd_expired_uploads_removed_total`` (counter).
+
+``tusd_connections_open`` counts open HTTP connections when pytusd's own server runs the app (``pytusd``); an
+app served by another ASGI server counts the requests in progress instead.
+
+Several processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before the process starts), prometheus_client's
+multiprocess mode is used: every process writes its numbers to files in that directory and each ``/metrics``
+answers with the sum over all of them. Gauges count live processes only (``livesum``); a process that ends
+removes its gauge files (:meth:`Metrics.process_exited`). Empty the directory before starting the processes. In
+that mode all apps of a process share one set of numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.metrics_core import Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# tusd exposes these counters without the _total suffix (Go client, const metrics); prometheus_client would add it.
+PLAIN_COUNTERS = ("tusd_bytes_received", "tusd_uploads_created", "tusd_uploads_finished", "tusd_uploads_terminated")
+METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS")  # tusd's, each pre-set to 0
+STORE_OPERATIONS = ("create", "get", "write", "finish", "terminate", "concat")
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 86400)
+SIZE_BUCKETS = tuple(float(10**n) for n in range(3, 12))  # 1 KB .. 100 GB
+LOCK_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# Creation times kept for pytusd_upload_duration_seconds: uploads created by this process, unfinished, at most.
+_MAX_TRACKED = 65536
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, if this process uses it."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+class _Instruments:
+    """The prometheus_client objects, not registered anywhere: :class:`_Exposed` reads them."""
+
+    def __init__(self) -> None:
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=None)
+
+        def histogram(name: str, doc: str, buckets: Iterable[float], labels: Iterable[str] = ()) -> Histogram:
+            return Histogram(name, doc, list(labels), registry=None, buckets=tuple(buckets))
+
+        self.requests = counter(
+            "tusd_requests_total", "Total number of requests served by tusd per method.", ["method"]
+        )
+        self.errors = counter("tusd_errors_total", "Total number of errors per status.", ["status", "code"])
+        self.bytes_received = counter("tusd_bytes_received", "Number of bytes received for uploads.")
+        self.uploads_created = counter("tusd_uploads_created", "Number of created uploads.")
+        self.uploads_finished = counter("tusd_uploads_finished", "Number of finished uploads.")
+        self.uploads_terminated = counter("tusd_uploads_terminated", "Number of terminated uploads.")
+        self.connections_open = Gauge(
+            "tusd_connections_open", "Current number of open connections.", registry=None, multiprocess_mode="livesum"
+        )
+        self.hook_invocations = counter(
+            "tusd_hook_invocations_total", "Total number of invocations per hook type.", ["hooktype"]
+        )
+        self.hook_errors = counter(
+            "tusd_hook_errors_total", "Total number of execution errors per hook type.", ["hooktype"]
+        )
+        self.upload_duration = histogram(
+            "pytusd_upload_duration_seconds",
+            "Time from creation to the last byte of uploads created and finished by this server process.",
+            DURATION_BUCKETS,
+        )
+        self.upload_size = histogram("pytusd_upload_size_bytes", "Size of finished uploads.", SIZE_BUCKETS)
+        self.active_uploads = Gauge(
+            "pytusd_active_uploads",
+            "Requests writing upload data right now (PATCH, creation-with-upload).",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.lock_wait = histogram("pytusd_lock_wait_seconds", "Time spent waiting for an upload's lock.", LOCK_BUCKETS)
+        self.store_operation = histogram(
+            "pytusd_store_operation_seconds",
+            "Duration of store operations (write includes receiving the request body).",
+            STORE_BUCKETS,
+            ["operation"],
+        )
+        self.expired_removed = counter(
+            "pytusd_expired_uploads_removed_total",
+            "Expired unfinished uploads removed (by the background cleaner, or when a request found them expired).",
+        )
+        # Label values known in advance appear at 0, as in tusd.
+        from .hooks.base import HOOK_TYPES
+
+        for method in METHODS:
+            self.requests.labels(method)
+        for hook_type in HOOK_TYPES:
+            self.hook_invocations.labels(hook_type)
+            self.hook_errors.labels(hook_type)
+        for operation in STORE_OPERATIONS:
+            self.store_operation.labels(operation)
+
+    def all(self) -> list[Any]:
+        return list(vars(self).values())
+
+
+_shared: _Instruments | None = None
+
+
+def _process_instruments() -> _Instruments:
+    """One set per process in multiprocess mode: two objects writing the same key of a process's file would
+    overwrite each other's numbers."""
+    global _shared
+    if _shared is None:
+        _shared = _Instruments()
+    return _shared
+
+
+def _tusd_shape(family: Metric) -> Metric:
+    """The family as tusd exposes it: no ``_created`` samples, and tusd's plain counters under their own name."""
+    if family.name in PLAIN_COUNTERS and family.type == "counter":
+        plain = Metric(family.name, family.documentation, "unknown")  # typed "counter" again by exposition()
+        for sample in family.samples:
+            if sample.name == family.name + "_total":
+                plain.add_sample(family.name, sample.labels, sample.value)
+        return plain
+    created = family.name + "_created"
+    family.samples = [s for s in family.samples if s.name != created]
+    return family
+
+
+class _Exposed:
+    """The collector registered in a :class:`Metrics` registry."""
+
+    def __init__(self, instruments: _Instruments, directory: str | None) -> None:
+        self._instruments = instruments
+        self._directory = directory
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if self._directory is not None:
+            families: Iterable[Metric] = _multiprocess.MultiProcessCollector(None, self._directory).collect()
+        else:
+            families = (family for instrument in self._instruments.all() for family in instrument.collect())
+        for family in families:
+            yield _tusd_shape(family)
+
+
+class Metrics:
+    """The numbers of one :class:`pytusd.TusApp`.
+
+    ``registry`` is a ``prometheus_client.CollectorRegistry`` holding them (and nothing else); register more
+    collectors in it to serve them at the same path, or read values with
+    ``metrics.registry.get_sample_value("tusd_uploads_finished")``. :meth:`exposition` renders the registry in
+    Prometheus' text format. The recording methods are what the app calls.
+    """
+
+    def __init__(self) -> None:
+        self.multiprocess_dir = multiprocess_dir()
+        if self.multiprocess_dir is not None:
+            os.makedirs(self.multiprocess_dir, exist_ok=True)
+            self._i = _process_instruments()
+        else:
+            self._i = _Instruments()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Exposed(self._i, self.multiprocess_dir))
+        # Set by pytusd's server, which counts connections itself; otherwise requests in progress are counted.
+        self.server_counts_connections = False
+        self._started: OrderedDict[str, float] = OrderedDict()
+
+    def __repr__(self) -> str:
+        mode = f"multiprocess {self.multiprocess_dir!r}" if self.multiprocess_dir else "this process"
+        return f"<pytusd Metrics ({mode})>"
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (0.0.4), byte for byte the shape tusd's endpoint has."""
+        text = generate_latest(self.registry)
+        for name in PLAIN_COUNTERS:
+            text = text.replace(f"# TYPE {name} untyped\n".encode(), f"# TYPE {name} counter\n".encode(), 1)
+        return text
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (0 when it has none yet), e.g. ``value("tusd_errors_total", code=...)``.
+
+        Labels not given are summed over."""
+        total = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    # -- recording --------------------------------------------------------------------------------------------------
+
+    def request(self, method: str) -> None:
+        if method in METHODS:
+            self._i.requests.labels(method).inc()
+
+    def error(self, status: int, code: str) -> None:
+        self._i.errors.labels(str(status), code).inc()
+
+    def bytes_received(self, count: int) -> None:
+        if count > 0:
+            self._i.bytes_received.inc(count)
+
+    def upload_created(self, upload_id: str) -> None:
+        self._i.uploads_created.inc()
+        started = self._started
+        started[upload_id] = time.time()
+        while len(started) > _MAX_TRACKED:
+            started.popitem(last=False)
+
+    def upload_finished(self, upload_id: str, size: int) -> None:
+        self._i.uploads_finished.inc()
+        self._i.upload_size.observe(size)
+        started = self._started.pop(upload_id, None)
+        if started is not None:
+            self._i.upload_duration.observe(max(0.0, time.time() - started))
+
+    def upload_terminated(self, upload_id: str) -> None:
+        self._i.uploads_terminated.inc()
+        self._started.pop(upload_id, None)
+
+    def hook_invoked(self, hook_type: str) -> None:
+        self._i.hook_invocations.labels(hook_type).inc()
+
+    def hook_failed(self, hook_type: str) -> None:
+        self._i.hook_errors.labels(hook_type).inc()
+
+    def hook_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Invocations and failures per hook type, as counted by this process."""
+        from .hooks.base import HOOK_TYPES
+
+        def read(counter: Counter) -> dict[str, int]:
+            counts = dict.fromkeys(HOOK_TYPES, 0)
+            for family in counter.collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        counts[sample.labels["hooktype"]] = int(sample.value)
+            return counts
+
+        return read(self._i.hook_invocations), read(self._i.hook_errors)
+
+    def connection_opened(self) -> None:
+        self._i.connections_open.inc()
+
+    def connection_closed(self) -> None:
+        self._i.connections_open.dec()
+
+    def expired_removed(self, count: int) -> None:
+        if count > 0:
+            self._i.expired_removed.inc(count)
+
+    @contextlib.contextmanager
+    def active_upload(self) -> Iterator[None]:
+        gauge = self._i.active_uploads
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    @contextlib.contextmanager
+    def lock_wait(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._i.lock_wait.observe(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def store_operation(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._i.store_operation.labels(operation).observe(time.perf_counter() - started)
+
+    def process_exited(self) -> None:
+        """Multiprocess mode: drop this process's live gauges (connections, active uploads) from the sums."""
+        if self.multiprocess_dir is not None:
+            _multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
