@@ -205,3 +205,18 @@ async def test_concatenation(make_store, sizes):
     assert (await final.info()).is_complete
     await final.finish()
     assert await read_all(await make_store().get((await final.info()).id)) == b"".join(datas)
+
+
+async def test_listing(make_store):
+    """Every store can enumerate its uploads (``pytusd list``, ``pytusd info``)."""
+    from pytusd.admin import list_uploads
+    from pytusd.stores import Listable
+
+    store = make_store()
+    assert isinstance(store, Listable)
+    ids = {(await (await store.create(UploadInfo(size=n, metadata={"filename": f"{n}.txt"}))).info()).id for n in (3, 4)}
+    listed = [upload_id async for upload_id in make_store().upload_ids()]
+    assert ids <= set(listed)
+    rows = await list_uploads(Config(store=make_store()))
+    assert {row["id"] for row in rows if row["id"] in ids} == ids
+    assert {row["filename"] for row in rows if row["id"] in ids} == {"3.txt", "4.txt"}

@@ -104,6 +104,25 @@ def parse_non_negative_int(text: str) -> int:
     return value
 
 
+TLS_MODES = ("tls12", "tls13", "tls12-strong")
+
+
+def parse_tls_mode(text: str) -> str:
+    if text not in TLS_MODES:
+        raise argparse.ArgumentTypeError("TLS mode must be tls12, tls13 or tls12-strong")
+    return text
+
+
+def parse_non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def parse_port(text: str) -> int:
     value = parse_non_negative_int(text)
     if value > 65535:
@@ -129,8 +148,20 @@ _FLAGS = [
     Flag("behind-proxy", parse_bool, False, "Trust X-Forwarded-Host/-Proto and Forwarded for upload URLs", "Listening"),
     Flag("tls-certificate", str, "", "TLS certificate file (PEM, with intermediates); enables HTTPS", "Listening"),
     Flag("tls-key", str, "", "Key file for --tls-certificate", "Listening"),
+    Flag("tls-mode", parse_tls_mode, "tls12", "TLS versions and ciphers, as tusd: tls12 (TLS 1.2 with ECDHE and AEAD "
+         "ciphers only, and TLS 1.3), tls13 (TLS 1.3 only) or tls12-strong (TLS 1.2 only, AES-256-GCM only)",
+         "Listening"),
+    Flag("workers", parse_non_negative_int, 1, "Server processes sharing the port and the uploads (0: one per CPU "
+         "core); needs a locker that works across processes (file, redis)", "Listening"),
     # protocol
     Flag("max-size", parse_non_negative_int, 0, "Largest upload in bytes (0: no limit)", "Protocol"),
+    Flag("max-metadata-size", parse_non_negative_int, 64 * 1024,
+         "Largest Upload-Metadata header in bytes; larger is 431 ERR_METADATA_TOO_LARGE (0: no limit)", "Protocol"),
+    Flag("max-metadata-pairs", parse_non_negative_int, 256,
+         "Most key-value pairs in Upload-Metadata; more is 431 ERR_METADATA_TOO_LARGE (0: no limit)", "Protocol"),
+    Flag("max-header-size", parse_non_negative_int, 1024 * 1024,
+         "Largest request line plus header fields in bytes, as Go's (tusd's) default; larger is 431 "
+         "ERR_HEADERS_TOO_LARGE (0: the HTTP parser's own limit, none with httptools)", "Protocol"),
     Flag("disable-download", parse_bool, False, "Do not serve uploads with GET", "Protocol"),
     Flag("disable-termination", parse_bool, False, "Do not allow DELETE (termination extension)", "Protocol"),
     Flag(
@@ -222,6 +253,8 @@ _FLAGS = [
     Flag("upload-dir", str, "./data", "Directory to store uploads in", "File storage"),
     Flag("dir-perms", parse_octal, 0o775, "Permissions of created directories (octal)", "File storage"),
     Flag("file-perms", parse_octal, 0o664, "Permissions of created files (octal)", "File storage"),
+    Flag("fsync", parse_bool, False, "Flush data and .info to the device before acknowledging a PATCH or POST, so an "
+         "acknowledged offset survives a power loss (slower; off as in tusd)", "File storage"),
     # S3 (chosen when --s3-bucket is set)
     Flag("s3-bucket", str, "", "Store uploads in this S3 bucket instead of --upload-dir", "S3 storage"),
     Flag("s3-object-prefix", str, "", "Prefix of every object's key (e.g. uploads/)", "S3 storage"),
@@ -282,6 +315,15 @@ _FLAGS = [
     Flag("network-timeout", parse_duration, 60.0, "Close connections idle (or silent mid-body) this long", "Timeouts"),
     Flag("shutdown-timeout", parse_duration, 10.0, "Longest graceful shutdown before exiting anyway", "Timeouts"),
     Flag("acquire-lock-timeout", parse_duration, 20.0, "Longest wait for an upload's lock (then 500)", "Timeouts"),
+    Flag("min-body-rate", parse_non_negative_float, 10.0, "End a request body arriving slower than this many "
+         "bytes/s, on average over each --network-timeout (slowloris); 0: only silence ends it, as in tusd",
+         "Timeouts"),
+    # limits (beyond tusd)
+    Flag("max-concurrent-uploads", parse_non_negative_int, 0, "Most PATCH (or POST with data) requests writing at "
+         "once, per process; more get 503 ERR_TOO_MANY_UPLOADS with Retry-After (0: no limit)", "Limits"),
+    Flag("max-uploads-per-client", parse_non_negative_int, 0, "Most such requests at once per client IP (the last "
+         "X-Forwarded-For entry with --behind-proxy); more get 429 ERR_TOO_MANY_CLIENT_UPLOADS (0: no limit)",
+         "Limits"),
     # output
     Flag("verbose", parse_bool, True, "Log every request", "Output"),
     Flag("log-format", parse_log_format, "text", "Log format: text or json", "Output"),
@@ -469,7 +511,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             concurrent_part_uploads=args.s3_concurrent_part_uploads,
             disable_content_hashes=args.s3_disable_content_hashes,
         )
-    return FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms)
+    return FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync)
 
 
 def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
@@ -497,6 +539,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         locker=locker,
         base_path=args.base_path,
         max_size=args.max_size,
+        max_metadata_size=args.max_metadata_size,
+        max_metadata_pairs=args.max_metadata_pairs,
         behind_proxy=args.behind_proxy,
         disable_download=args.disable_download,
         disable_termination=args.disable_termination,
@@ -514,6 +558,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # 0 means "the default", as in tusd.
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
+        min_body_rate=args.min_body_rate,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        max_uploads_per_client=args.max_uploads_per_client,
         show_greeting=args.show_greeting,
         upload_page=args.upload_page,
         expiration=args.expiration,
@@ -530,6 +577,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.workers`)."""
+    from . import workers
+
+    count = args.workers or os.cpu_count() or 1
+    object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
+    if (args.locker or ("memory" if object_store else "file")) == "memory":
+        parser.error(
+            f"--workers {count}: the memory locker cannot coordinate processes (each worker would lock uploads "
+            "only against itself); use --locker file (a directory on this host, --upload-dir) or --locker redis"
+        )
+    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0)
+
+
 def cleanup(args: argparse.Namespace) -> int:
     """``pytusd cleanup``: remove expired unfinished uploads once (for cron), with the server's flags."""
     import asyncio
@@ -537,6 +598,9 @@ def cleanup(args: argparse.Namespace) -> int:
     from .expiration import Cleaner, supported
 
     config = config_from_args(args)
+    if not supported(config.store, 1.0):
+        print(f"pytusd cleanup: {config.store!r} does not support expiration", file=sys.stderr)
+        return 2
     if not supported(config.store, config.expiration):
         print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
         return 2
@@ -566,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if (args.workers or os.cpu_count() or 1) > 1:
+        start_workers(args, parser)  # returns in each worker process, which goes on below; the parent never returns
 
     from .server import ServeOptions, serve, tune_malloc
 
@@ -586,8 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         unix_socket=args.unix_sock,
         tls_certificate=args.tls_certificate,
         tls_key=args.tls_key,
+        tls_mode=args.tls_mode,
         network_timeout=config.network_timeout,
         shutdown_timeout=args.shutdown_timeout,
+        max_header_size=args.max_header_size,
     )
     base = config.base_path if "://" in config.base_path else options.url + config.base_path
     banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"

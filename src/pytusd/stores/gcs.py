@@ -702,6 +702,21 @@ class GCSStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
+    async def upload_ids(self) -> AsyncIterator[str]:
+        """Every upload, from the names of the ``.info`` objects under the prefix."""
+        stem = self.object_key("")
+
+        def names() -> list[str]:
+            return [b.name for b in self.client.list_blobs(self.bucket, prefix=stem, retry=self._retry)]
+
+        try:
+            listed = await self._call(names)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        for name in listed:
+            if name.endswith(".info") and len(name) > len(stem) + len(".info"):
+                yield name[len(stem) : -len(".info")]
+
     async def terminate(self, upload: GCSUpload) -> None:
         """Delete the chunks, intermediate objects and final object, then the .info (last, so that a failure
         leaves an upload that can be terminated again)."""
