@@ -4,6 +4,20 @@ Serve it with the ``pytusd`` command, or mount :class:`TusApp` in any ASGI appli
 
     from pytusd import Config, FileStore, TusApp
     app = TusApp(Config(store=FileStore("./data"), base_path="/files/"))
+
+As a library (the counterpart of tusd's ``handler`` package):
+
+* :class:`Config`: everything in one typed object; any store (:class:`DataStore`) with any locker
+  (:class:`Locker`); a store advertises only the extensions it implements.
+* ``app.events`` (:class:`Events`): async streams of created, progress, completed and terminated uploads.
+* ``Config(pre_create=..., pre_finish=...)``: async callbacks that can reject or change uploads
+  (:mod:`pytusd.events`), answering with a :class:`HookResponse` or raising :class:`TusError`.
+* ``app.endpoints`` (:class:`Endpoints`): the operations one by one for your own router, with
+  :class:`MethodOverrideMiddleware` (:mod:`pytusd.routing`).
+* ``app.metrics.snapshot()`` (:class:`MetricsSnapshot`): the Prometheus numbers, in-process.
+
+``S3Store``, ``AzureStore``, ``GCSStore`` and ``RedisLocker`` need optional packages (``pip install
+'pytusd[s3]'``, ...); the last three are imported on first use.
 """
 
 __version__ = "0.1.0"
@@ -13,35 +27,87 @@ from typing import TYPE_CHECKING, Any
 from .app import TusApp
 from .config import Config, CorsConfig
 from .errors import TusError
-from .lockers import FileLocker, Locker, MemoryLocker
-from .stores import DataStore, FileStore, S3Store, Upload
+from .events import (
+    EventKind,
+    Events,
+    HTTPRequestInfo,
+    PreCreateCallback,
+    PreFinishCallback,
+    Subscription,
+    UploadEvent,
+)
+from .hooks import HookResponse, Hooks
+from .lockers import FileLocker, Lock, Locker, MemoryLocker
+from .metrics import Metrics, MetricsSnapshot
+from .routing import Endpoint, Endpoints, MethodOverrideMiddleware
+from .rules import UploadRules
+from .stores import (
+    Concatenatable,
+    DataStore,
+    FileStore,
+    LengthDeferrable,
+    S3Store,
+    Terminatable,
+    Upload,
+    Verifiable,
+)
 from .types import UploadInfo
 
 if TYPE_CHECKING:
     from .lockers.redis import RedisLocker as RedisLocker
+    from .stores.azure import AzureStore as AzureStore
+    from .stores.gcs import GCSStore as GCSStore
+
+# Classes whose modules need optional packages: imported on first use (pip install 'pytusd[redis]', ...).
+_LAZY = {
+    "RedisLocker": ("pytusd.lockers.redis", "RedisLocker"),
+    "AzureStore": ("pytusd.stores.azure", "AzureStore"),
+    "GCSStore": ("pytusd.stores.gcs", "GCSStore"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    # RedisLocker needs the optional redis package: imported on first use (pip install 'pytusd[redis]').
-    if name == "RedisLocker":
-        from .lockers.redis import RedisLocker
+    if name in _LAZY:
+        import importlib
 
-        return RedisLocker
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# The lazily imported classes are not in __all__: ``from pytusd import *`` must not need optional packages.
 __all__ = [
+    "Concatenatable",
     "Config",
     "CorsConfig",
     "DataStore",
+    "Endpoint",
+    "Endpoints",
+    "EventKind",
+    "Events",
     "FileLocker",
     "FileStore",
+    "HTTPRequestInfo",
+    "HookResponse",
+    "Hooks",
+    "LengthDeferrable",
+    "Lock",
     "Locker",
     "MemoryLocker",
+    "MethodOverrideMiddleware",
+    "Metrics",
+    "MetricsSnapshot",
+    "PreCreateCallback",
+    "PreFinishCallback",
     "S3Store",
+    "Subscription",
+    "Terminatable",
     "TusApp",
     "TusError",
     "Upload",
+    "UploadEvent",
     "UploadInfo",
+    "UploadRules",
+    "Verifiable",
     "__version__",
 ]

@@ -13,8 +13,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from . import draft, errors, expiration, logs, protocol, tracing
+from . import draft, errors, expiration, limits, logs, protocol, routing, tracing
 from .config import Config
+from .events import Events
 from .errors import TusError
 from .handlers import Handlers
 from .http import Request, Response
@@ -43,6 +44,15 @@ class TusApp:
     It serves ``config.base_path`` (relative to where it is mounted); other paths get 404, except ``/`` which shows
     a greeting when ``config.show_greeting`` is set. Call :meth:`shutdown` (the ``pytusd`` command does so on
     SIGTERM) to end open uploads gracefully: they store what they received and answer 503.
+
+    For the application embedding it:
+
+    - ``app.events`` (:class:`pytusd.Events`): async streams of created, progress, completed and terminated
+      uploads (``async with app.events.completed() as uploads: async for event in uploads: ...``);
+    - ``app.endpoints`` (:class:`pytusd.Endpoints`): the operations one by one, for your own router;
+    - ``app.metrics`` (:class:`pytusd.Metrics`): the Prometheus registry, and ``app.metrics.snapshot()`` to read
+      it in-process;
+    - ``app.config``: the :class:`pytusd.Config` it was made with.
     """
 
     def __init__(self, config: Config) -> None:
@@ -50,7 +60,11 @@ class TusApp:
         # This app's numbers (app.metrics.registry is what config.metrics_path serves) and spans.
         self.metrics = Metrics()
         self.tracing = tracing.Tracing(config.tracer_provider)
-        self.handlers = Handlers(config, self.metrics, self.tracing)
+        # Event streams of this app's uploads (pytusd.events): ``async with app.events.completed() as s: ...``.
+        self.events = Events()
+        self.handlers = Handlers(config, self.metrics, self.tracing, self.events)
+        # The operations one by one, for applications that route themselves (pytusd.routing).
+        self.endpoints = routing.Endpoints(self)
         if config.hooks is not None:
             config.hooks.instrument(self.metrics, self.tracing)  # type: ignore[union-attr]
         logs.install_request_id_filter()
@@ -65,6 +79,13 @@ class TusApp:
         self._cors = config.cors
         self._origin_re = config.cors.origin_pattern
         self._active: set[Request] = set()
+        # --max-concurrent-uploads / --max-uploads-per-client: slots for requests that write (pytusd.limits).
+        self.upload_slots = (
+            limits.UploadSlots(config.max_concurrent_uploads, config.max_uploads_per_client, config.behind_proxy,
+                               config.retry_after)
+            if config.max_concurrent_uploads or config.max_uploads_per_client
+            else None
+        )
         self.shutting_down = False
         self.cleaner = (
             expiration.Cleaner(
@@ -123,12 +144,13 @@ class TusApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request = Request(scope, receive, self.config.network_timeout)
+        request = Request(scope, receive, self.config.network_timeout, self.config.min_body_rate)
         # The request's ID: in its response, its log lines and its hooks' payloads.
         request_id = logs.request_id_from(request.headers.get("x-request-id"))
         token = logs.request_id_var.set(request_id)
         try:
-            endpoint = self._endpoints.get(request.path)
+            # A request reaching us through one of self.endpoints is an upload route wherever it was routed.
+            endpoint = None if routing.OPERATION_KEY in scope else self._endpoints.get(request.path)
             if endpoint is not None:
                 await self._observability(endpoint, request, send, request_id)
             else:
@@ -140,9 +162,13 @@ class TusApp:
         """Whether the path is the uploads' (counted in tusd_requests_total and tusd_errors_total, as in tusd)."""
         return path.startswith(self._prefix) or path == self._prefix_bare
 
+    def _counted(self, request: Request) -> bool:
+        """Whether the request is for the uploads' routes: under the prefix, or served by one of the endpoints."""
+        return routing.OPERATION_KEY in request.scope or self._in_routes(request.path)
+
     async def _tus_http(self, request: Request, send: Send, request_id: str, started: float) -> None:
         metrics = self.metrics
-        in_routes = self._in_routes(request.path)
+        in_routes = self._counted(request)
         if in_routes:
             metrics.request(request.method)
         counts_requests = not metrics.server_counts_connections  # else pytusd's server counts connections
@@ -226,7 +252,7 @@ class TusApp:
             response = Response.from_error(error)
         headers.update(response.headers)
         response.headers = headers
-        if error is not None and self._in_routes(request.path):
+        if error is not None and self._counted(request):
             self.metrics.error(error.status, error.code)
         return response, error.code if error is not None else None
 
@@ -300,7 +326,10 @@ class TusApp:
 
     async def _route(self, request: Request, headers: dict[str, str]) -> Response:
         path = request.path
-        if path.startswith(self._prefix):
+        operation: routing.Operation | None = request.scope.get(routing.OPERATION_KEY)
+        if operation is not None:  # routed by the application to one of self.endpoints
+            upload_id = operation.upload_id(request, self._prefix)
+        elif path.startswith(self._prefix):
             upload_id = path[len(self._prefix) :].strip("/")
         elif path == self._prefix_bare:
             upload_id = ""
@@ -320,7 +349,8 @@ class TusApp:
 
         cors = self._cors
         if not cors.disable and (origin := request.headers.get("origin")):
-            if not self._origin_re.search(origin):
+            # The Origin is reflected in a header: one that is not a serialized origin is never allowed.
+            if not protocol.is_origin(origin) or not self._origin_re.search(origin):
                 raise errors.ERR_ORIGIN_NOT_ALLOWED()
             headers["Access-Control-Allow-Origin"] = origin
             headers["Vary"] = "Origin"
@@ -333,11 +363,16 @@ class TusApp:
             else:
                 headers["Access-Control-Expose-Headers"] = cors.expose_header
 
+        if operation is not None:
+            operation.check_method(method)  # 405 with Allow for a method the endpoint does not serve
         if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE"):
             await self.handlers.authorize(request)
         version = draft.interop_version(request) if self.draft is not None else None
         if version is not None:
             del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses
+            if self.upload_slots is not None and self.upload_slots.applies(request):
+                with self.upload_slots.slot(request):  # 503/429 with Retry-After when none is free
+                    return await self._route_draft(request, version, upload_id)
             return await self._route_draft(request, version, upload_id)
         if method == "OPTIONS":
             return self.handlers.options(request)
@@ -345,8 +380,13 @@ class TusApp:
             raise errors.ERR_UNSUPPORTED_VERSION()
         if self.shutting_down:
             raise errors.ERR_SERVER_SHUTDOWN()
+        if self.upload_slots is not None and self.upload_slots.applies(request):
+            with self.upload_slots.slot(request):  # 503/429 with Retry-After when none is free; the body stays unread
+                return await self._dispatch(request, upload_id)
+        return await self._dispatch(request, upload_id)
 
-        handlers = self.handlers
+    async def _dispatch(self, request: Request, upload_id: str) -> Response:
+        handlers, method = self.handlers, request.method
         if not upload_id:
             if method == "POST":
                 return await handlers.create(request)

@@ -5,18 +5,23 @@ without raising into the store, when
 
 - the client disconnects (ERR_UNEXPECTED_EOF),
 - no data arrives for ``network_timeout`` seconds (ERR_READ_TIMEOUT),
+- with ``min_rate``: fewer than ``min_rate`` bytes per second arrive, on average over every ``network_timeout``
+  seconds of waiting for them (ERR_READ_TIMEOUT; a body trickling in a byte at a time, slowloris style),
 - more data arrives than ``limit`` allows (ERR_UPLOAD_SIZE_EXCEEDED, the allowed part is still handed on),
 - :meth:`interrupt` is called: another request wants the upload's lock (ERR_UPLOAD_INTERRUPTED), the server shuts
   down (ERR_SERVER_SHUTDOWN), or a hook stops the upload.
 
 The reason is kept in :attr:`error` for the handler to answer with, after the store has stored every byte it was
-given. Per chunk, the hot path only records the time; one timer per request checks for silence.
+given. Per chunk, the hot path only records the time; one timer per request checks for silence. Only time spent
+waiting for the client counts: while a store is busy with a chunk, the client cannot be blamed for sending nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from . import errors
 from .errors import TusError
@@ -34,13 +39,18 @@ class RequestBody:
         "_task",
         "_waiting",
         "_cancelling",
-        "_last",
+        "_wait_start",
+        "_waited",
+        "_min_rate",
+        "_window",
         "_timer",
+        "splicer",
     )
 
-    def __init__(self, receive: Receive, network_timeout: float, limit: int) -> None:
+    def __init__(self, receive: Receive, network_timeout: float, limit: int, min_rate: float = 0.0) -> None:
         self._receive = receive
         self._timeout = network_timeout
+        self._min_rate = min_rate
         self.limit = limit
         self.received = 0
         self.error: TusError | None = None
@@ -48,8 +58,13 @@ class RequestBody:
         self._task: asyncio.Task[object] | None = None
         self._waiting = False
         self._cancelling = False
-        self._last = 0.0
+        self._wait_start = 0.0  # when the current (or last) wait for a chunk began
+        self._waited = 0.0  # seconds spent waiting for chunks, the current wait excluded
+        self._window = (0.0, 0)  # (_waited, received) when the current min_rate window began
         self._timer: asyncio.TimerHandle | None = None
+        # pytusd's own server, for a Content-Length body on a plain connection: moves the body into a file by
+        # splice(2) (pytusd.fastbody); see splice_into().
+        self.splicer: Any = None
 
     def interrupt(self, error: TusError) -> None:
         """Stop reading as soon as possible; the first reason given is the one reported."""
@@ -61,22 +76,109 @@ class RequestBody:
 
     def _check_silence(self) -> None:
         loop = asyncio.get_running_loop()
-        idle = loop.time() - self._last
-        if idle >= self._timeout and self._waiting:
-            self._timer = None
+        self._timer = None
+        silent = loop.time() - self._wait_start if self._waiting else 0.0
+        if silent >= self._timeout:
             self.interrupt(errors.ERR_READ_TIMEOUT())
-        else:
-            self._timer = loop.call_later(max(self._timeout - idle, 0.001), self._check_silence)
+            return
+        next_check = self._timeout - silent
+        if self._min_rate:
+            waited = self._waited + silent
+            window_waited, window_received = self._window
+            span = waited - window_waited
+            if span >= self._timeout:
+                if self.received - window_received < self._min_rate * span:
+                    self.interrupt(errors.ERR_READ_TIMEOUT(
+                        f"the request body arrived slower than {self._min_rate:g} bytes/s"
+                    ))
+                    return
+                self._window = (waited, self.received)
+                span = 0.0
+            next_check = min(next_check, self._timeout - span)
+        self._timer = loop.call_later(max(next_check, 0.01), self._check_silence)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> BodyChunks:
+        """The body's chunks, as an async iterator (with :meth:`BodyChunks.splice_into` for stores that write to a
+        file descriptor)."""
+        return BodyChunks(self)
+
+    async def splice_into(self, fd: int, offset: int, done: Callable[[int], None]) -> bool:
+        """Write the body into ``fd`` from ``offset`` without it passing through Python, where the server can
+        (pytusd's own, plain HTTP, a Content-Length body): ``done(n)`` after every ``n`` bytes written. Returns
+        False, having read nothing, when it cannot; then iterate :meth:`chunks`. File errors raise OSError (after
+        ``done`` was told what was written). Timeouts, :meth:`interrupt` and :attr:`received` work as for chunks."""
+        splicer = self.splicer
+        if splicer is None or self.error is not None or self._task is not None:
+            return False
+        pending = splicer.take_pending()
+        if pending is None:
+            return False
+        loop = asyncio.get_running_loop()
+        position = offset
+        for chunk in pending:  # what arrived with the head: ours to write
+            chunk = chunk[: self.limit - self.received]
+            view = memoryview(chunk)
+            while view:
+                n = os.pwrite(fd, view, position)
+                position += n
+                view = view[n:]
+                done(n)
+            self.received += len(chunk)
+        left = min(splicer.body_left(), self.limit - self.received)
+        if left <= 0:
+            self._ended(splicer.body_left())
+            return True
+
+        def progress(n: int) -> None:
+            now = loop.time()
+            self._waited += now - self._wait_start
+            self._wait_start = now  # bytes arrived: the silence starts again
+            self.received += n
+            done(n)
+
+        self._task = asyncio.current_task()
+        self._timer = loop.call_later(self._timeout, self._check_silence)
+        self._wait_start = loop.time()
+        self._waiting = True
+        try:
+            remaining = await splicer.splice(fd, position, left, progress)
+        except asyncio.CancelledError:
+            splicer.stop_splice()
+            if not self._cancelling:
+                raise
+            self._cancelling = False
+            if self._task is not None:
+                self._task.uncancel()
+            return True
+        finally:
+            self._waiting = False
+            self._waited += loop.time() - self._wait_start
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._task = None
+        if remaining < 0:
+            self.interrupt(errors.ERR_UNEXPECTED_EOF("the client closed the connection"))
+        else:
+            self._ended(remaining)
+        return True
+
+    def _ended(self, remaining: int) -> None:
+        """A splice stopped at the end of the body (nothing ``remaining``), or at the limit."""
+        if remaining == 0:
+            self.complete = True
+        else:
+            self.interrupt(errors.ERR_UPLOAD_SIZE_EXCEEDED())
+
+    async def _iter_chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        self._last = loop.time()
         self._timer = loop.call_later(self._timeout, self._check_silence)
         receive = self._receive
         more = True
         try:
             while more and self.error is None:
+                self._wait_start = loop.time()
                 self._waiting = True
                 try:
                     message = await receive()
@@ -89,6 +191,7 @@ class RequestBody:
                     return
                 finally:
                     self._waiting = False
+                    self._waited += loop.time() - self._wait_start
                 if message["type"] != "http.request":
                     self.interrupt(errors.ERR_UNEXPECTED_EOF("the client closed the connection"))
                     return
@@ -96,7 +199,6 @@ class RequestBody:
                 more = message.get("more_body", False)
                 if not more:
                     self.complete = True
-                self._last = loop.time()
                 if chunk:
                     room = self.limit - self.received
                     if len(chunk) > room:
@@ -112,3 +214,26 @@ class RequestBody:
                 self._timer.cancel()
                 self._timer = None
             self._task = None
+
+
+class BodyChunks:
+    """:meth:`RequestBody.chunks`: an async iterator of the body's chunks, which can also splice (see
+    :meth:`RequestBody.splice_into`) for a store that writes to a file descriptor."""
+
+    __slots__ = ("_body", "_chunks")
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+        self._chunks = body._iter_chunks()
+
+    def __aiter__(self) -> BodyChunks:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+    def splice_into(self, fd: int, offset: int, done: Callable[[int], None]) -> Awaitable[bool]:
+        return self._body.splice_into(fd, offset, done)

@@ -65,7 +65,16 @@ class Concatenation:
         store = self.handlers.store
         partials = []
         for partial_id in info.partial_uploads:
-            partial = await store.get(partial_id)
+            try:
+                partial = await store.get(partial_id)
+            except errors.TusError as exc:
+                if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
+                    raise
+                # A partial was terminated (or expired) first: this final can never be concatenated. It stays an
+                # unfinished final (HEAD without an offset) that can be terminated; passing the partial's 404 on made
+                # the final itself answer 404 to everything, DELETE included.
+                log.warning("final upload %s names partial %s, which is gone", info.id, partial_id)
+                return info
             if not (await partial.info()).is_complete:
                 return info
             partials.append(partial)

@@ -19,10 +19,18 @@ PARTIAL_UPLOAD_TYPE = "application/partial-upload"
 PROBLEM_BASE = "https://iana.org/assignments/http-problem-types#"
 
 
-def interop_version(request: Request) -> int | None:
-    value = request.headers.get("upload-draft-interop-version", "").strip()
-    version = int(value) if value.isdigit() and len(value) < 3 else None
+def parse_interop_version(value: str | None) -> int | None:
+    """``Upload-Draft-Interop-Version`` -> a supported version, or None (the request is then tus 1.0).
+
+    ASCII digits only: ``"²"`` (a Latin-1 byte) is a digit to :meth:`str.isdigit` but not to :func:`int`.
+    """
+    value = (value or "").strip()
+    version = int(value) if len(value) < 3 and value.isascii() and value.isdigit() else None
     return version if version in VERSIONS else None
+
+
+def interop_version(request: Request) -> int | None:
+    return parse_interop_version(request.headers.get("upload-draft-interop-version"))
 
 
 def _problem(error: errors.TusError, version: int, kind: str, title: str, **fields: int) -> errors.TusError:
@@ -89,6 +97,7 @@ class DraftFlows:
             metadata["filename"] = name
         info = UploadInfo(size=length or 0, size_is_deferred=length is None, metadata=metadata)
         upload, info = await handlers.create_upload(request, info)  # counted and logged
+        handlers.announce("created", info, request)  # the post-create hook and the created event, as in tus 1.0
         url = handlers.upload_url(request, info.id)
         response = Response(201, {"Location": url, **self._base_headers(version)})
         try:

@@ -7,6 +7,7 @@ clients and dashboards that know tusd read them unchanged; the messages are ours
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 
 
@@ -68,6 +69,18 @@ def _error(code: str, message: str, status: int) -> TusError:
     return TusError(code, message, status)
 
 
+def storage_error(exc: OSError) -> TusError:
+    """What a client is told when the local storage fails: 507 when it is full, a clear 500 when it is read-only
+    or not writable (permissions), else 500 with the OS error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ERR_STORAGE_FULL()
+    if exc.errno == errno.EROFS:
+        return ERR_STORAGE_READ_ONLY()
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ERR_STORAGE_READ_ONLY(f"the storage is not writable: {exc.strerror or exc}")
+    return ERR_INTERNAL_SERVER_ERROR(f"storage error: {exc.strerror or exc}")
+
+
 # The catalogue. Each is a template: ``raise ERR_X()`` or ``raise ERR_X("more precise message")``.
 ERR_UNSUPPORTED_VERSION = _error("ERR_UNSUPPORTED_VERSION", "Tus-Resumable must be 1.0.0", 412)
 ERR_MAX_SIZE_EXCEEDED = _error("ERR_MAX_SIZE_EXCEEDED", "upload is larger than the server allows", 413)
@@ -112,6 +125,17 @@ ERR_INVALID_HEADER = _error("ERR_INVALID_HEADER", "a request header is invalid",
 ERR_RANGE_NOT_SATISFIABLE = _error("ERR_RANGE_NOT_SATISFIABLE", "the requested range is not available", 416)
 ERR_METHOD_NOT_ALLOWED = _error("ERR_METHOD_NOT_ALLOWED", "method not allowed here", 405)
 ERR_STORAGE_FULL = _error("ERR_STORAGE_FULL", "the storage is full; the data received so far is stored", 507)
+# Not tusd's (tusd answers 500 ERR_INTERNAL_SERVER_ERROR with the OS error): a read-only or non-writable storage.
+ERR_STORAGE_READ_ONLY = _error(
+    "ERR_STORAGE_READ_ONLY", "the storage is read-only; the data received so far is stored", 500
+)
+# Beyond tusd: --max-concurrent-uploads (503) and --max-uploads-per-client (429), with Retry-After.
+ERR_TOO_MANY_UPLOADS = _error(
+    "ERR_TOO_MANY_UPLOADS", "the server is receiving as many uploads as it allows; retry later", 503
+)
+ERR_TOO_MANY_CLIENT_UPLOADS = _error(
+    "ERR_TOO_MANY_CLIENT_UPLOADS", "this client is sending as many uploads at once as the server allows; retry later", 429
+)
 ERR_PRECONDITION_FAILED = _error("ERR_PRECONDITION_FAILED", "a precondition of the request does not hold", 412)
 ERR_CHECKSUM_MISMATCH = _error("ERR_CHECKSUM_MISMATCH", "the data does not match Upload-Checksum; nothing was stored", 460)
 ERR_UNSUPPORTED_CHECKSUM_ALGORITHM = _error(
@@ -121,3 +145,10 @@ ERR_INVALID_CHECKSUM = _error("ERR_INVALID_CHECKSUM", "Upload-Checksum must be '
 ERR_UPLOAD_EXPIRED = _error("ERR_UPLOAD_EXPIRED", "this upload expired before it was finished and was removed", 410)
 ERR_INCOMPLETE_UPLOAD = _error("ERR_INCOMPLETE_UPLOAD", "cannot stream non-finished upload", 400)
 ERR_ACCESS_DENIED = _error("ERR_ACCESS_DENIED", "access to this upload was denied", 403)
+ERR_INVALID_METADATA = _error(
+    "ERR_INVALID_METADATA", "Upload-Metadata must be comma-separated '<key> <base64 value>' pairs, keys unique", 400
+)
+ERR_METADATA_TOO_LARGE = _error("ERR_METADATA_TOO_LARGE", "Upload-Metadata is larger than this server allows", 431)
+ERR_HEADERS_TOO_LARGE = _error(
+    "ERR_HEADERS_TOO_LARGE", "the request's header fields are larger than this server allows", 431
+)

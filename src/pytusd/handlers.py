@@ -15,6 +15,7 @@ from . import checksums, errors, expiration, logs, protocol, tracing
 from .body import RequestBody
 from .concat import Concatenation
 from .config import Config
+from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEvent, rejection, run_callback
 from .hooks import HookResponse
 from .http import Request, Response
 from .metrics import Metrics
@@ -49,9 +50,17 @@ def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
 
 
 class Handlers:
-    def __init__(self, config: Config, metrics: Metrics | None = None, tracer: tracing.Tracing | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
+        events: Events | None = None,
+    ) -> None:
         self.config = config
         self.hooks = config.hooks
+        # app.events: the event streams (created, progress, completed, terminated) published next to the hooks.
+        self.events = events if events is not None else Events()
         self.metrics = metrics if metrics is not None else Metrics()
         self.tracing = tracer if tracer is not None else tracing.Tracing(config.tracer_provider)
         # What a deferred-length upload may grow to: the server's limit or an upload rule's, whichever is lower.
@@ -98,6 +107,54 @@ class Handlers:
         if "://" in self.config.base_path:
             return self.config.route_prefix
         return request.mount_prefix + self.config.base_path
+
+    def event_request(self, request: Request, http: dict[str, object] | None = None) -> HTTPRequestInfo:
+        """The request as events and callbacks see it (what hooks get as ``HTTPRequest``)."""
+        state = request.scope.get("state")
+        return HTTPRequestInfo.from_hook_http(http if http is not None else request.hook_http(),
+                                              logs.request_id_var.get(), state if state is not None else {})
+
+    def announce(self, kind: EventKind, info: UploadInfo, request: Request) -> None:
+        """A notification: the matching post-* hook fires (in the background) and the event goes to the
+        subscribers of ``app.events``; neither ever delays or fails the request."""
+        hook_type = HOOK_OF_EVENT[kind]
+        http = None
+        if self.hooks is not None and self.hooks.wants(hook_type):
+            http = request.hook_http()
+            self.hooks.fire(hook_type, info, http)
+        if self.events.wants(kind):
+            self.events.publish(UploadEvent(kind, info, self.event_request(request, http)))
+
+    async def pre_create(self, request: Request, info: UploadInfo) -> tuple[UploadInfo, HookResponse | None]:
+        """The pre-create hook, then ``config.pre_create``: each may reject the upload or change it; their
+        answers are merged (for the 201 response) and the info returned carries their changes."""
+        answer = None
+        if self.hooks is not None and self.hooks.wants("pre-create"):
+            answer = await self.hooks.call("pre-create", info, request.hook_http())
+            info = apply_pre_create(info, answer)
+        if self.config.pre_create is not None:
+            extra = await run_callback(self.config.pre_create, "pre-create", info, self.event_request(request))
+            info = apply_pre_create(info, extra)
+            if answer is None:
+                answer = extra
+            else:
+                answer.merge(extra)
+        return info, answer
+
+    async def pre_finish(self, request: Request, info: UploadInfo, response: Response | None) -> None:
+        """The pre-finish hook, then ``config.pre_finish``: their answers shape the response (when there is one).
+        A callback raising TusError answers with that error's status, body and headers."""
+        if self.hooks is not None and self.hooks.wants("pre-finish"):
+            answer = await self.hooks.call("pre-finish", info, request.hook_http())
+            if response is not None:
+                merge_hook_response(response, answer)
+        if self.config.pre_finish is not None:
+            try:
+                answer = await run_callback(self.config.pre_finish, "pre-finish", info, self.event_request(request))
+            except errors.TusError as exc:
+                answer = rejection(exc)
+            if response is not None:
+                merge_hook_response(response, answer)
 
     @contextlib.contextmanager
     def store_operation(self, operation: str, upload_id: str | None = None) -> Iterator[None]:
@@ -146,16 +203,30 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
-        reports_progress = self.hooks is not None and self.hooks.wants("post-receive")
-        progress = self._report_progress(request, info, body) if reports_progress else None
+        hook_progress = self.hooks is not None and self.hooks.wants("post-receive")
+        reports_progress = hook_progress or self.events.wants("progress")
+        progress = self._report_progress(request, info, body, hook_progress) if reports_progress else None
         try:
             with self.metrics.active_upload(), self.store_operation("write", info.id):
                 written = await self._write_chunks(request, upload, offset, body)
+        except errors.TusError as exc:
+            if exc.code not in ("ERR_STORAGE_FULL", "ERR_STORAGE_READ_ONLY"):
+                raise
+            # The bytes stored before the storage failed are kept: tell the client where to resume from.
+            stored = (await upload.info()).offset
+            log.warning(
+                "upload %s: %s at offset %d", info.id, exc.code, stored,
+                extra=logs.fields(event="StorageFailed", upload_id=info.id, offset=stored, reason=exc.code),
+            )
+            raise exc(headers={"Upload-Offset": str(stored)}) from exc
         finally:
             if progress is not None:
                 progress.cancel()
         self.metrics.bytes_received(written)
         info = info.replace(offset=offset + written)
+        # How the body ended decides the answer. A request that got all of it may still be asked to let go while it
+        # finishes (another request wants the lock of the final it is completing, or this upload's): too late then.
+        error = body.error
         if body.error is not None and body.error.code == "ERR_UPLOAD_STOPPED":
             if self.can_terminate:
                 with self.store_operation("terminate", info.id):
@@ -166,6 +237,7 @@ class Handlers:
                     extra=logs.fields(event="UploadTerminated", upload_id=info.id, offset=info.offset,
                                       reason="stopped"),
                 )
+                self.announce("terminated", info, request)  # as tusd: a stopped upload is a terminated one
             raise body.error
         if body.error is not None:
             log.info(
@@ -173,8 +245,8 @@ class Handlers:
                 extra=logs.fields(event="UploadInterrupted", upload_id=info.id, offset=info.offset,
                                   received=written, reason=body.error.code),
             )
-        if reports_progress and written:
-            self.hooks.fire("post-receive", info, request.hook_http())  # type: ignore[union-attr]
+        if written:
+            self.announce("progress", info, request)
         response.headers["Upload-Offset"] = str(info.offset)
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
@@ -182,26 +254,33 @@ class Handlers:
             await self.finished(request, upload, info, response)
             if info.is_partial:
                 await self.concat.partial_completed(request, info.id)
-        if body.error is not None:
-            raise body.error(headers={"Upload-Offset": str(info.offset)})
+        if error is not None:
+            raise error(headers={"Upload-Offset": str(info.offset)})
         return info
 
-    def _report_progress(self, request: Request, info: UploadInfo, body: RequestBody) -> asyncio.Task[None]:
-        """post-receive while a body streams: every progress interval in which bytes arrived. A hook answering
+    def _report_progress(
+        self, request: Request, info: UploadInfo, body: RequestBody, hook_progress: bool
+    ) -> asyncio.Task[None]:
+        """post-receive and ``progress`` events while a body streams: every progress interval in which bytes
+        arrived (the hooks' interval when a post-receive hook is bound, else the events'). A hook answering
         StopUpload ends the request (400 ERR_UPLOAD_STOPPED, or its own response) and the upload is terminated."""
         hooks = self.hooks
-        assert hooks is not None
+        events = self.events
+        interval = hooks.progress_interval if hook_progress and hooks is not None else events.progress_interval
 
         async def report() -> None:
             reported = 0
             while True:
-                await asyncio.sleep(hooks.progress_interval)
+                await asyncio.sleep(interval)
                 if body.received == reported:
                     continue
                 reported = body.received
-                answer = await hooks.observe(
-                    "post-receive", info.replace(offset=info.offset + reported), request.hook_http()
-                )
+                current = info.replace(offset=info.offset + reported)
+                if events.wants("progress"):
+                    events.publish(UploadEvent("progress", current, self.event_request(request)))
+                if not hook_progress or hooks is None:
+                    continue
+                answer = await hooks.observe("post-receive", current, request.hook_http())
                 if answer is not None and answer.stop_upload:
                     request.interrupt(answer.error(errors.ERR_UPLOAD_STOPPED))
                     return
@@ -248,12 +327,8 @@ class Handlers:
         self.metrics.upload_finished(info.id, info.size)
         log.info("upload %s finished (%d bytes)", info.id, info.size,
                  extra=logs.fields(event="UploadFinished", upload_id=info.id, size=info.size))
-        if self.hooks is not None:
-            if self.hooks.wants("pre-finish"):
-                answer = await self.hooks.call("pre-finish", info, request.hook_http())
-                if response is not None:
-                    merge_hook_response(response, answer)
-            self.hooks.fire("post-finish", info, request.hook_http())
+        await self.pre_finish(request, info, response)
+        self.announce("completed", info, request)
 
     async def authorize(self, request: Request) -> None:
         """pre-access: the hook sees the upload and the request before any HEAD, PATCH, GET or DELETE and may refuse
@@ -302,6 +377,12 @@ class Handlers:
         if concat_header and not self.can_concat:
             raise errors.ERR_CONCATENATION_UNSUPPORTED()
         kind, partial_urls = protocol.parse_concat(concat_header)
+        metadata = protocol.parse_metadata(
+            headers.get("upload-metadata"),
+            strict=True,
+            max_size=self.config.max_metadata_size,
+            max_pairs=self.config.max_metadata_pairs,
+        )
         partials: list[Upload] = []
         partials_complete = True
         if kind == "final":
@@ -320,24 +401,20 @@ class Handlers:
         info = UploadInfo(
             size=size,
             size_is_deferred=deferred,
-            metadata=protocol.parse_metadata(headers.get("upload-metadata")),
+            metadata=metadata,
             is_partial=kind == "partial",
             is_final=kind == "final",
             partial_uploads=tuple([(await p.info()).id for p in partials]),
         )
         if self.config.rules is not None:
             self.config.rules.check(info)
-        hook_answer = None
-        if self.hooks is not None and self.hooks.wants("pre-create"):
-            hook_answer = await self.hooks.call("pre-create", info, request.hook_http())
-            info = apply_pre_create(info, hook_answer)
+        info, hook_answer = await self.pre_create(request, info)
         upload, info = await self.create_upload(request, info)
         url = self.upload_url(request, info.id)
         response = Response(201, {"Location": url})
         if hook_answer is not None:
             merge_hook_response(response, hook_answer)
-        if self.hooks is not None:
-            self.hooks.fire("post-create", info, request.hook_http())
+        self.announce("created", info, request)
         if self.expiration and not info.is_complete and kind != "final":
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         try:
@@ -431,8 +508,7 @@ class Handlers:
         self.metrics.upload_terminated(upload_id)
         log.info("upload %s terminated", upload_id,
                  extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))
-        if self.hooks is not None:
-            self.hooks.fire("post-terminate", info, request.hook_http())
+        self.announce("terminated", info, request)
         return response
 
     async def get(self, request: Request) -> Response:

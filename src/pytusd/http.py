@@ -18,6 +18,8 @@ from .types import Receive, Scope, Send
 # The scope extension under which pytusd's own server passes request trailers (a list of (name, value) byte pairs,
 # complete once the last body chunk was received). ASGI itself has no event for request trailers.
 TRAILERS_EXTENSION = "pytusd.request_trailers"
+# The scope extension under which pytusd's own server offers to splice a request body into a file (pytusd.fastbody).
+SPLICE_EXTENSION = "pytusd.splice"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -43,9 +45,10 @@ class Request:
         "body",
         "stop_error",
         "network_timeout",
+        "min_body_rate",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, network_timeout: float) -> None:
+    def __init__(self, scope: Scope, receive: Receive, network_timeout: float, min_body_rate: float = 0.0) -> None:
         self.scope = scope
         self.receive = receive
         self.headers = _headers(scope)
@@ -63,6 +66,7 @@ class Request:
         self.body: RequestBody | None = None
         self.stop_error: TusError | None = None
         self.network_timeout = network_timeout
+        self.min_body_rate = min_body_rate
 
     @property
     def content_length(self) -> int | None:
@@ -74,7 +78,8 @@ class Request:
 
     def open_body(self, limit: int) -> RequestBody:
         """The body as a :class:`RequestBody` reading at most ``limit`` bytes."""
-        body = RequestBody(self.receive, self.network_timeout, limit)
+        body = RequestBody(self.receive, self.network_timeout, limit, self.min_body_rate)
+        body.splicer = self.scope.get("extensions", {}).get(SPLICE_EXTENSION)
         if self.stop_error is not None:
             body.error = self.stop_error
         self.body = body

@@ -32,10 +32,11 @@ that mode all apps of a process share one set of numbers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -167,19 +168,78 @@ class _Exposed:
 
     def collect(self) -> Iterator[Metric]:
         if self._directory is not None:
-            families: Iterable[Metric] = _multiprocess.MultiProcessCollector(None, self._directory).collect()
+            collector = _multiprocess.MultiProcessCollector(None, self._directory)  # type: ignore[no-untyped-call]
+            families: Iterable[Metric] = collector.collect()  # type: ignore[no-untyped-call]
         else:
             families = (family for instrument in self._instruments.all() for family in instrument.collect())
         for family in families:
             yield _tusd_shape(family)
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricsSnapshot:
+    """The numbers of an app at one moment, read from its registry: what its Prometheus endpoint shows (tusd's
+    ``Metrics``: RequestsTotal, ErrorsTotal, BytesReceived, UploadsCreated, UploadsFinished, UploadsTerminated).
+
+    In multiprocess mode they are the sums over all processes, as the endpoint's are.
+    """
+
+    requests: Mapping[str, int]
+    """Requests per method (``GET``, ``HEAD``, ``POST``, ``PATCH``, ``DELETE``, ``OPTIONS``):
+    ``tusd_requests_total``."""
+    errors: Mapping[tuple[int, str], int]
+    """Error responses per ``(status, tus error code)``: ``tusd_errors_total``."""
+    bytes_received: int
+    """Upload bytes stored: ``tusd_bytes_received``."""
+    uploads_created: int
+    """``tusd_uploads_created``."""
+    uploads_finished: int
+    """``tusd_uploads_finished``."""
+    uploads_terminated: int
+    """``tusd_uploads_terminated`` (DELETE, or stopped by a hook)."""
+    connections_open: int
+    """``tusd_connections_open`` (see the module's notes)."""
+    active_uploads: int
+    """Requests writing upload data right now: ``pytusd_active_uploads``."""
+    expired_uploads_removed: int
+    """``pytusd_expired_uploads_removed_total``."""
+    hook_invocations: Mapping[str, int]
+    """Hook calls per hook type: ``tusd_hook_invocations_total``."""
+    hook_errors: Mapping[str, int]
+    """Failed hook calls per hook type: ``tusd_hook_errors_total``."""
+
+    @property
+    def requests_total(self) -> int:
+        """All requests, whatever their method."""
+        return sum(self.requests.values())
+
+    @property
+    def errors_by_code(self) -> dict[str, int]:
+        """Error responses per tus error code (``ERR_UPLOAD_NOT_FOUND``: 3, ...)."""
+        counts: dict[str, int] = {}
+        for (_, code), count in self.errors.items():
+            counts[code] = counts.get(code, 0) + count
+        return counts
+
+    @property
+    def errors_by_status(self) -> dict[int, int]:
+        """Error responses per HTTP status."""
+        counts: dict[int, int] = {}
+        for (status, _), count in self.errors.items():
+            counts[status] = counts.get(status, 0) + count
+        return counts
+
+    @property
+    def errors_total(self) -> int:
+        return sum(self.errors.values())
+
+
 class Metrics:
     """The numbers of one :class:`pytusd.TusApp`.
 
     ``registry`` is a ``prometheus_client.CollectorRegistry`` holding them (and nothing else); register more
-    collectors in it to serve them at the same path, or read values with
-    ``metrics.registry.get_sample_value("tusd_uploads_finished")``. :meth:`exposition` renders the registry in
+    collectors in it to serve them at the same path. Read them in-process with :meth:`snapshot` (a typed
+    :class:`MetricsSnapshot`, tusd's ``Metrics``) or :meth:`value`; :meth:`exposition` renders the registry in
     Prometheus' text format. The recording methods are what the app calls.
     """
 
@@ -208,6 +268,53 @@ class Metrics:
         for name in PLAIN_COUNTERS:
             text = text.replace(f"# TYPE {name} untyped\n".encode(), f"# TYPE {name} counter\n".encode(), 1)
         return text
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The current numbers as a :class:`MetricsSnapshot`, read from the registry in one pass, so they are
+        exactly what ``config.metrics_path`` serves.
+
+        >>> app.metrics.snapshot().uploads_finished
+        """
+        requests: dict[str, int] = dict.fromkeys(METHODS, 0)
+        errors: dict[tuple[int, str], int] = {}
+        hooks: dict[str, dict[str, int]] = {"tusd_hook_invocations_total": {}, "tusd_hook_errors_total": {}}
+        plain = {
+            "tusd_bytes_received": 0.0,
+            "tusd_uploads_created": 0.0,
+            "tusd_uploads_finished": 0.0,
+            "tusd_uploads_terminated": 0.0,
+            "tusd_connections_open": 0.0,
+            "pytusd_active_uploads": 0.0,
+            "pytusd_expired_uploads_removed_total": 0.0,
+        }
+        for family in self.registry.collect():
+            for sample in family.samples:
+                name, labels, value = sample.name, sample.labels, sample.value
+                if name == "tusd_requests_total":
+                    method = labels.get("method", "")
+                    requests[method] = requests.get(method, 0) + int(value)
+                elif name == "tusd_errors_total":
+                    key = (int(labels.get("status", "0") or 0), labels.get("code", ""))
+                    errors[key] = errors.get(key, 0) + int(value)
+                elif name in hooks:
+                    per_type = hooks[name]
+                    hook_type = labels.get("hooktype", "")
+                    per_type[hook_type] = per_type.get(hook_type, 0) + int(value)
+                elif name in plain:
+                    plain[name] += value
+        return MetricsSnapshot(
+            requests=requests,
+            errors=errors,
+            bytes_received=int(plain["tusd_bytes_received"]),
+            uploads_created=int(plain["tusd_uploads_created"]),
+            uploads_finished=int(plain["tusd_uploads_finished"]),
+            uploads_terminated=int(plain["tusd_uploads_terminated"]),
+            connections_open=int(plain["tusd_connections_open"]),
+            active_uploads=int(plain["pytusd_active_uploads"]),
+            expired_uploads_removed=int(plain["pytusd_expired_uploads_removed_total"]),
+            hook_invocations=hooks["tusd_hook_invocations_total"],
+            hook_errors=hooks["tusd_hook_errors_total"],
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when it has none yet), e.g. ``value("tusd_errors_total", code=...)``.
@@ -309,4 +416,4 @@ class Metrics:
     def process_exited(self) -> None:
         """Multiprocess mode: drop this process's live gauges (connections, active uploads) from the sums."""
         if self.multiprocess_dir is not None:
-            _multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+            _multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]

@@ -106,29 +106,52 @@ def new_hasher(algorithm: str) -> hashlib._Hash | _Crc32:  # type: ignore[name-d
 _METADATA_KEY = re.compile(r"[!-~]+")  # visible ASCII; a key has no space and no comma by construction
 
 
-def parse_metadata(header: str | None) -> dict[str, str]:
+def parse_metadata(
+    header: str | None, *, strict: bool = False, max_size: int = 0, max_pairs: int = 0
+) -> dict[str, str]:
     """Parse ``Upload-Metadata`` the way tusd does.
 
     Pairs are split on ``,`` and trimmed, then on a single space. A pair with more than two parts or an empty key
     is skipped, a key without a value maps to ``""``, a value that is not valid base64 (or not UTF-8) drops the pair,
     and a later duplicate key wins. An empty header means no metadata (tuspy sends one).
+
+    ``strict`` (what the request flows use; tusd drops such pairs silently) answers every pair that would be
+    dropped, and a repeated key (the spec says keys are unique), with 400 ERR_INVALID_METADATA; empty elements
+    (``a x,,``) are still ignored. A header longer than ``max_size`` bytes or with more than ``max_pairs`` pairs is
+    431 ERR_METADATA_TOO_LARGE (0: no limit), checked before anything is decoded.
     """
     meta: dict[str, str] = {}
     if not header:
         return meta
-    for element in header.split(","):
-        parts = element.strip().split(" ")
-        if len(parts) > 2 or not parts[0]:
+    if max_size and len(header) > max_size:
+        raise errors.ERR_METADATA_TOO_LARGE(f"Upload-Metadata is longer than {max_size} bytes")
+    elements = header.split(",")
+    if max_pairs and len(elements) > max_pairs and sum(1 for e in elements if e.strip()) > max_pairs:
+        raise errors.ERR_METADATA_TOO_LARGE(f"Upload-Metadata has more than {max_pairs} pairs")
+    for element in elements:
+        element = element.strip()
+        if not element:
             continue
+        parts = element.split(" ")
         key = parts[0]
-        if not _METADATA_KEY.fullmatch(key):
+        if len(parts) > 2 or not _METADATA_KEY.fullmatch(key):
+            if strict:
+                raise errors.ERR_INVALID_METADATA(
+                    "each Upload-Metadata pair is a key of visible ASCII, optionally a space and a base64 value"
+                )
             continue
+        if strict and key in meta:
+            raise errors.ERR_INVALID_METADATA(f"the Upload-Metadata key {key!r} appears twice")
         if len(parts) == 1:
             meta[key] = ""
             continue
         try:
             value = base64.b64decode(parts[1], validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
+            if strict:
+                raise errors.ERR_INVALID_METADATA(
+                    f"the Upload-Metadata value of {key!r} is not base64 of UTF-8 text"
+                ) from None
             continue
         meta[key] = value
     return meta
@@ -137,7 +160,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
 def serialize_metadata(meta: Mapping[str, str]) -> str:
     """``Upload-Metadata`` for a HEAD response (item 31). Keys that could not travel in a header are left out."""
     return ",".join(
-        f"{key} {base64.b64encode(value.encode('utf-8')).decode('ascii')}" if value else key
+        f"{key} {base64.b64encode(value.encode('utf-8', 'replace')).decode('ascii')}" if value else key
         for key, value in meta.items()
         if _METADATA_KEY.fullmatch(key) and "," not in key
     )
@@ -209,7 +232,8 @@ def is_valid_upload_id(upload_id: str) -> bool:
 
 _FORWARDED_HOST = re.compile(r'(?i)(?:^|[;,\s])host="?([^";,\s]+)')
 _FORWARDED_PROTO = re.compile(r'(?i)(?:^|[;,\s])proto="?(https?)\b')
-_HOST = re.compile(r"[A-Za-z0-9.\-:\[\]_%]{1,255}")
+# A name or IPv4 address, or an IPv6 literal in brackets, then maybe a port: what makes a valid URL authority.
+_HOST = re.compile(r"(?:[A-Za-z0-9.\-_%]{1,255}|\[[A-Za-z0-9.:%\-]{2,80}\])(?::[0-9]{0,5})?")
 
 
 def request_origin(
@@ -240,6 +264,15 @@ def request_origin(
         # A Host header is reflected into Location: never let an odd one inject anything.
         host = "localhost"
     return proto, host
+
+
+_ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.\-]*://[!-~]+")
+
+
+def is_origin(value: str) -> bool:
+    """Whether an ``Origin`` header is a serialized origin (``scheme://host[:port]`` or ``null``), which is all
+    browsers send, and so safe to reflect in Access-Control-Allow-Origin."""
+    return _ORIGIN.fullmatch(value) is not None
 
 
 def upload_url(proto: str, host: str, base_path: str, upload_id: str) -> str:
@@ -275,7 +308,10 @@ INLINE_MEDIA_TYPES = frozenset(
 )
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})((?:\s*;\s*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*)\s*;?\s*")
+# Optional whitespace is SP / HTAB only (RFC 9110 OWS): ``\s`` would let CR/LF into the Content-Type we send.
+_MEDIA_TYPE = re.compile(
+    rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*)[ \t]*;?[ \t]*"
+)
 
 
 def download_headers(meta: Mapping[str, str]) -> tuple[str, str]:
@@ -300,7 +336,8 @@ def download_headers(meta: Mapping[str, str]) -> tuple[str, str]:
         fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename)
         disposition += f'; filename="{fallback}"'
         if fallback != filename:
-            disposition += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe="")
+            # errors="replace": a name set by a hook may hold lone surrogates, which UTF-8 cannot encode.
+            disposition += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe="", errors="replace")
     return content_type, disposition
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,6 +28,10 @@ HOOK_TYPES = (
 )
 BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate", "pre-access"})
 _NO_SPAN = contextlib.nullcontext()
+# What a hook may put in a response header: a token name and a field value (RFC 9110: visible characters, SP, HTAB,
+# obs-text), which is what uvicorn will send and Latin-1 can encode.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-terminate", "post-finish")
 
 
@@ -79,8 +84,12 @@ class HookResponse:
         body = http.get("body")
         headers = {str(k): str(v) for k, v in (http.get("header") or {}).items()}
         for name, value in headers.items():
-            if any(c in name + value for c in "\r\n\x00") or not name:
-                raise ValueError("a hook's response header contains a line break")
+            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+                # Checked here, so a bad header is a failed hook rather than a response that cannot be sent.
+                raise ValueError(
+                    f"a hook's response header {name[:40]!r} is not a valid HTTP header (a token name, a value of "
+                    "Latin-1 text without line breaks or other control characters)"
+                )
 
         def text_map(value: Any) -> dict[str, str] | None:
             if value is None:

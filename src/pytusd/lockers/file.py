@@ -93,6 +93,8 @@ class FileLocker:
                 fd = _try_flock(lock_path)
             except (FileNotFoundError, NotADirectoryError):
                 raise errors.ERR_UPLOAD_NOT_FOUND() from None
+            except OSError as exc:  # a read-only, full or non-writable folder: say so rather than crash
+                raise errors.storage_error(exc) from exc
             if fd is not None:
                 break
             # Busy: ask the holder to let go (again on every round, as a new holder removes the request).

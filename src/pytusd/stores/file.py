@@ -5,13 +5,14 @@ by tusd is served by pytusd and the other way round. The offset is the data file
 it cannot claim bytes that are not on disk.
 
 File operations run inline on the event loop: for a local disk, ``os.pwrite`` of each received chunk measured
-faster than handing writes to a thread (reference/performance.md).
+faster than handing writes to a thread (reference/performance.md). The exception is ``fsync``: its flushes wait for
+the device, so they run in a thread while the loop serves other requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import errno
 import os
 import secrets
 import time
@@ -27,9 +28,20 @@ READ_BLOCK = 256 * 1024
 
 
 def _storage_error(exc: OSError) -> errors.TusError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errors.ERR_STORAGE_FULL()
-    return errors.ERR_INTERNAL_SERVER_ERROR(f"storage error: {exc.strerror or exc}")
+    return errors.storage_error(exc)  # 507 when full, 500 ERR_STORAGE_READ_ONLY when read-only, else 500
+
+
+async def _flush(call: Callable[[int], None], fd: int) -> None:
+    """``os.fsync``/``os.fdatasync`` in a thread: a device flush takes milliseconds, during which the event loop goes
+    on serving other requests (inline, --fsync cut concurrent small uploads to a third). ``fd`` must stay open until
+    the flush is done, so a cancelled request still waits for it before going on."""
+    flushing = asyncio.get_running_loop().run_in_executor(None, call, fd)
+    try:
+        await asyncio.shield(flushing)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await flushing
+        raise
 
 
 class FileUpload:
@@ -65,6 +77,8 @@ class FileUpload:
             fd = os.open(self.data_path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise errors.ERR_UPLOAD_NOT_FOUND() from None
+        except OSError as exc:  # a read-only or non-writable storage
+            raise _storage_error(exc) from exc
         try:
             if os.fstat(fd).st_size > offset:
                 os.ftruncate(fd, offset)
@@ -77,15 +91,23 @@ class FileUpload:
 
     async def _write(self, fd: int, offset: int, chunks: AsyncIterable[bytes]) -> int:
         written = 0
+
+        def done(n: int) -> None:
+            nonlocal written
+            written += n
+
         try:
-            async for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    n = os.pwrite(fd, view, offset + written)
-                    written += n
-                    view = view[n:]
+            # pytusd's own server moves a request body straight from the socket into the file (splice(2)).
+            splice = getattr(chunks, "splice_into", None)
+            if splice is None or not await splice(fd, offset, done):
+                async for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.pwrite(fd, view, offset + written)
+                        written += n
+                        view = view[n:]
             if self._store.fsync:
-                os.fdatasync(fd)
+                await _flush(os.fdatasync, fd)
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
@@ -181,7 +203,9 @@ class FileStore:
                 os.makedirs(path, mode=self.dir_perms, exist_ok=True)
             fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
             os.close(fd)
-            self._write_info(info_path, info)
+            await self._write_info(info_path, info)  # with fsync: also syncs the info's folder
+            if self.fsync and os.path.dirname(data_path) != os.path.dirname(info_path):
+                await self._fsync_dir(os.path.dirname(data_path))
         except FileExistsError:
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"an upload with ID {upload_id!r} exists already") from None
         except OSError as exc:
@@ -260,7 +284,7 @@ class FileStore:
 
     async def declare_length(self, upload: FileUpload, length: int) -> None:  # type: ignore[override]
         info = (await upload.info()).replace(size=length, size_is_deferred=False)
-        self._write_info(upload.info_path, info)
+        await self._write_info(upload.info_path, info)
         upload._info = info
 
     async def write_verified(  # type: ignore[override]
@@ -272,7 +296,7 @@ class FileStore:
             try:
                 os.write(marker, str(offset).encode())
                 if self.fsync:
-                    os.fsync(marker)
+                    await _flush(os.fsync, marker)
             finally:
                 os.close(marker)
             accepted = False
@@ -284,6 +308,8 @@ class FileStore:
                     os.ftruncate(fd, offset)
                     upload._info = upload._info.replace(offset=offset)
                 os.unlink(upload.pending_path)
+                if self.fsync:  # else a power loss could bring the marker back and hide an acknowledged chunk
+                    await self._fsync_dir(os.path.dirname(upload.pending_path))
             return written if accepted else 0
         except OSError as exc:
             raise _storage_error(exc) from exc
@@ -299,7 +325,7 @@ class FileStore:
                     while view:
                         view = view[os.write(fd, view) :]
             if self.fsync:
-                os.fdatasync(fd)
+                await _flush(os.fdatasync, fd)
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
@@ -308,7 +334,7 @@ class FileStore:
 
     # -- internals ------------------------------------------------------------------------------------------------
 
-    def _write_info(self, info_path: str, info: UploadInfo) -> None:
+    async def _write_info(self, info_path: str, info: UploadInfo) -> None:
         """Write the .info atomically: a temporary file in the same folder, then rename over the old one."""
         data = info.to_json()
         tmp = f"{info_path}.{secrets.token_hex(4)}.tmp"
@@ -318,7 +344,7 @@ class FileStore:
             while view:
                 view = view[os.write(fd, view) :]
             if self.fsync:
-                os.fsync(fd)
+                await _flush(os.fsync, fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -326,8 +352,13 @@ class FileStore:
         os.close(fd)
         os.replace(tmp, info_path)
         if self.fsync:
-            dir_fd = os.open(os.path.dirname(info_path), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            await self._fsync_dir(os.path.dirname(info_path))
+
+    @staticmethod
+    async def _fsync_dir(path: str) -> None:
+        """Flush a folder's entries (files created, renamed or removed in it) to the device."""
+        dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await _flush(os.fsync, dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,339 @@
+"""Request bodies without copies on uvicorn's httptools protocol (pytusd's own server only).
+
+uvicorn (0.54) moves every body byte through three copies in Python before the app sees it: httptools hands each
+piece to ``on_body`` as a new ``bytes``, uvicorn appends it to a ``bytearray`` and ``receive()`` copies that into
+another ``bytes``. For a PATCH that is most of pytusd's own CPU time per byte (bench/NOTES.md, scenario 1). Here:
+
+- pending body pieces are kept as a list of the ``bytes`` objects themselves (:class:`PendingBody`), so
+  ``receive()`` hands the app the very object that arrived (``bytes(pending)`` joins only when several wait);
+- a body with a ``Content-Length`` (no ``Transfer-Encoding``) bypasses the parser: after the parser reported the
+  head, the bytes that follow are the body, handed on as the ``bytes`` uvloop read from the socket, until the length
+  is reached; then the request ends as the parser would have ended it, and a fresh parser takes the next request.
+  Chunked bodies (and their trailers, the checksum-trailer extension) and upgrades still go through httptools.
+
+Everything else - flow control, early responses (the rest of the body is discarded), keep-alive, pipelining,
+timeouts, the head-size limit - is uvicorn's and the protocol subclasses' own logic, unchanged: the bypass sits
+inside ``parser.feed_data``, which every ``data_received`` layer calls.
+
+**Splice.** A bypassed body on a plain (not TLS) connection can go further: the protocol offers itself as
+``scope["extensions"][SPLICE_EXTENSION]`` and :meth:`FastBodyProtocol.splice` moves the rest of the body from the
+socket into a file with ``splice(2)`` (socket -> pipe -> file), so the bytes never enter the process: the kernel
+copies them once, into the page cache, instead of twice (socket -> Python ``bytes`` -> page cache). The transport
+stops reading meanwhile; a duplicate of the socket's descriptor is watched for readability. :class:`pytusd.body.
+RequestBody` uses it for stores that write to a file descriptor (the file store); timeouts, interruptions and
+progress work as for chunks. Measured (bench/NOTES.md): a 1 GiB PATCH at about half the CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+
+from .http import SPLICE_EXTENSION  # the protocol object is offered there; see FastBodyProtocol.splice()
+
+# PYTUSD_NO_SPLICE=1 turns splicing off (a diagnostic: the benchmark compares both ways in one run).
+_CAN_SPLICE = hasattr(os, "splice") and os.environ.get("PYTUSD_NO_SPLICE", "") not in ("1", "true")
+_PIPE_SIZE = 1 << 20  # bytes moved per splice(2) call at most (the pipe is grown to this where allowed)
+_SPLICE_BUDGET = 8 << 20  # bytes moved per readiness callback at most, so other connections get their turn
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class PendingBody:
+    """Body pieces received but not yet read by the app: stands in for uvicorn's ``cycle.body`` bytearray."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+
+class _Parser:
+    """httptools' parser with the Content-Length body bypass (see the module docstring)."""
+
+    __slots__ = ("protocol", "parser", "left", "expected", "seen")
+
+    def __init__(self, protocol: Any, parser: httptools.HttpRequestParser) -> None:
+        self.protocol = protocol
+        self.parser = parser
+        self.left = 0  # body bytes still to come of a bypassed body
+        self.expected: int | None = None  # Content-Length of the request whose head was just parsed
+        self.seen = 0  # its body bytes the parser has reported already
+
+    def __getattr__(self, name: str) -> Any:  # get_method, should_keep_alive, should_upgrade, ...
+        return getattr(self.parser, name)
+
+    def feed_data(self, data: bytes) -> None:
+        left = self.left
+        if left:
+            n = len(data)
+            if n <= left:
+                self.left = left - n
+                self.protocol._body_piece(data)
+                if n == left:
+                    self.protocol.on_message_complete()
+                return
+            self.left = 0
+            self.protocol._body_piece(data[:left])
+            self.protocol.on_message_complete()
+            data = data[left:]
+        self.parser.feed_data(data)
+        expected = self.expected
+        if expected is not None:
+            self.expected = None
+            if expected > self.seen:  # the data ended inside the body: take the rest past the parser
+                self.left = expected - self.seen
+                self.parser = _new_parser(self.protocol)
+
+
+def _new_parser(protocol: Any) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(protocol)
+    try:
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets it
+    except AttributeError:  # pragma: no cover - httptools < 0.6.3
+        pass
+    return parser
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length when its body is delimited by it alone (no Transfer-Encoding)."""
+    length = None
+    for name, value in headers:
+        if name == b"content-length":
+            if length is not None or not value.strip().isdigit():
+                return None  # repeated or odd: leave it to the parser
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+    return length
+
+
+def fast_body_protocol(base: type) -> type:
+    """``base`` (uvicorn's HttpToolsProtocol or a subclass) with bodies handed on without copies."""
+
+    class FastBodyProtocol(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.parser = _Parser(self, self.parser)
+
+        _splicing: _Splice | None = None
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            parser = self.parser
+            if isinstance(parser, _Parser) and not parser.parser.should_upgrade():
+                parser.seen = 0
+                length = _content_length(self.headers)
+                parser.expected = length if length else None
+                if length and _CAN_SPLICE and self.cycle is not None and not self._is_tls():
+                    self.cycle.scope.setdefault("extensions", {})[SPLICE_EXTENSION] = Splicer(self, self.cycle)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._splicing is not None:
+                self._splicing.finish(False)
+            super().connection_lost(exc)
+
+        def _is_tls(self) -> bool:
+            return self.transport.get_extra_info("sslcontext") is not None or \
+                self.transport.get_extra_info("ssl_object") is not None
+
+        def stop_splice(self) -> None:
+            if self._splicing is not None:
+                self._splicing.finish(None)
+
+        def on_body(self, body: bytes) -> None:
+            parser = self.parser
+            if isinstance(parser, _Parser):
+                parser.seen += len(body)
+            if (parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+                return
+            self._body_piece(body)
+
+        def _body_piece(self, body: bytes) -> None:
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return  # answered early: the rest of the body is read and dropped
+            pending = cycle.body
+            if type(pending) is not PendingBody:
+                fresh = PendingBody()
+                if len(pending):
+                    fresh.append(bytes(pending))
+                cycle.body = pending = fresh
+            pending.append(body)
+            if pending.size > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+
+    FastBodyProtocol.__name__ = f"FastBody{base.__name__}"
+    return FastBodyProtocol
+
+
+class Splicer:
+    """What the server offers a request as ``scope["extensions"][SPLICE_EXTENSION]``: splicing *this* request's body
+    into a file (see the module docstring and :meth:`pytusd.body.RequestBody.splice_into`). It works while the
+    request is the connection's current one (a pipelined request behind it has not taken over the parser yet)."""
+
+    __slots__ = ("protocol", "cycle")
+
+    def __init__(self, protocol: Any, cycle: Any) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    def _parser(self) -> _Parser | None:
+        parser = self.protocol.parser
+        return parser if isinstance(parser, _Parser) and self.protocol.cycle is self.cycle else None
+
+    def take_pending(self) -> list[bytes] | None:
+        """Start of a splice: the body bytes received but not yet read by the app (they are the app's to write
+        now), or None when the rest of the body cannot be spliced (it is all here already, a pipelined request is
+        being read, the request was answered)."""
+        parser, cycle, protocol = self._parser(), self.cycle, self.protocol
+        if (parser is None or parser.left <= 0 or cycle.response_complete or cycle.disconnected
+                or protocol._splicing is not None or protocol.transport.is_closing()):
+            return None
+        if cycle.waiting_for_100_continue:  # as uvicorn's receive() does before the first read of the body
+            protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        pending = cycle.body
+        chunks = list(pending.chunks) if type(pending) is PendingBody else ([bytes(pending)] if len(pending) else [])
+        cycle.body = bytearray()
+        cycle.message_event.clear()
+        return chunks
+
+    def body_left(self) -> int:
+        """Body bytes of this request that have not arrived yet."""
+        parser = self._parser()
+        return parser.left if parser is not None else 0
+
+    def splice(self, fd: int, offset: int, count: int, progress: Callable[[int], None]) -> asyncio.Future[int]:
+        """Move the next ``count`` body bytes from the socket into ``fd`` at ``offset``; ``progress(n)`` after
+        every ``n`` bytes stored. The future ends with the number of body bytes still to come (0: the body is
+        complete), -1 when the client closed the connection first, or the OSError of writing the file. Cancel it
+        (and call :meth:`stop_splice`) to stop."""
+        splice = _Splice(self.protocol, fd, offset, min(count, self.body_left()), progress)
+        self.protocol._splicing = splice
+        splice.start()
+        return splice.future
+
+    def stop_splice(self) -> None:
+        self.protocol.stop_splice()
+
+
+class _Splice:
+    """One splice of a body into a file (Splicer.splice)."""
+
+    def __init__(self, protocol: Any, fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
+        self.protocol = protocol
+        self.fd = fd
+        self.offset = offset
+        self.left = count
+        self.progress = progress
+        self.loop: asyncio.AbstractEventLoop = protocol.loop
+        self.future: asyncio.Future[int] = self.loop.create_future()
+        self.sock_fd = -1
+        self.pipe_r = self.pipe_w = -1
+
+    def start(self) -> None:
+        protocol = self.protocol
+        if self.left <= 0:
+            self.finish(True)
+            return
+        try:
+            sock = protocol.transport.get_extra_info("socket")
+            self.sock_fd = os.dup(sock.fileno())  # the transport's own fd cannot be watched by anyone else
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # the per-user pipe budget is spent: the default size works too, in smaller steps
+        except OSError as exc:
+            self.finish(exc)
+            return
+        protocol.transport.pause_reading()  # from now on only splice(2) reads this socket, until finish()
+        self.loop.add_reader(self.sock_fd, self.ready)
+        self.ready()  # bytes may be waiting already
+
+    def ready(self) -> None:
+        budget = _SPLICE_BUDGET
+        try:
+            while self.left > 0 and budget > 0:
+                try:
+                    n = os.splice(self.sock_fd, self.pipe_w, min(self.left, _PIPE_SIZE, budget),
+                                  flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # ECONNRESET and the like: the client is gone
+                    self.finish(False)
+                    return
+                if n == 0:  # EOF
+                    self.finish(False)
+                    return
+                moved = 0
+                while moved < n:  # the pipe into the file: page cache, does not block for long
+                    k = os.splice(self.pipe_r, self.fd, n - moved, offset_dst=self.offset, flags=os.SPLICE_F_MOVE)
+                    if k == 0:
+                        raise OSError("splice into the file stalled")
+                    self.offset += k
+                    moved += k
+                    self.progress(k)
+                self.left -= n
+                budget -= n
+                parser = self.protocol.parser
+                if isinstance(parser, _Parser):
+                    parser.left -= n
+        except OSError as exc:  # writing the file failed: what is in the pipe is lost with the request
+            self.finish(exc)
+            return
+        if self.left <= 0:
+            self.finish(True)
+
+    def finish(self, outcome: bool | OSError | None) -> None:
+        """Stop: True (all of it), False (the client went away), an OSError of the file, None (stopped)."""
+        protocol = self.protocol
+        if protocol._splicing is not self:
+            return
+        protocol._splicing = None
+        if self.sock_fd >= 0:
+            self.loop.remove_reader(self.sock_fd)
+            os.close(self.sock_fd)
+            self.sock_fd = -1
+        for fd in (self.pipe_r, self.pipe_w):
+            if fd >= 0:
+                os.close(fd)
+        self.pipe_r = self.pipe_w = -1
+        parser = protocol.parser
+        remaining = parser.left if isinstance(parser, _Parser) else 0
+        if outcome is True and isinstance(parser, _Parser) and remaining == 0:
+            protocol.on_message_complete()
+        if not protocol.transport.is_closing():
+            flow = protocol.flow
+            if flow.read_paused:
+                flow.resume_reading()
+            else:
+                protocol.transport.resume_reading()
+        if not self.future.done():
+            if isinstance(outcome, OSError):
+                self.future.set_exception(outcome)
+            elif outcome is None:
+                self.future.cancel()
+            else:
+                self.future.set_result(remaining if outcome else -1)
