@@ -2,8 +2,9 @@
 
     python raw_sink.py <upload-dir> <port>
 
-Just enough of tus for bench/run.py's client: POST with Upload-Length -> 201 + Location, PATCH with Content-Length
--> body written with os.pwrite as it arrives (in data_received) -> 204 + Upload-Offset. One asyncio Protocol, no
+Just enough of tus for bench/run.py's clients: POST with Upload-Length -> 201 + Location (with a body, as in
+creation-with-upload: the body is written too, and the 201 has Upload-Offset), PATCH with Content-Length -> body
+written with os.pwrite as it arrives (in data_received) -> 204 + Upload-Offset. One asyncio Protocol, no
 framework, no validation beyond what keeps the bytes in the right place, no locks, no .info files. Comparing
 pytusd with this in the same run shows how much of the machine's loopback + page-cache throughput a real server
 leaves on the table (opt in with ``scripts/bench --servers pytusd,tus-node,raw-sink``).
@@ -31,7 +32,7 @@ class SinkProtocol(asyncio.Protocol):
         self.fd = -1
         self.offset = 0
         self.remaining = 0
-        self.status = b""
+        self.created = ""  # the Location of a POST whose body is being written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -81,9 +82,16 @@ class SinkProtocol(asyncio.Protocol):
         upload_id = target.rstrip("/").rsplit("/", 1)[-1]
         if method == "POST":
             upload_id = secrets.token_hex(16)
-            with open(os.path.join(self.directory, upload_id), "wb"):
-                pass
-            self._respond(b"201 Created", [("Location", f"/files/{upload_id}")])
+            path = os.path.join(self.directory, upload_id)
+            if length:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self.offset = 0
+                self.remaining = length
+                self.created = f"/files/{upload_id}"
+            else:
+                with open(path, "wb"):
+                    pass
+                self._respond(b"201 Created", [("Location", f"/files/{upload_id}")])
         elif method == "PATCH" and all(c in "0123456789abcdef" for c in upload_id) and upload_id:
             self.fd = os.open(os.path.join(self.directory, upload_id), os.O_WRONLY | os.O_CLOEXEC)
             self.offset = int(headers["upload-offset"])
@@ -98,7 +106,11 @@ class SinkProtocol(asyncio.Protocol):
     def _finish_patch(self) -> None:
         os.close(self.fd)
         self.fd = -1
-        self._respond(b"204 No Content", [("Upload-Offset", str(self.offset))])
+        if self.created:
+            location, self.created = self.created, ""
+            self._respond(b"201 Created", [("Location", location), ("Upload-Offset", str(self.offset))])
+        else:
+            self._respond(b"204 No Content", [("Upload-Offset", str(self.offset))])
 
 
 async def serve(directory: str, port: int) -> None:
