@@ -1463,13 +1463,13 @@ SCENARIOS: dict[int, Scenario] = {
     s.number: s
     for s in (
         Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs @tus/server"
-                 " vs the raw sink", scenario_1, "~3"),
+                 " vs the raw sink", scenario_1, "~1.5"),
         Scenario(2, "small-uploads", "200 concurrent clients, each creating 256 KiB uploads with the body in the POST:"
-                 " req/s, p50/p99", scenario_2, "~2"),
+                 " req/s, p50/p99", scenario_2, "~1.5"),
         Scenario(3, "slow-uploads", "1,000 slow uploads held open: RSS and failures", scenario_3, "~2"),
-        Scenario(4, "s3", "one 1 GiB upload into Ceph RGW through pytusd vs boto3's upload_file", scenario_4, "~3"),
+        Scenario(4, "s3", "one 1 GiB upload into Ceph RGW through pytusd vs boto3's upload_file", scenario_4, "~2"),
         Scenario(5, "workers", "--workers 2 vs --workers 1 (file locker): parallel large uploads and scenario 2's"
-                 " load", scenario_5, "~3"),
+                 " load", scenario_5, "~1.5"),
     )
 }
 SCENARIO_NAMES = {s.name: s.number for s in SCENARIOS.values()}
@@ -1642,7 +1642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="", help="comma-separated scenario numbers or names (default: all: 1,2,3,4,5)")
     p.add_argument("--list", action="store_true", help="list scenarios and exit")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 1 round, small sizes and short durations (minutes instead of ~13; no verdicts)")
+                   help="smoke test: 1 round, small sizes and short durations (~3 min instead of ~9; no verdicts)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     g = p.add_argument_group("scenario 1 (upload-1g)")
     g.add_argument("--size", type=parse_size, default=None, help="upload size (default 1GiB; e.g. 64MiB)")
