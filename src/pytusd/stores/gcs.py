@@ -36,21 +36,20 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import errors, protocol
 from ..protocol import new_upload_id
 from ..types import UploadInfo
-from .streaming import Blocking, PieceWriter, contiguous, feed_body, first_failure, wait_all
+from .streaming import Blocking, PieceWriter, contiguous, feed_body, gather_all
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
 
 log = logging.getLogger("pytusd.gcs")
 
-T = TypeVar("T")
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -215,16 +214,6 @@ def _combined_crc(sources: Sequence[StoredObject]) -> int | None:
             return None
         combined = crc32c_combine(combined, crc, source.size)
     return combined
-
-
-async def _all(coroutines: Sequence[Awaitable[T]]) -> list[T]:
-    """Run concurrently; wait until every one ended (threads cannot be stopped), then raise the first failure."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    await wait_all(tasks)
-    failure = first_failure(tasks)
-    if failure is not None:
-        raise failure
-    return [t.result() for t in tasks]
 
 
 # --- the upload ----------------------------------------------------------------------------------------------------
@@ -579,7 +568,7 @@ class GCSStore:
     # -- async helpers --------------------------------------------------------------------------------------------
 
     async def _delete(self, names: Sequence[str]) -> None:
-        await _all([self._call(self._delete_one, name) for name in names])
+        await gather_all([self._call(self._delete_one, name) for name in names])
 
     async def _delete_quietly(self, names: Sequence[str]) -> None:
         try:
@@ -622,7 +611,7 @@ class GCSStore:
                 groups = [sources[i : i + MAX_COMPOSE_SOURCES] for i in range(0, len(sources), MAX_COMPOSE_SOURCES)]
                 names = [self.temporary_name(name, level, i) for i in range(len(groups))]
                 temporaries.extend(names)
-                sources = await _all(
+                sources = await gather_all(
                     [
                         self._call(self._compose_once, group, temporary, None, None)
                         for group, temporary in zip(groups, names, strict=True)

@@ -44,7 +44,7 @@ from typing import IO, Any
 from .. import errors
 from ..protocol import new_upload_id
 from ..types import UploadInfo
-from .streaming import Blocking, PieceWriter, feed_body, wait_all
+from .streaming import Blocking, PieceWriter, feed_body, gather_all
 
 log = logging.getLogger("pytusd.s3")
 
@@ -812,13 +812,11 @@ class S3Store:
 
         if self._part_slots is None:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
-        tasks = [asyncio.ensure_future(copy(n, *piece)) for n, piece in enumerate(pieces, 1)]
-        await wait_all(tasks)
-        failures = [t.exception() for t in tasks if t.exception() is not None]
-        if failures:
+        try:
+            state.parts = await gather_all(copy(n, *piece) for n, piece in enumerate(pieces, 1))
+        except Exception as exc:
             final._state = None
-            raise _storage_error(failures[0]) from failures[0]  # type: ignore[arg-type]
-        state.parts = [t.result() for t in tasks]
+            raise _storage_error(exc) from exc
 
     async def _concat_by_streaming(self, final: S3Upload, partials: Sequence[S3Upload], sizes: list[int]) -> None:
         """Read the partials and write them into the final upload like a PATCH would."""

@@ -85,6 +85,17 @@ async def feed_body(chunks: AsyncIterable[bytes], feed: Callable[[bytes], Awaita
         await feed(chunk)
 
 
+async def gather_all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently and wait until every one ended (a thread cannot be stopped); then raise the first failure,
+    else return the results in order."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    await wait_all(tasks)
+    failure = first_failure(tasks)
+    if failure is not None:
+        raise failure
+    return [t.result() for t in tasks]
+
+
 def first_failure(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
     for task in tasks:
         if task.cancelled():
