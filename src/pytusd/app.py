@@ -365,8 +365,9 @@ class TusApp:
 
         if operation is not None:
             operation.check_method(method)  # 405 with Allow for a method the endpoint does not serve
-        if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE"):
-            await self.handlers.authorize(request)
+        if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE") and self.handlers.policy.checks_access:
+            # The access rule (pre-access), for either protocol; concatenation applies it to the partials it reads.
+            await self.handlers.policy.access(request, self.handlers._upload_id(request))
         version = draft.interop_version(request) if self.draft is not None else None
         if version is not None:
             del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses

@@ -159,6 +159,9 @@ _FLAGS = [
          "Largest Upload-Metadata header in bytes; larger is 431 ERR_METADATA_TOO_LARGE (0: no limit)", "Protocol"),
     Flag("max-metadata-pairs", parse_non_negative_int, 256,
          "Most key-value pairs in Upload-Metadata; more is 431 ERR_METADATA_TOO_LARGE (0: no limit)", "Protocol"),
+    Flag("max-concat-partials", parse_non_negative_int, 128,
+         "Most partial uploads one final upload may name (Upload-Concat); more is 400 ERR_INVALID_CONCAT "
+         "(0: no limit)", "Protocol"),
     Flag("max-header-size", parse_non_negative_int, 1024 * 1024,
          "Largest request line plus header fields in bytes, as Go's (tusd's) default; larger is 431 "
          "ERR_HEADERS_TOO_LARGE (0: the HTTP parser's own limit, none with httptools)", "Protocol"),
@@ -541,6 +544,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_size=args.max_size,
         max_metadata_size=args.max_metadata_size,
         max_metadata_pairs=args.max_metadata_pairs,
+        max_concat_partials=args.max_concat_partials,
         behind_proxy=args.behind_proxy,
         disable_download=args.disable_download,
         disable_termination=args.disable_termination,

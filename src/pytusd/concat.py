@@ -27,18 +27,25 @@ class Concatenation:
         # next loaded, so the index only saves time and is never needed for correctness.
         self._waiting: dict[str, set[str]] = {}
 
-    async def partials(self, request: Request, urls: list[str]) -> tuple[list[Upload], int, bool]:
-        """The partial uploads a final one names, in order, their total size, and whether all are complete
-        (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their lengths are
-        known, so that the final's length is."""
+    async def partials(self, request: Request, urls: list[str]) -> tuple[list[str], int, bool]:
+        """The IDs of the partial uploads a final one names, in order, their total size, and whether all are
+        complete (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their
+        lengths are known, so that the final's length is.
+
+        Creating the final reads each partial's bytes, so each passes the access rule (pre-access) with this
+        request, as a ``GET`` of it would; their number is limited before any is looked up."""
         handlers = self.handlers
+        policy = handlers.policy
+        policy.check_concat(urls)
         uploads_path = handlers.uploads_path(request)
-        partials: list[Upload] = []
+        ids: list[str] = []
         size = 0
         complete = True
         for url in urls:
-            upload = await handlers.store.get(protocol.upload_id_from_url(url, uploads_path))
-            info = await upload.info()
+            upload_id = protocol.upload_id_from_url(url, uploads_path)
+            with handlers.store_operation("get", upload_id):
+                info = await (await handlers.store.get(upload_id)).info()
+            await policy.access(request, upload_id, info)
             if not info.is_partial:
                 raise errors.ERR_INVALID_CONCAT(f"{url} is not a partial upload")
             if info.size_is_deferred:
@@ -46,9 +53,9 @@ class Concatenation:
             if not info.is_complete and not handlers.can_concat_unfinished:
                 raise errors.ERR_UPLOAD_NOT_FINISHED()
             complete = complete and info.is_complete
-            partials.append(upload)
+            ids.append(info.id)
             size += info.size
-        return partials, size, complete
+        return ids, size, complete
 
     def wait_for_partials(self, final: UploadInfo) -> None:
         for partial_id in final.partial_uploads:
@@ -64,6 +71,7 @@ class Concatenation:
         """
         store = self.handlers.store
         partials = []
+        total = 0
         for partial_id in info.partial_uploads:
             try:
                 partial = await store.get(partial_id)
@@ -75,11 +83,24 @@ class Concatenation:
                 # the final itself answer 404 to everything, DELETE included.
                 log.warning("final upload %s names partial %s, which is gone", info.id, partial_id)
                 return info
-            if not (await partial.info()).is_complete:
+            partial_info = await partial.info()
+            if not partial_info.is_complete:
                 return info
             partials.append(partial)
+            total += partial_info.size
+        if total != info.size:  # a partial was replaced behind our back (another ID, a restored backup)
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                f"the partials of final upload {info.id} add up to {total} bytes, not its {info.size}"
+            )
+        # The store's concat is all-or-nothing and may be repeated (a retry after a failure, or another process
+        # after a crash): it never appends on top of what an earlier attempt wrote.
         with self.handlers.store_operation("concat", info.id):
             await store.concat(final, partials)  # type: ignore[attr-defined]
+        info = await final.info()
+        if not info.is_complete:
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                f"concatenating final upload {info.id} stored {info.offset} of its {info.size} bytes"
+            )
         log.info("final upload %s concatenated from %d partials", info.id, len(partials))
         for partial_id in info.partial_uploads:
             waiting = self._waiting.get(partial_id)
@@ -87,7 +108,6 @@ class Concatenation:
                 waiting.discard(info.id)
                 if not waiting:
                     del self._waiting[partial_id]
-        info = await final.info()
         await self.handlers.finished(request, final, info, response)
         return info
 

@@ -74,6 +74,7 @@ class Config:
       yourself (:class:`~pytusd.Endpoints`), it is the path of your creation route.
     - ``max_size``: the largest upload in bytes (``Tus-Max-Size``); 0 means no limit.
     - ``max_metadata_size``, ``max_metadata_pairs``: limits of ``Upload-Metadata`` (0: none).
+    - ``max_concat_partials``: how many partial uploads a final may name (0: no limit).
     - ``rules``: :class:`~pytusd.rules.UploadRules` checked at creation (size, metadata, file types).
 
     Protocol switches:
@@ -129,6 +130,9 @@ class Config:
     # Go's 1 MiB limit on all header fields; these keep every .info and hook payload small.
     max_metadata_size: int = 64 * 1024
     max_metadata_pairs: int = 256
+    # Partial uploads one final may name (0: no limit). tusd has none; each costs a lookup (and a pre-access hook
+    # call) when the final is created and when it is completed, so one POST cannot ask for unbounded work.
+    max_concat_partials: int = 128
     behind_proxy: bool = False
     disable_download: bool = False
     disable_termination: bool = False
@@ -178,8 +182,8 @@ class Config:
         self.base_path = base
         if self.max_size < 0:
             raise ValueError("max_size must be >= 0")
-        if self.max_metadata_size < 0 or self.max_metadata_pairs < 0:
-            raise ValueError("max_metadata_size and max_metadata_pairs must be >= 0")
+        if self.max_metadata_size < 0 or self.max_metadata_pairs < 0 or self.max_concat_partials < 0:
+            raise ValueError("max_metadata_size, max_metadata_pairs and max_concat_partials must be >= 0")
         if self.network_timeout <= 0 or self.acquire_lock_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.min_body_rate < 0 or self.max_concurrent_uploads < 0 or self.max_uploads_per_client < 0:

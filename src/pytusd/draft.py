@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from . import errors, protocol
-from .handlers import Handlers
+from .handlers import Handlers, merge_hook_response
 from .http import Request, Response
 from .types import UploadInfo
 
@@ -88,21 +88,23 @@ class DraftFlows:
             length = content_length
         if length is None and not handlers.can_defer_length:
             raise errors.ERR_NOT_IMPLEMENTED("this server needs the upload's length")
-        if self.config.max_size and length is not None and length > self.config.max_size:
-            raise errors.ERR_MAX_SIZE_EXCEEDED()
         metadata = {}
         if content_type := request.headers.get("content-type"):
             metadata["filetype"] = content_type
         if (disposition := request.headers.get("content-disposition")) and (name := _filename(disposition)):
             metadata["filename"] = name
         info = UploadInfo(size=length or 0, size_is_deferred=length is None, metadata=metadata)
+        # The same admission as a tus POST: size and metadata limits, upload rules, pre-create hook and callback.
+        info, hook_answer = await handlers.policy.admit(request, info)
         upload, info = await handlers.create_upload(request, info)  # counted and logged
-        handlers.announce("created", info, request)  # the post-create hook and the created event, as in tus 1.0
         url = handlers.upload_url(request, info.id)
         response = Response(201, {"Location": url, **self._base_headers(version)})
+        if hook_answer is not None:
+            merge_hook_response(response, hook_answer)
+        handlers.announce("created", info, request)  # the post-create hook and the created event, as in tus 1.0
         try:
             async with handlers.locked(request, info.id):
-                info = await handlers.write_body(request, upload, info, response)
+                info = await handlers.write_body(request, upload, info, response, 0)
                 info = await self._complete_if_asked(request, version, upload, info, complete)
         except errors.TusError as exc:
             raise exc(headers={"Location": url, **self._base_headers(version)}) from None
@@ -129,20 +131,16 @@ class DraftFlows:
         upload_id = handlers._upload_id(request)
         async with handlers.locked(request, upload_id):
             upload, info = await handlers.load(request, upload_id)
-            if offset != info.offset:
-                raise _problem(
-                    errors.ERR_MISMATCHED_OFFSET(headers={"Upload-Offset": str(info.offset)}),
-                    version,
-                    "mismatching-upload-offset",
-                    "the upload offset does not match",
-                    **{"expected-offset": info.offset, "provided-offset": offset},
-                )
-            if info.is_complete:
-                raise errors.ERR_UPLOAD_SIZE_EXCEEDED("the upload is complete already")
             response = Response(204, self._base_headers(version))
             try:
-                info = await handlers.write_body(request, upload, info, response)
+                # The append rule is tus 1.0's (write_body applies it): no writes into a final, only at the offset.
+                info = await handlers.write_body(request, upload, info, response, offset)
             except errors.TusError as exc:
+                if exc.code == "ERR_MISMATCHED_OFFSET":
+                    raise _problem(
+                        exc, version, "mismatching-upload-offset", "the upload offset does not match",
+                        **{"expected-offset": info.offset, "provided-offset": offset},
+                    ) from None
                 if exc.code == "ERR_UPLOAD_SIZE_EXCEEDED":
                     raise _problem(exc, version, "inconsistent-upload-length", "data past the upload's length") from None
                 raise
@@ -163,8 +161,7 @@ class DraftFlows:
                 "inconsistent-upload-length",
                 "the upload ended before its length",
             )
-        await self.handlers.store.declare_length(upload, info.offset)  # type: ignore[attr-defined]
-        info = info.replace(size=info.offset, size_is_deferred=False)
+        info = await self.handlers.declare_length(upload, info, info.offset)  # type: ignore[arg-type]
         await self.handlers.finished(request, upload, info, None)  # type: ignore[arg-type]
         return info
 

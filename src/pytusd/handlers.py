@@ -19,6 +19,7 @@ from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEve
 from .hooks import HookResponse
 from .http import Request, Response
 from .metrics import Metrics
+from .policy import Policy, event_request
 from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
 
@@ -32,21 +33,6 @@ def merge_hook_response(response: Response, answer: HookResponse) -> None:
     if answer.body is not None:
         response.body = answer.body.encode("utf-8")
     response.headers.update(answer.headers)
-
-
-def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
-    """pre-create: reject the upload, or change its ID, metadata and storage before it exists."""
-    if answer.reject_upload:
-        raise answer.error(errors.ERR_UPLOAD_REJECTED)
-    if answer.change_id:
-        if not protocol.is_valid_upload_id(answer.change_id):
-            raise errors.ERR_INTERNAL_SERVER_ERROR("the pre-create hook chose an ID that is not URL-safe")
-        info = info.replace(id=answer.change_id)
-    if answer.change_metadata is not None:
-        info = info.replace(metadata=answer.change_metadata)
-    if answer.change_storage is not None:
-        info = info.replace(storage=answer.change_storage)
-    return info
 
 
 class Handlers:
@@ -63,10 +49,9 @@ class Handlers:
         self.events = events if events is not None else Events()
         self.metrics = metrics if metrics is not None else Metrics()
         self.tracing = tracer if tracer is not None else tracing.Tracing(config.tracer_provider)
-        # What a deferred-length upload may grow to: the server's limit or an upload rule's, whichever is lower.
-        limits = [config.max_size, config.rules.max_size if config.rules else 0]
-        self.size_limit = min((x for x in limits if x), default=0)
         self.store = config.store
+        # Admission, append and access rules, the same for every path (pytusd.policy).
+        self.policy = Policy(config, self.store_operation)
         self.locker = config.locker
         self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
         self.can_defer_length = isinstance(self.store, LengthDeferrable)
@@ -110,9 +95,7 @@ class Handlers:
 
     def event_request(self, request: Request, http: dict[str, object] | None = None) -> HTTPRequestInfo:
         """The request as events and callbacks see it (what hooks get as ``HTTPRequest``)."""
-        state = request.scope.get("state")
-        return HTTPRequestInfo.from_hook_http(http if http is not None else request.hook_http(),
-                                              logs.request_id_var.get(), state if state is not None else {})
+        return event_request(request, http)
 
     def announce(self, kind: EventKind, info: UploadInfo, request: Request) -> None:
         """A notification: the matching post-* hook fires (in the background) and the event goes to the
@@ -124,22 +107,6 @@ class Handlers:
             self.hooks.fire(hook_type, info, http)
         if self.events.wants(kind):
             self.events.publish(UploadEvent(kind, info, self.event_request(request, http)))
-
-    async def pre_create(self, request: Request, info: UploadInfo) -> tuple[UploadInfo, HookResponse | None]:
-        """The pre-create hook, then ``config.pre_create``: each may reject the upload or change it; their
-        answers are merged (for the 201 response) and the info returned carries their changes."""
-        answer = None
-        if self.hooks is not None and self.hooks.wants("pre-create"):
-            answer = await self.hooks.call("pre-create", info, request.hook_http())
-            info = apply_pre_create(info, answer)
-        if self.config.pre_create is not None:
-            extra = await run_callback(self.config.pre_create, "pre-create", info, self.event_request(request))
-            info = apply_pre_create(info, extra)
-            if answer is None:
-                answer = extra
-            else:
-                answer.merge(extra)
-        return info, answer
 
     async def pre_finish(self, request: Request, info: UploadInfo, response: Response | None) -> None:
         """The pre-finish hook, then ``config.pre_finish``: their answers shape the response (when there is one).
@@ -183,17 +150,21 @@ class Handlers:
         finally:
             await lock.release()
 
-    async def write_body(self, request: Request, upload: Upload, info: UploadInfo, response: Response) -> UploadInfo:
-        """Stream the request body into the upload at its offset, finish it when complete, set Upload-Offset.
+    async def write_body(
+        self, request: Request, upload: Upload, info: UploadInfo, response: Response, offset: int
+    ) -> UploadInfo:
+        """Stream the request body into the upload at ``offset``, finish it when complete, set Upload-Offset.
+
+        The one way a request's bytes reach a store, so the append rule (:meth:`Policy.check_append`) is applied
+        here for every flow: nothing is written into a final upload or at any offset but the stored one.
 
         Raises the reason the body ended early (if any) after every received byte is stored and the upload is
         finished if those bytes completed it.
         """
-        offset = info.offset
+        self.policy.check_append(info, offset)
         length = request.content_length
-        max_size = self.size_limit
         if info.size_is_deferred:
-            limit = max_size - offset if max_size else protocol.INT64_MAX
+            limit = self.policy.size_limit - offset
             if length is not None and length > limit:
                 raise errors.ERR_MAX_SIZE_EXCEEDED()
         else:
@@ -330,18 +301,6 @@ class Handlers:
         await self.pre_finish(request, info, response)
         self.announce("completed", info, request)
 
-    async def authorize(self, request: Request) -> None:
-        """pre-access: the hook sees the upload and the request before any HEAD, PATCH, GET or DELETE and may refuse
-        it with ``RejectUpload`` (403 ERR_ACCESS_DENIED, or its own status, body and headers)."""
-        if self.hooks is None or not self.hooks.wants("pre-access"):
-            return
-        upload_id = self._upload_id(request)
-        with self.store_operation("get", upload_id):
-            info = await (await self.store.get(upload_id)).info()
-        answer = await self.hooks.call("pre-access", info, request.hook_http())
-        if answer.reject_upload:
-            raise answer.error(errors.ERR_ACCESS_DENIED)
-
     async def create_upload(self, request: Request, info: UploadInfo) -> tuple[Upload, UploadInfo]:
         """Create the upload in the store; count and log it."""
         with self.store_operation("create", info.id or None):
@@ -383,19 +342,17 @@ class Handlers:
             max_size=self.config.max_metadata_size,
             max_pairs=self.config.max_metadata_pairs,
         )
-        partials: list[Upload] = []
+        partial_ids: list[str] = []
         partials_complete = True
         if kind == "final":
             if with_data:
                 raise errors.ERR_MODIFY_FINAL("a final upload is made of its partials and takes no data")
-            partials, size, partials_complete = await self.concat.partials(request, partial_urls)
+            partial_ids, size, partials_complete = await self.concat.partials(request, partial_urls)
             deferred = False
         else:
             size, deferred = protocol.parse_creation_length(
                 headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
             )
-        if self.config.max_size and size > self.config.max_size:
-            raise errors.ERR_MAX_SIZE_EXCEEDED()
         if with_data:
             self._checksum(request)
         info = UploadInfo(
@@ -404,11 +361,9 @@ class Handlers:
             metadata=metadata,
             is_partial=kind == "partial",
             is_final=kind == "final",
-            partial_uploads=tuple([(await p.info()).id for p in partials]),
+            partial_uploads=tuple(partial_ids),
         )
-        if self.config.rules is not None:
-            self.config.rules.check(info)
-        info, hook_answer = await self.pre_create(request, info)
+        info, hook_answer = await self.policy.admit(request, info)
         upload, info = await self.create_upload(request, info)
         url = self.upload_url(request, info.id)
         response = Response(201, {"Location": url})
@@ -426,7 +381,7 @@ class Handlers:
                     await self.concat.complete_if_ready(request, upload, info, response)
             elif with_data:
                 async with self.locked(request, info.id):
-                    await self.write_body(request, upload, info, response)
+                    await self.write_body(request, upload, info, response, 0)
             elif info.is_complete:  # an empty upload is finished the moment it exists
                 await self.finished(request, upload, info, response)
         except errors.TusError as exc:
@@ -464,32 +419,29 @@ class Handlers:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             upload, info = await self.load(request, upload_id)
-            if info.is_final:
-                raise errors.ERR_MODIFY_FINAL()
-            if offset != info.offset:
-                raise errors.ERR_MISMATCHED_OFFSET(headers={"Upload-Offset": str(info.offset)})
+            self.policy.check_append(info, offset)  # write_body applies it too; here before anything else (tusd)
             response = Response(204, {})
-            if info.is_complete:
+            if info.is_complete:  # answered with the offset, the body unread (tusd)
                 response.headers["Upload-Offset"] = str(info.offset)
                 return response
             if (declared := headers.get("upload-length")) is not None:
-                info = await self._declare_length(upload, info, declared)
-            await self.write_body(request, upload, info, response)
+                length = protocol.parse_non_negative_int(declared)
+                if length is None:
+                    raise errors.ERR_INVALID_UPLOAD_LENGTH()
+                info = await self.declare_length(upload, info, length)
+            await self.write_body(request, upload, info, response, offset)
             return response
 
-    async def _declare_length(self, upload: Upload, info: UploadInfo, header: str) -> UploadInfo:
-        """creation-defer-length: the length arrives with a PATCH, once (item 35)."""
+    async def declare_length(self, upload: Upload, info: UploadInfo, length: int) -> UploadInfo:
+        """creation-defer-length: the length arrives later (a tus PATCH, or a draft request completing the upload),
+        once, and passes the same size rule as a length given at creation."""
         if not self.can_defer_length:
             raise errors.ERR_NOT_IMPLEMENTED("this server cannot defer the upload length")
         if not info.size_is_deferred:
             raise errors.ERR_INVALID_UPLOAD_LENGTH("the upload's length is already known")
-        length = protocol.parse_non_negative_int(header)
-        if length is None or length < info.offset:
-            raise errors.ERR_INVALID_UPLOAD_LENGTH()
-        if self.config.max_size and length > self.config.max_size:
-            raise errors.ERR_MAX_SIZE_EXCEEDED()
-        if self.config.rules is not None:
-            self.config.rules.check_size(length)
+        if length < info.offset:
+            raise errors.ERR_INVALID_UPLOAD_LENGTH("the declared length is below the upload's offset")
+        self.policy.check_size(length)
         await self.store.declare_length(upload, length)  # type: ignore[attr-defined]
         return info.replace(size=length, size_is_deferred=False)
 

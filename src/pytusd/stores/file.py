@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from .. import errors
 from ..protocol import is_valid_upload_id, new_upload_id
 from ..types import UploadInfo
 
+T = TypeVar("T")
+
 DEFAULT_DIR_PERMS = 0o775
 DEFAULT_FILE_PERMS = 0o664
 READ_BLOCK = 256 * 1024
+CONCAT_SUFFIX = ".concat"  # a final's bytes while they are being concatenated, renamed over its data when complete
+COPY_STEP = 64 * 1024 * 1024  # bytes per copy_file_range call
 
 
 def _storage_error(exc: OSError) -> errors.TusError:
@@ -42,6 +48,45 @@ async def _flush(call: Callable[[int], None], fd: int) -> None:
         with contextlib.suppress(BaseException):
             await flushing
         raise
+
+
+async def _run_to_end(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a thread, waited for to its end even if the request is cancelled meanwhile (then the
+    cancellation is re-raised): files it writes must not change after the upload's lock was let go."""
+    running = asyncio.get_running_loop().run_in_executor(None, call, *args)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await running
+        raise
+
+
+def _copy_range(source: int, target: int, size: int, position: int) -> None:
+    """Copy ``size`` bytes from the start of ``source`` to ``position`` in ``target``: inside the kernel where it
+    can (``copy_file_range``), else through a buffer. A source shorter than ``size`` is an error."""
+    copied = 0
+    kernel = hasattr(os, "copy_file_range")
+    while copied < size:
+        step = min(COPY_STEP, size - copied)
+        n = 0
+        if kernel:
+            try:
+                n = os.copy_file_range(source, target, step, copied, position + copied)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                kernel = False
+        if not kernel:
+            block = os.pread(source, min(step, READ_BLOCK * 4), copied)
+            view = memoryview(block)
+            while view:
+                written = os.pwrite(target, view, position + copied + n)
+                n += written
+                view = view[written:]
+        if n == 0:
+            raise OSError(errno.EIO, f"a partial upload holds fewer than its {size} bytes")
+        copied += n
 
 
 class FileUpload:
@@ -247,7 +292,7 @@ class FileStore:
     # -- capabilities ---------------------------------------------------------------------------------------------
 
     async def terminate(self, upload: FileUpload) -> None:  # type: ignore[override]
-        for path in (upload.data_path, upload.info_path):
+        for path in (upload.data_path, upload.info_path, upload.data_path + CONCAT_SUFFIX):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -317,20 +362,43 @@ class FileStore:
             os.close(fd)
 
     async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:  # type: ignore[override]
-        fd = os.open(final.data_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        """All-or-nothing and repeatable: the partials are copied (by the kernel, ``copy_file_range``) into
+        ``<data>.concat`` in a thread, which then replaces the final's data file. A final is empty until its bytes
+        are all there; an attempt that failed or died is simply done again from the start (the temporary file is
+        truncated), never on top of what it wrote."""
+        sources = [(partial.data_path, (await partial.info()).offset) for partial in partials]
+        size = await _run_to_end(self._concat_files, final.data_path, sources)
+        final._info = final._info.replace(offset=size)
+
+    def _concat_files(self, data_path: str, sources: list[tuple[str, int]]) -> int:
+        temporary = data_path + CONCAT_SUFFIX
         try:
-            for partial in partials:
-                async for block in partial.reader(0, (await partial.info()).offset):
-                    view = memoryview(block)
-                    while view:
-                        view = view[os.write(fd, view) :]
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_perms)
+            try:
+                position = 0
+                for path, size in sources:
+                    source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        _copy_range(source, fd, size, position)
+                    finally:
+                        os.close(source)
+                    position += size
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, data_path)
             if self.fsync:
-                await _flush(os.fdatasync, fd)
+                dir_fd = os.open(os.path.dirname(data_path), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise _storage_error(exc) from exc
-        finally:
-            os.close(fd)
-        final._info = final._info.replace(offset=os.stat(final.data_path).st_size)
+        return position
 
     # -- internals ------------------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .. import errors, protocol
 from ..protocol import new_upload_id
 from ..types import UploadInfo
-from .streaming import Blocking, PieceWriter, contiguous, feed_body, gather_all
+from .streaming import Blocking, PieceWriter, concat_by_streaming, contiguous, feed_body, gather_all
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
@@ -731,7 +731,7 @@ class GCSStore:
         """Compose the partials' final objects into the final upload's object (a partial that is complete but not
         finished yet contributes its chunk objects). Partials of another store are streamed instead."""
         if not all(isinstance(p, GCSUpload) and p._store.bucket == self.bucket for p in partials):
-            await self._concat_by_streaming(final, partials)
+            await concat_by_streaming(final, partials)
             return
         state = await final.state()
         sources: list[StoredObject] = []
@@ -751,17 +751,6 @@ class GCSStore:
         except Exception as exc:
             final._state = None
             raise _storage_error(exc) from exc
-
-    async def _concat_by_streaming(self, final: GCSUpload, partials: Sequence[Any]) -> None:
-        sizes = [(await p.info()).offset for p in partials]
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for partial, size in zip(partials, sizes, strict=True):
-                if size:
-                    async for block in partial.reader(0, size):
-                        yield block
-
-        await final.write(0, chunks())
 
 
 def make_client(*, endpoint: str = "", max_pool_connections: int = 32) -> Client:

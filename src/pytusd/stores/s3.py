@@ -44,7 +44,7 @@ from typing import IO, Any
 from .. import errors
 from ..protocol import new_upload_id
 from ..types import UploadInfo
-from .streaming import Blocking, PieceWriter, feed_body, gather_all
+from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
 
 log = logging.getLogger("pytusd.s3")
 
@@ -791,7 +791,7 @@ class S3Store:
             and len(pieces) <= self.plan.max_parts
         )
         if not copyable:
-            await self._concat_by_streaming(final, partials, sizes)
+            await concat_by_streaming(final, partials)
             return
         state = await final.state()
 
@@ -817,17 +817,6 @@ class S3Store:
         except Exception as exc:
             final._state = None
             raise _storage_error(exc) from exc
-
-    async def _concat_by_streaming(self, final: S3Upload, partials: Sequence[S3Upload], sizes: list[int]) -> None:
-        """Read the partials and write them into the final upload like a PATCH would."""
-
-        async def chunks() -> AsyncIterator[bytes]:
-            for partial, size in zip(partials, sizes, strict=True):
-                if size:
-                    async for block in partial.reader(0, size):
-                        yield block
-
-        await final.write(0, chunks())
 
 
 def make_client(

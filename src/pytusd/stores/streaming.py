@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 import tempfile
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -207,3 +207,24 @@ class PieceWriter(Generic[P]):
         spool = self.detach()
         if spool is not None:
             spool.close()
+
+
+async def concat_by_streaming(final: Any, partials: Sequence[Any]) -> None:
+    """Concatenate by reading the partials and writing their bytes into ``final`` like a PATCH would.
+
+    Resumable and idempotent: the write starts at the final's stored offset, skipping what an earlier attempt
+    (a failed one, or another process's before it died) already stored, so nothing is ever written twice."""
+    sizes = [(await p.info()).offset for p in partials]
+    start = (await final.info()).offset
+
+    async def chunks() -> AsyncIterator[bytes]:
+        skip = start
+        for partial, size in zip(partials, sizes, strict=True):
+            if skip >= size:
+                skip -= size
+                continue
+            async for block in partial.reader(skip, size):
+                yield block
+            skip = 0
+
+    await final.write(start, chunks())
