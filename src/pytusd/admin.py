@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from . import errors, expiration
 from .config import Config
+from .hooks import Hooks
 from .stores import Listable, Terminatable, Upload
 from .types import UploadInfo
 
@@ -68,16 +69,24 @@ async def info(config: Config, upload_id: str) -> dict[str, Any]:
 
 
 async def delete(config: Config, upload_id: str) -> dict[str, Any]:
+    """Delete an upload as a ``DELETE`` request would: under its lock (a running server lets go of it), then the
+    post-terminate hook, so the application hears of it. pre-terminate is not asked: the operator decides."""
     store = config.store
     if not isinstance(store, Terminatable):
         raise errors.ERR_NOT_IMPLEMENTED(f"{store!r} cannot delete uploads")
     lock = await config.locker.acquire(upload_id, lambda: None, config.acquire_lock_timeout)
     try:
         upload = await store.get(upload_id)
+        info = await upload.info()
         described = await describe(config, upload)
         await store.terminate(upload)
     finally:
         await lock.release()
+    hooks = config.hooks
+    if isinstance(hooks, Hooks) and hooks.wants("post-terminate"):
+        path = config.route_prefix + upload_id
+        hooks.fire("post-terminate", info, {"Method": "DELETE", "URI": path, "RemoteAddr": "", "Header": {}})
+        await hooks.drain()
     return described
 
 

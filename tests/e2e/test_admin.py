@@ -92,3 +92,22 @@ def test_list_and_delete_on_s3(pytusd_factory, s3_endpoint):
     finally:
         for key in env:
             os.environ.pop(key, None)
+
+
+def test_delete_tells_the_post_terminate_hook(pytusd_factory, tmp_path):
+    """pytusd delete is a termination like a DELETE request: the application's post-terminate hook hears of it."""
+    server = pytusd_factory()
+    upload_id = create(server.url, 5, "gone.txt")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    seen = tmp_path / "seen.json"
+    script = hooks / "post-terminate"
+    script.write_text(f"#!/bin/sh\ncat > {seen}\n")
+    script.chmod(0o755)
+    deleted = pytusd("delete", upload_id, "--upload-dir", str(server.upload_dir), "--hooks-dir", str(hooks))
+    assert deleted.returncode == 0, deleted.stderr
+    event = json.loads(seen.read_text())
+    assert event["Type"] == "post-terminate"
+    assert event["Event"]["Upload"]["ID"] == upload_id
+    assert event["Event"]["Upload"]["MetaData"]["filename"] == "gone.txt"
+    assert event["Event"]["HTTPRequest"]["Method"] == "DELETE"
