@@ -24,7 +24,8 @@ import pytest
 from pytusd.hooks import Hooks, PythonHookBackend
 from pytusd.stores import file as file_store
 
-from ..conftest import PATCH_TYPE, TUS, create, patch
+from ..conftest import PATCH_TYPE, TUS, patch
+from ..e2e.conftest import pytusd_factory  # noqa: F401 (a fixture)
 
 DRAFT_VERSIONS = (3, 4, 5, 6, 7, 8)
 
@@ -248,3 +249,70 @@ async def test_pre_access_is_not_bypassed_through_concatenation(client_factory, 
     assert len([n for n in os.listdir(upload_dir) if n.endswith(".info")]) == 1  # no final for bob
     r = await final(client, [a], **alice, **{"Upload-Metadata": owner})  # alice may
     assert r.status_code == 201, r.text
+
+
+# -- through a real pytusd process: other connections are served meanwhile -----------------------------------------
+
+
+class HealthProbe:
+    """GETs /health every 10 ms on its own connection, in a thread, and keeps the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.url = url
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                assert client.get(self.url).status_code == 200
+                self.latencies.append(time.perf_counter() - started)
+                time.sleep(0.01)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.1)
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.e2e
+def test_hostile_concatenation_requests_do_not_stall_a_real_server(pytusd_factory):
+    server = pytusd_factory()
+    files = server.url  # http://127.0.0.1:<port>/files/
+    health = files.replace("/files/", "/health")
+
+    def sync_partial(length: int, data: bytes = b"") -> str:
+        headers = {**TUS, "Upload-Length": str(length), "Upload-Concat": "partial"}
+        r = httpx.post(files, headers={**headers, **PATCH_TYPE} if data else headers, content=data)
+        assert r.status_code == 201, r.text
+        return r.headers["location"]
+
+    tiny = sync_partial(10, b"0123456789")
+    size = 128 << 20
+    big = [sync_partial(size) for _ in range(2)]
+    block = os.urandom(1 << 20) * 16
+    for url in big:
+        for offset in range(0, size, len(block)):
+            r = httpx.patch(url, headers={**TUS, **PATCH_TYPE, "Upload-Offset": str(offset)}, content=block,
+                            timeout=60)
+            assert r.status_code == 204, r.text
+    with HealthProbe(health) as probe:
+        relative = "/files/" + tiny.rsplit("/", 1)[1]  # ~800 KB of header, within the 1 MiB head limit
+        r = httpx.post(files, headers={**TUS, "Upload-Concat": "final;" + " ".join([relative] * 20_000)}, timeout=30)
+        assert r.status_code == 400 and "ERR_INVALID_CONCAT" in r.text
+        r = httpx.post(files, headers={**TUS, "Upload-Concat": f"final;{big[0]} {big[1]}"}, timeout=60)
+        assert r.status_code == 201, r.text
+    head = httpx.head(r.headers["location"], headers=TUS)
+    assert head.headers["upload-offset"] == str(2 * size)
+    assert len(probe.latencies) >= 5
+    assert max(probe.latencies) < 0.25, f"/health waited {max(probe.latencies) * 1000:.0f} ms"
+    assert "Traceback" not in server.log()
