@@ -13,7 +13,6 @@ import email.utils
 import hashlib
 import re
 import time
-from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 from pytusd import protocol
 
 from ..conftest import PATCH_TYPE, TUS, create, patch
+from .conftest import asgi
 
 DATE_HEADERS = ("If-Modified-Since", "If-Unmodified-Since", "If-Range")
 HOSTILE_DATES = [
@@ -128,28 +128,6 @@ def _tus_error(status: int, body: bytes) -> str:
     match = re.fullmatch(rb"(ERR_[A-Z_]+): [^\n]*\n", body)
     assert match, (status, body[:200])
     return match.group(1).decode()
-
-
-async def asgi(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
-               ) -> tuple[int, dict[str, str], bytes]:
-    """One request straight into the app with exactly these header bytes (httpx would refuse some of them)."""
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"tus.test"), *[(k.lower(), v) for k, v in headers]],
-             "client": ("127.0.0.1", 1234), "server": ("tus.test", 80)}
-    await app(scope, receive, send)
-    start = sent[0]
-    return (start["status"], {k.decode(): v.decode("latin-1") for k, v in start["headers"]},
-            b"".join(m.get("body", b"") for m in sent[1:]))
 
 
 def latin1(value: str) -> bytes:
