@@ -3,6 +3,10 @@
 They take the server's flags, so they reach the same store and locker as the server they sit next to (any
 store: disk, S3, GCS, Azure). ``delete`` takes the upload's lock first, asking a running server to let go of it,
 exactly as a ``DELETE`` request would.
+
+Filenames, metadata and even IDs come from clients (or from files in a folder), so every value printed as text goes
+through :func:`printable` and reaches the admin's terminal as one visible line; ``--json`` output is escaped by
+``json.dumps`` (ASCII only).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -90,6 +95,31 @@ async def delete(config: Config, upload_id: str) -> dict[str, Any]:
     return described
 
 
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Control (Cc: C0, DEL, C1) and format characters (Cf: bidi overrides and isolates, zero-width ones), line and
+# paragraph separators, and lone surrogates (which a UTF-8 terminal could not even be sent).
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable(value: object) -> str:
+    """``value`` as text that shows what it is on a terminal and stays on one line: control characters, format
+    characters that can disguise text (bidi overrides, zero-width characters), line and paragraph separators become
+    visible escapes (``\\x1b``, ``\\n``, ``\\u202e``), and a backslash is doubled so an escape cannot be faked."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:  # the common case: nothing to do (isprintable() is stricter)
+        return text
+    out = []
+    for char in text:
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def _size(value: int | None) -> str:
     if value is None:
         return "?"
@@ -103,12 +133,13 @@ def _size(value: int | None) -> str:
 def print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     headers = ("ID", "SIZE", "OFFSET", "STATE", "FILENAME", "EXPIRES")
     table = [headers] + [
-        (r["id"], _size(r["size"]), _size(r["offset"]), r["state"], r["filename"], r["expires"] or "")
+        tuple(printable(cell) for cell in
+              (r["id"], _size(r["size"]), _size(r["offset"]), r["state"], r["filename"], r["expires"] or ""))
         for r in rows
     ]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     for row in table:
-        out.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def run(command: str, config: Config, arguments: list[str], as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -124,16 +155,16 @@ def run(command: str, config: Config, arguments: list[str], as_json: bool, out: 
     try:
         result = asyncio.run(actions[command]())
     except errors.TusError as exc:
-        print(f"pytusd {command}: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"pytusd {command}: {exc.code}: {printable(exc.message)}", file=sys.stderr)
         return 1
     if as_json:
-        json.dump(result, out, indent=2)
+        json.dump(result, out, indent=2)  # ensure_ascii: every control or non-ASCII character is a \u escape
         out.write("\n")
     elif command == "list":
         print_table(result, out)
     elif command == "delete":
-        out.write(f"deleted {result['id']} ({_size(result['offset'])} of {_size(result['size'])})\n")
+        out.write(f"deleted {printable(result['id'])} ({_size(result['offset'])} of {_size(result['size'])})\n")
     else:
         for key, value in result.items():
-            out.write(f"{key}: {json.dumps(value) if isinstance(value, dict) else value}\n")
+            out.write(f"{key}: {json.dumps(value) if isinstance(value, dict) else printable(value)}\n")
     return 0

@@ -114,13 +114,14 @@ def _new_parser(protocol: Any) -> httptools.HttpRequestParser:
     return parser
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def request_content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """The request's Content-Length when its body is delimited by it alone (no Transfer-Encoding)."""
     length = None
     for name, value in headers:
         if name == b"content-length":
-            if length is not None or not value.strip().isdigit():
-                return None  # repeated or odd: leave it to the parser
+            value = value.strip()
+            if length is not None or not value.isdigit() or len(value) > 19:
+                return None  # repeated or odd (the parser rejects what does not fit 64 bits): leave it to the parser
             length = int(value)
         elif name == b"transfer-encoding":
             return None
@@ -142,7 +143,7 @@ def fast_body_protocol(base: type) -> type:
             parser = self.parser
             if isinstance(parser, _Parser) and not parser.parser.should_upgrade():
                 parser.seen = 0
-                length = _content_length(self.headers)
+                length = request_content_length(self.headers)
                 parser.expected = length if length else None
                 if length and _CAN_SPLICE and self.cycle is not None and not self._is_tls():
                     self.cycle.scope.setdefault("extensions", {})[SPLICE_EXTENSION] = Splicer(self, self.cycle)

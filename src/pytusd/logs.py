@@ -1,5 +1,9 @@
 """Log output: one line per event, as text (``key=value``) or JSON, like tusd's ``--log-format``.
 
+A record is always one line: in text, the message and every value that is not a plain token are JSON strings
+(ASCII, with escapes), and so is a traceback (``error=``); client text (paths, IDs, headers) can neither break a
+line nor reach a terminal as control characters.
+
 Every line logged while a request is handled carries its request ID (``request_id``): the request's
 ``X-Request-ID`` when it has a usable one, else a new one (:func:`request_id_from`). The ID lives in a context
 variable (:data:`request_id_var`) that hooks run in the background inherit; :class:`RequestIdFilter` puts it on
@@ -98,7 +102,8 @@ class TextFormatter(logging.Formatter):
             if value is not None:
                 line += f" {key}={_text_value(value)}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # Quoted like any value, so a record stays one line whatever text (a client's) the exception carries.
+            line += f" error={json.dumps(self.formatException(record.exc_info))}"
         return line
 
 

@@ -7,6 +7,7 @@ Item numbers refer to the server checklist (reference/tus-protocol.md).
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import hashlib
 import zlib
@@ -80,14 +81,18 @@ class _Crc32:
 
 
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256", "sha512", "crc32")
+MAX_CHECKSUM_LENGTH = 128  # base64 characters of a digest; SHA-512's 64 bytes take 88
 
 
 def parse_checksum(header: str) -> tuple[str, bytes]:
     """``Upload-Checksum: <algorithm> <base64 digest>`` -> (algorithm, digest). Unknown algorithms and malformed
-    values are 400 (item 49); names are lowercase ASCII (item 52)."""
+    values are 400 (item 49); names are lowercase ASCII (item 52). A digest longer than any algorithm's is malformed
+    before it is decoded."""
     algorithm, _, encoded = header.strip().partition(" ")
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise errors.ERR_UNSUPPORTED_CHECKSUM_ALGORITHM()
+    if len(encoded) > MAX_CHECKSUM_LENGTH:
+        raise errors.ERR_INVALID_CHECKSUM(f"the digest may take {MAX_CHECKSUM_LENGTH} base64 characters at most")
     try:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -420,11 +425,50 @@ def _etag_listed(header: str, etag: str, weak: bool) -> bool:
     return False
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# RFC 9110 section 5.6.7: the preferred IMF-fixdate and the two obsolete forms a recipient must also accept, always
+# in GMT. The day names are checked for form only, as the RFC allows; the groups are day, month, year and time.
+_IMF_FIXDATE = re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT")
+_RFC850_DATE = re.compile(
+    rf"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT"
+)
+_ASCTIME_DATE = re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} ([0-9 ][0-9]) {_TIME} ([0-9]{{4}})")
+MAX_HTTP_DATE_LENGTH = 64  # the longest valid form (RFC 850, Wednesday) has 33 characters
+
+
 def _parse_http_date(value: str) -> float | None:
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    """An HTTP-date (RFC 9110) as a POSIX timestamp, or None when it is not one: a conditional header whose date is
+    invalid is ignored, as the RFC says. The value is bounded and matched whole before any number is built, and
+    every number then has its few digits, so nothing here can raise."""
+    value = value.strip()
+    if len(value) > MAX_HTTP_DATE_LENGTH:
         return None
+    if match := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _RFC850_DATE.fullmatch(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        year = str(_full_year(int(short_year)))
+    elif match := _ASCTIME_DATE.fullmatch(value):
+        month, day, hour, minute, second, year = match.groups()
+    else:
+        return None
+    try:
+        moment = datetime.datetime(
+            int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second),
+            tzinfo=datetime.timezone.utc,
+        )
+    except ValueError:  # 31 February, hour 24, second 60, year 0
+        return None
+    return moment.timestamp()
+
+
+def _full_year(two_digits: int) -> int:
+    """RFC 9110: a two-digit year more than 50 years in the future is the most recent past year ending so."""
+    this_year = datetime.datetime.now(datetime.timezone.utc).year
+    year = this_year - this_year % 100 + two_digits
+    return year - 100 if year > this_year + 50 else year
 
 
 def http_date(timestamp: float) -> str:

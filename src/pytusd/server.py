@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import re
 import signal
 import ssl
 from types import FrameType
@@ -75,6 +76,15 @@ def tune_malloc() -> bool:
     return ok
 
 
+# What the parser reads of a chunked request body besides its data, bounded as Go's net/http (tusd's server) bounds
+# it: there a chunk-size line may take 4 KiB and a trailer section about as much as its 4 KiB read buffer holds (pytusd
+# allows a little more). Past a limit the client gets 431 ERR_HEADERS_TOO_LARGE (unless it was answered already) and
+# the connection is closed; the body bytes received before are stored, as when a client disconnects.
+MAX_CHUNK_LINE_SIZE = 4 * 1024  # one chunk-size line, chunk extensions and line break included
+MAX_TRAILER_SIZE = 16 * 1024  # a request's trailer section, every line and line break included
+MAX_TRAILER_FIELDS = 64  # the fields of a request's trailer section
+
+
 @dataclasses.dataclass
 class ServeOptions:
     host: str = "0.0.0.0"
@@ -88,6 +98,10 @@ class ServeOptions:
     # Request line and header fields together (Go's http.DefaultMaxHeaderBytes, which tusd serves with); larger
     # requests get 431 ERR_HEADERS_TOO_LARGE and the connection is closed. 0: uvicorn's own (none with httptools).
     max_header_size: int = 1024 * 1024
+    # Chunked request bodies (httptools only; see MAX_CHUNK_LINE_SIZE): at least 1 each.
+    max_chunk_line_size: int = MAX_CHUNK_LINE_SIZE
+    max_trailer_size: int = MAX_TRAILER_SIZE
+    max_trailer_fields: int = MAX_TRAILER_FIELDS
 
     @property
     def url(self) -> str:
@@ -97,8 +111,143 @@ class ServeOptions:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def framing_limits(self) -> FramingLimits:
+        return FramingLimits(self.max_chunk_line_size, self.max_trailer_size, self.max_trailer_fields)
 
-def _idle_timeout_protocol(base: type, metrics: Metrics | None = None, max_header_size: int = 0) -> type:
+
+@dataclasses.dataclass(frozen=True)
+class FramingLimits:
+    """What a chunked request body may carry besides its data (see MAX_CHUNK_LINE_SIZE)."""
+
+    chunk_line_size: int = MAX_CHUNK_LINE_SIZE
+    trailer_size: int = MAX_TRAILER_SIZE
+    trailer_fields: int = MAX_TRAILER_FIELDS
+
+    def __post_init__(self) -> None:
+        if min(self.chunk_line_size, self.trailer_size, self.trailer_fields) < 1:
+            raise ValueError("the chunk-line and trailer limits must be at least 1")
+
+
+class FramingTooLarge(Exception):
+    """A chunk-size line or a trailer section went past its limit. ``message`` says which, for the client; ``at`` is
+    where that line or section began in the bytes scanned last (0: in earlier ones): the bytes before are sound."""
+
+    def __init__(self, message: str, at: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
+
+
+class ChunkedFraming:
+    """Follows a chunked request body byte for byte, beside httptools, and counts what is not data.
+
+    httptools buffers every trailer field until its line ends, and reads chunk extensions without end, so both must
+    be bounded before the parser sees the bytes (as the request head is). :meth:`scan` is given the bytes after the
+    request head as they arrive; chunk data is skipped by its length, so only size lines and trailers cost a look.
+    Whether the bytes are well-formed is still the parser's to say: a chunk-size line that does not start with a
+    hex digit ends the following (:attr:`lost`), and the parser rejects it. :attr:`done`: the body has ended.
+    """
+
+    __slots__ = ("limits", "state", "line", "line_size", "left", "trailer_size", "trailer_fields", "lost", "done")
+
+    SIZE_LINE, DATA, DATA_END, TRAILERS = range(4)
+
+    def __init__(self, limits: FramingLimits) -> None:
+        self.limits = limits
+        self.state = self.SIZE_LINE
+        self.line = b""  # the current chunk-size line (bounded by the limit), or the start of a trailer line
+        self.line_size = 0  # bytes of the current line so far
+        self.left = 0  # data bytes of the current chunk still to come
+        self.trailer_size = 0
+        self.trailer_fields = 0
+        self.lost = False
+        self.done = False
+
+    def scan(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to this body: all of them, or fewer when the body ends inside it.
+        Raises :class:`FramingTooLarge` as soon as the bytes go past a limit, before the parser could see them."""
+        if self.done:
+            return 0
+        limits = self.limits
+        pos, n = 0, len(data)
+        start = 0  # where the current chunk line or the trailer section began in data
+        while pos < n and not self.lost:
+            if self.state == self.DATA:
+                take = min(self.left, n - pos)
+                self.left -= take
+                pos += take
+                if not self.left:
+                    self.state = self.DATA_END
+                continue
+            if self.state != self.TRAILERS and not self.line_size:
+                start = pos
+            eol = data.find(b"\n", pos)
+            end = n if eol < 0 else eol + 1
+            self.line_size += end - pos
+            if self.state == self.TRAILERS:
+                self.trailer_size += end - pos
+                if self.trailer_size > limits.trailer_size:
+                    raise FramingTooLarge(self._trailer_message(), start)
+                if len(self.line) < 2:
+                    self.line += data[pos : min(end, pos + 2)]
+            else:
+                if self.line_size > limits.chunk_line_size:
+                    raise FramingTooLarge(
+                        f"a chunk-size line (with its chunk extensions) may take {limits.chunk_line_size} bytes at "
+                        "most", start
+                    )
+                if self.state == self.SIZE_LINE:
+                    self.line += data[pos:end]
+            pos = end
+            if eol < 0:
+                break
+            state = self.state
+            if self._line_ended():
+                self.done = True
+                return pos
+            if self.trailer_fields > limits.trailer_fields:
+                raise FramingTooLarge(self._trailer_message(), start)
+            if self.state == self.TRAILERS and state != self.TRAILERS:
+                start = pos
+        return n
+
+    def _trailer_message(self) -> str:
+        limits = self.limits
+        return f"the trailer section may take {limits.trailer_size} bytes and {limits.trailer_fields} fields at most"
+
+    def _line_ended(self) -> bool:
+        """A line is complete: move on. True when it was the blank line that ends the trailer section."""
+        state, line = self.state, self.line
+        self.line, self.line_size = b"", 0
+        if state == self.SIZE_LINE:
+            match = _CHUNK_SIZE.match(line)
+            if match is None:
+                self.lost = True  # not a chunk-size line: the parser rejects it
+                return False
+            self.left = int(match.group(), 16)
+            self.state = self.DATA if self.left else self.TRAILERS
+        elif state == self.DATA_END:
+            self.state = self.SIZE_LINE
+        elif line in (b"\r\n", b"\n"):
+            return True
+        else:
+            self.trailer_fields += 1
+        return False
+
+
+def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the parser reads the request body as chunked: the last transfer coding named is ``chunked``."""
+    codings = b",".join(value for name, value in headers if name == b"transfer-encoding")
+    return bool(codings) and codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+
+
+def _idle_timeout_protocol(
+    base: type, metrics: Metrics | None = None, max_header_size: int = 0, framing: FramingLimits = FramingLimits()
+) -> type:
     """uvicorn's HTTP protocol, also closing connections that stay silent before (or while) sending headers.
 
     uvicorn times out idle keep-alive connections only after a first response; a connection that never sends a
@@ -151,44 +300,123 @@ def _idle_timeout_protocol(base: type, metrics: Metrics | None = None, max_heade
                 self.transport.close()
 
     if hasattr(base, "on_header"):  # httptools: the parser reports trailer fields like header fields
+        from .fastbody import request_content_length
 
         class TrailerProtocol(IdleTimeoutProtocol):
             """Hands request trailers to the app as ``scope["extensions"][TRAILERS_EXTENSION]`` (a list of
             (name, value) pairs, filled once the body has been read), for the checksum-trailer extension.
 
-            Also limits a request's head: httptools buffers header fields without any limit, so the bytes of a head
-            are counted before the parser sees them, and past ``max_header_size`` the client gets 431."""
+            Also bounds what httptools would buffer or read without end, counting the bytes before the parser sees
+            them: a request's head (past ``max_header_size`` the client gets 431) and, of a chunked body, each
+            chunk-size line and the trailer section (``framing``; :class:`ChunkedFraming`). Incoming bytes are split
+            where a head ends and where a chunked body ends, so each part is counted against its own limit."""
 
             _in_head = True  # the bytes arriving belong to a request line or header fields
             _head_bytes = 0
             _head_tail = b""  # the last bytes of the head so far, to find a blank line split between reads
+            _head_ends_here = False  # the parser is being fed up to the end of a head, and no further
+            _framing: ChunkedFraming | None = None  # following a chunked request body
+            _body_left = 0  # bytes still to come of a body with a Content-Length
+            _discarding = False  # past a limit: nothing more is parsed on this connection
 
             def data_received(self, data: bytes) -> None:
-                if self._in_head and max_header_size:
-                    seen = self._head_bytes
-                    if seen + len(data) > max_header_size:
-                        # Too much unless the head ends in this read, early enough (a body may follow it).
-                        end = _head_end(self._head_tail + data) - len(self._head_tail)
-                        if end < 0 or seen + end > max_header_size:
+                while data and not self._discarding:
+                    if self._framing is not None:  # a chunked body
+                        framing = self._framing
+                        try:
+                            end = framing.scan(data)
+                        except FramingTooLarge as exc:
+                            if exc.at:  # the body up to the line or section that is too large
+                                super().data_received(data[: exc.at])
+                            self._reject_large_framing(exc.message)
+                            return
+                        if end == len(data):
+                            super().data_received(data)
+                            if framing.lost and not self.transport.is_closing():
+                                self.transport.close()  # the parser took a line that could not be followed
+                            return
+                        super().data_received(data[:end])  # the body ends here: a pipelined request follows
+                        if self._framing is not None:  # the parser did not end the request there: stop
+                            self._discarding = True
+                            self.transport.close()
+                            return
+                        data = data[end:]
+                    elif self._body_left:  # a body of known length
+                        end = min(self._body_left, len(data))
+                        self._body_left -= end
+                        if end == len(data):
+                            super().data_received(data)
+                            return
+                        super().data_received(data[:end])
+                        data = data[end:]
+                    elif not self._in_head:  # a body that is not followed (odd framing the parser will judge)
+                        super().data_received(data)
+                        return
+                    else:
+                        end = _find_head_end(self._head_tail, data)
+                        size = len(data) if end < 0 else end
+                        if max_header_size and self._head_bytes + size > max_header_size:
                             self._reject_large_head()
                             return
-                    self._head_bytes = seen + len(data)
-                    self._head_tail = (self._head_tail + data)[-3:]
-                super().data_received(data)
+                        self._head_bytes += size
+                        self._head_tail = (self._head_tail + data[max(0, size - 3) : size])[-3:]
+                        self._feed_head(data[:end] if 0 <= end < len(data) else data, ends=end >= 0)
+                        if end < 0:
+                            return
+                        data = data[end:]
+                        if self._in_head:  # blank lines before a request line, which the parser skips
+                            self._head_tail = b""
+                    if self.transport.is_closing():
+                        return
+
+            def _feed_head(self, data: bytes, ends: bool) -> None:
+                """Feed the parser bytes of a request head; ``ends``: the head ends with them, exactly."""
+                self._head_ends_here = ends
+                try:
+                    super().data_received(data)
+                finally:
+                    self._head_ends_here = False
 
             def _reject_large_head(self) -> None:
                 self._in_head = False
+                self._discarding = True
                 if self.transport.is_closing():
                     return
                 if self.cycle is None or self.cycle.response_complete:  # else a response is under way: just close
-                    body = errors.ERR_HEADERS_TOO_LARGE(
-                        f"the request line and header fields may take {max_header_size} bytes at most"
-                    ).body.encode()
-                    self.transport.write(
-                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                        b"content-type: text/plain; charset=utf-8\r\ntus-resumable: 1.0.0\r\n"
-                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-                    )
+                    self._write_431(f"the request line and header fields may take {max_header_size} bytes at most")
+                self.transport.close()
+
+            def _write_431(self, message: str) -> None:
+                body = errors.ERR_HEADERS_TOO_LARGE(message).body.encode()
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    b"content-type: text/plain; charset=utf-8\r\ntus-resumable: 1.0.0\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                )
+
+            def _reject_large_framing(self, message: str) -> None:
+                """A chunk-size line or the trailer section is too large: parse nothing more, and close once the
+                app has taken the body bytes already received (they are stored, as when the client disconnects)."""
+                self._discarding = True
+                self._framing = None
+                self.transport.pause_reading()
+                self._close_when_body_taken(message, self.loop.time() + self.timeout_keep_alive)
+
+            def _close_when_body_taken(self, message: str, deadline: float) -> None:
+                cycle = self.cycle
+                if self.transport.is_closing():
+                    return
+                if cycle is None or cycle.response_started:  # answered (or answering) already: just close
+                    self.transport.close()
+                    return
+                if len(cycle.body) and not cycle.disconnected and self.loop.time() < deadline:
+                    self.loop.call_later(0.01, self._close_when_body_taken, message, deadline)
+                    return
+                self._write_431(message)
+                # From here the app reads the end of its body and its own response goes nowhere, as after a
+                # disconnect (uvicorn marks the request so too, once the transport reports the connection lost).
+                cycle.disconnected = True
+                cycle.message_event.set()
                 self.transport.close()
 
             def on_message_begin(self) -> None:
@@ -198,6 +426,7 @@ def _idle_timeout_protocol(base: type, metrics: Metrics | None = None, max_heade
             def on_message_complete(self) -> None:
                 super().on_message_complete()
                 self._in_head, self._head_bytes, self._head_tail = True, 0, b""
+                self._body_left, self._framing = 0, None
 
             def on_header(self, name: bytes, value: bytes) -> None:
                 if self._trailers is not None:
@@ -210,6 +439,21 @@ def _idle_timeout_protocol(base: type, metrics: Metrics | None = None, max_heade
                 super().on_headers_complete()
                 self._trailers = []
                 self.scope.setdefault("extensions", {})[TRAILERS_EXTENSION] = self._trailers
+                if self.parser.should_upgrade():
+                    return
+                if _is_chunked(self.headers):
+                    if self._head_ends_here:
+                        self._framing = ChunkedFraming(framing)
+                    else:  # the head ended elsewhere than where it was looked for: the body cannot be followed
+                        self._discarding = True
+                        self.transport.close()
+                elif self._head_ends_here:
+                    self._body_left = request_content_length(self.headers) or 0
+
+            def on_chunk_header(self) -> None:
+                if self._framing is None and not self._discarding:  # a chunked body not being followed
+                    self._discarding = True
+                    self.transport.close()
 
         TrailerProtocol.__name__ = f"Trailer{base.__name__}"
         return TrailerProtocol
@@ -223,16 +467,28 @@ def _head_end(data: bytes) -> int:
     return min(ends, default=-1)
 
 
-def _http_protocol(metrics: Metrics | None = None, max_header_size: int = 0) -> type:
+def _find_head_end(tail: bytes, data: bytes) -> int:
+    """Where a request head ends in ``data``, its blank line maybe begun in ``tail`` (the head's last bytes before
+    ``data``), or -1. Only the first bytes of ``data`` are copied to look across the boundary."""
+    if tail:
+        end = _head_end(tail + data[:3]) - len(tail)
+        if end > 0:
+            return end
+    return _head_end(data)
+
+
+def _http_protocol(
+    metrics: Metrics | None = None, max_header_size: int = 0, framing: FramingLimits = FramingLimits()
+) -> type:
     if importlib.util.find_spec("httptools") is not None:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         from .fastbody import fast_body_protocol  # request bodies without uvicorn's copies
 
-        return fast_body_protocol(_idle_timeout_protocol(HttpToolsProtocol, metrics, max_header_size))
+        return fast_body_protocol(_idle_timeout_protocol(HttpToolsProtocol, metrics, max_header_size, framing))
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    # h11 limits the head itself (h11_max_incomplete_event_size below) and answers 400.
+    # h11 limits the head itself (h11_max_incomplete_event_size below) and answers 400, and trailers with it.
     return _idle_timeout_protocol(H11Protocol, metrics)
 
 
@@ -314,7 +570,7 @@ def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
         port=options.port,
         uds=options.unix_socket or None,
         loop="uvloop" if has_uvloop else "asyncio",
-        http=_http_protocol(app.metrics, options.max_header_size),
+        http=_http_protocol(app.metrics, options.max_header_size, options.framing_limits),
         h11_max_incomplete_event_size=options.max_header_size or None,
         lifespan="on",
         access_log=False,

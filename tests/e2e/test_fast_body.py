@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from pytusd.fastbody import PendingBody, _content_length
+from pytusd.fastbody import PendingBody, request_content_length
 
 pytestmark = pytest.mark.e2e
 
@@ -206,11 +206,11 @@ def test_a_spliced_body_cut_off_keeps_what_arrived(pytusd):
 
 
 def test_content_length_rules():
-    assert _content_length([(b"content-length", b"12")]) == 12
-    assert _content_length([(b"content-length", b"12"), (b"content-length", b"12")]) is None
-    assert _content_length([(b"content-length", b"12"), (b"transfer-encoding", b"chunked")]) is None
-    assert _content_length([(b"content-length", b"-1")]) is None
-    assert _content_length([(b"host", b"x")]) is None
+    assert request_content_length([(b"content-length", b"12")]) == 12
+    assert request_content_length([(b"content-length", b"12"), (b"content-length", b"12")]) is None
+    assert request_content_length([(b"content-length", b"12"), (b"transfer-encoding", b"chunked")]) is None
+    assert request_content_length([(b"content-length", b"-1")]) is None
+    assert request_content_length([(b"host", b"x")]) is None
 
 
 def test_pending_body_hands_on_the_same_object():

@@ -34,6 +34,55 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 DEFAULT_ENABLED_HOOKS = ("pre-create", "post-create", "post-receive", "post-terminate", "post-finish")
 
+# Header fields a hook request never takes from the client's request. pytusd builds that request: what frames or
+# routes it (Go's HTTP client, tusd's, writes those from the request itself, never from its header map) and what
+# pytusd sets on it (tusd too sets Content-Type after forwarding) is pytusd's alone.
+NEVER_FORWARDED = frozenset({
+    "host", "content-type", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+    "upgrade", "expect", "hook-name", "idempotency-key", "x-request-id", "traceparent", "tracestate", "baggage",
+})
+
+
+def may_forward(name: str) -> bool:
+    """Whether a client's header may be passed on to a hook: a token name, not one of :data:`NEVER_FORWARDED`
+    and no ``Proxy-*`` field."""
+    lowered = name.lower()
+    return (_HEADER_NAME.fullmatch(name) is not None and lowered not in NEVER_FORWARDED
+            and not lowered.startswith("proxy-"))
+
+
+def hook_request_headers(
+    own: Mapping[str, str], incoming: Mapping[str, Iterable[str]] | None = None, forward: Iterable[str] = ()
+) -> dict[str, str]:
+    """The header fields of a request pytusd sends to a hook, by one rule for every backend.
+
+    ``incoming`` (the client request's fields, name -> values, as in a hook payload) contributes the fields named in
+    ``forward``, matched without regard to case, that :func:`may_forward` allows; their values are joined with
+    ``", "``, and a value that could not travel in a header (CR, LF, NUL or another control character) is dropped,
+    not sent. ``own`` (pytusd's fields) come last and cannot be replaced: a name is sent once, in one spelling.
+    """
+    headers: dict[str, str] = {}
+    if incoming is not None:
+        values_of: dict[str, list[str]] = {}
+        for name, values in incoming.items():
+            values_of.setdefault(str(name).lower(), []).extend(str(v) for v in values)
+        for name in forward:
+            name = name.strip()
+            key = name.lower()
+            if not may_forward(name) or any(k.lower() == key for k in headers):
+                continue
+            values = [v.strip(" \t") for v in values_of.get(key, ())]
+            values = [v for v in values if v and _HEADER_VALUE.fullmatch(v)]
+            if values:
+                headers[name] = ", ".join(values)
+    for name, value in own.items():
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            continue  # pytusd's own values are valid; this keeps the rule whole
+        for key in [k for k in headers if k.lower() == name.lower()]:
+            del headers[key]
+        headers[name] = value
+    return headers
+
 
 def hook_request(hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> dict[str, Any]:
     """tusd's HookRequest: ``{"Type", "Event": {"Upload": FileInfo, "HTTPRequest": {...}}}``."""

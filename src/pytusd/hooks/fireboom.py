@@ -44,6 +44,8 @@ class FireboomHookBackend:
         }
 
     def _headers(self, request: dict[str, Any]) -> dict[str, str]:
+        """pytusd's own fields (JsonPoster.post adds Content-Type, by the rule of every hook request): no client
+        header is forwarded, the client's headers travel in the JSON body."""
         header = request["Event"]["HTTPRequest"].get("Header") or {}
         request_id = (header.get("X-Request-Id") or [secrets.token_hex(16)])[0]
         return {"X-Request-Id": request_id[:64]}

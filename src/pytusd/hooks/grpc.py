@@ -3,6 +3,9 @@
 The messages are tusd's hook.proto (``proto/hook.proto`` here, same names and field numbers), so an existing tusd
 gRPC hook server works unchanged. As in tusd's proto, headers carry their first value only and there is no
 ``rejectTermination``. Calls that fail with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED are retried.
+The client's headers travel inside the message only, as data: no call metadata is taken from them, so none can be a
+reserved key (``content-type``, ``te``, ``grpc-*``, ``-bin``). Metadata added here would have to follow the rule of
+:func:`pytusd.hooks.base.hook_request_headers`, with lowercase keys.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Network errors and 5xx answers are retried ``retry`` times, ``backoff`` seconds apart; any other non-2xx answer is
 a hook failure, as is a body larger than ``size_limit`` or one that is not JSON. Notification events carry an
 ``Idempotency-Key`` (the same on every retry) so a receiver can drop duplicates. Every call carries the
-request's ``X-Request-ID`` (and, when tracing, a ``traceparent``).
+request's ``X-Request-ID`` (and, when tracing, a ``traceparent``). Client headers named in ``forward_headers`` are
+added as :func:`~pytusd.hooks.base.hook_request_headers` allows: never over pytusd's own or the request's framing.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
 from .. import tracing
-from .base import BLOCKING_HOOKS, decode_answer
+from .base import BLOCKING_HOOKS, decode_answer, hook_request_headers, may_forward
+
+log = logging.getLogger("pytusd.hooks")
 
 
 class HookHttpError(RuntimeError):
@@ -39,13 +43,20 @@ class JsonPoster:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def post(self, url: str, payload: Any, headers: dict[str, str]) -> Any:
+    async def post(
+        self, url: str, payload: Any, headers: Mapping[str, str],
+        incoming: Mapping[str, Iterable[str]] | None = None, forward: Iterable[str] = (),
+    ) -> Any:
+        """POST ``payload`` as JSON with pytusd's own ``headers``; ``forward`` names fields of ``incoming`` (the
+        client's request) to pass on, by the rule of :func:`~pytusd.hooks.base.hook_request_headers`."""
         data = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json", **headers}
+        fields = hook_request_headers({**headers, "Content-Type": "application/json"}, incoming, forward)
+        # As bytes: a forwarded value may be Latin-1 text, which httpx would refuse to encode as ASCII.
+        raw_headers = [(name.encode("ascii"), value.encode("latin-1")) for name, value in fields.items()]
         attempt = 0
         while True:
             try:
-                async with self._client.stream("POST", url, content=data, headers=headers) as response:
+                async with self._client.stream("POST", url, content=data, headers=raw_headers) as response:
                     body = bytearray()
                     async for block in response.aiter_bytes():
                         body += block
@@ -80,6 +91,10 @@ class HttpHookBackend:
     ) -> None:
         self.endpoint = endpoint
         self.forward_headers = [h.strip() for h in forward_headers if h.strip()]
+        never = [name for name in self.forward_headers if not may_forward(name)]
+        if never:
+            log.warning("hook requests never carry these client headers (pytusd sets or frames them itself, or "
+                        "they are not header names): %s", ", ".join(never))
         self.poster = JsonPoster(retry=retry, backoff=backoff, timeout=timeout, size_limit=size_limit, verify=verify)
 
     def __repr__(self) -> str:
@@ -89,20 +104,19 @@ class HttpHookBackend:
         await self.poster.aclose()
 
     def _headers(self, hook_type: str, request: dict[str, Any]) -> dict[str, str]:
+        """pytusd's own header fields of a hook call (the forwarded ones are added by JsonPoster.post)."""
         headers = {"Hook-Name": hook_type}
-        incoming = request["Event"]["HTTPRequest"].get("Header", {})
-        lowered = {k.lower(): v for k, v in incoming.items()}
-        for name in self.forward_headers:
-            values = lowered.get(name.lower())
-            if values:
-                headers[name] = ", ".join(values)
         if hook_type not in BLOCKING_HOOKS:
             headers["Idempotency-Key"] = secrets.token_hex(16)
-        request_id = lowered.get("x-request-id")
+        incoming = request["Event"]["HTTPRequest"].get("Header", {})
+        request_id = {k.lower(): v for k, v in incoming.items()}.get("x-request-id")
         if request_id:
             headers["X-Request-ID"] = request_id[-1]  # the payload's, which is the request's ID (hooks/base.py)
         tracing.inject(headers)  # traceparent of the hook's span, when tracing
         return headers
 
     async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
-        return await self.poster.post(self.endpoint, request, self._headers(hook_type, request))
+        incoming = request["Event"]["HTTPRequest"].get("Header", {})
+        return await self.poster.post(
+            self.endpoint, request, self._headers(hook_type, request), incoming, self.forward_headers
+        )
