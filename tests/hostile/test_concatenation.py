@@ -25,7 +25,6 @@ from pytusd.hooks import Hooks, PythonHookBackend
 from pytusd.stores import file as file_store
 
 from ..conftest import PATCH_TYPE, TUS, patch
-from ..e2e.conftest import pytusd_factory  # noqa: F401 (a fixture)
 
 DRAFT_VERSIONS = (3, 4, 5, 6, 7, 8)
 
