@@ -61,10 +61,11 @@ async def patch(client: httpx.AsyncClient, url: str, offset: int, data: bytes, *
     return await client.patch(url, headers=h, content=data)
 
 
-async def raw_request(
-    app: Any, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
-) -> tuple[int, dict[str, str], bytes]:
-    """Call an ASGI app with exactly this (already percent-decoded) path: no client normalises it first."""
+async def asgi(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+               ) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request into ``app`` with exactly this (already percent-decoded) path and
+    these header bytes, which an HTTP client would normalise or refuse to send (control characters, lengths that
+    are not numbers); ``Host: tus.test`` comes first."""
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []
 
@@ -74,25 +75,22 @@ async def raw_request(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("utf-8", "surrogateescape"),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        + [(b"host", b"tus.test"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1234),
-        "server": ("tus.test", 80),
-    }
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode("utf-8", "surrogateescape"), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"tus.test"), *[(k.lower(), v) for k, v in headers]],
+             "client": ("127.0.0.1", 1234), "server": ("tus.test", 80)}
     await app(scope, receive, send)
     start = sent[0]
-    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
-    return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
+    return (start["status"], {k.decode(): v.decode("latin-1") for k, v in start["headers"]},
+            b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+async def raw_request(
+    app: Any, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Call an ASGI app with exactly this (already percent-decoded) path: no client normalises it first."""
+    pairs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return await asgi(app, method, path, pairs + [(b"content-length", str(len(body)).encode())], body)
 
 
 # --- real services, started once per test session (tests/services.py) -------------------------------------------
