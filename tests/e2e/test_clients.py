@@ -70,11 +70,12 @@ def test_tuspy_with_metadata_and_download(pytusd, source_file):
 def test_tus_js_client_interrupted_mid_request_and_resumed(pytusd_factory, node_client, source_file, tmp_path, locker):
     server = pytusd_factory("--locker", locker)
     # One PATCH for the whole file, aborted part-way: the server keeps what arrived before the connection dropped.
-    # Over loopback the whole file can arrive before the abort lands; such an attempt is repeated with a new upload.
-    for attempt in range(5):
+    # Over loopback the whole file can arrive before the abort lands (tus-js-client reports progress rarely, and on a
+    # loaded machine often not before the end): such an attempt is repeated with a new upload.
+    for attempt in range(20):
         storage = tmp_path / f"urls-{attempt}.json"
         run = [*node_client, server.url, str(source_file), str(storage)]
-        first = subprocess.run([*run, "--stop-at", "0.3"], capture_output=True, text=True, timeout=120)
+        first = subprocess.run([*run, "--stop-at", "0.2"], capture_output=True, text=True, timeout=120)
         assert first.returncode == 0, first.stderr
         stopped = json.loads(first.stdout)
         if stopped["stopped"]:
