@@ -187,3 +187,30 @@ async def test_a_deferred_draft_upload_cannot_grow_past_the_limit(client_factory
     headers = {"Upload-Draft-Interop-Version": str(version), "Upload-Complete": "?0"}
     r = await client.post("/files/", headers=headers, content=b"x" * 9)
     assert r.status_code == 413 and "ERR_MAX_SIZE_EXCEEDED" in r.text
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("version", DRAFT_VERSIONS)
+def test_the_reviews_draft_attack_through_the_command(pytusd_factory, tmp_path, version):
+    """As the review did it: the command with the experimental protocol, a pre-create hook script that rejects and
+    --allowed-types image/png; a draft POST of text/html is refused like a tus POST, and nothing is stored."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    script = hooks / "pre-create"
+    script.write_text('#!/bin/sh\ncat > /dev/null\necho \'{"RejectUpload": true}\'\n')
+    script.chmod(0o755)
+    server = pytusd_factory("--enable-experimental-protocol", "--hooks-dir", str(hooks))
+    headers = {"Upload-Draft-Interop-Version": str(version), **draft_complete(version), "Content-Type": "text/html"}
+    r = httpx.post(server.url, headers=headers, content=b"<script>")
+    assert r.status_code == 400 and "ERR_UPLOAD_REJECTED" in r.text, r.text
+    r = httpx.post(server.url, headers={**TUS, "Upload-Length": "8"})
+    assert r.status_code == 400 and "ERR_UPLOAD_REJECTED" in r.text
+    script.unlink()
+    ruled = pytusd_factory("--enable-experimental-protocol", "--allowed-types", "image/png",
+                           upload_dir=tmp_path / "ruled")
+    r = httpx.post(ruled.url, headers=headers, content=b"<script>")
+    assert r.status_code == 400 and "ERR_UPLOAD_RULE_VIOLATED" in r.text, r.text
+    png = {**headers, "Content-Type": "image/png"}
+    assert httpx.post(ruled.url, headers=png, content=b"\x89PNG").status_code == 201
+    assert stored_uploads(server.upload_dir) == set()
+    assert len(stored_uploads(tmp_path / "ruled")) == 1
