@@ -204,10 +204,11 @@ class TusMachine(RuleBasedStateMachine):
                 headers.append((b"upload-checksum", b"sha1 " + digest))
         response = self.call("POST", "/files/", headers, body or b"")
         status, answer, _ = response
-        if isinstance(metadata, bytes):
-            return self.expect_error(response, 400, "ERR_INVALID_METADATA")
+        # Admission's order (tusd's): the length and its limit first, then the metadata.
         if length is not None and length > MAX_SIZE:
             return self.expect_error(response, 413, "ERR_MAX_SIZE_EXCEEDED")
+        if isinstance(metadata, bytes):
+            return self.expect_error(response, 400, "ERR_INVALID_METADATA")
         upload_id = self.created(answer)
         expected = self.uploads[upload_id] = Expected(size=length, metadata=dict(metadata), partial=partial)
         if body is None:

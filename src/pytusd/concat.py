@@ -88,14 +88,21 @@ class Concatenation:
                 return info
             partials.append(partial)
             total += partial_info.size
-        if total != info.size:  # a partial was replaced behind our back (another ID, a restored backup)
-            raise errors.ERR_INTERNAL_SERVER_ERROR(
-                f"the partials of final upload {info.id} add up to {total} bytes, not its {info.size}"
-            )
+        if total != info.size:
+            # A partial was replaced behind our back (deleted, then made again under its ID with another length):
+            # like a gone one, this final can never be concatenated; it stays unfinished and can be terminated.
+            log.warning("final upload %s: its partials add up to %d bytes, not its %d", info.id, total, info.size)
+            return info
         # The store's concat is all-or-nothing and may be repeated (a retry after a failure, or another process
         # after a crash): it never appends on top of what an earlier attempt wrote.
-        with self.handlers.store_operation("concat", info.id):
-            await store.concat(final, partials)  # type: ignore[attr-defined]
+        try:
+            with self.handlers.store_operation("concat", info.id):
+                await store.concat(final, partials)  # type: ignore[attr-defined]
+        except errors.TusError as exc:
+            if exc.code != "ERR_UPLOAD_NOT_FOUND":
+                raise
+            log.warning("final upload %s: a partial went away while it was concatenated", info.id)
+            return info
         info = await final.info()
         if not info.is_complete:
             raise errors.ERR_INTERNAL_SERVER_ERROR(

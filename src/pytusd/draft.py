@@ -133,8 +133,8 @@ class DraftFlows:
             upload, info = await handlers.load(request, upload_id)
             response = Response(204, self._base_headers(version))
             try:
-                # The append rule is tus 1.0's (write_body applies it): no writes into a final, only at the offset.
-                info = await handlers.write_body(request, upload, info, response, offset)
+                # tus 1.0's append: no writes into a final, only at the offset; a complete upload is not touched.
+                info = await handlers.append(request, upload, info, response, offset)
             except errors.TusError as exc:
                 if exc.code == "ERR_MISMATCHED_OFFSET":
                     raise _problem(

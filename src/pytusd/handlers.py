@@ -274,12 +274,14 @@ class Handlers:
             return None
         return protocol.parse_checksum(header)
 
-    async def load(self, request: Request, upload_id: str) -> tuple[Upload, UploadInfo]:
-        """The upload and its state, for a request holding its lock; an expired upload is removed here (410)."""
+    async def load(self, request: Request, upload_id: str, complete_finals: bool = True) -> tuple[Upload, UploadInfo]:
+        """The upload and its state, for a request holding its lock; an expired upload is removed here (410). A
+        final whose partials are all complete is concatenated now (unless ``complete_finals`` is False: a DELETE
+        does not need its bytes)."""
         with self.store_operation("get", upload_id):
             upload = await self.store.get(upload_id)
             info = await upload.info()
-        if info.is_final and not info.is_complete:
+        if complete_finals and info.is_final and not info.is_complete:
             info = await self.concat.complete_if_ready(request, upload, info)
         if self.expiration:
             try:
@@ -336,12 +338,6 @@ class Handlers:
         if concat_header and not self.can_concat:
             raise errors.ERR_CONCATENATION_UNSUPPORTED()
         kind, partial_urls = protocol.parse_concat(concat_header)
-        metadata = protocol.parse_metadata(
-            headers.get("upload-metadata"),
-            strict=True,
-            max_size=self.config.max_metadata_size,
-            max_pairs=self.config.max_metadata_pairs,
-        )
         partial_ids: list[str] = []
         partials_complete = True
         if kind == "final":
@@ -353,6 +349,15 @@ class Handlers:
             size, deferred = protocol.parse_creation_length(
                 headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
             )
+        if not deferred:
+            self.policy.check_size(size)  # admission's first step (admit repeats it), before metadata is decoded
+        # The header is bounded before it is decoded; admission then measures the metadata like any other path's.
+        metadata = protocol.parse_metadata(
+            headers.get("upload-metadata"),
+            strict=True,
+            max_size=self.config.max_metadata_size,
+            max_pairs=self.config.max_metadata_pairs,
+        )
         if with_data:
             self._checksum(request)
         info = UploadInfo(
@@ -419,18 +424,27 @@ class Handlers:
         upload_id = self._upload_id(request)
         async with self.locked(request, upload_id):
             upload, info = await self.load(request, upload_id)
-            self.policy.check_append(info, offset)  # write_body applies it too; here before anything else (tusd)
             response = Response(204, {})
-            if info.is_complete:  # answered with the offset, the body unread (tusd)
-                response.headers["Upload-Offset"] = str(info.offset)
-                return response
-            if (declared := headers.get("upload-length")) is not None:
-                length = protocol.parse_non_negative_int(declared)
-                if length is None:
-                    raise errors.ERR_INVALID_UPLOAD_LENGTH()
-                info = await self.declare_length(upload, info, length)
-            await self.write_body(request, upload, info, response, offset)
+            await self.append(request, upload, info, response, offset, headers.get("upload-length"))
             return response
+
+    async def append(
+        self, request: Request, upload: Upload, info: UploadInfo, response: Response, offset: int,
+        declared_length: str | None = None,
+    ) -> UploadInfo:
+        """A ``PATCH`` of either protocol, on an upload the request holds the lock of: the append rule, then an
+        upload that is complete already is answered with its offset, its body unread and nothing finished again
+        (tusd); else a length declared with the request (creation-defer-length), then the body."""
+        self.policy.check_append(info, offset)
+        if info.is_complete:
+            response.headers["Upload-Offset"] = str(info.offset)
+            return info
+        if declared_length is not None:
+            length = protocol.parse_non_negative_int(declared_length)
+            if length is None:
+                raise errors.ERR_INVALID_UPLOAD_LENGTH()
+            info = await self.declare_length(upload, info, length)
+        return await self.write_body(request, upload, info, response, offset)
 
     async def declare_length(self, upload: Upload, info: UploadInfo, length: int) -> UploadInfo:
         """creation-defer-length: the length arrives later (a tus PATCH, or a draft request completing the upload),
@@ -449,7 +463,7 @@ class Handlers:
         upload_id = self._upload_id(request)
         response = Response(204, {})
         async with self.locked(request, upload_id):
-            upload, info = await self.load(request, upload_id)
+            upload, info = await self.load(request, upload_id, complete_finals=False)
             if self.hooks is not None and self.hooks.wants("pre-terminate"):
                 answer = await self.hooks.call("pre-terminate", info, request.hook_http())
                 if answer.reject_termination:

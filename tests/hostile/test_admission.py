@@ -214,3 +214,15 @@ def test_the_reviews_draft_attack_through_the_command(pytusd_factory, tmp_path, 
     assert httpx.post(ruled.url, headers=png, content=b"\x89PNG").status_code == 201
     assert stored_uploads(server.upload_dir) == set()
     assert len(stored_uploads(tmp_path / "ruled")) == 1
+
+
+@pytest.mark.parametrize("creator", [tus_post, draft_post(8)], ids=lambda c: c.__name__)
+async def test_the_size_rule_comes_before_the_metadata_rules_on_every_path(client_factory, creator):
+    """The same order on every path (tusd's): an upload too large and with too much metadata is told it is too
+    large, whichever protocol made it."""
+    client = client_factory(enable_experimental_protocol=True, max_size=4, max_metadata_size=8)
+    r = await creator(client)
+    assert r.status_code == 413 and "ERR_MAX_SIZE_EXCEEDED" in r.text, r.text
+    client = client_factory(enable_experimental_protocol=True, max_size=5, max_metadata_size=8)
+    r = await creator(client)
+    assert r.status_code == 431 and "ERR_METADATA_TOO_LARGE" in r.text, r.text

@@ -316,3 +316,48 @@ def test_hostile_concatenation_requests_do_not_stall_a_real_server(pytusd_factor
     print(f"/health: {len(probe.latencies)} probes, slowest {max(probe.latencies) * 1000:.1f} ms")
     assert max(probe.latencies) < 0.25, f"/health waited {max(probe.latencies) * 1000:.0f} ms"
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("protocol", [None, 3, 6, 8], ids=lambda v: "tus" if v is None else f"draft-v{v}")
+@pytest.mark.parametrize("body", [b"", b"xyz"], ids=["empty", "with data"])
+async def test_a_complete_upload_is_never_finished_again(client_factory, protocol, body):
+    """Found by review: a draft append that wrote nothing to a complete upload ran pre-finish and post-finish
+    again (any client could repeat it at will). A complete upload is answered with its offset, nothing more."""
+    seen: list[str] = []
+
+    async def hook(hook_type: str, request: dict) -> None:
+        seen.append(hook_type)
+
+    hooks = Hooks(PythonHookBackend(hook), ("pre-finish", "post-finish"))
+    client = client_factory(enable_experimental_protocol=True, hooks=hooks)
+    url = await partial(client, b"abc")  # a partial: its completion also looks for finals waiting on it
+    await hooks.drain()
+    assert seen == ["pre-finish", "post-finish"]
+    if protocol is None:
+        r = await patch(client, url, 3, body)
+    else:
+        headers = draft_append(protocol, 3)
+        headers.update({"Upload-Incomplete": "?0"} if protocol == 3 else {"Upload-Complete": "?1"})
+        r = await client.patch(url, headers=headers, content=body)
+    assert r.status_code == 204 and r.headers["upload-offset"] == "3", r.text
+    await hooks.drain()
+    assert seen == ["pre-finish", "post-finish"]
+    assert client.app.metrics.snapshot().uploads_finished == 1
+
+
+async def test_a_final_whose_partial_was_replaced_stays_unfinished_and_can_be_deleted(client_factory):
+    """Found by review: a partial deleted and made again under its ID with another length made every request to
+    the final answer 500, DELETE included. Like a final whose partial is gone, it stays unfinished."""
+
+    async def hook(hook_type: str, request: dict) -> dict:
+        return {"ChangeFileInfo": {"ID": "alice/part1"}} if hook_type == "pre-create" and \
+            request["Event"]["Upload"]["IsPartial"] else {}
+
+    client = client_factory(hooks=Hooks(PythonHookBackend(hook), ("pre-create",)))
+    part = await partial(client, None, length=3)
+    url = (await final(client, [part])).headers["location"]
+    assert (await client.delete(part, headers=TUS)).status_code == 204
+    assert await partial(client, b"abcd") == part  # the same ID, another length
+    head = await client.head(url, headers=TUS)
+    assert head.status_code == 200 and "upload-offset" not in head.headers
+    assert (await client.delete(url, headers=TUS)).status_code == 204
