@@ -50,7 +50,10 @@ def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
         raise answer.error(errors.ERR_UPLOAD_REJECTED)
     if answer.change_id:
         if not protocol.is_valid_upload_id(answer.change_id):
-            raise errors.ERR_INTERNAL_SERVER_ERROR("the pre-create hook chose an ID that is not URL-safe")
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                "the pre-create hook chose an ID that cannot name an upload (URL-safe characters in segments, at most "
+                f"{protocol.MAX_ID_LENGTH} in all, not ending in {', '.join(protocol.RESERVED_ID_SUFFIXES)})"
+            )
         info = info.replace(id=answer.change_id)
     if answer.change_metadata is not None:
         info = info.replace(metadata=answer.change_metadata)

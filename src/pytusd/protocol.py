@@ -214,6 +214,10 @@ def upload_id_from_url(url: str, uploads_path: str) -> str:
 
 _ID_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$'()*+,;=:@]{1,200}")
 MAX_ID_LENGTH = 500
+# The names stores and lockers keep beside an upload's own (``<id>.info``, ``<id>.lock``, ``<id>.part``, ...): an
+# ID ending so would name another upload's file or object, so no upload may have one (a hook choosing IDs from
+# client input could otherwise overwrite, or delete, another upload's state).
+RESERVED_ID_SUFFIXES = (".info", ".part", ".lock", ".stop", ".concat", ".pending", ".expired", ".tmp")
 
 
 def new_upload_id() -> str:
@@ -224,8 +228,9 @@ def new_upload_id() -> str:
 def is_valid_upload_id(upload_id: str) -> bool:
     """Whether an ID may name an upload: URL-safe characters (tusd's set), segments separated by ``/``, no empty,
     ``.`` or ``..`` segment, no leading or trailing ``/``, bounded length. Anything else never reaches a store, so
-    an ID taken from a URL cannot point outside the storage (``..``, absolute paths, NUL, backslashes)."""
-    if not upload_id or len(upload_id) > MAX_ID_LENGTH:
+    an ID taken from a URL cannot point outside the storage (``..``, absolute paths, NUL, backslashes); and no
+    :data:`RESERVED_ID_SUFFIXES`, which would name another upload's files."""
+    if not upload_id or len(upload_id) > MAX_ID_LENGTH or upload_id.lower().endswith(RESERVED_ID_SUFFIXES):
         return False
     for segment in upload_id.split("/"):
         if segment in (".", "..") or not _ID_SEGMENT.fullmatch(segment):

@@ -226,3 +226,23 @@ async def test_the_size_rule_comes_before_the_metadata_rules_on_every_path(clien
     client = client_factory(enable_experimental_protocol=True, max_size=5, max_metadata_size=8)
     r = await creator(client)
     assert r.status_code == 431 and "ERR_METADATA_TOO_LARGE" in r.text, r.text
+
+
+@pytest.mark.parametrize("chosen", ["report.concat", "report.lock", "a/b.INFO", "x.part", "y.pending", "z.tmp"])
+async def test_no_upload_may_take_the_name_of_another_uploads_files(client_factory, upload_dir, chosen):
+    """Found by review: a hook naming uploads from client input could make ``report.concat`` (overwritten when
+    final ``report`` concatenates) or ``report.lock`` (the file locker's file of upload ``report``). IDs ending in a
+    suffix that stores and lockers keep beside an upload are refused, also in URLs."""
+
+    async def hook(hook_type: str, request: dict) -> dict:
+        return {"ChangeFileInfo": {"ID": chosen}}
+
+    client = client_factory(hooks=Hooks(PythonHookBackend(hook), ("pre-create",)))
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    assert r.status_code == 500 and "cannot name an upload" in r.text
+    assert stored_uploads(upload_dir) == set()
+    plain = client_factory()
+    r = await plain.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    upload_id = r.headers["location"].rsplit("/", 1)[1]
+    for suffix in (".info", ".lock", ".concat"):
+        assert (await plain.head(f"/files/{upload_id}{suffix}", headers=TUS)).status_code == 404
