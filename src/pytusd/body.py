@@ -28,6 +28,10 @@ from .fileio import Pool, pwrite_all, settle, start
 from .types import Receive
 
 
+# With a pool, bodies shorter than this (still to come) are not spliced (bench/NOTES.md, "File I/O in threads").
+POOL_SPLICE_MIN = 1 << 20
+
+
 class RequestBody:
     __slots__ = (
         "_receive",
@@ -114,6 +118,8 @@ class RequestBody:
         splicer = self.splicer
         if splicer is None or self.error is not None or self._task is not None:
             return False
+        if pool is not None and splicer.body_left() < POOL_SPLICE_MIN:
+            return False  # measured: a short body costs less through chunks written behind in the pool
         pending = splicer.take_pending()
         if pending is None:
             return False
