@@ -194,12 +194,14 @@ def summary(latencies: dict[str, list[float]]) -> str:
 
 
 def assert_answered_at_once(latencies: dict[str, list[float]]) -> None:
+    print(f"threads: {summary(latencies)}")  # shown with -s
     for name, values in latencies.items():
         assert len(values) >= 5, f"too few {name} probes overlapped the upload ({summary(latencies)})"
         assert max(values) < FAST, f"{name} waited for the slow writes ({summary(latencies)})"
 
 
 def assert_stalled(latencies: dict[str, list[float]]) -> None:
+    print(f"inline: {summary(latencies)}")  # shown with -s
     worst = max((max(v) for v in latencies.values() if v), default=0.0)
     assert worst >= STALLED, f"no stall seen: the probes cannot tell inline from threads ({summary(latencies)})"
 
