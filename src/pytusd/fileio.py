@@ -144,6 +144,7 @@ class Job:
         self._waiter: asyncio.Future[None] | None = None
 
     def __call__(self) -> None:  # in a pool thread
+        outcome: tuple[Any, BaseException | None]
         try:
             outcome = (self.fn(*self.args), None)
         except BaseException as exc:

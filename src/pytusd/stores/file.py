@@ -11,11 +11,14 @@ Where the blocking calls run is the ``file_io`` mode (:mod:`pytusd.fileio`, the 
   (NFS, EFS, SMB, FUSE) delays only the request that waits for it. Chunk bodies are written behind (a batch is
   written in a thread while the next chunks arrive); the splice(2) path runs socket -> pipe -> file in a pump
   thread while the loop only watches the socket (pytusd.fastbody).
-- ``inline``: the calls are made on the event loop. It is the cheaper way on a local disk: threads measured 15-40%
-  more CPU per byte and per small upload there (README, Reliability; bench/NOTES.md, "File I/O in threads").
+- ``inline``: the calls are made on the event loop. It is the cheaper way on a local disk: threads measured a fifth
+  to a third more CPU per small upload and per byte of the chunk path there, and the same for large spliced
+  uploads (README, Reliability; bench/NOTES.md, "File I/O in threads").
 - ``auto`` (the default): threads where ``statfs(2)`` says network or user-space filesystem, else inline.
 
 ``fsync`` flushes run in a thread in every mode, with the calls around them, since they wait for the device.
+Not covered yet: :meth:`FileStore.concat` still copies partial uploads on the loop (it is being rewritten, atomic
+and threaded, separately).
 """
 
 from __future__ import annotations
