@@ -12,11 +12,12 @@ import pytest
 from pytusd import FileLocker, MemoryLocker, errors
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "file-threads"])
 def locker(request, tmp_path):
     if request.param == "memory":
         return MemoryLocker()
-    return FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
+    file_io = "threads" if request.param == "file-threads" else "inline"
+    return FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02, file_io=file_io)
 
 
 async def test_lock_is_exclusive_and_handed_over_on_request(locker):

@@ -33,6 +33,12 @@ def build_file(request, tmp_path):
     return (lambda: FileStore(tmp_path / "data")), (lambda: None)
 
 
+def build_file_threads(request, tmp_path):
+    from pytusd import FileStore
+
+    return (lambda: FileStore(tmp_path / "data", file_io="threads")), (lambda: None)
+
+
 def build_s3(request, tmp_path):
     from pytusd.stores.s3 import S3Store, make_client
     from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -69,7 +75,9 @@ def build_gcs(request, tmp_path):
     return contract_builder(request, tmp_path)
 
 
-BUILDERS: dict[str, Builder] = {"file": build_file, "s3": build_s3, "azure": build_azure, "gcs": build_gcs}
+BUILDERS: dict[str, Builder] = {
+    "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "azure": build_azure, "gcs": build_gcs,
+}
 
 
 @pytest.fixture(params=sorted(BUILDERS))

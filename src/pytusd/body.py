@@ -19,13 +19,17 @@ waiting for the client counts: while a store is busy with a chunk, the client ca
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from . import errors
 from .errors import TusError
+from .fileio import Pool, pwrite_all, settle, start
 from .types import Receive
+
+
+# With a pool, bodies shorter than this (still to come) are not spliced (bench/NOTES.md, "File I/O in threads").
+POOL_SPLICE_MIN = 1 << 20
 
 
 class RequestBody:
@@ -102,34 +106,52 @@ class RequestBody:
         file descriptor)."""
         return BodyChunks(self)
 
-    async def splice_into(self, fd: int, offset: int, done: Callable[[int], None]) -> bool:
+    async def splice_into(
+        self, fd: int, offset: int, done: Callable[[int], None], pool: Pool | None = None
+    ) -> bool:
         """Write the body into ``fd`` from ``offset`` without it passing through Python, where the server can
         (pytusd's own, plain HTTP, a Content-Length body): ``done(n)`` after every ``n`` bytes written. Returns
         False, having read nothing, when it cannot; then iterate :meth:`chunks`. File errors raise OSError (after
-        ``done`` was told what was written). Timeouts, :meth:`interrupt` and :attr:`received` work as for chunks."""
+        ``done`` was told what was written). Timeouts, :meth:`interrupt` and :attr:`received` work as for chunks.
+        With a ``pool`` (:class:`pytusd.fileio.Pool`) the writes into ``fd`` run in its threads and the event loop
+        never waits for the file. Whichever way it ends, nothing writes to ``fd`` once it returned."""
         splicer = self.splicer
         if splicer is None or self.error is not None or self._task is not None:
             return False
+        if pool is not None and splicer.body_left() < POOL_SPLICE_MIN:
+            return False  # measured: a short body costs less through chunks written behind in the pool
         pending = splicer.take_pending()
         if pending is None:
             return False
         loop = asyncio.get_running_loop()
+        head: list[bytes] = []  # what arrived with the head: ours to write
+        room = self.limit - self.received
+        for chunk in pending:
+            if room <= 0:
+                break
+            chunk = chunk[:room]
+            room -= len(chunk)
+            head.append(chunk)
+        left = min(splicer.body_left(), room)
         position = offset
-        for chunk in pending:  # what arrived with the head: ours to write
-            chunk = chunk[: self.limit - self.received]
-            view = memoryview(chunk)
-            while view:
-                n = os.pwrite(fd, view, position)
-                position += n
-                view = view[n:]
-                done(n)
-            self.received += len(chunk)
-        left = min(splicer.body_left(), self.limit - self.received)
+        if head and (pool is None or left <= 0):  # written here (inline, or all of the body came with the head)
+            if pool is None:
+                n, exc = pwrite_all(fd, head, position)
+            else:
+                n, exc = await start(pwrite_all, fd, head, position).outcome()
+            position += n
+            self.received += n
+            done(n)
+            if exc is not None:
+                raise exc
+            head = []
+            if self.error is not None:  # interrupted while that was written
+                return True
         if left <= 0:
             self._ended(splicer.body_left())
             return True
 
-        def progress(n: int) -> None:
+        def progress(n: int) -> None:  # with a pool: the head (if any) first, then the socket's bytes
             now = loop.time()
             self._waited += now - self._wait_start
             self._wait_start = now  # bytes arrived: the silence starts again
@@ -141,9 +163,14 @@ class RequestBody:
         self._wait_start = loop.time()
         self._waiting = True
         try:
-            remaining = await splicer.splice(fd, position, left, progress)
+            if pool is None:
+                remaining = await splicer.splice(fd, position, left, progress)
+            else:
+                remaining = await splicer.splice(fd, position, left, progress, pool=pool, head=head)
         except asyncio.CancelledError:
-            splicer.stop_splice()
+            stopped = splicer.stop_splice()
+            if stopped is not None and not stopped.done():  # the pump is storing what was read: wait for it
+                await settle(stopped)
             if not self._cancelling:
                 raise
             self._cancelling = False
@@ -235,5 +262,7 @@ class BodyChunks:
     async def aclose(self) -> None:
         await self._chunks.aclose()
 
-    def splice_into(self, fd: int, offset: int, done: Callable[[int], None]) -> Awaitable[bool]:
-        return self._body.splice_into(fd, offset, done)
+    def splice_into(
+        self, fd: int, offset: int, done: Callable[[int], None], pool: Pool | None = None
+    ) -> Awaitable[bool]:
+        return self._body.splice_into(fd, offset, done, pool)

@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__, logs
 from .app import TusApp
 from .config import Config, CorsConfig
+from .fileio import FILE_IO_MODES
 from .hooks import (
     DEFAULT_ENABLED_HOOKS,
     FileHookBackend,
@@ -91,6 +92,12 @@ def parse_otel_exporter(text: str) -> str:
 def parse_locker(text: str) -> str:
     if text not in ("", "file", "memory", "redis"):
         raise argparse.ArgumentTypeError("locker must be file, memory or redis")
+    return text
+
+
+def parse_file_io(text: str) -> str:
+    if text not in FILE_IO_MODES:
+        raise argparse.ArgumentTypeError("file I/O must be auto, threads or inline")
     return text
 
 
@@ -258,6 +265,10 @@ _FLAGS = [
     Flag("file-perms", parse_octal, 0o664, "Permissions of created files (octal)", "File storage"),
     Flag("fsync", parse_bool, False, "Flush data and .info to the device before acknowledging a PATCH or POST, so an "
          "acknowledged offset survives a power loss (slower; off as in tusd)", "File storage"),
+    Flag("file-io", parse_file_io, "auto", "Where the file store and file locker make their blocking calls: 'threads' "
+         "(a slow write or read delays only its own request), 'inline' (on the event loop: cheapest, for a local "
+         "disk that is never slow), 'auto' (threads on NFS, SMB/CIFS, FUSE, Ceph, 9p, Lustre and other network "
+         "filesystems, inline on local ones)", "File storage"),
     # S3 (chosen when --s3-bucket is set)
     Flag("s3-bucket", str, "", "Store uploads in this S3 bucket instead of --upload-dir", "S3 storage"),
     Flag("s3-object-prefix", str, "", "Prefix of every object's key (e.g. uploads/)", "S3 storage"),
@@ -514,7 +525,9 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             concurrent_part_uploads=args.s3_concurrent_part_uploads,
             disable_content_hashes=args.s3_disable_content_hashes,
         )
-    return FileStore(args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync)
+    return FileStore(
+        args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io
+    )
 
 
 def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
@@ -531,6 +544,7 @@ def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
         args.upload_dir,
         holder_poll_interval=args.filelock_holder_poll_interval,
         acquirer_poll_interval=args.filelock_acquirer_poll_interval,
+        file_io=args.file_io,
     )
 
 
@@ -663,5 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     base = config.base_path if "://" in config.base_path else options.url + config.base_path
     banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"
+    if isinstance(config.store, FileStore):
+        banner += f"; file I/O {config.store.file_io_reason}"
     serve(app, options, banner)
     return 0

@@ -361,3 +361,31 @@ async def test_a_final_whose_partial_was_replaced_stays_unfinished_and_can_be_de
     head = await client.head(url, headers=TUS)
     assert head.status_code == 200 and "upload-offset" not in head.headers
     assert (await client.delete(url, headers=TUS)).status_code == 204
+
+
+async def test_a_partial_deleted_during_concatenation_leaves_the_final_unfinished(client_factory, upload_dir,
+                                                                                monkeypatch):
+    """Found by review: a partial deleted while the final's copy ran made the POST answer 500. The final stays
+    unfinished (as with a partial gone before), nothing half-copied is left, and the copy ran in the copy threads."""
+    import threading
+
+    client = client_factory()
+    a = await partial(client, b"first")
+    b = await partial(client, b"second")
+    real_copy = file_store._copy_range
+    threads = []
+
+    def copy_then_lose_b(source, target, size, position):
+        threads.append(threading.current_thread().name)
+        real_copy(source, target, size, position)
+        (upload_dir / b.rsplit("/", 1)[1]).unlink(missing_ok=True)  # the DELETE of b lands meanwhile
+
+    monkeypatch.setattr(file_store, "_copy_range", copy_then_lose_b)
+    r = await final(client, [a, b])
+    assert r.status_code == 201, r.text
+    final_id = r.headers["location"].rsplit("/", 1)[1]
+    head = await client.head(r.headers["location"], headers=TUS)
+    assert head.status_code == 200 and "upload-offset" not in head.headers
+    assert (upload_dir / final_id).read_bytes() == b""
+    assert not (upload_dir / (final_id + ".concat")).exists()
+    assert threads and all(name.startswith("pytusd-copy") for name in threads)

@@ -4,15 +4,21 @@ The lock is an exclusive ``flock`` on ``<dir>/<id>.lock``; the kernel drops it w
 server never leaves an upload locked. A waiter asks the holder to let go by creating ``<dir>/<id>.stop``, which the
 holder looks for every ``holder_poll_interval`` seconds (tusd's filelocker protocol, with flock in place of PID
 files). The waiter itself retries with a backoff of at most ``acquirer_poll_interval``.
+
+Every call that touches the filesystem follows the ``file_io`` mode, as the file store's (:mod:`pytusd.fileio`):
+on a network filesystem, taking a lock, asking for one, polling for the request and letting go run in threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
+from collections.abc import Callable
+from typing import Any
 
-from .. import errors
+from .. import errors, fileio
 from ..protocol import is_valid_upload_id
 from .base import ReleaseRequest
 
@@ -38,26 +44,69 @@ def _try_flock(path: str) -> int | None:
         os.close(fd)
 
 
-class FileLock:
-    __slots__ = ("_fd", "_lock_path", "_poll")
+def _take(lock_path: str, stop_path: str) -> int | None:
+    """One attempt: the lock's fd (and the release request of earlier waiters removed), or None with a release
+    request left for the holder."""
+    fd = _try_flock(lock_path)
+    if fd is None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(stop_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o664))
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(stop_path)
+    return fd
 
-    def __init__(self, fd: int, lock_path: str, poll: asyncio.TimerHandle | None) -> None:
+
+def _let_go(fd: int, lock_path: str) -> None:
+    try:
+        os.unlink(lock_path)
+    except FileNotFoundError:
+        pass
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class FileLock:
+    __slots__ = ("_fd", "_lock_path", "_poll", "_threaded")
+
+    def __init__(self, fd: int, lock_path: str, poll: asyncio.TimerHandle | None, threaded: bool = False) -> None:
         self._fd = fd
         self._lock_path = lock_path
         self._poll = poll
+        self._threaded = threaded
 
     async def release(self) -> None:
         if self._fd < 0:
             return
         if self._poll is not None:
             self._poll.cancel()
-        try:
-            os.unlink(self._lock_path)
-        except FileNotFoundError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = -1
+            self._poll = None
+        fd, self._fd = self._fd, -1
+        await fileio.call(self._threaded, _let_go, fd, self._lock_path)
+
+    def _watch(self, stop_path: str, interval: float, on_release_request: Callable[[], None]) -> None:
+        """Look for a release request every ``interval`` seconds while held."""
+        loop = asyncio.get_running_loop()
+
+        def seen(asked: bool) -> None:
+            if self._fd < 0:
+                return  # released meanwhile
+            if asked:
+                self._poll = None
+                on_release_request()
+            else:
+                self._poll = loop.call_later(interval, poll)
+
+        def poll() -> None:
+            self._poll = None
+            if not self._threaded:
+                seen(os.path.exists(stop_path))
+                return
+            job = fileio.start(os.path.exists, stop_path)
+            job.future.add_done_callback(lambda f: seen(not f.cancelled() and f.exception() is None and f.result()))
+
+        self._poll = loop.call_later(interval, poll)
 
 
 class FileLocker:
@@ -67,18 +116,35 @@ class FileLocker:
         *,
         holder_poll_interval: float = 0.5,
         acquirer_poll_interval: float = 0.1,
+        file_io: str = "auto",
     ) -> None:
         self.root = os.path.abspath(os.fspath(path))
         self.holder_poll_interval = holder_poll_interval
         self.acquirer_poll_interval = acquirer_poll_interval
+        self.file_io = file_io
+        self.threaded, self.file_io_reason = fileio.resolve(file_io, self.root)
 
     def __repr__(self) -> str:
         return f"FileLocker({self.root!r})"
 
     async def ready(self) -> None:
         """Readiness (``/ready``): the lock directory exists and lock files can be created in it."""
+        await fileio.call(self.threaded, self._check_ready)
+
+    def _check_ready(self) -> None:
         if not os.path.isdir(self.root) or not os.access(self.root, os.W_OK | os.X_OK):
             raise OSError(f"lock directory {self.root} is missing or not writable")
+
+    async def _attempt(self, fn: Callable[..., int | None], *args: Any) -> int | None:
+        """``fn(*args)``, which returns a locked fd or None, as the mode says; a lock that a cancelled caller
+        can no longer take is let go of at once."""
+        if not self.threaded:
+            return fn(*args)
+        def discard(fd: int | None) -> None:
+            if fd is not None:
+                fileio.pool().submit(lambda: _let_go(fd, args[0]))
+
+        return await fileio.start(fn, *args).outcome(discard)  # type: ignore[no-any-return]
 
     async def acquire(self, upload_id: str, on_release_request: ReleaseRequest, timeout: float) -> FileLock:
         if not is_valid_upload_id(upload_id):
@@ -90,45 +156,29 @@ class FileLocker:
         delay = 0.002
         while True:
             try:
-                fd = _try_flock(lock_path)
+                fd = await self._attempt(_take, lock_path, stop_path)
             except (FileNotFoundError, NotADirectoryError):
                 raise errors.ERR_UPLOAD_NOT_FOUND() from None
             except OSError as exc:  # a read-only, full or non-writable folder: say so rather than crash
                 raise errors.storage_error(exc) from exc
             if fd is not None:
                 break
-            # Busy: ask the holder to let go (again on every round, as a new holder removes the request).
-            try:
-                os.close(os.open(stop_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o664))
-            except OSError:
-                pass
+            # Busy: a release request was left for the holder (again on every round, as a new holder removes it).
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.ERR_LOCK_TIMEOUT()
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self.acquirer_poll_interval)
-        try:
-            os.unlink(stop_path)
-        except FileNotFoundError:
-            pass
-        lock = FileLock(fd, lock_path, None)
-        interval = self.holder_poll_interval
-
-        def poll() -> None:
-            if os.path.exists(stop_path):
-                lock._poll = None
-                on_release_request()
-            else:
-                lock._poll = loop.call_later(interval, poll)
-
-        lock._poll = loop.call_later(interval, poll)
+        lock = FileLock(fd, lock_path, None, self.threaded)
+        lock._watch(stop_path, self.holder_poll_interval, on_release_request)
         return lock
 
     async def try_acquire(self, upload_id: str) -> FileLock | None:
         if not is_valid_upload_id(upload_id):
             return None
+        lock_path = os.path.join(self.root, upload_id) + ".lock"
         try:
-            fd = _try_flock(os.path.join(self.root, upload_id) + ".lock")
+            fd = await self._attempt(_try_flock, lock_path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return None if fd is None else FileLock(fd, os.path.join(self.root, upload_id) + ".lock", None)
+        return None if fd is None else FileLock(fd, lock_path, None, self.threaded)

@@ -4,23 +4,35 @@
 by tusd is served by pytusd and the other way round. The offset is the data file's size, never a stored number, so
 it cannot claim bytes that are not on disk.
 
-File operations run inline on the event loop: for a local disk, ``os.pwrite`` of each received chunk measured
-faster than handing writes to a thread (reference/performance.md). The exception is ``fsync``: its flushes wait for
-the device, so they run in a thread while the loop serves other requests.
+Where the blocking calls run is the ``file_io`` mode (:mod:`pytusd.fileio`, the command's ``--file-io``):
+
+- ``threads``: every one of them - each write of a body, the ``.info`` reads and writes, creating, downloading,
+  terminating, declaring a length, listing for the expiration cleaner - runs in a pool thread, so a slow filesystem
+  (NFS, EFS, SMB, FUSE) delays only the request that waits for it. Chunk bodies are written behind (a batch is
+  written in a thread while the next chunks arrive); the splice(2) path runs socket -> pipe -> file in a pump
+  thread while the loop only watches the socket (pytusd.fastbody).
+- ``inline``: the calls are made on the event loop. It is the cheaper way on a local disk: threads measured a fifth
+  to a third more CPU per small upload and per byte of the chunk path there, and the same for large spliced
+  uploads (README, Reliability; bench/NOTES.md, "File I/O in threads").
+- ``auto`` (the default): threads where ``statfs(2)`` says network or user-space filesystem, else inline.
+
+``fsync`` flushes run in a thread in every mode, with the calls around them, since they wait for the device.
+:meth:`FileStore.concat` copies in every mode in threads of its own (``fileio.copy_pool``, two), so concatenations
+never hold up the loop nor take the threads the requests' small calls need.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .. import errors
+from .. import errors, fileio
 from ..protocol import is_valid_upload_id, new_upload_id
 from ..types import UploadInfo
 
@@ -31,6 +43,9 @@ DEFAULT_FILE_PERMS = 0o664
 READ_BLOCK = 256 * 1024
 CONCAT_SUFFIX = ".concat"  # a final's bytes while they are being concatenated, renamed over its data when complete
 COPY_STEP = 64 * 1024 * 1024  # bytes per copy_file_range call
+# Threaded mode: body bytes received at most while the previous batch is still being written (per request).
+WRITE_BEHIND = 1 << 20
+LIST_BATCH = 1000  # upload IDs listed per thread call (the expiration cleaner)
 
 
 def _storage_error(exc: OSError) -> errors.TusError:
@@ -41,25 +56,57 @@ async def _flush(call: Callable[[int], None], fd: int) -> None:
     """``os.fsync``/``os.fdatasync`` in a thread: a device flush takes milliseconds, during which the event loop goes
     on serving other requests (inline, --fsync cut concurrent small uploads to a third). ``fd`` must stay open until
     the flush is done, so a cancelled request still waits for it before going on."""
-    flushing = asyncio.get_running_loop().run_in_executor(None, call, fd)
-    try:
-        await asyncio.shield(flushing)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await flushing
-        raise
+    await fileio.in_thread(call, fd)
 
 
-async def _run_to_end(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a thread, waited for to its end even if the request is cancelled meanwhile (then the
-    cancellation is re-raised): files it writes must not change after the upload's lock was let go."""
-    running = asyncio.get_running_loop().run_in_executor(None, call, *args)
+def _fsync_dir_now(path: str) -> None:
+    """Flush a folder's entries (files created, renamed or removed in it) to the device."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return await asyncio.shield(running)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await running
-        raise
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def _write_behind(fd: int, offset: int, chunks: AsyncIterable[bytes], done: Callable[[int], None]) -> None:
+    """The chunk path in threaded mode: each batch of chunks is written in a thread while the next ones arrive
+    (at most WRITE_BEHIND bytes wait meanwhile); ``done(n)`` as bytes reach the file. Everything received is written
+    before it returns, also when the body ends early; a write error raises once what came before it is counted."""
+    position = offset
+    batch: list[bytes] = []
+    size = 0
+    job: fileio.Job | None = None
+
+    async def collect() -> None:
+        nonlocal job, position
+        assert job is not None
+        try:
+            n, exc = await job.outcome()
+        finally:
+            job = None
+        position += n
+        done(n)
+        if exc is not None:
+            raise exc
+
+    try:
+        async for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk)
+            if job is not None and (size >= WRITE_BEHIND or job.finished):
+                await collect()
+            if job is None:
+                job = fileio.start(fileio.pwrite_all, fd, batch, position)
+                batch, size = [], 0
+        if job is not None:
+            await collect()
+        if batch:
+            job = fileio.start(fileio.pwrite_all, fd, batch, position)
+            await collect()
+    finally:
+        if job is not None:  # cancelled or failed meanwhile: the batch in the thread still counts
+            with contextlib.suppress(BaseException):
+                await collect()
 
 
 def _copy_range(source: int, target: int, size: int, position: int) -> None:
@@ -109,11 +156,12 @@ class FileUpload:
         return self._info
 
     async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        fd = self._open_at(offset)
+        store = self._store
+        fd = await store._call(self._open_at, offset)
         try:
             return await self._write(fd, offset, chunks)
         finally:
-            os.close(fd)
+            await store._call(os.close, fd)  # over NFS, close() is where written data is sent
 
     def _open_at(self, offset: int) -> int:
         """Open the data file for writing at ``offset``; bytes past it were never committed (a verified chunk
@@ -135,6 +183,7 @@ class FileUpload:
         return fd
 
     async def _write(self, fd: int, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        store = self._store
         written = 0
 
         def done(n: int) -> None:
@@ -143,15 +192,19 @@ class FileUpload:
 
         try:
             # pytusd's own server moves a request body straight from the socket into the file (splice(2)).
+            pool = fileio.pool() if store.threaded else None
             splice = getattr(chunks, "splice_into", None)
-            if splice is None or not await splice(fd, offset, done):
-                async for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.pwrite(fd, view, offset + written)
-                        written += n
-                        view = view[n:]
-            if self._store.fsync:
+            if splice is None or not await splice(fd, offset, done, pool):
+                if pool is not None:
+                    await _write_behind(fd, offset, chunks, done)
+                else:
+                    async for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            n = os.pwrite(fd, view, offset + written)
+                            written += n
+                            view = view[n:]
+            if store.fsync:
                 await _flush(os.fdatasync, fd)
         except OSError as exc:
             raise _storage_error(exc) from exc
@@ -160,24 +213,25 @@ class FileUpload:
         return written
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        fd = os.open(self.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        call = self._store._call
+        fd = await call(os.open, self.data_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             position = start
             while end is None or position < end:
                 want = READ_BLOCK if end is None else min(READ_BLOCK, end - position)
-                block = os.pread(fd, want, position)
+                block = await call(os.pread, fd, want, position)
                 if not block:
                     break
                 position += len(block)
                 yield block
         finally:
-            os.close(fd)
+            await call(os.close, fd)
 
     async def finish(self) -> None:
         return None
 
     async def modified_time(self) -> float:
-        return os.stat(self.data_path).st_mtime
+        return (await self._store._call(os.stat, self.data_path)).st_mtime
 
 
 class FileStore:
@@ -185,7 +239,9 @@ class FileStore:
 
     Capabilities: termination, creation-defer-length, concatenation, verified (checksummed) writes, expiration. ``dir_perms``/``file_perms`` are the modes of
     what it creates (tusd's defaults 0775/0664); with ``fsync`` every acknowledged byte and every ``.info`` is
-    flushed to the device before the response.
+    flushed to the device before the response. ``file_io`` is where the blocking calls run: ``"threads"``,
+    ``"inline"`` (on the event loop) or ``"auto"`` (threads on a network or user-space filesystem; see
+    :mod:`pytusd.fileio`); :attr:`threaded` and :attr:`file_io_reason` say what was chosen.
     """
 
     def __init__(
@@ -195,20 +251,34 @@ class FileStore:
         dir_perms: int = DEFAULT_DIR_PERMS,
         file_perms: int = DEFAULT_FILE_PERMS,
         fsync: bool = False,
+        file_io: str = "auto",
     ) -> None:
         self.root = os.path.abspath(os.fspath(path))
         self.dir_perms = dir_perms
         self.file_perms = file_perms
         self.fsync = fsync
+        self.file_io = file_io
+        self.threaded, self.file_io_reason = fileio.resolve(file_io, self.root)
 
     def __repr__(self) -> str:
         return f"FileStore({self.root!r})"
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """``fn(*args)`` as the file I/O mode says: in a thread, or right here on the loop."""
+        return fileio.call(self.threaded, fn, *args)
+
+    def _call_syncing(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """As :meth:`_call`, but always in a thread with ``fsync`` (``fn`` flushes to the device)."""
+        return fileio.call(self.threaded or self.fsync, fn, *args)
 
     def ensure_directory(self) -> None:
         os.makedirs(self.root, mode=self.dir_perms, exist_ok=True)
 
     async def ready(self) -> None:
         """Readiness (``/ready``): the directory exists and this process may create files in it."""
+        await self._call(self._check_ready)
+
+    def _check_ready(self) -> None:
         if not os.path.isdir(self.root):
             raise OSError(f"upload directory {self.root} does not exist")
         if not os.access(self.root, os.W_OK | os.X_OK):
@@ -244,21 +314,27 @@ class FileStore:
             storage={"Type": "filestore", "Path": data_path, "InfoPath": info_path},
         )
         try:
-            for path in {os.path.dirname(data_path), os.path.dirname(info_path)}:
-                os.makedirs(path, mode=self.dir_perms, exist_ok=True)
-            fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
-            os.close(fd)
-            await self._write_info(info_path, info)  # with fsync: also syncs the info's folder
-            if self.fsync and os.path.dirname(data_path) != os.path.dirname(info_path):
-                await self._fsync_dir(os.path.dirname(data_path))
+            await self._call_syncing(self._create_files, data_path, info_path, info)
         except FileExistsError:
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"an upload with ID {upload_id!r} exists already") from None
         except OSError as exc:
             raise _storage_error(exc) from exc
         return FileUpload(self, info, data_path, info_path)
 
+    def _create_files(self, data_path: str, info_path: str, info: UploadInfo) -> None:
+        for path in {os.path.dirname(data_path), os.path.dirname(info_path)}:
+            os.makedirs(path, mode=self.dir_perms, exist_ok=True)
+        fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
+        os.close(fd)
+        self._write_info_now(info_path, info)  # with fsync: also syncs the info's folder
+        if self.fsync and os.path.dirname(data_path) != os.path.dirname(info_path):
+            _fsync_dir_now(os.path.dirname(data_path))
+
     async def get(self, upload_id: str) -> FileUpload:
         base = self._path_for(upload_id)
+        return await self._call(self._load, upload_id, base)
+
+    def _load(self, upload_id: str, base: str) -> FileUpload:
         info_path = base + ".info"
         try:
             with open(info_path, "rb") as f:
@@ -292,7 +368,14 @@ class FileStore:
     # -- capabilities ---------------------------------------------------------------------------------------------
 
     async def terminate(self, upload: FileUpload) -> None:  # type: ignore[override]
-        for path in (upload.data_path, upload.info_path, upload.data_path + CONCAT_SUFFIX):
+        paths = [upload.data_path, upload.info_path]
+        if upload._info.is_final:  # what a concatenation that died left
+            paths.append(upload.data_path + CONCAT_SUFFIX)
+        await self._call(self._remove, *paths)
+
+    @staticmethod
+    def _remove(*paths: str) -> None:
+        for path in paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -302,12 +385,24 @@ class FileStore:
 
     async def expire(self, upload: FileUpload) -> None:  # type: ignore[override]
         """Remove the upload and leave ``<id>.expired`` (a few bytes) so that it answers 410 from now on."""
-        tombstone = upload.info_path[: -len(".info")] + ".expired"
+        await self._call(self._expire_now, upload.info_path[: -len(".info")] + ".expired", upload)
+
+    def _expire_now(self, tombstone: str, upload: FileUpload) -> None:
         with open(tombstone, "w") as f:
             f.write(str(int(time.time())))
-        await self.terminate(upload)
+        self._remove(upload.data_path, upload.info_path)
 
     async def upload_ids(self) -> AsyncIterator[str]:  # type: ignore[override]
+        ids = self._walk_ids()
+        if not self.threaded:
+            for upload_id in ids:
+                yield upload_id
+            return
+        while batch := await self._call(lambda: list(itertools.islice(ids, LIST_BATCH))):
+            for upload_id in batch:
+                yield upload_id
+
+    def _walk_ids(self) -> Iterator[str]:
         for folder, _dirs, files in os.walk(self.root):
             relative = os.path.relpath(folder, self.root)
             for name in files:
@@ -316,6 +411,9 @@ class FileStore:
                     yield upload_id if relative == "." else f"{relative}/{upload_id}"
 
     async def forget_expired(self, older_than: float) -> int:
+        return await self._call(self._forget_expired_now, older_than)
+
+    def _forget_expired_now(self, older_than: float) -> int:
         forgotten = 0
         for folder, _dirs, files in os.walk(self.root):
             for name in files:
@@ -335,31 +433,37 @@ class FileStore:
     async def write_verified(  # type: ignore[override]
         self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int:
-        fd = upload._open_at(offset)
+        fd = await self._call(upload._open_at, offset)
         try:
-            marker = os.open(upload.pending_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_perms)
-            try:
-                os.write(marker, str(offset).encode())
-                if self.fsync:
-                    await _flush(os.fsync, marker)
-            finally:
-                os.close(marker)
+            await self._call_syncing(self._mark_pending, upload.pending_path, offset)
             accepted = False
             try:
                 written = await upload._write(fd, offset, chunks)
                 accepted = await verify(written)
             finally:
                 if not accepted:
-                    os.ftruncate(fd, offset)
+                    await self._call(os.ftruncate, fd, offset)
                     upload._info = upload._info.replace(offset=offset)
-                os.unlink(upload.pending_path)
-                if self.fsync:  # else a power loss could bring the marker back and hide an acknowledged chunk
-                    await self._fsync_dir(os.path.dirname(upload.pending_path))
+                await self._call_syncing(self._unmark_pending, upload.pending_path)
             return written if accepted else 0
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
-            os.close(fd)
+            await self._call(os.close, fd)
+
+    def _mark_pending(self, path: str, offset: int) -> None:
+        marker = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.file_perms)
+        try:
+            os.write(marker, str(offset).encode())
+            if self.fsync:
+                os.fsync(marker)
+        finally:
+            os.close(marker)
+
+    def _unmark_pending(self, path: str) -> None:
+        os.unlink(path)
+        if self.fsync:  # else a power loss could bring the marker back and hide an acknowledged chunk
+            _fsync_dir_now(os.path.dirname(path))
 
     async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:  # type: ignore[override]
         """All-or-nothing and repeatable: the partials are copied (by the kernel, ``copy_file_range``) into
@@ -367,7 +471,8 @@ class FileStore:
         are all there; an attempt that failed or died is simply done again from the start (the temporary file is
         truncated), never on top of what it wrote."""
         sources = [(partial.data_path, (await partial.info()).offset) for partial in partials]
-        size = await _run_to_end(self._concat_files, final.data_path, sources)
+        job = fileio.start(self._concat_files, final.data_path, sources, threads=fileio.copy_pool())
+        size = await job.outcome()  # a cancelled request still waits: the files must not change after the lock goes
         final._info = final._info.replace(offset=size)
 
     def _concat_files(self, data_path: str, sources: list[tuple[str, int]]) -> int:
@@ -377,7 +482,10 @@ class FileStore:
             try:
                 position = 0
                 for path, size in sources:
-                    source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:  # the partial was deleted meanwhile
+                        raise errors.ERR_UPLOAD_NOT_FOUND("a partial upload went away during concatenation") from None
                     try:
                         _copy_range(source, fd, size, position)
                     finally:
@@ -394,9 +502,11 @@ class FileStore:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-        except OSError as exc:
+        except (OSError, errors.TusError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            if isinstance(exc, errors.TusError):
+                raise
             raise _storage_error(exc) from exc
         return position
 
@@ -404,6 +514,9 @@ class FileStore:
 
     async def _write_info(self, info_path: str, info: UploadInfo) -> None:
         """Write the .info atomically: a temporary file in the same folder, then rename over the old one."""
+        await self._call_syncing(self._write_info_now, info_path, info)
+
+    def _write_info_now(self, info_path: str, info: UploadInfo) -> None:
         data = info.to_json()
         tmp = f"{info_path}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
@@ -412,7 +525,7 @@ class FileStore:
             while view:
                 view = view[os.write(fd, view) :]
             if self.fsync:
-                await _flush(os.fsync, fd)
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -420,13 +533,9 @@ class FileStore:
         os.close(fd)
         os.replace(tmp, info_path)
         if self.fsync:
-            await self._fsync_dir(os.path.dirname(info_path))
+            _fsync_dir_now(os.path.dirname(info_path))
 
     @staticmethod
     async def _fsync_dir(path: str) -> None:
-        """Flush a folder's entries (files created, renamed or removed in it) to the device."""
-        dir_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            await _flush(os.fsync, dir_fd)
-        finally:
-            os.close(dir_fd)
+        """Flush a folder's entries (files created, renamed or removed in it) to the device, in a thread."""
+        await fileio.in_thread(_fsync_dir_now, path)
