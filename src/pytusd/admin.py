@@ -152,6 +152,10 @@ def run(command: str, config: Config, arguments: list[str], as_json: bool, out: 
     if command in ("info", "delete") and len(arguments) != 1:
         print(f"pytusd {command}: give exactly one upload ID", file=sys.stderr)
         return 2
+    for stream in (out, sys.stderr):  # a terminal that cannot show a filename's characters gets escapes, no crash
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         result = asyncio.run(actions[command]())
     except errors.TusError as exc:

@@ -174,3 +174,16 @@ def test_a_traceback_is_one_line_in_text_logs():
         line = formatter.format(record)
         assert "\n" not in line and hidden(line) == [] and line.isascii(), line
         assert "forged" in line and "Traceback" in line
+
+
+@pytest.mark.e2e
+def test_a_terminal_that_cannot_show_a_name_gets_escapes_not_a_crash(pytusd_factory):
+    """An ordinary non-ASCII filename on an admin terminal whose encoding lacks it (Latin-1, ASCII)."""
+    server = pytusd_factory()
+    upload_id = create(server.url, "报告.pdf")
+    for encoding in ("latin-1", "ascii"):
+        listed = subprocess.run([sys.executable, "-m", "pytusd", "list", "--upload-dir", str(server.upload_dir)],
+                                capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert listed.returncode == 0, listed.stderr
+        row = listed.stdout.decode(encoding).splitlines()[1]
+        assert row.startswith(upload_id) and "\\u62a5\\u544a.pdf" in row
