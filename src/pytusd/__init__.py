@@ -16,8 +16,9 @@ As a library (the counterpart of tusd's ``handler`` package):
   :class:`MethodOverrideMiddleware` (:mod:`pytusd.routing`).
 * ``app.metrics.snapshot()`` (:class:`MetricsSnapshot`): the Prometheus numbers, in-process.
 
-``S3Store``, ``AzureStore``, ``GCSStore`` and ``RedisLocker`` need optional packages (``pip install
-'pytusd[s3]'``, ...); the last three are imported on first use.
+``S3Store``, ``AzureStore``, ``GCSStore`` and ``RedisLocker`` need optional packages (the extras
+``s3``, ``azure``, ``gcs``, ``redis``: :func:`pytusd.extras.install_hint` says how to install them); the last three are
+imported on first use.
 """
 
 __version__ = "0.1.0"
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .stores.azure import AzureStore as AzureStore
     from .stores.gcs import GCSStore as GCSStore
 
-# Classes whose modules need optional packages: imported on first use (pip install 'pytusd[redis]', ...).
+# Classes whose modules need optional packages (extras): imported on first use.
 _LAZY = {
     "RedisLocker": ("pytusd.lockers.redis", "RedisLocker"),
     "AzureStore": ("pytusd.stores.azure", "AzureStore"),

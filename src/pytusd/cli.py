@@ -8,8 +8,10 @@ booleans take ``--flag``, ``--flag=true`` or ``--flag=false``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import dataclasses
+import difflib
+import importlib.util
+import logging
 import os
 import re
 import sys
@@ -357,7 +359,7 @@ _FLAGS = [
     Flag("ready-path", str, "/ready", "Readiness endpoint: 200 when the storage and the locker answer, else 503 "
          "('' to turn off)", "Observability"),
     Flag("otel-traces", parse_otel_exporter, "", "Export OpenTelemetry traces: 'console' or 'otlp' (needs "
-         "pytusd[otel]; otlp also opentelemetry-exporter-otlp and OTEL_EXPORTER_OTLP_*). Without it, a tracer "
+         "the otel extra; otlp also opentelemetry-exporter-otlp and OTEL_EXPORTER_OTLP_*). Without it, a tracer "
          "provider set up by opentelemetry-instrument is used when there is one", "Observability"),
 ]
 
@@ -368,38 +370,105 @@ def env_name(flag: str) -> str:
     return "PYTUSD_" + flag.upper().replace("-", "_")
 
 
-def _normalise_argv(argv: Sequence[str]) -> list[str]:
-    """Accept Go-style single-dash long flags (``-upload-dir``) as well as ``--upload-dir``."""
+def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Accept Go-style single-dash long flags (``-upload-dir``) as well as ``--upload-dir``.
+
+    With ``parser``, a flag that is none of pytusd's is an error naming the closest real one (``-hooks-dri``:
+    did you mean ``-hooks-dir``?), instead of argparse reading ``-h...`` as ``-h`` with a value."""
     known = {f.name for f in _FLAGS} | {"version", "help", "json"}
     out = []
+    takes_value = False  # the previous argument is a flag whose value comes next
     for arg in argv:
-        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
-            name = arg[1:].split("=", 1)[0]
+        if takes_value:
+            takes_value = False
+            out.append(arg)
+            continue
+        if arg == "--":
+            out.append(arg)
+            continue
+        if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
+            dashes = "--" if arg.startswith("--") else "-"
+            name, has_value, _ = arg[len(dashes):].partition("=")
             if name in known:
-                arg = "-" + arg
+                arg = "--" + arg[len(dashes):]
+                takes_value = not has_value and name not in _BOOL_FLAGS and name not in ("version", "help", "json")
+            elif name != "h" and parser is not None:
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {dashes}{close[0]}?" if close else " (see pytusd --help)"
+                parser.error(f"unknown flag {dashes}{name}{hint}")
         out.append(arg)
     return out
 
 
 ADMIN_COMMANDS = ("cleanup", "list", "info", "delete")
 
+# What each admin command's --help shows: the flags that choose its store (and locker, hooks, expiry where it uses
+# them). It still accepts every server flag, so a server's command line works with the command put in front of it.
+_STORAGE_GROUPS = ("File storage", "S3 storage", "GCS storage", "Azure storage")
+_SUBCOMMANDS: dict[str, tuple[str, str, str, tuple[str, ...], frozenset[str]]] = {
+    # command: (usage, what it does, example, flag groups shown, single flags shown)
+    "list": (
+        "pytusd list [--json] [flags]",
+        "Lists the uploads of the store: ID, size, offset, state, filename and expiry (text, or every field with "
+        "--json). Client text (filenames) is printed escaped.",
+        "pytusd list --upload-dir ./data\n  pytusd list --json --s3-bucket uploads --s3-endpoint http://127.0.0.1:7480",
+        _STORAGE_GROUPS, frozenset({"expiration", "log-format"}),
+    ),
+    "info": (
+        "pytusd info ID [--json] [flags]",
+        "Shows one upload: its size, offset, state, metadata and storage.",
+        "pytusd info 3262cb09f3c3e8b4ab3e2a0c1bfb0d52 --upload-dir ./data",
+        _STORAGE_GROUPS, frozenset({"expiration", "log-format"}),
+    ),
+    "delete": (
+        "pytusd delete ID [--json] [flags]",
+        "Deletes one upload as a DELETE request would: it takes the upload's lock first (a running server that "
+        "shares the locker lets go of it), then fires the post-terminate hook if hooks are configured.",
+        "pytusd delete 3262cb09f3c3e8b4ab3e2a0c1bfb0d52 --upload-dir ./data --hooks-dir ./hooks",
+        (*_STORAGE_GROUPS, "Locks"),
+        frozenset({"acquire-lock-timeout", "log-format", "hooks-dir", "hooks-http", "hooks-grpc", "hooks-python",
+                   "hooks-enabled-events"}),
+    ),
+    "cleanup": (
+        "pytusd cleanup --expiration DURATION [flags]",
+        "Removes, once, the unfinished uploads that have not changed for --expiration, and exits: for cron or a "
+        "one-off job. Uploads whose lock is held are left alone.",
+        "pytusd cleanup --expiration 24h --upload-dir ./data",
+        (*_STORAGE_GROUPS, "Locks"), frozenset({"expiration", "acquire-lock-timeout", "log-format"}),
+    ),
+}
+
 
 def build_parser(command: str = "serve") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pytusd" if command == "serve" else f"pytusd {command}",
-        usage="pytusd [cleanup | list | info ID | delete ID] [flags]",
-        description="pytusd: a tus resumable-upload server. Admin commands take the same flags and work on the "
-        "store they name: 'pytusd list' (uploads: ID, size, offset, state, filename, expiry; --json), "
-        "'pytusd info ID', 'pytusd delete ID' (takes the upload's lock, then deletes it) and 'pytusd cleanup' "
-        "(removes expired uploads once, for cron). Every flag can also be set as PYTUSD_<NAME> in the "
-        "environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, --flag=true and --flag=false.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    sub = _SUBCOMMANDS.get(command)
+    if sub is None:
+        parser = argparse.ArgumentParser(
+            prog="pytusd",
+            usage="pytusd [cleanup | list | info ID | delete ID] [flags]",
+            description="pytusd: a tus resumable-upload server. Admin commands take the same flags and work on the "
+            "store they name: 'pytusd list' (uploads: ID, size, offset, state, filename, expiry; --json), "
+            "'pytusd info ID', 'pytusd delete ID' (takes the upload's lock, then deletes it) and 'pytusd cleanup' "
+            "(removes expired uploads once, for cron); 'pytusd COMMAND --help' shows each one's flags. Every flag "
+            "can also be set as PYTUSD_<NAME> in the environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, "
+            "--flag=true and --flag=false.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    else:
+        usage, what, example, _, _ = sub
+        parser = argparse.ArgumentParser(
+            prog=f"pytusd {command}",
+            usage=usage,
+            description=f"{what} It takes the server's flags, so it reaches the same store; those that matter here "
+            "are listed below (also as PYTUSD_<NAME> in the environment).",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     if command in ("list", "info", "delete"):
         parser.add_argument("ids", nargs="*", metavar="ID", help="upload ID (info, delete)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in _FLAGS:
+        shown_here = sub is None or flag.group in sub[3] or flag.name in sub[4]
         group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
         default = flag.default
         env = os.environ.get(env_name(flag.name))
@@ -409,7 +478,7 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
             except argparse.ArgumentTypeError as exc:
                 parser.error(f"{env_name(flag.name)}: {exc}")
         shown = oct(flag.default)[2:].rjust(4, "0") if flag.type is parse_octal else flag.default
-        help_text = f"{flag.help} (default {shown!r}; env {env_name(flag.name)})"
+        help_text = f"{flag.help} (default {shown!r}; env {env_name(flag.name)})" if shown_here else argparse.SUPPRESS
         kwargs: dict[str, Any] = {"type": flag.type, "default": default, "help": help_text}
         if flag.name in _BOOL_FLAGS:
             kwargs.update(nargs="?", const=True, metavar="BOOL")
@@ -634,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ADMIN_COMMANDS:
         command = argv.pop(0)
     parser = build_parser(command)
-    args = parser.parse_args(_normalise_argv(argv))
+    args = parser.parse_args(_normalise_argv(argv, parser))
     logs.configure(args.log_format, args.verbose and command == "serve")
     if command == "cleanup":
         return cleanup(args)
@@ -679,5 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"
     if isinstance(config.store, FileStore):
         banner += f"; file I/O {config.store.file_io_reason}"
+    elif isinstance(config.locker, MemoryLocker):
+        # An object store is shared by nature: more processes than this one would write the same uploads unlocked.
+        logging.getLogger("pytusd.startup").warning(
+            "locker memory: uploads are locked within this process only; if more than one pytusd process serves "
+            "this %s, use --locker redis (two PATCHes of one upload in two processes would corrupt it)",
+            type(config.store).__name__,
+        )
     serve(app, options, banner)
     return 0

@@ -2,7 +2,7 @@
 
 A rule set limits the size, the media type (``filetype`` metadata, wildcards such as ``image/*``), the file
 extension (``filename`` metadata), requires metadata keys, and can validate the whole metadata against a JSON
-Schema (with the ``jsonschema`` package: ``pip install pytusd[rules]``). A violation is 400
+Schema (with the ``jsonschema`` package, the ``rules`` extra). A violation is 400
 ERR_UPLOAD_RULE_VIOLATED (413 ERR_MAX_SIZE_EXCEEDED for the size) with a message naming the rule.
 """
 
@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import errors
+from . import errors, extras
 from .types import UploadInfo
 
 ERR_UPLOAD_RULE_VIOLATED = errors.TusError("ERR_UPLOAD_RULE_VIOLATED", "the upload breaks an upload rule", 400)
@@ -84,7 +84,7 @@ def _validator(schema: Mapping[str, Any]) -> Any:
     try:
         import jsonschema
     except ImportError:  # pragma: no cover - depends on the installation
-        raise ValueError("metadata_schema needs the jsonschema package: pip install 'pytusd[rules]'") from None
+        raise ValueError(extras.missing("metadata_schema needs the jsonschema package", "rules")) from None
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)

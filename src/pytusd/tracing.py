@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing, optional (``pip install 'pytusd[otel]'``).
+"""OpenTelemetry tracing, optional (the ``otel`` extra).
 
 One SERVER span per request, named after its route (``PATCH /files/{id}``), with child spans for the store
 operations, the wait for the upload's lock and every hook call. The incoming ``traceparent`` is honoured, and HTTP
@@ -17,6 +17,8 @@ import contextlib
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+
+from . import extras
 
 try:
     from opentelemetry import propagate, trace
@@ -122,7 +124,7 @@ def configure(exporter: str) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError as exc:
-        raise ImportError("tracing needs the OpenTelemetry SDK: pip install 'pytusd[otel]'") from exc
+        raise ImportError(extras.missing("tracing needs the OpenTelemetry SDK", "otel")) from exc
     if exporter == "console":
         span_exporter: Any = ConsoleSpanExporter()
     elif exporter == "otlp":

@@ -68,7 +68,7 @@ def test_list_info_delete_on_the_file_store(pytusd_factory, tmp_path):
     assert httpx.head(f"{server.url}{busy}", headers=TUS).status_code == 404
 
     missing = pytusd("info", busy, *flags)
-    assert missing.returncode == 1 and "ERR_UPLOAD_NOT_FOUND" in missing.stderr
+    assert missing.returncode == 1 and f"upload {busy} does not exist in FileStore(" in missing.stderr
     assert pytusd("delete", *flags).returncode == 2  # no ID
 
 

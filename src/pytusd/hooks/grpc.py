@@ -1,4 +1,4 @@
-"""gRPC hooks: tusd's ``HookHandler.InvokeHook`` service (``pip install 'pytusd[grpc]'``).
+"""gRPC hooks: tusd's ``HookHandler.InvokeHook`` service (the ``grpc`` extra, see :mod:`pytusd.extras`).
 
 The messages are tusd's hook.proto (``proto/hook.proto`` here, same names and field numbers), so an existing tusd
 gRPC hook server works unchanged. As in tusd's proto, headers carry their first value only and there is no
@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .. import extras
+
 try:
     import grpc
     from grpc import aio
 
     from .proto import hook_pb2, hook_pb2_grpc
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("gRPC hooks need grpcio and protobuf: pip install 'pytusd[grpc]'") from exc
+    raise ImportError(extras.missing("gRPC hooks need grpcio and protobuf", "grpc")) from exc
 
 _RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 

@@ -1,6 +1,6 @@
 """Per-upload locks: in memory (one process), on disk (several processes on one host) or in Redis (many hosts).
 
-``RedisLocker`` is imported on first use, so that the optional ``redis`` package (``pip install 'pytusd[redis]'``)
+``RedisLocker`` is imported on first use, so that the optional ``redis`` package (the ``redis`` extra)
 is needed only by those who use it.
 """
 

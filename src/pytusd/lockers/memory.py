@@ -43,6 +43,9 @@ class MemoryLocker:
     def __init__(self) -> None:
         self._held: dict[str, _Held] = {}
 
+    def __repr__(self) -> str:
+        return "MemoryLocker(this process only)"
+
     async def acquire(self, upload_id: str, on_release_request: ReleaseRequest, timeout: float) -> MemoryLock:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

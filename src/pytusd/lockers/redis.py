@@ -14,7 +14,7 @@ key and publishes ``<id>`` on ``<prefix>:unlocked``, which wakes the waiters at 
 from 2 ms up to ``acquirer_poll_interval``, and repeat their request every ``release_request_interval`` seconds (at
 once when the holder changes). ``PUBLISH <prefix>:release <id>`` (no token) from anywhere asks whoever holds ``<id>``.
 
-Install the client with ``pip install 'pytusd[redis]'``.
+The client is the ``redis`` extra (:func:`pytusd.extras.install_hint`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import urllib.parse
 from collections.abc import Coroutine
 from typing import Any
 
-from .. import errors
+from .. import errors, extras
 from ..protocol import is_valid_upload_id
 from .base import ReleaseRequest
 
@@ -38,7 +38,7 @@ try:
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "RedisLocker needs the redis package (redis-py); install it with: pip install 'pytusd[redis]'"
+        extras.missing("RedisLocker needs the redis package (redis-py)", "redis")
     ) from exc
 
 log = logging.getLogger("pytusd")

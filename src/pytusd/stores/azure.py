@@ -55,7 +55,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .. import errors
+from .. import errors, extras
 from ..protocol import new_upload_id
 from ..types import UploadInfo
 from .streaming import Blocking, PieceWriter, contiguous, feed_body
@@ -65,7 +65,7 @@ try:
     from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
     from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("the Azure store needs azure-storage-blob: pip install 'pytusd[azure]'") from exc
+    raise ImportError(extras.missing("the Azure store needs azure-storage-blob", "azure")) from exc
 
 log = logging.getLogger("pytusd.azure")
 

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import errors, protocol
+from .. import errors, extras, protocol
 from ..protocol import new_upload_id
 from ..types import UploadInfo
 from .streaming import Blocking, PieceWriter, concat_by_streaming, contiguous, feed_body, gather_all
@@ -60,7 +60,7 @@ MAX_COMPOSE_SOURCES = 32  # GCS's limit per compose request
 MAX_CUSTOM_METADATA = 8 * KIB  # GCS's limit on an object's custom metadata (keys plus values)
 OCTET_STREAM = "application/octet-stream"
 READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
-INSTALL_HINT = "the GCS store needs google-cloud-storage: pip install 'pytusd[gcs]'"
+INSTALL_HINT = extras.missing("the GCS store needs google-cloud-storage", "gcs")
 
 _CHUNK_SUFFIX = re.compile(r"0|[1-9][0-9]*")
 _TEMPORARY_SUFFIX = re.compile(r"tmp_[0-9]+_[0-9]+")

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .. import errors
+from .. import errors, extras
 from ..protocol import new_upload_id
 from ..types import UploadInfo
 from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
@@ -835,7 +835,7 @@ def make_client(
         import boto3
         from botocore.config import Config as BotoConfig
     except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("the S3 store needs boto3: pip install 'pytusd[s3]'") from exc
+        raise ImportError(extras.missing("the S3 store needs boto3", "s3")) from exc
     session = boto3.session.Session()
     config = BotoConfig(
         s3={"addressing_style": "path"} if endpoint else {},
