@@ -139,3 +139,26 @@ def test_an_object_store_with_the_memory_locker_warns_at_start_up(pytusd_factory
     assert f"storage S3Store('{bucket}'" in banner and "locker MemoryLocker(this process only)" in banner
     warning = [line for line in log.splitlines() if "level=WARNING" in line and "locker memory" in line]
     assert len(warning) == 1 and "--locker redis" in warning[0]
+
+
+def test_readmes_first_upload_runs_as_written(pytusd_factory, tmp_path):
+    """README "Run it": the curl commands, exactly as written there, against a real server (its port put in)."""
+    import re
+    import shutil
+
+    if shutil.which("curl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is required in CI (scripts/test installs it)")
+        pytest.skip("curl missing")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- first-upload:[^>]*-->\n```sh\n(.*?)```", readme, re.S)
+    assert block is not None
+    server = pytusd_factory()
+    script = block.group(1).replace("http://localhost:8080/", server.url.rsplit("/files/", 1)[0] + "/")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    size = (ROOT / "README.md").stat().st_size
+    out = run.stdout.lower()
+    assert f"upload-offset: {size}" in out and out.strip().endswith("the server holds the same bytes"), run.stdout
