@@ -189,6 +189,8 @@ def _is_missing(exc: BaseException) -> bool:
 def _storage_error(exc: BaseException) -> errors.TusError:
     if isinstance(exc, errors.TusError):
         return exc
+    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
+        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the GCS storage", exc)
     return errors.ERR_INTERNAL_SERVER_ERROR(f"GCS error: {exc}")
 
 
