@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import dataclasses
 import os
 import re
@@ -628,6 +629,41 @@ def cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def upload_dir_problem(args: argparse.Namespace) -> str:
+    """Why --upload-dir can never work (it is a file), when the store or the locker lives there; else ``""``."""
+    object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
+    uses_dir = not object_store or args.locker == "file"
+    path = args.upload_dir
+    if uses_dir and os.path.lexists(path) and not os.path.isdir(path):
+        return f"--upload-dir {path} is a file, not a directory"
+    return ""
+
+
+def check_backends(config: Config, args: argparse.Namespace) -> int:
+    """The start-up checks (pytusd.startup): one log line per backend that cannot be reached; 2 when one can never
+    work (the caller exits with it), else 0 (not-ready parts start not ready)."""
+    import asyncio
+
+    from . import startup
+
+    hook_servers: list[tuple[str, str, list[str]]] = []
+
+    def events(own: str) -> list[str]:
+        chosen = own or args.hooks_enabled_events
+        return [e.strip() for e in chosen.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
+
+    if args.hooks_http:
+        hook_servers.append(("--hooks-http", args.hooks_http, events(args.hooks_http_events)))
+    if args.hooks_grpc:
+        hook_servers.append(("--hooks-grpc", args.hooks_grpc, events(args.hooks_grpc_events)))
+    try:
+        asyncio.run(startup.check(config, hook_servers))
+    except startup.Fatal as exc:
+        logging.getLogger("pytusd").error("%s", exc)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
@@ -655,6 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.malloc_tuning:
         tune_malloc()
+    if problem := upload_dir_problem(args):
+        logging.getLogger("pytusd").error("%s; exiting", problem)
+        return 2
     try:
         if args.otel_traces:
             from . import tracing
@@ -664,6 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = TusApp(config)
     except (ValueError, OSError, ImportError, AttributeError) as exc:
         parser.error(str(exc))
+    if code := check_backends(config, args):
+        return code
     options = ServeOptions(
         host=args.host,
         port=args.port,
