@@ -117,7 +117,7 @@ def unreachable(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its message's lines joined, or its type's name."""
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).rstrip(".")
     return text or type(exc).__name__
 
 

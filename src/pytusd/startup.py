@@ -53,7 +53,7 @@ async def check(config: Config, hook_servers: list[tuple[str, str, list[str]]] =
     Returns the parts that are not ready; raises :class:`Fatal` for a configuration that can never work."""
     token = errors.quiet_unavailable.set(True)  # this module logs the one line itself
     try:
-        results = await asyncio.gather(_store(config.store), _locker(config.locker),
+        results = await asyncio.gather(_store(config.store), _locker(config.locker, config.store),
                                        *(_hook_server(*server) for server in hook_servers))
     finally:
         errors.quiet_unavailable.reset(token)
@@ -68,6 +68,8 @@ async def _timed(call: Any) -> None:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {CHECK_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return " ".join(exc.strerror.split())
     return errors.one_line(exc)
 
 
@@ -116,9 +118,18 @@ def _s3_code(exc: BaseException) -> str:
     return ""
 
 
-async def _locker(locker: Any) -> str:
+async def _locker(locker: Any, store: Any) -> str:
     ready = getattr(locker, "ready", None)
     if ready is None:
+        return ""
+    if type(locker).__name__ == "FileLocker":
+        if getattr(store, "root", None) == locker.root:
+            return ""  # the upload directory's line says it all
+        try:
+            await _timed(ready())
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the lock directory %s cannot take lock files (%s); %s", locker.root, _why(exc), NOT_READY)
+            return "locker"
         return ""
     try:
         await _timed(ready())
@@ -126,7 +137,13 @@ async def _locker(locker: Any) -> str:
         text = _why(exc)
         if type(exc).__name__ == "AuthenticationError" or text.startswith(("NOAUTH", "WRONGPASS", "invalid password")):
             raise Fatal(f"{locker!r} refused the credentials ({text}); exiting") from exc
-        log.error("%r cannot be reached: %s; %s", locker, text, NOT_READY)
+        if type(locker).__name__ == "RedisLocker":
+            from .lockers.redis import _without_password
+
+            what = f"the Redis locker at {_without_password(locker.url)}"
+        else:
+            what = repr(locker)
+        log.error("%s cannot be reached: %s; %s", what, text, NOT_READY)
         return "locker"
     finally:
         close = getattr(locker, "close", None)

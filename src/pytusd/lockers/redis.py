@@ -350,15 +350,20 @@ class RedisLocker:
 
     async def _subscription(self, client: aioredis.Redis, subscribed: asyncio.Event) -> None:
         delay = 0.05
+        failing = False  # warned about the current outage already: its retries are DEBUG
         while True:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.release_channel, self.unlocked_channel)
                 await self._dispatch(pubsub, subscribed)
             except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
-                delay = 0.05 if subscribed.is_set() else min(delay * 2, 2.0)
+                was_listening = subscribed.is_set()
+                delay = 0.05 if was_listening else min(delay * 2, 2.0)
                 subscribed.clear()
-                log.warning("%r: listening for release requests failed (%s); retrying in %.2fs", self, _why(exc), delay)
+                level = logging.DEBUG if failing and not was_listening else logging.WARNING
+                failing = True
+                log.log(level, "%r: listening for release requests failed (%s); retrying in %.2fs", self, _why(exc),
+                        delay)
             finally:
                 with contextlib.suppress(Exception):  # the connection may be broken already
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
