@@ -177,3 +177,38 @@ async def test_file_store_in_proc_is_not_ready() -> None:
     store = FileStore("/proc")
     with pytest.raises(OSError, match="cannot create a file in /proc"):
         await store.ready()
+
+
+# -- GCS and Azure (SDK retries included: ~10-20 s each) --------------------------------------------------------------
+
+
+async def test_gcs_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None:
+    from pytusd.stores.gcs import GCSStore
+
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GCS_SERVICE_ACCOUNT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    store = GCSStore.from_options("pytusd-nowhere", endpoint=f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.INFO, "pytusd"):
+        async with client_for(TusApp(Config(store=store))) as client:
+            r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"}, timeout=60)
+    assert r.status_code == 503 and r.text.startswith("ERR_STORAGE_UNAVAILABLE"), r.text
+    records = failure_records(caplog)
+    assert len(records) == 1 and "GCS storage cannot be reached" in records[0].getMessage(), records
+    assert_one_line_each(records)
+
+
+async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None:
+    from pytusd.stores.azure import AzureStore
+    from tests.services import AZURITE_ACCOUNT, AZURITE_KEY
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+    store = AzureStore.from_options("pytusd-nowhere", endpoint=f"http://127.0.0.1:{free_port()}/{AZURITE_ACCOUNT}")
+    with caplog.at_level(logging.INFO, "pytusd"):
+        async with client_for(TusApp(Config(store=store))) as client:
+            r = await client.post("/files/", headers={**TUS, "Upload-Length": "5"}, timeout=60)
+    assert r.status_code == 503 and r.text.startswith("ERR_STORAGE_UNAVAILABLE"), r.text
+    records = [r for r in failure_records(caplog) if r.name == "pytusd"]
+    assert len(records) == 1 and "Azure storage cannot be reached" in records[0].getMessage(), records
+    assert_one_line_each(records)

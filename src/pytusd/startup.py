@@ -106,7 +106,8 @@ async def _store(store: Any) -> str:
                 if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
                     raise
     except Exception as exc:  # noqa: BLE001
-        log.error("the storage %r cannot be reached: %s; %s", store, _why(exc.__cause__ or exc), NOT_READY)
+        cause = exc.__cause__ if isinstance(exc, errors.TusError) and exc.__cause__ is not None else exc
+        log.error("the storage %r cannot be reached: %s; %s", store, _why(cause), NOT_READY)
         return "store"
     return ""
 

@@ -545,6 +545,8 @@ class AzureStore:
                 raise _storage_error(exc) from exc
             # Credentials scoped to the container (a SAS) may not create it; if it is missing, the next call says so.
             log.warning("could not make sure the container %s exists: %s", self.container, _error_code(exc))
+        except Exception as exc:  # cannot be reached: 503 ERR_STORAGE_UNAVAILABLE; tried again at the next create
+            raise _storage_error(exc) from exc
         self._container_ready = True
 
     async def _stage_block(

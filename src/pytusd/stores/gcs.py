@@ -186,6 +186,9 @@ def _is_missing(exc: BaseException) -> bool:
     return _status(exc) == 404
 
 
+RETRY_TIMEOUT = 20.0  # seconds a GCS request is retried in all (transient errors, connection failures)
+
+
 def _storage_error(exc: BaseException) -> errors.TusError:
     if isinstance(exc, errors.TusError):
         return exc
@@ -408,7 +411,9 @@ class GCSStore:
         self._bucket = client.bucket(bucket)
         self._blob_class = storage.Blob
         # Every request is idempotent here (chunks and composes are written under the upload's lock, by name).
-        self._retry = DEFAULT_RETRY
+        # Retried for RETRY_TIMEOUT seconds rather than the SDK's 120: a GCS that cannot be reached answers the
+        # client 503 ERR_STORAGE_UNAVAILABLE within its network timeout instead of holding it for two minutes.
+        self._retry = DEFAULT_RETRY.with_timeout(RETRY_TIMEOUT)
         # Chunk uploads and everything else run in separate thread pools, so a HEAD never queues behind chunks.
         self._call = Blocking(16, "pytusd-gcs")
         self._send = Blocking(self.concurrent_chunk_uploads, "pytusd-gcs-chunk")
