@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import dataclasses
+import logging
 import os
 import re
 import sys

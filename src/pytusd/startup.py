@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 from . import errors
@@ -47,7 +48,7 @@ class Fatal(Exception):
     """A configuration that can never work: the command logs the message and exits with status 2."""
 
 
-async def check(config: Config, hook_servers: list[tuple[str, str, list[str]]] = ()) -> list[str]:  # type: ignore[assignment]
+async def check(config: Config, hook_servers: Sequence[tuple[str, str, list[str]]] = ()) -> list[str]:
     """Check the store, the locker and ``hook_servers`` (``(flag, target, events)``); log one line per problem.
 
     Returns the parts that are not ready; raises :class:`Fatal` for a configuration that can never work."""
