@@ -684,6 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
+        logging.getLogger("pytusd").error("%s; exiting", problem)
+        return 2
     if (args.workers or os.cpu_count() or 1) > 1:
         start_workers(args, parser)  # returns in each worker process, which goes on below; the parent never returns
 
@@ -691,9 +694,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.malloc_tuning:
         tune_malloc()
-    if problem := upload_dir_problem(args):
-        logging.getLogger("pytusd").error("%s; exiting", problem)
-        return 2
     try:
         if args.otel_traces:
             from . import tracing
