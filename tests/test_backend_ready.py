@@ -212,3 +212,18 @@ async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> No
     records = [r for r in failure_records(caplog) if r.name == "pytusd"]
     assert len(records) == 1 and "Azure storage cannot be reached" in records[0].getMessage(), records
     assert_one_line_each(records)
+
+
+async def test_startup_check_redis_refusing_the_password_is_fatal(tmp_path) -> None:
+    from pytusd import RedisLocker
+    from tests.services import redis_server
+
+    store = FileStore(tmp_path / "data")
+    store.ensure_directory()
+    with redis_server(tmp_path / "redis", password="s3cret") as url:
+        for locker_url in (url, url.replace("redis://", "redis://:wrong@")):
+            with pytest.raises(startup.Fatal, match="refused the credentials") as refused:
+                await startup.check(Config(store=store, locker=RedisLocker(locker_url, ttl=1.0)))
+            assert "wrong" not in str(refused.value)  # the password stays out of the log
+        good = RedisLocker(url.replace("redis://", "redis://:s3cret@"), ttl=1.0)
+        assert await startup.check(Config(store=store, locker=good)) == []
