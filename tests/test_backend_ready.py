@@ -227,3 +227,26 @@ async def test_startup_check_redis_refusing_the_password_is_fatal(tmp_path) -> N
             assert "wrong" not in str(refused.value)  # the password stays out of the log
         good = RedisLocker(url.replace("redis://", "redis://:s3cret@"), ttl=1.0)
         assert await startup.check(Config(store=store, locker=good)) == []
+
+
+async def test_gcs_missing_bucket_is_fatal_and_not_ready(gcs_endpoint, client_factory) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from pytusd.stores.gcs import GCSStore
+
+    client = storage.Client(project="pytusd-test", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": gcs_endpoint})
+    missing = GCSStore("pytusd-no-such-bucket", client)
+    with pytest.raises(startup.Fatal, match="'pytusd-no-such-bucket' does not exist"):
+        await startup.check(Config(store=missing))
+    r = await client_factory(store=missing).get("/ready")
+    assert r.status_code == 503  # /ready no longer says ok for a bucket that is not there
+    name = f"pytusd-ready-{os.getpid()}"
+    client.create_bucket(name)
+    try:
+        present = GCSStore(name, client)
+        assert await startup.check(Config(store=present)) == []
+        assert (await client_factory(store=present).get("/ready")).status_code == 200
+    finally:
+        client.bucket(name).delete()

@@ -95,7 +95,19 @@ async def _store(store: Any) -> str:
                       NOT_READY)
             return "store"
         return ""
-    # GCS, Azure and stores of the application's own: what /ready asks.
+    if kind == "GCSStore":
+        try:
+            await _timed(store.ready())
+        except Exception as exc:  # noqa: BLE001
+            status = getattr(exc, "code", None)
+            if status == 404:
+                raise Fatal(f"the GCS bucket {store.bucket!r} does not exist ({store!r}); exiting") from exc
+            if status in (401, 403):
+                raise Fatal(f"GCS refused the credentials for bucket {store.bucket!r} ({_why(exc)}); exiting") from exc
+            log.error("the GCS storage %r cannot be reached: %s; %s", store, _why(exc), NOT_READY)
+            return "store"
+        return ""
+    # Azure and stores of the application's own: what /ready asks.
     try:
         ready = getattr(store, "ready", None)
         if ready is not None:

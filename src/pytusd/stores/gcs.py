@@ -691,6 +691,11 @@ class GCSStore:
         upload._state = _State(info=info)
         return upload
 
+    async def ready(self) -> None:
+        """Readiness (``/ready``) and the start-up check: the bucket answers a metadata read (``buckets.get``);
+        a missing bucket raises the SDK's NotFound, which the ``pytusd`` command treats as fatal."""
+        await self._call(self._bucket.reload, retry=self._retry)
+
     async def get(self, upload_id: str) -> GCSUpload:
         upload = GCSUpload(self, upload_id)
         await upload.state()
