@@ -79,15 +79,16 @@ def stop_pid(pid: int, timeout: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A throw-away redis-server; yields its URL."""
+def redis_server(folder: Path, port: int | None = None, password: str | None = None) -> Iterator[str]:
+    """A throw-away redis-server (on ``port``, else a free one; with ``requirepass`` when given); yields its URL
+    (without the password)."""
     require("redis-server")
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = open(folder / "redis.log", "ab")
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(folder)],
+         "--dir", str(folder), *(["--requirepass", password] if password else [])],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -99,6 +99,7 @@ class TusApp:
             else None
         )
         self._background: asyncio.Task[None] | None = None
+        self._not_ready: dict[str, str] = {}  # part -> why, while /ready finds it failing (logged once)
         ensure = getattr(config.store, "ensure_directory", None)
         if ensure is not None:
             ensure()
@@ -299,13 +300,21 @@ class TusApp:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            log.warning("readiness: the %s did not answer within %g s", part, READY_TIMEOUT,
-                        extra=logs.fields(event="NotReady", part=part))
+            why = f"did not answer within {READY_TIMEOUT:g} s"
+            self._not_ready_now(part, why, f"readiness: the {part} {why}")
             return "error: timeout"
         except Exception as exc:
-            log.warning("readiness: the %s failed: %s", part, exc, extra=logs.fields(event="NotReady", part=part))
+            self._not_ready_now(part, str(exc), f"readiness: the {part} failed: {errors.one_line(exc)}")
             return f"error: {type(exc).__name__}"
+        if self._not_ready.pop(part, None) is not None:
+            log.info("readiness: the %s is ready again", part, extra=logs.fields(event="Ready", part=part))
         return "ok"
+
+    def _not_ready_now(self, part: str, why: str, message: str) -> None:
+        """Log a part's failure once (WARNING) while it lasts; the same failure again at the next poll is DEBUG."""
+        level = logging.DEBUG if self._not_ready.get(part) == why else logging.WARNING
+        self._not_ready[part] = why
+        log.log(level, "%s", message, extra=logs.fields(event="NotReady", part=part))
 
     async def _store_ready(self) -> None:
         store = self.config.store

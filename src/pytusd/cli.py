@@ -489,13 +489,18 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     return parser
 
 
+def hook_events(args: argparse.Namespace, own: str) -> list[str]:
+    """The events of one hook backend: its own ``--hooks-<backend>-events``, else ``--hooks-enabled-events``."""
+    chosen = own or args.hooks_enabled_events
+    return [e.strip() for e in chosen.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
+
+
 def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     """Every hook backend given on the command line, each for ``--hooks-<backend>-events`` or, by default, for
     ``--hooks-enabled-events``."""
 
     def events(own: str) -> list[str]:
-        chosen = own or args.hooks_enabled_events
-        return [e.strip() for e in chosen.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
+        return hook_events(args, own)
 
     bindings: list[tuple[HookBackend, list[str]]] = []
     if args.hooks_dir:
@@ -697,6 +702,40 @@ def cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def upload_dir_problem(args: argparse.Namespace) -> str:
+    """Why --upload-dir can never work (it is a file), when the store or the locker lives there; else ``""``."""
+    object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
+    uses_dir = not object_store or args.locker == "file"
+    path = args.upload_dir
+    if uses_dir and os.path.lexists(path) and not os.path.isdir(path):
+        return f"--upload-dir {path} is a file, not a directory"
+    return ""
+
+
+def check_backends(config: Config, args: argparse.Namespace) -> int:
+    """The start-up checks (pytusd.startup): one log line per backend that cannot be reached; 2 when one can never
+    work (the caller exits with it), else 0 (not-ready parts start not ready)."""
+    import asyncio
+
+    from . import startup
+
+    hook_servers: list[tuple[str, str, list[str]]] = []
+
+    def events(own: str) -> list[str]:
+        return hook_events(args, own)
+
+    if args.hooks_http:
+        hook_servers.append(("--hooks-http", args.hooks_http, events(args.hooks_http_events)))
+    if args.hooks_grpc:
+        hook_servers.append(("--hooks-grpc", args.hooks_grpc, events(args.hooks_grpc_events)))
+    try:
+        asyncio.run(startup.check(config, hook_servers))
+    except startup.Fatal as exc:
+        logging.getLogger("pytusd").error("%s", exc)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
@@ -705,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(_normalise_argv(argv, parser))
     logs.configure(args.log_format, args.verbose and command == "serve")
+    if command != "serve" and (problem := upload_dir_problem(args)):
+        parser.error(problem)
     if command == "cleanup":
         return cleanup(args)
     if command != "serve":
@@ -717,6 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
+        logging.getLogger("pytusd").error("%s; exiting", problem)
+        return 2
     if (args.workers or os.cpu_count() or 1) > 1:
         start_workers(args, parser)  # returns in each worker process, which goes on below; the parent never returns
 
@@ -733,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = TusApp(config)
     except (ValueError, OSError, ImportError, AttributeError) as exc:
         parser.error(str(exc))
+    if code := check_backends(config, args):
+        return code
     options = ServeOptions(
         host=args.host,
         port=args.port,

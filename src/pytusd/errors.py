@@ -7,6 +7,7 @@ clients and dashboards that know tusd read them unchanged; the messages are ours
 
 from __future__ import annotations
 
+import contextvars
 import errno
 from collections.abc import Mapping
 
@@ -81,6 +82,55 @@ def storage_error(exc: OSError) -> TusError:
     return ERR_INTERNAL_SERVER_ERROR(f"storage error: {exc.strerror or exc}")
 
 
+# Exception types, by name, that say a remote service could not be reached (connection refused, name not resolved,
+# connect timeout), from the SDKs pytusd uses: botocore, azure-core, requests/urllib3, google-auth, redis-py. Named
+# rather than imported so that this module needs none of them.
+_UNREACHABLE_NAMES = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError",
+    "ServiceRequestError", "ServiceRequestTimeoutError", "NewConnectionError", "MaxRetryError", "ConnectTimeout",
+    "TransportError", "RetryError", "ServiceUnavailable",
+})
+
+# Set while pytusd's start-up checks run: they log the one line themselves.
+quiet_unavailable: contextvars.ContextVar[bool] = contextvars.ContextVar("quiet_unavailable", default=False)
+
+# Seconds a client is asked to wait (Retry-After) when a backend cannot be reached.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says a remote service could not be reached."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError)) or type(current).__name__ in _UNREACHABLE_NAMES:
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                                                              errno.ENETUNREACH, errno.ETIMEDOUT):
+            return True
+        if type(current).__name__ == "gaierror":
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message's lines joined, or its type's name."""
+    text = " ".join(str(exc).split()).rstrip(".")
+    return text or type(exc).__name__
+
+
+def unavailable(template: TusError, what: str, exc: BaseException) -> TusError:
+    """``template`` (ERR_STORAGE_UNAVAILABLE or ERR_LOCKER_UNAVAILABLE) for a backend that cannot be reached,
+    logged once as one line (no traceback): ``what`` names the backend and its address."""
+    import logging
+
+    if not quiet_unavailable.get():
+        logging.getLogger("pytusd").error("%s cannot be reached: %s", what, one_line(exc))
+    return template()  # the address stays in the log: it is the operator's business, not the client's
+
+
 # The catalogue. Each is a template: ``raise ERR_X()`` or ``raise ERR_X("more precise message")``.
 ERR_UNSUPPORTED_VERSION = _error("ERR_UNSUPPORTED_VERSION", "Tus-Resumable must be 1.0.0", 412)
 ERR_MAX_SIZE_EXCEEDED = _error("ERR_MAX_SIZE_EXCEEDED", "upload is larger than the server allows", 413)
@@ -128,6 +178,16 @@ ERR_STORAGE_FULL = _error("ERR_STORAGE_FULL", "the storage is full; the data rec
 # Not tusd's (tusd answers 500 ERR_INTERNAL_SERVER_ERROR with the OS error): a read-only or non-writable storage.
 ERR_STORAGE_READ_ONLY = _error(
     "ERR_STORAGE_READ_ONLY", "the storage is read-only; the data received so far is stored", 500
+)
+# Not tusd's (tusd answers 500 with the SDK's error): the storage or the locker cannot be reached, a passing
+# condition for the client, which retries after Retry-After seconds. Lock timeouts stay tusd's 500 ERR_LOCK_TIMEOUT.
+ERR_STORAGE_UNAVAILABLE = TusError(
+    "ERR_STORAGE_UNAVAILABLE", "the storage cannot be reached; retry later", 503,
+    {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+)
+ERR_LOCKER_UNAVAILABLE = TusError(
+    "ERR_LOCKER_UNAVAILABLE", "the locker cannot be reached; retry later", 503,
+    {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
 )
 # Beyond tusd: --max-concurrent-uploads (503) and --max-uploads-per-client (429), with Retry-After.
 ERR_TOO_MANY_UPLOADS = _error(

@@ -95,5 +95,7 @@ class Cleaner:
             await asyncio.sleep(self.interval)
             try:
                 await self.run_once()
+            except errors.TusError as exc:  # the storage or the locker cannot be reached: they logged it
+                log.warning("expiration cleaner: %s; trying again in %.0f s", exc, self.interval)
             except Exception:
                 log.exception("expiration cleaner failed; trying again in %.0f s", self.interval)

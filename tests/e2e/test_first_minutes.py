@@ -162,3 +162,10 @@ def test_readmes_first_upload_runs_as_written(pytusd_factory, tmp_path):
     size = (ROOT / "README.md").stat().st_size
     out = run.stdout.lower()
     assert f"upload-offset: {size}" in out and out.strip().endswith("the server holds the same bytes"), run.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "cleanup"])
+def test_an_admin_command_on_a_file_for_upload_dir_says_so(command):
+    run = pytusd(command, "--upload-dir", "/etc/passwd", "--expiration", "1h")
+    assert run.returncode == 2
+    assert "--upload-dir /etc/passwd is a file, not a directory" in run.stderr and "Errno" not in run.stderr

@@ -207,6 +207,10 @@ class RedisLocker:
         async with asyncio.timeout(self.ttl):
             await client.ping()
 
+    def _unavailable(self, exc: BaseException) -> errors.TusError:
+        """503 ERR_LOCKER_UNAVAILABLE (with Retry-After) for a Redis that cannot be reached, logged as one line."""
+        return errors.unavailable(errors.ERR_LOCKER_UNAVAILABLE, f"the Redis locker at {_without_password(self.url)}", exc)
+
     def key(self, upload_id: str) -> str:
         """The Redis key of an upload's lock."""
         return f"{self.prefix}:lock:{upload_id}"
@@ -226,6 +230,8 @@ class RedisLocker:
                 return await self._wait_for(client, subscribed, woken, upload_id, on_release_request)
         except TimeoutError:
             raise errors.ERR_LOCK_TIMEOUT() from None
+        except _FAILURES as exc:
+            raise self._unavailable(exc) from None
         finally:
             waiters = self._waiters.get(upload_id)
             if waiters is not None:
@@ -275,8 +281,13 @@ class RedisLocker:
         client = self._connect()
         token = secrets.token_hex(16)
         sent = asyncio.get_running_loop().time()
-        async with asyncio.timeout(self.ttl):  # a hung connection raises TimeoutError rather than hang housekeeping
-            holder = await self._try_set(client, upload_id, self.key(upload_id), token)
+        try:
+            async with asyncio.timeout(self.ttl):  # a hung connection raises TimeoutError rather than hang housekeeping
+                holder = await self._try_set(client, upload_id, self.key(upload_id), token)
+        except TimeoutError:
+            raise
+        except _FAILURES as exc:
+            raise self._unavailable(exc) from None
         if holder is not None:
             return None
         return self._hold(upload_id, token, lambda: None, sent + self.ttl)
@@ -339,15 +350,20 @@ class RedisLocker:
 
     async def _subscription(self, client: aioredis.Redis, subscribed: asyncio.Event) -> None:
         delay = 0.05
+        failing = False  # warned about the current outage already: its retries are DEBUG
         while True:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.release_channel, self.unlocked_channel)
                 await self._dispatch(pubsub, subscribed)
             except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
-                delay = 0.05 if subscribed.is_set() else min(delay * 2, 2.0)
+                was_listening = subscribed.is_set()
+                delay = 0.05 if was_listening else min(delay * 2, 2.0)
                 subscribed.clear()
-                log.warning("%r: listening for release requests failed (%s); retrying in %.2fs", self, _why(exc), delay)
+                level = logging.DEBUG if failing and not was_listening else logging.WARNING
+                failing = True
+                log.log(level, "%r: listening for release requests failed (%s); retrying in %.2fs", self, _why(exc),
+                        delay)
             finally:
                 with contextlib.suppress(Exception):  # the connection may be broken already
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

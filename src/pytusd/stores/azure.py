@@ -246,6 +246,8 @@ def _is_missing(exc: BaseException) -> bool:
 def _storage_error(exc: BaseException) -> errors.TusError:
     if isinstance(exc, errors.TusError):
         return exc
+    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
+        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the Azure storage", exc)
     if isinstance(exc, HttpResponseError):
         lines = str(exc.message or exc.reason or "").splitlines()  # the first line; the rest is request IDs
         summary = " ".join(filter(None, [_error_code(exc) or str(exc.status_code or ""), lines[0] if lines else ""]))
@@ -543,6 +545,8 @@ class AzureStore:
                 raise _storage_error(exc) from exc
             # Credentials scoped to the container (a SAS) may not create it; if it is missing, the next call says so.
             log.warning("could not make sure the container %s exists: %s", self.container, _error_code(exc))
+        except Exception as exc:  # cannot be reached: 503 ERR_STORAGE_UNAVAILABLE; tried again at the next create
+            raise _storage_error(exc) from exc
         self._container_ready = True
 
     async def _stage_block(

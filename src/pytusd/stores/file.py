@@ -45,6 +45,7 @@ CONCAT_SUFFIX = ".concat"  # a final's bytes while they are being concatenated, 
 COPY_STEP = 64 * 1024 * 1024  # bytes per copy_file_range call
 # Threaded mode: body bytes received at most while the previous batch is still being written (per request).
 WRITE_BEHIND = 1 << 20
+READY_CACHE = 1.0  # seconds a readiness probe's answer is kept
 LIST_BATCH = 1000  # upload IDs listed per thread call (the expiration cleaner)
 
 
@@ -259,6 +260,7 @@ class FileStore:
         self.fsync = fsync
         self.file_io = file_io
         self.threaded, self.file_io_reason = fileio.resolve(file_io, self.root)
+        self._ready_at: float | None = None  # when the last readiness probe succeeded
 
     def __repr__(self) -> str:
         return f"FileStore({self.root!r})"
@@ -275,14 +277,41 @@ class FileStore:
         os.makedirs(self.root, mode=self.dir_perms, exist_ok=True)
 
     async def ready(self) -> None:
-        """Readiness (``/ready``): the directory exists and this process may create files in it."""
-        await self._call(self._check_ready)
+        """Readiness (``/ready``): an upload can be created and written here, as a probe file shows.
 
-    def _check_ready(self) -> None:
+        The probe (``.pytusd-ready-<random>.tmp``: a ``.tmp`` name is never an upload ID, and listing uploads only
+        looks at ``.info`` files) is created, written, read back and removed, as the file I/O mode says (in a thread,
+        or inline). A success is kept for READY_CACHE seconds (then only the directory is looked at), so frequent
+        ``/ready`` polls stay cheap; a failure is not kept, so readiness comes back at the next poll."""
+        cached = self._ready_at
+        probe = cached is None or time.monotonic() - cached >= READY_CACHE
+        self._ready_at = None
+        await self._call(self._check_ready, probe)
+        self._ready_at = time.monotonic() if probe else cached
+
+    def _check_ready(self, probe: bool = True) -> None:
         if not os.path.isdir(self.root):
-            raise OSError(f"upload directory {self.root} does not exist")
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise OSError(f"upload directory {self.root} is not writable")
+            raise OSError(f"upload directory {self.root} does not exist or is not a directory")
+        if not probe:
+            return
+        path = os.path.join(self.root, f".pytusd-ready-{secrets.token_hex(6)}.tmp")
+        data = b"pytusd readiness probe\n"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create a file in {self.root}: {exc.strerror or exc}") from None
+        try:
+            try:
+                written = os.write(fd, data)
+                back = os.pread(fd, len(data), 0)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write a file in {self.root}: {exc.strerror or exc}") from None
+            if written != len(data) or back != data:
+                raise OSError(errno.EIO, f"a file written in {self.root} does not read back")
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     # -- paths ----------------------------------------------------------------------------------------------------
 

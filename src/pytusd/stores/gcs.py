@@ -186,9 +186,14 @@ def _is_missing(exc: BaseException) -> bool:
     return _status(exc) == 404
 
 
+RETRY_TIMEOUT = 20.0  # seconds a GCS request is retried in all (transient errors, connection failures)
+
+
 def _storage_error(exc: BaseException) -> errors.TusError:
     if isinstance(exc, errors.TusError):
         return exc
+    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
+        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the GCS storage", exc)
     return errors.ERR_INTERNAL_SERVER_ERROR(f"GCS error: {exc}")
 
 
@@ -406,7 +411,9 @@ class GCSStore:
         self._bucket = client.bucket(bucket)
         self._blob_class = storage.Blob
         # Every request is idempotent here (chunks and composes are written under the upload's lock, by name).
-        self._retry = DEFAULT_RETRY
+        # Retried for RETRY_TIMEOUT seconds rather than the SDK's 120: a GCS that cannot be reached answers the
+        # client 503 ERR_STORAGE_UNAVAILABLE within its network timeout instead of holding it for two minutes.
+        self._retry = DEFAULT_RETRY.with_timeout(RETRY_TIMEOUT)
         # Chunk uploads and everything else run in separate thread pools, so a HEAD never queues behind chunks.
         self._call = Blocking(16, "pytusd-gcs")
         self._send = Blocking(self.concurrent_chunk_uploads, "pytusd-gcs-chunk")
@@ -683,6 +690,11 @@ class GCSStore:
             raise _storage_error(exc) from exc
         upload._state = _State(info=info)
         return upload
+
+    async def ready(self) -> None:
+        """Readiness (``/ready``) and the start-up check: the bucket answers a metadata read (``buckets.get``);
+        a missing bucket raises the SDK's NotFound, which the ``pytusd`` command treats as fatal."""
+        await self._call(self._bucket.reload, retry=self._retry)
 
     async def get(self, upload_id: str) -> GCSUpload:
         upload = GCSUpload(self, upload_id)

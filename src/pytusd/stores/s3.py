@@ -198,6 +198,8 @@ def _is_missing(exc: BaseException) -> bool:
 def _storage_error(exc: BaseException) -> errors.TusError:
     if isinstance(exc, errors.TusError):
         return exc
+    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
+        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the S3 storage", exc)
     return errors.ERR_INTERNAL_SERVER_ERROR(f"S3 error: {exc}")
 
 
@@ -274,7 +276,8 @@ class S3Upload:
             await writer.abandon()
             self._state = None  # the truth is in S3: read it again
             if isinstance(exc, Exception):
-                log.warning("upload %s: S3 write failed: %s", self.id, exc)
+                if not errors.unreachable(exc):  # else _storage_error logs the one line
+                    log.warning("upload %s: S3 write failed: %s", self.id, exc)
                 raise _storage_error(exc) from exc
             raise
         finally:
