@@ -527,7 +527,8 @@ def test_from_options_explains_missing_credentials(tmp_path, clean_env):
 
 def test_a_missing_sdk_names_the_extra(clean_env):
     clean_env.setitem(sys.modules, "google.cloud.storage", None)
-    with pytest.raises(ImportError, match=r"pip install 'pytusd\[gcs\]'"):
+    hint = r"pip install 'google-cloud-storage>=2.16' \(from a pytusd checkout: pip install '\.\[gcs\]'\)"
+    with pytest.raises(ImportError, match=hint):
         GCSStore.from_options("bucket", endpoint="http://127.0.0.1:9")
 
 
