@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""pytusd benchmark: pytusd against @tus/server (Node) on the same machine, in the same run.
+"""pytusd benchmark: pytusd against tusd (Go) and @tus/server (Node) on the same machine, in the same run.
 
-Usually started through ``scripts/bench`` (which sets up the venv and the Node peer first)::
+Usually started through ``scripts/bench`` (which sets up the venv, the Node peer and tusd first)::
 
     scripts/bench                              # scenario upload-1g: 1 GiB, 3 rounds
     scripts/bench upload-1g --size 64MiB --rounds 1
@@ -43,6 +43,8 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 PEERS_DIR = os.path.join(BENCH_DIR, "peers")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 VENV_BIN = os.path.join(REPO_DIR, ".venv", "bin")
+# tusd, built by scripts/bench with `go install` (bench/README.md, "Peers"); absent when Go is not installed.
+TUSD_BIN = os.path.join(PEERS_DIR, "go", "bin", "tusd")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,6 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_RATIO = 3.0  # scenario 1: pytusd >= 3x @tus/server throughput
 TARGET_RAW_SINK = 0.7  # scenario 1: pytusd >= 70% of the raw sink's throughput
 TARGET_SMALL_RATIO = 1.5  # scenario 2: pytusd >= 1.5x @tus/server requests/s, with a lower p99
+TARGET_TUSD_RATIO = 1.0  # scenarios 1 and 2: "ahead of every peer": pytusd >= tusd's MB/s and req/s (lower p99)
 TARGET_SLOW_RSS_MB = 300.0  # scenario 3: pytusd under 300 MB RSS with 1,000 uploads open, no request failing
 TARGET_S3_RATIO = 0.8  # scenario 4: pytusd >= 0.8x boto3's own throughput to the same gateway
 TARGET_SCALING = 0.8  # scenario 5: --workers N >= 0.8 x N x one worker's throughput ("close to linear"), N <= cores
@@ -395,6 +398,19 @@ SERVERS: dict[str, ServerSpec] = {
         label="@tus/server",
         argv=lambda port, d: ["node", os.path.join(PEERS_DIR, "tus-node-server.mjs"), d, str(port)],
     ),
+    # tusd (Go): its file store with its defaults (GOMAXPROCS = every core); -verbose=false: no line per request.
+    "tusd": ServerSpec(
+        name="tusd",
+        label="tusd",
+        argv=lambda port, d: [
+            TUSD_BIN,
+            "-host", "127.0.0.1",
+            "-port", str(port),
+            "-upload-dir", d,
+            "-base-path", "/files/",
+            "-verbose=false",
+        ],
+    ),
     # Opt-in: the ceiling of this machine (bare asyncio Protocol writing in data_received; not a real server).
     "raw-sink": ServerSpec(
         name="raw-sink",
@@ -725,6 +741,8 @@ def scenario_upload(ctx: Ctx) -> dict[str, Any]:
         if v not in variants:
             raise BenchError(f"unknown variant {v!r}; choose from {', '.join(variants)} (or a/chunked, b/single)")
     specs = [SERVERS[s] for s in args.servers]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "servers")))
 
     results = []
     slot = 0
@@ -826,17 +844,27 @@ def scenario_1(ctx: Ctx) -> dict[str, Any]:
         if "ratio_pytusd_over_tus_node" in entry:
             verdicts.append(verdict(f"1 {v}: pytusd / @tus/server MB/s", entry["ratio_pytusd_over_tus_node"],
                                     TARGET_RATIO))
+        if "ratio_pytusd_over_tusd" in entry:
+            verdicts.append(verdict(f"1 {v}: pytusd / tusd MB/s", entry["ratio_pytusd_over_tusd"], TARGET_TUSD_RATIO))
         if "ratio_pytusd_over_raw_sink" in entry:
             verdicts.append(verdict(f"1 {v}: pytusd / raw sink MB/s", entry["ratio_pytusd_over_raw_sink"],
                                     TARGET_RAW_SINK))
     return {
         "title": f"Scenario 1: one {fmt_size(ctx.args.size)} upload, file store",
-        "table": print_table(summary, ctx.args.rounds),
+        "table": print_table(summary, ctx.args.rounds) + skipped_notes(ctx, "servers"),
         "summary": summary,
         "verdicts": verdicts,
         "variants": outcome["variants"],
         "uploads": outcome["uploads"],
     }
+
+
+def skipped_notes(ctx: Ctx, key: str) -> list[str]:
+    """A line per server of ``--servers`` or ``--small-servers`` (``key``) left out because it is not installed."""
+    lines = [f"{SERVERS[n].label} skipped: {why}" for n, why in ctx.args.skipped[key].items()]
+    for line in lines:
+        print(f"  {line}", flush=True)
+    return lines
 
 
 def verdict(what: str, value: float, target: float, higher_is_better: bool = True, unit: str = "x") -> dict[str, Any]:
@@ -954,6 +982,8 @@ def small_table(rows: list[dict[str, Any]], specs: Sequence[ServerSpec]) -> tupl
 def scenario_2(ctx: Ctx) -> dict[str, Any]:
     args = ctx.args
     specs = [SERVERS[s] for s in args.small_servers]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "small_servers")))
     rows = []
     for r in range(1, args.rounds + 1):
         for spec in rotate(specs, r - 1):
@@ -974,6 +1004,13 @@ def scenario_2(ctx: Ctx) -> dict[str, Any]:
             verdict("2: pytusd / @tus/server req/s", ratio, TARGET_SMALL_RATIO),
             verdict("2: pytusd p99 / @tus/server p99", p["p99_ms"] / t["p99_ms"], 1.0, higher_is_better=False),
         ]
+    if "pytusd" in summary and "tusd" in summary:
+        p, t = summary["pytusd"], summary["tusd"]
+        verdicts += [
+            verdict("2: pytusd / tusd req/s", p["req_per_s"] / t["req_per_s"], TARGET_TUSD_RATIO),
+            verdict("2: pytusd p99 / tusd p99", p["p99_ms"] / t["p99_ms"], 1.0, higher_is_better=False),
+        ]
+    notes += skipped_notes(ctx, "small_servers")
     if "pytusd" in summary and "raw-sink" in summary:
         p = summary["pytusd"]
         notes.append(
@@ -1476,7 +1513,7 @@ class Scenario:
 SCENARIOS: dict[int, Scenario] = {
     s.number: s
     for s in (
-        Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs @tus/server"
+        Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs tusd vs @tus/server"
                  " vs the raw sink", scenario_1, "~1.5"),
         Scenario(2, "small-uploads", "200 concurrent clients, each creating 256 KiB uploads with the body in the POST:"
                  " req/s, p50/p99", scenario_2, "~1.5"),
@@ -1524,6 +1561,10 @@ def summarize(uploads: list[dict[str, Any]], servers: Sequence[str], variants: S
             ratio = per["pytusd"]["mb_per_s"]["median"] / per["tus-node"]["mb_per_s"]["median"]
             summary[v]["ratio_pytusd_over_tus_node"] = ratio
             summary[v]["target_met"] = ratio >= TARGET_RATIO
+        if "pytusd" in per and "tusd" in per:
+            summary[v]["ratio_pytusd_over_tusd"] = (
+                per["pytusd"]["mb_per_s"]["median"] / per["tusd"]["mb_per_s"]["median"]
+            )
         if "pytusd" in per and "raw-sink" in per:
             summary[v]["ratio_pytusd_over_raw_sink"] = (
                 per["pytusd"]["mb_per_s"]["median"] / per["raw-sink"]["mb_per_s"]["median"]
@@ -1614,6 +1655,7 @@ def machine_info(work_dir: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "node": _run(["node", "--version"]),
         "pytusd": _run([py, "-c", "import pytusd; print(pytusd.__version__)"]),
+        "tusd": _tusd_version(),
         "tus_server": _pkg_version("@tus/server"),
         "tus_file_store": _pkg_version("@tus/file-store"),
         "git_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR),
@@ -1633,6 +1675,16 @@ def _status_line(path: str, key: str) -> int:
     return 0
 
 
+def _tusd_version() -> str:
+    """tusd's module version from the binary's build info (`go install` leaves `tusd -version` at "n/a")."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    for line in _run([go, "version", "-m", TUSD_BIN]).splitlines():
+        fields = line.split()
+        if fields[:2] == ["mod", "github.com/tus/tusd/v2"] and len(fields) > 2:
+            return fields[2]
+    return ""
+
+
 def _pkg_version(name: str) -> str:
     try:
         with open(os.path.join(PEERS_DIR, "node_modules", *name.split("/"), "package.json")) as f:
@@ -1648,7 +1700,7 @@ def _pkg_version(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark pytusd against @tus/server (Node), the raw sink, boto3 and itself on this machine;"
+        description="Benchmark pytusd against tusd (Go), @tus/server (Node), the raw sink, boto3 and itself on this machine;"
         " every comparison is measured in the same run, alternating, and reported as medians and ratios.",
     )
     p.add_argument("scenario_name", nargs="?", default="", metavar="SCENARIO",
@@ -1666,7 +1718,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", default="", help="comma-separated subset: patch-16MiB (a, chunked), patch-single (b, single)"
     )
     g.add_argument(
-        "--servers", default="pytusd,tus-node,raw-sink", help="comma-separated subset of: " + ", ".join(SERVERS)
+        "--servers", default="pytusd,tusd,tus-node,raw-sink", help="comma-separated subset of: " + ", ".join(SERVERS)
     )
     g.add_argument("--warmup-size", type=parse_size, default=8 * MiB, help="warm-up upload per server (default 8MiB)")
     g.add_argument("--no-warmup", dest="warmup_size", action="store_const", const=0, help="skip the warm-up upload")
@@ -1683,8 +1735,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--body-size", type=parse_size, default=256 * KiB, help="bytes per upload (default 256KiB)")
     g.add_argument("--duration", type=float, default=6.0, help="measured seconds per server and round (default 6)")
     g.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before that (default 2)")
-    g.add_argument("--small-servers", default="pytusd,tus-node,raw-sink",
-                   help="comma-separated subset of the --servers list (default: pytusd,tus-node,raw-sink)")
+    g.add_argument("--small-servers", default="pytusd,tusd,tus-node,raw-sink",
+                   help="comma-separated subset of the --servers list (default: pytusd,tusd,tus-node,raw-sink)")
     g.add_argument("--small-work-dir", default="",
                    help="where these uploads go (default: /dev/shm when it has 8 GiB free, else --work-dir; see README)")
     g = p.add_argument_group("scenario 3 (slow-uploads)")
@@ -1765,6 +1817,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s not in SERVERS:
             print(f"unknown server {s!r}; known: {', '.join(SERVERS)}", file=sys.stderr)
             return 2
+    # A peer that is not installed (tusd without Go) is left out and reported as skipped by the scenarios naming it.
+    missing = {}
+    if not os.access(TUSD_BIN, os.X_OK):
+        missing["tusd"] = (f"not installed ({os.path.relpath(TUSD_BIN, REPO_DIR)} missing; scripts/bench builds it"
+                           " with Go, which is missing or failed)")
+    args.skipped = {key: {n: missing[n] for n in getattr(args, key) if n in missing}
+                    for key in ("servers", "small_servers")}
+    args.servers = [s for s in args.servers if s not in missing]
+    args.small_servers = [s for s in args.small_servers if s not in missing]
     if args.rounds < 1:
         print("--rounds must be >= 1", file=sys.stderr)
         return 2
