@@ -1513,8 +1513,8 @@ class Scenario:
 SCENARIOS: dict[int, Scenario] = {
     s.number: s
     for s in (
-        Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs tusd vs @tus/server"
-                 " vs the raw sink", scenario_1, "~1.5"),
+        Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs tusd"
+                 " vs @tus/server vs the raw sink", scenario_1, "~1.5"),
         Scenario(2, "small-uploads", "200 concurrent clients, each creating 256 KiB uploads with the body in the POST:"
                  " req/s, p50/p99", scenario_2, "~1.5"),
         Scenario(3, "slow-uploads", "1,000 slow uploads held open: RSS and failures", scenario_3, "~2"),
