@@ -398,7 +398,8 @@ SERVERS: dict[str, ServerSpec] = {
         label="@tus/server",
         argv=lambda port, d: ["node", os.path.join(PEERS_DIR, "tus-node-server.mjs"), d, str(port)],
     ),
-    # tusd (Go): its file store with its defaults (GOMAXPROCS = every core); -verbose=false: no line per request.
+    # tusd (Go): its file store with its defaults (GOMAXPROCS = every core). -verbose=false drops its debug lines;
+    # it has no quieter level, so it still logs a few info lines per request (to its log file in the work dir).
     "tusd": ServerSpec(
         name="tusd",
         label="tusd",
