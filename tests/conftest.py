@@ -93,6 +93,20 @@ async def raw_request(
     return await asgi(app, method, path, pairs + [(b"content-length", str(len(body)).encode())], body)
 
 
+async def start_grpc_hook_server(handler: Any) -> tuple[Any, int]:
+    """A real gRPC hook server (tusd's HookHandler service) with ``handler`` on a free port of 127.0.0.1: (server,
+    port). Stop it with ``await server.stop(None)``."""
+    from grpc import aio
+
+    from pytusd.hooks.proto import hook_pb2_grpc
+
+    server = aio.server()
+    hook_pb2_grpc.add_HookHandlerServicer_to_server(handler, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 # --- real services, started once per test session (tests/services.py) -------------------------------------------
 
 
@@ -114,6 +128,17 @@ def s3_endpoint(tmp_path_factory):
         return
     with ceph_rgw(tmp_path_factory.mktemp("ceph")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def s3_keys(s3_endpoint, monkeypatch):
+    """The gateway's endpoint, with its keys and region in the environment (where boto3 and pytusd read them)."""
+    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
 
 
 @pytest.fixture(scope="session")

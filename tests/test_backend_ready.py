@@ -107,16 +107,6 @@ async def test_startup_check_hook_server_down_is_a_warning(tmp_path, caplog) -> 
 # -- S3 (Ceph RGW) ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def s3_keys(s3_endpoint, monkeypatch):
-    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return s3_endpoint
-
-
 async def test_s3_endpoint_unreachable_answers_503(s3_keys, caplog) -> None:
     from pytusd import S3Store
     from pytusd.stores.s3 import make_client

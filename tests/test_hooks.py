@@ -10,7 +10,7 @@ import pytest
 
 from pytusd.hooks import FileHookBackend, HookResponse, Hooks, PythonHookBackend
 
-from .conftest import TUS, create, patch
+from .conftest import TUS, create, patch, start_grpc_hook_server
 
 ALL = ("pre-create", "post-create", "pre-finish", "post-finish", "pre-terminate", "post-terminate")
 
@@ -474,8 +474,6 @@ async def test_fireboom_hooks_rename_reject_and_report(client_factory):
 
 
 async def test_grpc_hooks(client_factory):
-    from grpc import aio
-
     from pytusd.hooks.grpc import GrpcHookBackend
     from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
 
@@ -495,10 +493,7 @@ async def test_grpc_hooks(client_factory):
                 )
             return hook_pb2.HookResponse()
 
-    server = aio.server()
-    hook_pb2_grpc.add_HookHandlerServicer_to_server(Handler(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await start_grpc_hook_server(Handler())
     try:
         backend = GrpcHookBackend(f"127.0.0.1:{port}", backoff=0.01)
         hooks = Hooks(backend, ("pre-create", "post-finish"))

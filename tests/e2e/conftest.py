@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -165,3 +166,23 @@ def tus_patch_headers(offset: int, length: int) -> dict[str, str]:
         "Content-Type": "application/offset+octet-stream",
         "Content-Length": str(length),
     }
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str):
+    """A tmpfs mounted at ``mount_point`` with ``options`` (skipped where mounting is not permitted), and a function
+    that remounts it with other options; unmounted at the end (after the server that uses it has stopped)."""
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+
+    def remount(more: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{more}", str(mount_point)], check=True)
+
+    try:
+        yield mount_point, remount
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -14,6 +14,8 @@ import pytest
 
 from tests.services import free_port
 
+from .conftest import mounted_tmpfs
+
 pytestmark = pytest.mark.e2e
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -91,19 +93,8 @@ def test_upload_dir_that_is_a_file_exits_2():
 @pytest.fixture
 def read_only_fs(tmp_path):
     """A tmpfs mounted read-only at tmp_path/ro (skipped where mounting is not permitted, as small_fs is)."""
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
-
-    def remount(options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)
-
-    yield mount_point, remount
-    if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as mounted:
+        yield mounted
 
 
 def test_read_only_upload_dir_starts_not_ready_then_recovers(read_only_fs, pytusd_factory):
@@ -127,32 +118,22 @@ def test_hook_server_down_is_one_warning(pytusd_factory):
     assert httpx.get(base_of(server) + "/ready").status_code == 200  # hooks are not a readiness condition
 
 
-@pytest.fixture
-def s3_env(s3_endpoint, monkeypatch):
-    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return s3_endpoint
-
-
-def test_s3_missing_bucket_exits_2(s3_env):
-    result = run_pytusd("--s3-bucket", "pytusd-no-such-bucket", "--s3-endpoint", s3_env)
+def test_s3_missing_bucket_exits_2(s3_keys):
+    result = run_pytusd("--s3-bucket", "pytusd-no-such-bucket", "--s3-endpoint", s3_keys)
     assert result.returncode == 2, result
     output = (result.stdout + result.stderr).strip().splitlines()
     assert len(output) == 1 and "'pytusd-no-such-bucket'" in output[0] and "does not exist" in output[0], output
 
 
-def test_s3_wrong_credentials_exit_2(s3_env, monkeypatch):
+def test_s3_wrong_credentials_exit_2(s3_keys, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    result = run_pytusd("--s3-bucket", "pytusd-any", "--s3-endpoint", s3_env)
+    result = run_pytusd("--s3-bucket", "pytusd-any", "--s3-endpoint", s3_keys)
     assert result.returncode == 2, result
     output = (result.stdout + result.stderr).strip().splitlines()
     assert len(output) == 1 and ("refused" in output[0] or "denied" in output[0]), output
 
 
-def test_s3_endpoint_unreachable_starts_not_ready(s3_env, pytusd_factory):
+def test_s3_endpoint_unreachable_starts_not_ready(s3_keys, pytusd_factory):
     port = free_port()
     server = pytusd_factory("--s3-bucket", "pytusd-any", "--s3-endpoint", f"http://127.0.0.1:{port}")
     # Besides the memory locker's warning for an object store (tests/e2e/test_first_minutes.py): one line.

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
-
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,20 +119,14 @@ def test_the_start_up_line_names_the_locker_readably(pytusd_factory):
     assert "locker MemoryLocker(this process only)" in line and " object at 0x" not in line
 
 
-def test_an_object_store_with_the_memory_locker_warns_at_start_up(pytusd_factory, s3_endpoint):
+def test_an_object_store_with_the_memory_locker_warns_at_start_up(pytusd_factory, s3_keys):
     import boto3
 
     bucket = f"first-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_ACCESS_KEY,
-                 aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=bucket)
-    os.environ.update({"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
-    try:
-        server = pytusd_factory("--s3-bucket", bucket, "--s3-endpoint", s3_endpoint)
-        assert httpx.options(server.url).status_code == 200
-        log = server.log()
-    finally:
-        os.environ.pop("AWS_ACCESS_KEY_ID", None)
-        os.environ.pop("AWS_SECRET_ACCESS_KEY", None)
+    boto3.client("s3", endpoint_url=s3_keys).create_bucket(Bucket=bucket)
+    server = pytusd_factory("--s3-bucket", bucket, "--s3-endpoint", s3_keys)
+    assert httpx.options(server.url).status_code == 200
+    log = server.log()
     banner = next(line for line in log.splitlines() if "serving uploads at" in line)
     assert f"storage S3Store('{bucket}'" in banner and "locker MemoryLocker(this process only)" in banner
     warning = [line for line in log.splitlines() if "level=WARNING" in line and "locker memory" in line]

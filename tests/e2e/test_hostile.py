@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import RawUpload, tus_patch_headers
+from .conftest import RawUpload, mounted_tmpfs, tus_patch_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -396,19 +396,8 @@ def test_unknown_tls_mode_is_refused_at_start():
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs at tmp_path/small; unmounted at the end (after the server that uses it has stopped)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
-
-    def remount(options: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,{options}", str(mount_point)], check=True)
-
-    yield mount_point, remount
-    if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "size=4m") as mounted:
+        yield mounted
 
 
 def test_full_then_read_only_filesystem_through_the_command(small_fs, pytusd_factory):

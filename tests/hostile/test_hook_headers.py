@@ -22,7 +22,7 @@ import pytest
 from pytusd import Hooks
 from pytusd.hooks.base import NEVER_FORWARDED, hook_request_headers, may_forward
 
-from ..conftest import TUS
+from ..conftest import TUS, start_grpc_hook_server
 from .conftest import asgi
 
 FORWARD = "Host,Content-Type,Content-Length,Transfer-Encoding,Authorization"
@@ -206,8 +206,6 @@ async def test_fireboom_requests_carry_only_their_own_headers(client_factory, ra
 async def test_grpc_hooks_send_no_client_header_as_metadata(client_factory):
     """gRPC carries the client's headers inside the HookRequest message (tusd's proto), never as call metadata, so
     no client value can become a reserved key (content-type, te, host, grpc-*, -bin)."""
-    from grpc import aio
-
     from pytusd.hooks.grpc import GrpcHookBackend
     from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
 
@@ -218,10 +216,7 @@ async def test_grpc_hooks_send_no_client_header_as_metadata(client_factory):
             received.append((request, [(k, v) for k, v in context.invocation_metadata()]))
             return hook_pb2.HookResponse()
 
-    server = aio.server()
-    hook_pb2_grpc.add_HookHandlerServicer_to_server(Handler(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await start_grpc_hook_server(Handler())
     try:
         backend = GrpcHookBackend(f"127.0.0.1:{port}", backoff=0.01)
         client = client_factory(hooks=Hooks(backend, ("pre-create",)))
