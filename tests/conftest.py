@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -155,3 +160,27 @@ def gcs_endpoint(tmp_path_factory):
 
     with gcs_emulator(tmp_path_factory.mktemp("gcs")) as endpoint:
         yield endpoint
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, thread_name: str = "tus-event-loop", **options: Any) -> Iterator[int]:
+    """Serve ``app`` with pytusd's own server (pytusd.server.Server) in a thread on a free port of 127.0.0.1;
+    yields the port. ``options`` are ServeOptions fields."""
+    from pytusd.server import ServeOptions, Server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Server(app, ServeOptions(host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name=thread_name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.request_stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the server did not stop"

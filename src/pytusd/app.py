@@ -18,7 +18,7 @@ from .config import Config
 from .events import Events
 from .errors import TusError
 from .handlers import Handlers
-from .http import Request, Response
+from .http import INFORMATIONAL_EXTENSION, Request, Response
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .types import Receive, Scope, Send
@@ -146,6 +146,8 @@ class TusApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive, self.config.network_timeout, self.config.min_body_rate)
+        if INFORMATIONAL_EXTENSION in scope.get("extensions", ()):
+            request.interim = send
         # The request's ID: in its response, its log lines and its hooks' payloads.
         request_id = logs.request_id_from(request.headers.get("x-request-id"))
         token = logs.request_id_var.set(request_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import logging
 import os
 import re
@@ -659,8 +658,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         hooks=hooks_from_args(args),
         rules=rules_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
-        # pytusd's own server (uvicorn with httptools) passes request trailers on: see server.py.
-        request_trailers=importlib.util.find_spec("httptools") is not None,
+        # pytusd's own server passes request trailers on (pytusd.server.h1, h2).
+        request_trailers=True,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
         expose_metrics=args.expose_metrics,
         metrics_path=args.metrics_path,
@@ -670,8 +669,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.workers`)."""
-    from . import workers
+    """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.server.workers`)."""
+    from .server import workers
 
     count = args.workers or os.cpu_count() or 1
     object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage

@@ -98,6 +98,8 @@ class DraftFlows:
         info, hook_answer = await handlers.policy.admit(request, info)
         upload, info = await handlers.create_upload(request, info)  # counted and logged
         url = handlers.upload_url(request, info.id)
+        # 104 Upload Resumption Supported: the client learns where to resume before it sends the body (as tusd).
+        await request.send_interim(104, {"Location": url, **self._base_headers(version)})
         response = Response(201, {"Location": url, **self._base_headers(version)})
         if hook_answer is not None:
             merge_hook_response(response, hook_answer)

@@ -18,8 +18,12 @@ from .types import Receive, Scope, Send
 # The scope extension under which pytusd's own server passes request trailers (a list of (name, value) byte pairs,
 # complete once the last body chunk was received). ASGI itself has no event for request trailers.
 TRAILERS_EXTENSION = "pytusd.request_trailers"
-# The scope extension under which pytusd's own server offers to splice a request body into a file (pytusd.fastbody).
+# The scope extension under which pytusd's own server offers to splice a request body into a file
+# (pytusd.server.splice).
 SPLICE_EXTENSION = "pytusd.splice"
+# Present in the scope extensions when the server can send interim (1xx) responses before the final one: the app sends
+# {"type": "pytusd.response.informational", "status": 104, "headers": [...]} before "http.response.start".
+INFORMATIONAL_EXTENSION = "pytusd.informational"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -46,6 +50,7 @@ class Request:
         "stop_error",
         "network_timeout",
         "min_body_rate",
+        "interim",
     )
 
     def __init__(self, scope: Scope, receive: Receive, network_timeout: float, min_body_rate: float = 0.0) -> None:
@@ -67,6 +72,14 @@ class Request:
         self.stop_error: TusError | None = None
         self.network_timeout = network_timeout
         self.min_body_rate = min_body_rate
+        self.interim: Send | None = None  # where the server can send interim (1xx) responses: see send_interim()
+
+    async def send_interim(self, status: int, headers: dict[str, str]) -> None:
+        """An interim (1xx) response before the final one, where the server can send it (pytusd's own server,
+        HTTP/1.1 and HTTP/2: INFORMATIONAL_EXTENSION); elsewhere nothing."""
+        if self.interim is not None:
+            raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+            await self.interim({"type": "pytusd.response.informational", "status": status, "headers": raw})
 
     @property
     def content_length(self) -> int | None:

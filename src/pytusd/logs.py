@@ -133,5 +133,3 @@ def configure(log_format: str = "text", verbose: bool = True) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("pytusd").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("pytusd.startup").setLevel(logging.INFO)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -111,6 +111,21 @@ def pytusd(pytusd_factory) -> PytusdProcess:
 
 
 @pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (made by openssl, which scripts/test installs)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        pytest.fail(f"openssl could not make a test certificate: {made.stderr.decode()}")
+    return cert, key
+
+
+@pytest.fixture(scope="session")
 def node_client() -> list[str]:
     """The command that runs tests/e2e/node/upload.mjs with tus-js-client installed by scripts/test."""
     node = shutil.which("node")

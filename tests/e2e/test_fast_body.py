@@ -1,5 +1,5 @@
-"""Request bodies on pytusd's own server (pytusd.fastbody): a Content-Length body bypasses the HTTP parser and reaches
-the store without copies. Whatever way the bytes are cut into TCP segments, the stored bytes and the requests that
+"""Request bodies on pytusd's own server (pytusd.server.h1): a Content-Length body bypasses the HTTP parser and
+reaches the store without copies. Whatever way the bytes are cut into TCP segments, the stored bytes and the requests that
 follow on the same connection must come out exactly as through the parser."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from pytusd.fastbody import PendingBody, request_content_length
+from pytusd.server.h1 import Cycle
 
 pytestmark = pytest.mark.e2e
 
@@ -205,18 +205,49 @@ def test_a_spliced_body_cut_off_keeps_what_arrived(pytusd):
     assert target.read_bytes() == data
 
 
-def test_content_length_rules():
-    assert request_content_length([(b"content-length", b"12")]) == 12
-    assert request_content_length([(b"content-length", b"12"), (b"content-length", b"12")]) is None
-    assert request_content_length([(b"content-length", b"12"), (b"transfer-encoding", b"chunked")]) is None
-    assert request_content_length([(b"content-length", b"-1")]) is None
-    assert request_content_length([(b"host", b"x")]) is None
+@pytest.mark.parametrize("lengths", [
+    [b"12", b"13"],  # repeated and different
+    [b"-1"],
+    [b"1e3"],
+    [b"99999999999999999999999"],  # past 64 bits
+])
+def test_content_length_the_parser_refuses_gets_400(pytusd, lengths):
+    head = b"PATCH /files/x HTTP/1.1\r\nHost: x\r\n" + b"".join(b"Content-Length: %s\r\n" % n for n in lengths)
+    with socket.create_connection(("127.0.0.1", pytusd.port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n")
+        status, _ = Responses(sock).read()
+    assert status == 400
 
 
-def test_pending_body_hands_on_the_same_object():
+def test_content_length_beside_chunked_gets_400(pytusd):
+    with socket.create_connection(("127.0.0.1", pytusd.port), timeout=10) as sock:
+        sock.sendall(b"PATCH /files/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n")
+        status, _ = Responses(sock).read()
+    assert status == 400  # request smuggling: never both
+
+
+class _Conn:
+    """Just what a Cycle asks of its connection, to see what receive() hands on."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.updates = 0
+
+    def _update_reading(self) -> None:
+        self.updates += 1
+
+
+async def test_a_body_piece_reaches_the_app_as_the_same_object():
     chunk = os.urandom(1000)
-    pending = PendingBody()
-    pending.append(chunk)
-    assert bytes(pending) is chunk
-    pending.append(b"abc")
-    assert bytes(pending) == chunk + b"abc" and len(pending) == 1003
+    scope = {"method": "PATCH", "http_version": "1.1"}
+    cycle = Cycle(_Conn(), scope, keep_alive=True, expect_continue=False)
+    cycle.piece(chunk)
+    message = await cycle.receive()
+    assert message["body"] is chunk and message["more_body"]
+    cycle.piece(b"ab")
+    cycle.piece(b"c")
+    cycle.more_body = False
+    assert await cycle.receive() == {"type": "http.request", "body": b"abc", "more_body": False}

@@ -305,7 +305,7 @@ def test_configuration_error_is_reported_once(tmp_path):
     assert r.stderr.count("choose one storage") == 1
 
 
-def test_unix_socket_and_tls(tmp_path):
+def test_unix_socket_and_tls(tmp_path, tls_cert):
     sock_path = tmp_path / "tus.sock"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytusd", "--workers", "2", "--unix-sock", str(sock_path), "--upload-dir",
@@ -324,14 +324,7 @@ def test_unix_socket_and_tls(tmp_path):
         assert proc.wait(15) == 0
     assert not sock_path.exists(), "the parent removes its socket"
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1"],
-        capture_output=True,
-    )
-    if made.returncode != 0:
-        pytest.fail(f"openssl could not make a test certificate: {made.stderr.decode()}")
+    cert, key = tls_cert
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytusd", "--workers", "2", "--host", "127.0.0.1", "--port", str(port),

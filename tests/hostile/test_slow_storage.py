@@ -3,8 +3,8 @@ on another upload and ``/health`` still answer within 50 ms.
 
 Two ways to make storage slow:
 
-- in-process (:class:`SlowWrites`): TusApp served by pytusd's own server (uvicorn + httptools + the splice fast
-  path) in a thread, with every write the file store makes into a regular file - ``pwrite``, ``pwritev``, ``write``,
+- in-process (:class:`SlowWrites`): TusApp served by pytusd's own server (pytusd.server: HTTP/1.1 on httptools,
+  the splice fast path) in a thread, with every write the file store makes into a regular file - ``pwrite``, ``pwritev``, ``write``,
   ``splice`` into a file - delayed at the OS-call level (the ``os`` module of the modules that make those calls is
   wrapped). Both body paths: splice(2) and chunks.
 - a real slow filesystem: the ``pytusd`` command on a FUSE mount whose writes sleep (``slowfs.py``), with the
@@ -31,10 +31,12 @@ from typing import Any
 
 import pytest
 
-import pytusd.fastbody
+import pytusd.server.splice
 import pytusd.fileio
 import pytusd.stores.file
 from pytusd import Config, FileLocker, FileStore, TusApp
+
+from ..conftest import serve_in_thread
 
 WRITE_DELAY = 0.2  # seconds per write
 FAST = WRITE_DELAY / 2  # "answers at once": well under one write (a probe that waited for one takes ~WRITE_DELAY)
@@ -87,7 +89,7 @@ class SlowWrites:
 @pytest.fixture
 def slow_writes(monkeypatch: pytest.MonkeyPatch) -> SlowWrites:
     slow = SlowWrites(WRITE_DELAY)
-    for module in (pytusd.fileio, pytusd.stores.file, pytusd.fastbody):
+    for module in (pytusd.fileio, pytusd.stores.file, pytusd.server.splice):
         monkeypatch.setattr(module, "os", slow)
     return slow
 
@@ -209,31 +211,11 @@ def assert_stalled(latencies: dict[str, list[float]]) -> None:
 # -- in-process: TusApp on pytusd's own server, writes slowed at the OS-call level --------------------------------
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: TusApp) -> Iterator[int]:
-    import uvicorn
-
-    from pytusd.server import _http_protocol
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=_http_protocol(app.metrics), loop="asyncio",
-                            lifespan="on", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=LOOP_THREAD, daemon=True)
-    thread.start()
-    try:
-        wait_listening(port)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 @pytest.fixture(params=["splice", "chunks"])
 def body_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "chunks":
-        monkeypatch.setattr(pytusd.fastbody, "_CAN_SPLICE", False)
-    elif not pytusd.fastbody._CAN_SPLICE:
+        monkeypatch.setattr(pytusd.server.splice, "CAN_SPLICE", False)
+    elif not pytusd.server.splice.CAN_SPLICE:
         pytest.skip("splice(2) is not available here (or PYTUSD_NO_SPLICE is set)")
     return request.param
 

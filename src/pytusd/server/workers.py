@@ -1,7 +1,7 @@
 """``pytusd --workers N``: several server processes on one port (pre-fork, the parent hands out connections).
 
 The parent binds the listening socket(s) once and forks N workers. Each worker goes on through the command's normal
-start-up - it builds its own store, locker, hooks, metrics and uvicorn server after the fork, so no thread,
+start-up - it builds its own store, locker, hooks, metrics and server after the fork, so no thread,
 connection or event loop crosses it. Workers share uploads only through the store and the locker, so the locker must
 work across processes: the file locker (the default for ``--upload-dir``) or ``--locker redis``. The memory locker
 is refused at start-up.
@@ -54,8 +54,10 @@ import signal
 import socket
 import stat
 import sys
+import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("pytusd.startup")
@@ -79,26 +81,24 @@ class Worker:
     channel: socket.socket  # to the parent: connections come in, "ready" and "closed" go out
     sockets: list[socket.socket] = dataclasses.field(default_factory=list)  # none: connections come from the parent
 
-    def ready(self, server: Any) -> None:
-        """Called once the uvicorn ``server`` has started: take connections from the parent from now on."""
-        loop = asyncio.get_running_loop()
-        config = server.config
+    def connection_closed(self) -> None:
+        """A connection this worker was handed is closed: the parent counts it off."""
+        _tell(self.channel, _CLOSED)
+
+    def serve(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None,
+        stopping: Callable[[], bool],
+    ) -> None:
+        """Called once the server has started: take connections from the parent from now on."""
         channel = self.channel
         channel.setblocking(False)
 
-        class CountedProtocol(config.http_protocol_class):  # type: ignore[misc,name-defined]
-            def connection_lost(self, exc: Exception | None) -> None:
-                super().connection_lost(exc)
-                _tell(channel, _CLOSED)
-
-        def protocol() -> asyncio.Protocol:
-            return CountedProtocol(  # as uvicorn's Server.startup makes them
-                config=config, server_state=server.server_state, app_state=server.lifespan.state, _loop=loop
-            )
-
         async def adopt(sock: socket.socket) -> None:
             try:
-                await loop.connect_accepted_socket(protocol, sock, ssl=config.ssl)
+                await loop.connect_accepted_socket(protocol, sock, ssl=ssl_context)
             except (OSError, ValueError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
                 log.debug("connection lost before it was served: %r", exc)
                 sock.close()
@@ -117,7 +117,7 @@ class Worker:
                     return
                 for fd in fds:
                     sock = socket.socket(fileno=fd)
-                    if server.should_exit:  # stopping: not one more connection
+                    if stopping():  # stopping: not one more connection
                         sock.close()
                         _tell(channel, _CLOSED)
                         continue
@@ -443,7 +443,7 @@ class _Supervisor:
     def run(self) -> Worker:
         """In a worker: returns its :class:`Worker`. In the parent: exits (SystemExit) when the workers are done."""
         self.owned_metrics_dir = _multiprocess_metrics_dir()
-        from .metrics import multiprocess_dir
+        from ..metrics import multiprocess_dir
 
         self.metrics_dir = multiprocess_dir()
         self._open_pipes()

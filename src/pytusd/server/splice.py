@@ -1,27 +1,10 @@
-"""Request bodies without copies on uvicorn's httptools protocol (pytusd's own server only).
+"""Splicing a request body from the socket into a file with ``splice(2)``: the bytes never enter the process.
 
-uvicorn (0.54) moves every body byte through three copies in Python before the app sees it: httptools hands each
-piece to ``on_body`` as a new ``bytes``, uvicorn appends it to a ``bytearray`` and ``receive()`` copies that into
-another ``bytes``. For a PATCH that is most of pytusd's own CPU time per byte (bench/NOTES.md, scenario 1). Here:
-
-- pending body pieces are kept as a list of the ``bytes`` objects themselves (:class:`PendingBody`), so
-  ``receive()`` hands the app the very object that arrived (``bytes(pending)`` joins only when several wait);
-- a body with a ``Content-Length`` (no ``Transfer-Encoding``) bypasses the parser: after the parser reported the
-  head, the bytes that follow are the body, handed on as the ``bytes`` uvloop read from the socket, until the length
-  is reached; then the request ends as the parser would have ended it, and a fresh parser takes the next request.
-  Chunked bodies (and their trailers, the checksum-trailer extension) and upgrades still go through httptools.
-
-Everything else - flow control, early responses (the rest of the body is discarded), keep-alive, pipelining,
-timeouts, the head-size limit - is uvicorn's and the protocol subclasses' own logic, unchanged: the bypass sits
-inside ``parser.feed_data``, which every ``data_received`` layer calls.
-
-**Splice.** A bypassed body on a plain (not TLS) connection can go further: the protocol offers itself as
-``scope["extensions"][SPLICE_EXTENSION]`` and :meth:`FastBodyProtocol.splice` moves the rest of the body from the
-socket into a file with ``splice(2)`` (socket -> pipe -> file), so the bytes never enter the process: the kernel
-copies them once, into the page cache, instead of twice (socket -> Python ``bytes`` -> page cache). The transport
-stops reading meanwhile; a duplicate of the socket's descriptor is watched for readability. :class:`pytusd.body.
-RequestBody` uses it for stores that write to a file descriptor (the file store); timeouts, interruptions and
-progress work as for chunks. Measured (bench/NOTES.md): a 1 GiB PATCH at about half the CPU time.
+For a Content-Length body on a plain (not TLS) HTTP/1.1 connection the connection offers a :class:`Splicer` as
+``scope["extensions"][SPLICE_EXTENSION]``; :meth:`pytusd.body.RequestBody.splice_into` uses it for stores that write
+to a file descriptor (the file store). The kernel moves the bytes socket -> pipe -> file, once, into the page cache,
+instead of twice through a Python ``bytes``. The transport stops reading meanwhile; a duplicate of the socket's
+descriptor is watched for readability. Measured (bench/NOTES.md): a 1 GiB PATCH at about half the CPU time.
 """
 
 from __future__ import annotations
@@ -34,14 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httptools
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-
-from .fileio import Pool, pwrite_all
-from .http import SPLICE_EXTENSION  # the protocol object is offered there; see FastBodyProtocol.splice()
+from ..fileio import Pool, pwrite_all
 
 # PYTUSD_NO_SPLICE=1 turns splicing off (a diagnostic: the benchmark compares both ways in one run).
-_CAN_SPLICE = hasattr(os, "splice") and os.environ.get("PYTUSD_NO_SPLICE", "") not in ("1", "true")
+CAN_SPLICE = hasattr(os, "splice") and os.environ.get("PYTUSD_NO_SPLICE", "") not in ("1", "true")
 _PIPE_SIZE = 1 << 20  # bytes moved per splice(2) call at most (the pipe is grown to this where allowed)
 _SPLICE_BUDGET = 8 << 20  # bytes moved per readiness callback at most, so other connections get their turn
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -49,189 +28,40 @@ _LINGER_MS = 2  # with a pool: how long a pump waits for more bytes before it le
 _TICK = 0.25  # with a pool: seconds between a pump's reports to the loop while it runs
 
 
-class PendingBody:
-    """Body pieces received but not yet read by the app: stands in for uvicorn's ``cycle.body`` bytearray."""
-
-    __slots__ = ("chunks", "size")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def append(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __bytes__(self) -> bytes:
-        chunks = self.chunks
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
-
-
-class _Parser:
-    """httptools' parser with the Content-Length body bypass (see the module docstring)."""
-
-    __slots__ = ("protocol", "parser", "left", "expected", "seen")
-
-    def __init__(self, protocol: Any, parser: httptools.HttpRequestParser) -> None:
-        self.protocol = protocol
-        self.parser = parser
-        self.left = 0  # body bytes still to come of a bypassed body
-        self.expected: int | None = None  # Content-Length of the request whose head was just parsed
-        self.seen = 0  # its body bytes the parser has reported already
-
-    def __getattr__(self, name: str) -> Any:  # get_method, should_keep_alive, should_upgrade, ...
-        return getattr(self.parser, name)
-
-    def feed_data(self, data: bytes) -> None:
-        left = self.left
-        if left:
-            n = len(data)
-            if n <= left:
-                self.left = left - n
-                self.protocol._body_piece(data)
-                if n == left:
-                    self.protocol.on_message_complete()
-                return
-            self.left = 0
-            self.protocol._body_piece(data[:left])
-            self.protocol.on_message_complete()
-            data = data[left:]
-        self.parser.feed_data(data)
-        expected = self.expected
-        if expected is not None:
-            self.expected = None
-            if expected > self.seen:  # the data ended inside the body: take the rest past the parser
-                self.left = expected - self.seen
-                self.parser = _new_parser(self.protocol)
-
-
-def _new_parser(protocol: Any) -> httptools.HttpRequestParser:
-    parser = httptools.HttpRequestParser(protocol)
-    try:
-        parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets it
-    except AttributeError:  # pragma: no cover - httptools < 0.6.3
-        pass
-    return parser
-
-
-def request_content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """The request's Content-Length when its body is delimited by it alone (no Transfer-Encoding)."""
-    length = None
-    for name, value in headers:
-        if name == b"content-length":
-            value = value.strip()
-            if length is not None or not value.isdigit() or len(value) > 19:
-                return None  # repeated or odd (the parser rejects what does not fit 64 bits): leave it to the parser
-            length = int(value)
-        elif name == b"transfer-encoding":
-            return None
-    return length
-
-
-def fast_body_protocol(base: type) -> type:
-    """``base`` (uvicorn's HttpToolsProtocol or a subclass) with bodies handed on without copies."""
-
-    class FastBodyProtocol(base):  # type: ignore[valid-type,misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.parser = _Parser(self, self.parser)
-
-        _splicing: _Splice | None = None
-
-        def on_headers_complete(self) -> None:
-            super().on_headers_complete()
-            parser = self.parser
-            if isinstance(parser, _Parser) and not parser.parser.should_upgrade():
-                parser.seen = 0
-                length = request_content_length(self.headers)
-                parser.expected = length if length else None
-                if length and _CAN_SPLICE and self.cycle is not None and not self._is_tls():
-                    self.cycle.scope.setdefault("extensions", {})[SPLICE_EXTENSION] = Splicer(self, self.cycle)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._splicing is not None:
-                self._splicing.finish(False)
-            super().connection_lost(exc)
-
-        def _is_tls(self) -> bool:
-            return self.transport.get_extra_info("sslcontext") is not None or \
-                self.transport.get_extra_info("ssl_object") is not None
-
-        def stop_splice(self) -> asyncio.Future[None] | None:
-            splicing = self._splicing
-            if splicing is None:
-                return None
-            splicing.finish(None)
-            return splicing.closed
-
-        def on_body(self, body: bytes) -> None:
-            parser = self.parser
-            if isinstance(parser, _Parser):
-                parser.seen += len(body)
-            if (parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
-                return
-            self._body_piece(body)
-
-        def _body_piece(self, body: bytes) -> None:
-            cycle = self.cycle
-            if cycle is None or cycle.response_complete:
-                return  # answered early: the rest of the body is read and dropped
-            pending = cycle.body
-            if type(pending) is not PendingBody:
-                fresh = PendingBody()
-                if len(pending):
-                    fresh.append(bytes(pending))
-                cycle.body = pending = fresh
-            pending.append(body)
-            if pending.size > HIGH_WATER_LIMIT:
-                self.flow.pause_reading()
-            cycle.message_event.set()
-
-    FastBodyProtocol.__name__ = f"FastBody{base.__name__}"
-    return FastBodyProtocol
-
-
 class Splicer:
     """What the server offers a request as ``scope["extensions"][SPLICE_EXTENSION]``: splicing *this* request's body
     into a file (see the module docstring and :meth:`pytusd.body.RequestBody.splice_into`). It works while the
     request is the connection's current one (a pipelined request behind it has not taken over the parser yet)."""
 
-    __slots__ = ("protocol", "cycle")
+    __slots__ = ("conn", "cycle")
 
-    def __init__(self, protocol: Any, cycle: Any) -> None:
-        self.protocol = protocol
+    def __init__(self, conn: Any, cycle: Any) -> None:
+        self.conn = conn  # pytusd.server.h1.H1Connection
         self.cycle = cycle
 
-    def _parser(self) -> _Parser | None:
-        parser = self.protocol.parser
-        return parser if isinstance(parser, _Parser) and self.protocol.cycle is self.cycle else None
+    def _current(self) -> bool:
+        """Whether this request is still the one whose body the connection is reading."""
+        from .h1 import BODY
+
+        return self.conn.cycle is self.cycle and self.conn.phase == BODY
 
     def take_pending(self) -> list[bytes] | None:
         """Start of a splice: the body bytes received but not yet read by the app (they are the app's to write
-        now), or None when the rest of the body cannot be spliced (it is all here already, a pipelined request is
-        being read, the request was answered)."""
-        parser, cycle, protocol = self._parser(), self.cycle, self.protocol
-        if (parser is None or parser.left <= 0 or cycle.response_complete or cycle.disconnected
-                or protocol._splicing is not None or protocol.transport.is_closing()):
+        now), or None when the rest of the body cannot be spliced (it is all here already, the request was
+        answered, the client is gone)."""
+        conn, cycle = self.conn, self.cycle
+        if (not self._current() or conn.body_left <= 0 or cycle.complete or cycle.disconnected
+                or conn.splicing is not None or conn.transport.is_closing()):
             return None
-        if cycle.waiting_for_100_continue:  # as uvicorn's receive() does before the first read of the body
-            protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            cycle.waiting_for_100_continue = False
-        pending = cycle.body
-        chunks = list(pending.chunks) if type(pending) is PendingBody else ([bytes(pending)] if len(pending) else [])
-        cycle.body = bytearray()
-        cycle.message_event.clear()
+        if cycle.expect_continue:  # as receive() does before the first read of the body
+            cycle.expect_continue = False
+            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chunks, cycle.body, cycle.pending = cycle.body, [], 0
         return chunks
 
     def body_left(self) -> int:
         """Body bytes of this request that have not arrived yet."""
-        parser = self._parser()
-        return parser.left if parser is not None else 0
+        return self.conn.body_left if self._current() else 0
 
     def splice(
         self,
@@ -250,15 +80,19 @@ class Splicer:
         With a ``pool`` (:class:`pytusd.fileio.Pool`) the event loop never waits for the file: ``head`` (bytes
         received already) and then the socket's bytes are moved by a pump in a pool thread (see :class:`_Splice`);
         ``progress`` then comes at least every few tenths of a second while bytes flow."""
-        splice = _Splice(self.protocol, fd, offset, min(count, self.body_left()), progress, pool, head)
-        self.protocol._splicing = splice
+        splice = _Splice(self.conn, fd, offset, min(count, self.body_left()), progress, pool, head)
+        self.conn.splicing = splice
         splice.start()
         return splice.future
 
     def stop_splice(self) -> asyncio.Future[None] | None:
         """Stop splicing. Returns a future that is done once nothing writes to the file any more (a pool thread may
         be storing what it read from the socket already), or None when no splice was running."""
-        return self.protocol.stop_splice()
+        splicing = self.conn.splicing
+        if splicing is None:
+            return None
+        splicing.finish(None)
+        return splicing.closed
 
 
 class _Splice:
@@ -322,7 +156,7 @@ class _Splice:
         except OSError as exc:
             self.finish(exc)
             return
-        protocol.transport.pause_reading()  # from now on only splice(2) reads this socket, until finish()
+        protocol._update_reading()  # paused: from now on only splice(2) reads this socket, until finish()
         if self.pool is None:
             self._watch()
             self.ready()  # bytes may be waiting already
@@ -364,9 +198,7 @@ class _Splice:
                     self.progress(k)
                 self.left -= n
                 budget -= n
-                parser = self.protocol.parser
-                if isinstance(parser, _Parser):
-                    parser.left -= n
+                self.protocol.body_left -= n
         except OSError as exc:  # writing the file failed: what is in the pipe is lost with the request
             self.finish(exc)
             return
@@ -443,9 +275,8 @@ class _Splice:
         """On the loop: what the pump did so far becomes progress (and the parser's count of body bytes left)."""
         read, stored = self.read, self.stored
         if read > self.read_seen:
-            parser = self.protocol.parser
-            if isinstance(parser, _Parser) and self.protocol._splicing is self:
-                parser.left -= read - self.read_seen
+            if self.protocol.splicing is self:
+                self.protocol.body_left -= read - self.read_seen
             self.read_seen = read
         if stored > self.stored_seen:
             n, self.stored_seen = stored - self.stored_seen, stored
@@ -454,7 +285,7 @@ class _Splice:
     def _pumped(self) -> None:
         """On the loop: the pump stopped - for good, or until more bytes come."""
         self.pumping = False
-        if self.protocol._splicing is not self:
+        if self.protocol.splicing is not self:
             return
         self._account()
         if self.result is None and not self.ending:
@@ -467,7 +298,7 @@ class _Splice:
     def finish(self, outcome: bool | OSError | None) -> None:
         """Stop: True (all of it), False (the client went away), an OSError of the file, None (stopped). With a
         pool: once the pump stopped (it stores what it read first)."""
-        if self.protocol._splicing is not self:
+        if self.protocol.splicing is not self:
             return
         if self.pumping:
             if not self.ending:
@@ -477,11 +308,11 @@ class _Splice:
 
     def _close(self, outcome: bool | OSError | None) -> None:
         protocol = self.protocol
-        if protocol._splicing is not self:
+        if protocol.splicing is not self:
             return
         if self.pool is not None:
             self._account()
-        protocol._splicing = None
+        protocol.splicing = None
         self._unwatch()
         if self.sock_fd >= 0:
             os.close(self.sock_fd)
@@ -490,16 +321,11 @@ class _Splice:
             if fd >= 0:
                 os.close(fd)
         self.pipe_r = self.pipe_w = -1
-        parser = protocol.parser
-        remaining = parser.left if isinstance(parser, _Parser) else 0
-        if outcome is True and isinstance(parser, _Parser) and remaining == 0:
-            protocol.on_message_complete()
-        if not protocol.transport.is_closing():
-            flow = protocol.flow
-            if flow.read_paused:
-                flow.resume_reading()
-            else:
-                protocol.transport.resume_reading()
+        remaining = protocol.body_left
+        if outcome is True and remaining == 0:
+            protocol._body_complete()  # reading resumes there
+        else:
+            protocol._update_reading()
         if not self.future.done():
             if isinstance(outcome, OSError):
                 self.future.set_exception(outcome)

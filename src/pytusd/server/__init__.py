@@ -1,0 +1,64 @@
+"""pytusd's own HTTP server, which the ``pytusd`` command serves TusApp with (TusApp itself is a plain ASGI app that
+any ASGI server can serve).
+
+- :mod:`.framing`: what a request head and a chunked body may cost besides their data, bounded before parsing;
+- :mod:`.h1`: HTTP/1.1 connections on httptools (llhttp), bodies handed to the app without copies;
+- :mod:`.splice`: request bodies moved from the socket into a file by ``splice(2)``;
+- :mod:`.h2`: HTTP/2 over TLS (ALPN) and cleartext (h2c, prior knowledge) on the ``h2`` library;
+- :mod:`.asgi`: the ASGI scope and what the protocols share;
+- :mod:`.serve`: listening, TLS, the lifespan, signals and graceful shutdown;
+- :mod:`.workers`: ``--workers N``, pre-forked processes behind one socket;
+- :mod:`.process`: open-files limit and allocator tuning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .framing import (
+    MAX_CHUNK_LINE_SIZE,
+    MAX_TRAILER_FIELDS,
+    MAX_TRAILER_SIZE,
+    ChunkedFraming,
+    FramingLimits,
+    FramingTooLarge,
+)
+from .process import raise_open_files_limit, tune_malloc
+from .serve import Server, ServeOptions, apply_tls_mode
+
+__all__ = [
+    "MAX_CHUNK_LINE_SIZE", "MAX_TRAILER_FIELDS", "MAX_TRAILER_SIZE", "ChunkedFraming", "FramingLimits", "FramingTooLarge",
+    "ServeOptions", "Server", "apply_tls_mode", "raise_open_files_limit", "serve", "tune_malloc",
+]
+
+log = logging.getLogger("pytusd.startup")
+
+
+def serve(app: Any, options: ServeOptions, banner: str,
+          announce: Callable[[list[Any]], None] | None = None) -> None:
+    """Run ``app`` until SIGINT or SIGTERM; log ``banner`` (and call ``announce`` with the bound addresses) once
+    the socket listens. Returns after the graceful stop."""
+    from . import workers
+
+    raise_open_files_limit()
+    worker = workers.current()
+    if worker is not None:
+        banner += f" [worker {worker.index + 1}/{worker.count}, pid {os.getpid()}]"
+    metrics = getattr(app, "metrics", None)
+    if metrics is not None:
+        metrics.server_counts_connections = True  # connections, not requests, in tusd_connections_open
+
+    def listening(addresses: list[Any]) -> None:
+        log.info("%s", banner)
+        if announce is not None:
+            announce(addresses)
+
+    server = Server(app, options, listening, worker=worker, metrics=metrics)
+    try:
+        server.run()
+    finally:
+        if metrics is not None:
+            metrics.process_exited()

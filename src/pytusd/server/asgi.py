@@ -1,0 +1,140 @@
+"""What the HTTP/1.1 connection and the HTTP/2 streams share: the ASGI scope, response header checks, the Date
+header, and running the app for one request.
+
+The server speaks ASGI 3 to any app; pytusd's own features ride in ``scope["extensions"]`` (pytusd.http):
+request trailers, splicing a body into a file, and interim (1xx) responses.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("pytusd.server")
+
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+_PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_PHRASES[104] = b"Upload Resumption Supported"  # the IETF draft's interim response (not in http.HTTPStatus)
+
+
+def reason(status: int) -> bytes:
+    return _PHRASES.get(status, b"")
+
+
+class ResponseError(Exception):
+    """The app sent something that cannot go on the wire (a bad header, messages out of order): a bug of the
+    app's; the client gets a 500 if nothing was sent yet, else the connection is closed."""
+
+
+_FORBIDDEN_IN_NAME = frozenset(b"\r\n:\0 \t")
+
+
+def check_header(name: bytes, value: bytes) -> None:
+    """A response header must not split the response: no CR, LF or NUL anywhere, no empty name."""
+    if not name or b"\r" in value or b"\n" in value or b"\0" in value or not _FORBIDDEN_IN_NAME.isdisjoint(name):
+        raise ResponseError(f"invalid response header {name!r}: {value!r}")
+
+
+class HttpDate:
+    """The Date header's value, made once a second (Go's server sends Date on every response, so does pytusd)."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.value = email.utils.formatdate(second, usegmt=True).encode()
+        return self.value
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes] | None:
+    """A request target's path and query, or None when it is not one a server answers (absolute URLs are
+    reduced to their path, as Go does; ``*`` stays ``*``)."""
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+        path = path.partition(b"#")[0]
+        return path, query.partition(b"#")[0]
+    if target == b"*":
+        return b"*", b""
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        slash = rest.find(b"/")
+        return split_target(rest[slash:]) if slash >= 0 else (b"/", rest.partition(b"?")[2])
+    return None
+
+
+def decode_path(raw_path: bytes) -> str:
+    """The ASGI ``path``: percent-decoded UTF-8 (invalid sequences replaced, as other ASGI servers do)."""
+    text = raw_path.decode("latin-1")
+    return urllib.parse.unquote(text) if "%" in text else text
+
+
+def make_scope(
+    *,
+    http_version: str,
+    method: str,
+    raw_path: bytes,
+    query: bytes,
+    headers: list[tuple[bytes, bytes]],
+    scheme: str,
+    server: tuple[str, int] | None,
+    client: tuple[str, int] | None,
+    state: dict[str, Any],
+    extensions: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": ASGI,
+        "http_version": http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": method,
+        "root_path": "",
+        "path": decode_path(raw_path),
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": headers,
+        "state": state.copy(),
+        "extensions": extensions,
+    }
+
+
+def peer(transport: Any, name: str) -> tuple[str, int] | None:
+    """``peername``/``sockname`` of a transport as ASGI wants it: (host, port), or None for UNIX sockets."""
+    address = transport.get_extra_info(name)
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+async def run_app(
+    app: Callable[..., Awaitable[None]],
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> BaseException | None:
+    """Run the app for one request; returns what it raised (logged here), or None."""
+    try:
+        await app(scope, receive, send)
+    except BaseException as exc:  # noqa: BLE001 - any failure of the app is this request's alone
+        if isinstance(exc, ResponseError):
+            log.error("the app's response cannot be sent: %s", exc)
+        elif not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            log.exception("the app failed on %s %s", scope.get("method"), scope.get("path"))
+        return exc
+    return None
+
+
+INTERNAL_ERROR = b"Internal Server Error"
