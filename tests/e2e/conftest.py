@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -91,12 +92,99 @@ class PytusdProcess:
         raise RuntimeError("no VmHWM")
 
 
+# The line tusd prints on stdout once it listens; tusd's own e2e suite (internal/e2e) reads the upload URL and the
+# listening address from it.
+TUSD_STARTUP_LINE = re.compile(r"You can now upload files to: (https?://([^/]+)/\S*)")
+
+
+def listening_tcp_ports(pid: int) -> list[int]:
+    """The TCP ports that process ``pid`` listens on (Linux: its socket inodes looked up in /proc/net/tcp{,6})."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
+
+
+class TusdStyleProcess(PytusdProcess):
+    """pytusd started the way tusd's e2e suite starts tusd: ``-port=0`` followed by nothing but the test's own tusd
+    flags, in ``workdir`` (so tusd's default upload directory ``./data`` is ``workdir/data``). stdout (where tusd
+    prints its startup line) and stderr go to separate files.
+
+    Ready when tusd's startup line names the upload URL (then :attr:`url` and :attr:`address` come from it, as in
+    tusd's suite) or, failing that, when the process listens on a TCP port that accepts a connection (then
+    :attr:`address` is ``127.0.0.1:<that port>``). :attr:`startup_line` says which of the two it was."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        super().__init__(workdir / "data", *args, port=free_port())
+        self.workdir = workdir
+        self.log_path = workdir / "pytusd-tusd-flags.stdout"
+        self.err_path = workdir / "pytusd-tusd-flags.stderr"
+        self.address = ""
+        self.startup_line: str | None = None
+
+    def start(self) -> TusdStyleProcess:
+        cmd = [sys.executable, "-m", "pytusd", "-port=0", *self.args]
+        self._log = open(self.log_path, "ab")
+        self._err = open(self.err_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log, stderr=self._err)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pytusd exited with {self.proc.returncode}:\n{self.log()}")
+            match = TUSD_STARTUP_LINE.search(self.stdout())
+            if match:
+                self.startup_line, self.url, self.address = match.group(0), match.group(1), match.group(2)
+                self.port = int(self.address.rsplit(":", 1)[1])
+                return self
+            for port in listening_tcp_ports(self.proc.pid):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        pass
+                except OSError:
+                    continue
+                self.port, self.address = port, f"127.0.0.1:{port}"
+                self.url = f"http://{self.address}/files/"
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"pytusd did not listen within 15 s:\n{self.log()}")
+
+    def stdout(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log(self) -> str:
+        err = self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
+        return f"--- stdout\n{self.stdout()}--- stderr\n{err}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            super().stop()
+            self._err.close()
+
+
 @pytest.fixture
 def pytusd_factory(tmp_path):
+    """``factory(*flags)``: a started :class:`PytusdProcess`; with ``tusd_style=True`` a :class:`TusdStyleProcess`
+    (only ``-port=0`` and ``flags``, in ``tmp_path``). All are stopped at the end of the test."""
     started: list[PytusdProcess] = []
 
-    def factory(*args: str, upload_dir: Path | None = None, port: int | None = None) -> PytusdProcess:
-        server = PytusdProcess(upload_dir or tmp_path / "data", *args, port=port)
+    def factory(*args: str, upload_dir: Path | None = None, port: int | None = None,
+                tusd_style: bool = False) -> PytusdProcess:
+        server: PytusdProcess
+        if tusd_style:
+            server = TusdStyleProcess(tmp_path, *args)
+        else:
+            server = PytusdProcess(upload_dir or tmp_path / "data", *args, port=port)
         started.append(server)
         return server.start()
 
