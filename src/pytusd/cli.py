@@ -365,6 +365,19 @@ _FLAGS = [
 
 _BOOL_FLAGS = {f.name for f in _FLAGS if f.type is parse_bool}
 
+# tusd flags of features that only a Go program has: each is refused, in one line (exit status 2), with what to use
+# instead, rather than the "unknown flag" a typo gets.
+_PPROF = ("Go's pprof profiler has no Python counterpart in pytusd; profile the running process with py-spy "
+          "(py-spy top --pid PID, py-spy record --pid PID) and its memory with tracemalloc (PYTHONTRACEMALLOC=1)")
+_GO_ONLY_FLAGS = {
+    "expose-pprof": _PPROF,
+    "pprof-path": _PPROF,
+    "pprof-block-profile-rate": _PPROF,
+    "pprof-mutex-profile-rate": _PPROF,
+    "hooks-plugin": "Go plugins cannot be loaded by Python; write the hooks as a Python object and pass it with "
+                    "--hooks-python module:object",
+}
+
 
 def env_name(flag: str) -> str:
     return "PYTUSD_" + flag.upper().replace("-", "_")
@@ -389,6 +402,8 @@ def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None 
         if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
             dashes = "--" if arg.startswith("--") else "-"
             name, has_value, _ = arg[len(dashes):].partition("=")
+            if name in _GO_ONLY_FLAGS and parser is not None:
+                parser.error(f"{dashes}{name} is a tusd (Go) flag pytusd does not take: {_GO_ONLY_FLAGS[name]}")
             if name in known:
                 arg = "--" + arg[len(dashes):]
                 takes_value = not has_value and name not in _BOOL_FLAGS and name not in ("version", "help", "json")
