@@ -155,6 +155,8 @@ _FLAGS = [
     Flag("unix-sock", str, "", "Listen on this UNIX socket instead of TCP", "Listening"),
     Flag("base-path", str, "/files/", "Path (or absolute URL) under which uploads are served", "Listening"),
     Flag("behind-proxy", parse_bool, False, "Trust X-Forwarded-Host/-Proto and Forwarded for upload URLs", "Listening"),
+    Flag("enable-h2c", parse_bool, False, "Also accept HTTP/2 without TLS (h2c, cleartext) next to HTTP/1.1; not "
+         "with --tls-certificate", "Listening"),
     Flag("tls-certificate", str, "", "TLS certificate file (PEM, with intermediates); enables HTTPS", "Listening"),
     Flag("tls-key", str, "", "Key file for --tls-certificate", "Listening"),
     Flag("tls-mode", parse_tls_mode, "tls12", "TLS versions and ciphers, as tusd: tls12 (TLS 1.2 with ECDHE and AEAD "
@@ -773,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if args.enable_h2c and args.tls_certificate:
+        parser.error("--enable-h2c is HTTP/2 without encryption: it cannot be combined with --tls-certificate")
     if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
         logging.getLogger("pytusd").error("%s; exiting", problem)
         return 2
@@ -804,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         network_timeout=config.network_timeout,
         shutdown_timeout=args.shutdown_timeout,
         max_header_size=args.max_header_size,
+        enable_h2c=args.enable_h2c,
     )
     base = config.base_path if "://" in config.base_path else options.url + config.base_path
     banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"

@@ -102,6 +102,8 @@ class ServeOptions:
     max_chunk_line_size: int = MAX_CHUNK_LINE_SIZE
     max_trailer_size: int = MAX_TRAILER_SIZE
     max_trailer_fields: int = MAX_TRAILER_FIELDS
+    # tusd's -enable-h2c: HTTP/2 over plain TCP (h2c) next to HTTP/1.1; never with TLS.
+    enable_h2c: bool = False
 
     @property
     def url(self) -> str:
