@@ -66,3 +66,80 @@ def test_enable_h2c_and_tls_are_refused_together(tmp_path, capsys):
         main(["-enable-h2c", "-tls-certificate", "c.pem", "-tls-key", "k.pem", "--upload-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--enable-h2c is HTTP/2 without encryption" in capsys.readouterr().err
+
+
+# -- start-up lines: tusd's "You can now upload files to" and -show-startup-logs ---------------------------------
+
+
+def test_the_upload_line_is_tusds():
+    from pytusd.cli import upload_line
+
+    assert upload_line("/files/")([("127.0.0.1", 8080)]) == "You can now upload files to: http://127.0.0.1:8080/files/"
+    assert upload_line("/files/", tls=True)([("::1", 8443, 0, 0)]) == (
+        "You can now upload files to: https://[::1]:8443/files/")
+    # The base path as given (tusd prints its flag), the real port of the socket, not the one asked for.
+    assert upload_line("uploads", port=0)([("0.0.0.0", 41234)]) == (
+        "You can now upload files to: http://0.0.0.0:41234uploads")
+    assert upload_line("/files/", host="10.0.0.1", port=9000)([]) == (
+        "You can now upload files to: http://10.0.0.1:9000/files/")
+    assert upload_line("/files/", unix_socket="/run/tus.sock")([]) == ""  # tusd prints none for a UNIX socket
+
+
+def start_and_stop(tmp_path, *flags: str, until: str = "") -> str:
+    """Run the real command on a free port until it answers (and has logged ``until``), stop it with SIGTERM,
+    return what it logged (the port written PORT)."""
+    import httpx
+
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path / f"pytusd-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pytusd", "--host", "127.0.0.1", "--port", str(port),
+                                 "--upload-dir", str(tmp_path / "data"), *flags], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                    if until in log_path.read_text():
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            time.sleep(0.5)  # lines that would come next (none should)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    return log_path.read_text().replace(str(port), "PORT")
+
+
+@pytest.mark.e2e
+def test_startup_lines_end_with_tusds_upload_line(tmp_path):
+    lines = start_and_stop(tmp_path, until="You can now").splitlines()
+    banner = next(i for i, line in enumerate(lines) if "serving uploads at" in line)
+    assert 'msg="You can now upload files to: http://127.0.0.1:PORT/files/"' in lines[banner + 1]
+
+
+@pytest.mark.e2e
+def test_show_startup_logs_false_hides_them_but_not_the_shutdown(tmp_path):
+    log = start_and_stop(tmp_path, "-show-startup-logs=false")
+    assert "serving uploads at" not in log and "You can now upload files to" not in log, log
+    assert "shutting down (signal SIGTERM)" in log, log
+
+
+@pytest.mark.e2e
+def test_under_workers_the_upload_line_comes_once(tmp_path):
+    log = start_and_stop(tmp_path, "--workers", "2", until="You can now")
+    assert log.count("You can now upload files to: http://127.0.0.1:PORT/files/") == 1, log
+    assert "2 workers ready" in log
+    log = start_and_stop(tmp_path, "--workers", "2", "-show-startup-logs=false")
+    assert "workers ready" not in log and "serving uploads" not in log and "You can now" not in log, log

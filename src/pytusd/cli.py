@@ -344,6 +344,9 @@ _FLAGS = [
          "Limits"),
     # output
     Flag("verbose", parse_bool, True, "Log every request", "Output"),
+    Flag("show-startup-logs", parse_bool, True, "Log the start-up lines (what pytusd serves, with which storage, "
+         "and 'You can now upload files to: URL'); false hides them (warnings and errors are always logged)",
+         "Output"),
     Flag("log-format", parse_log_format, "text", "Log format: text or json", "Output"),
     Flag(
         "malloc-tuning",
@@ -686,6 +689,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def upload_line(
+    base_path: str, *, unix_socket: str = "", tls: bool = False, host: str = "", port: int = 0
+) -> Callable[[Sequence[Any]], str]:
+    """tusd's last start-up line, ``You can now upload files to: <protocol>://<address><base path>``, for the
+    addresses the server listens on (``getsockname()`` of its sockets; ``host`` and ``port`` when it was given
+    none). The address is written as Go writes a listener's (``[::1]:8080`` for IPv6) and the base path as given on
+    the command line, as tusd prints them; for a UNIX socket there is no line (``""``), as in tusd."""
+
+    def line(addresses: Sequence[Any]) -> str:
+        if unix_socket:
+            return ""
+        where, at = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
+        address = f"[{where}]:{at}" if ":" in where else f"{where}:{at}"
+        return f"You can now upload files to: {'https' if tls else 'http'}://{address}{base_path}"
+
+    return line
+
+
 def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.workers`)."""
     from . import workers
@@ -697,7 +718,17 @@ def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             f"--workers {count}: the memory locker cannot coordinate processes (each worker would lock uploads "
             "only against itself); use --locker file (a directory on this host, --upload-dir) or --locker redis"
         )
-    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0)
+    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0,
+                  show_startup_logs=args.show_startup_logs, upload_line=upload_line_from_args(args))
+
+
+def upload_line_from_args(args: argparse.Namespace) -> Callable[[Sequence[Any]], str] | None:
+    """The 'You can now upload files to' line of these flags (see :func:`upload_line`); None with
+    --show-startup-logs=false."""
+    if not args.show_startup_logs:
+        return None
+    return upload_line(args.base_path, unix_socket=args.unix_sock, tls=bool(args.tls_certificate and args.tls_key),
+                       host=args.host, port=args.port)
 
 
 def cleanup(args: argparse.Namespace) -> int:
@@ -821,5 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "this %s, use --locker redis (two PATCHes of one upload in two processes would corrupt it)",
             type(config.store).__name__,
         )
-    serve(app, options, banner)
+    from . import workers
+
+    if not args.show_startup_logs:
+        banner = ""
+    # Under --workers, the parent prints the upload line once, for its listening socket (workers.start).
+    serve(app, options, banner, upload_line_from_args(args) if workers.current() is None else None)
     return 0

@@ -16,7 +16,9 @@ import os
 import re
 import signal
 import ssl
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -497,17 +499,26 @@ def _http_protocol(
 class _Server(uvicorn.Server):
     """uvicorn's server, told to end open uploads gracefully on the first signal and to quit on the second."""
 
-    def __init__(self, config: uvicorn.Config, app: TusApp, banner: str, worker: workers.Worker | None = None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: TusApp, banner: str, worker: workers.Worker | None = None,
+        upload_line: Callable[[list[Any]], str] | None = None,
+    ) -> None:
         super().__init__(config)
         self.tus_app = app
         self.banner = banner
+        self.upload_line = upload_line  # the line for the listening addresses (cli.upload_line), logged last
         self.worker = worker  # under --workers: this process's place; the connections come from the parent
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
         await super().startup(sockets)
         if self.started:
-            log.info("%s", self.banner)
+            if self.banner:
+                log.info("%s", self.banner)
+            if self.upload_line is not None:
+                listening = [sock.getsockname() for server in self.servers for sock in server.sockets or ()]
+                if line := self.upload_line(listening):
+                    log.info("%s", line)
             if self.worker is not None:
                 self.worker.ready(self)  # connections come from the --workers parent from now on
 
@@ -562,8 +573,11 @@ def apply_tls_mode(context: ssl.SSLContext, mode: str) -> None:
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
 
 
-def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
-    """Run ``app`` until SIGINT or SIGTERM; log ``banner`` once the socket listens."""
+def serve(
+    app: TusApp, options: ServeOptions, banner: str, upload_line: Callable[[list[Any]], str] | None = None
+) -> None:
+    """Run ``app`` until SIGINT or SIGTERM; log ``banner`` (unless empty) once the socket listens, then the line
+    ``upload_line`` makes of the listening addresses (``getsockname()`` of each socket), unless empty."""
     raise_open_files_limit()
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     config = uvicorn.Config(
@@ -590,9 +604,9 @@ def serve(app: TusApp, options: ServeOptions, banner: str) -> None:
         apply_tls_mode(config.ssl, options.tls_mode)
     app.metrics.server_counts_connections = True  # connections, not requests, in tusd_connections_open
     worker = workers.current()
-    if worker is not None:
+    if worker is not None and banner:
         banner += f" [worker {worker.index + 1}/{worker.count}, pid {os.getpid()}]"
-    server = _Server(config, app, banner, worker)
+    server = _Server(config, app, banner, worker, upload_line)
     try:
         server.run(sockets=worker.sockets if worker is not None else None)
     finally:

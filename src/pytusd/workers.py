@@ -56,6 +56,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("pytusd.startup")
@@ -224,8 +225,13 @@ class _Child:
 
 
 class _Supervisor:
-    def __init__(self, count: int, sockets: list[socket.socket], unix_socket: str, shutdown_timeout: float) -> None:
+    def __init__(
+        self, count: int, sockets: list[socket.socket], unix_socket: str, shutdown_timeout: float,
+        show_startup_logs: bool = True, upload_line: Callable[[list[Any]], str] | None = None,
+    ) -> None:
         self.count = count
+        self.show_startup_logs = show_startup_logs
+        self.upload_line = upload_line
         self.sockets = sockets
         self.unix_socket = unix_socket
         self.shutdown_timeout = shutdown_timeout
@@ -450,9 +456,12 @@ class _Supervisor:
         try:
             self._start_all()
             self.starting = False
-            if not self.stopping:
+            if not self.stopping and self.show_startup_logs:
                 log.info("pytusd: %d workers ready (pids %s)", self.count,
                          " ".join(str(c.pid) for c in sorted(self.children.values(), key=lambda c: c.index)))
+            if not self.stopping and self.upload_line is not None:
+                if line := self.upload_line([sock.getsockname() for sock in self.sockets]):
+                    log.info("%s", line)
             while self.children or (self.restarts and not self.stopping):
                 now = time.monotonic()
                 if self.stopping and now >= self.kill_at:
@@ -496,13 +505,17 @@ class _Supervisor:
             shutil.rmtree(self.owned_metrics_dir, ignore_errors=True)
 
 
-def start(count: int, host: str, port: int, unix_socket: str, shutdown_timeout: float) -> None:
+def start(
+    count: int, host: str, port: int, unix_socket: str, shutdown_timeout: float, *,
+    show_startup_logs: bool = True, upload_line: Callable[[list[Any]], str] | None = None,
+) -> None:
     """Fork ``count`` workers behind one listening socket. Returns only in a worker (see :func:`current`); the
-    parent supervises them and exits with ``SystemExit`` when they are done."""
+    parent supervises them and exits with ``SystemExit`` when they are done. Once they are ready it logs so
+    (unless ``show_startup_logs`` is false), then the line ``upload_line`` makes of its listening addresses."""
     global _current
     try:
         sockets = bind_sockets(host, port, unix_socket)
     except WorkersError as exc:
         print(f"pytusd: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    _current = _Supervisor(count, sockets, unix_socket, shutdown_timeout).run()
+    _current = _Supervisor(count, sockets, unix_socket, shutdown_timeout, show_startup_logs, upload_line).run()
