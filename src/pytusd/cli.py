@@ -252,6 +252,8 @@ _FLAGS = [
     Flag("hooks-grpc-server-tls-certificate", str, "", "CA certificate to verify the gRPC hook server", "Hooks"),
     Flag("hooks-grpc-client-tls-certificate", str, "", "Client certificate for mTLS to the gRPC hook server", "Hooks"),
     Flag("hooks-grpc-client-tls-key", str, "", "Client key for mTLS to the gRPC hook server", "Hooks"),
+    Flag("hooks-grpc-forward-headers", str, "", "Request headers passed on to the gRPC hook as call metadata "
+         "(comma-separated)", "Hooks"),
     Flag("hooks-fireboom", str, "", "URL of a Fireboom-style hook server (preUpload/postUpload)", "Hooks"),
     Flag("hooks-fireboom-storage", str, "tus", "Storage name in Fireboom hook URLs", "Hooks"),
     Flag("hooks-fireboom-profile", str, "default", "Upload profile name in Fireboom hook URLs", "Hooks"),
@@ -549,6 +551,7 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
             server_certificate=args.hooks_grpc_server_tls_certificate,
             client_certificate=args.hooks_grpc_client_tls_certificate,
             client_key=args.hooks_grpc_client_tls_key,
+            forward_headers=args.hooks_grpc_forward_headers.split(","),
         )
         bindings.append((grpc_backend, events(args.hooks_grpc_events)))
     if args.hooks_fireboom:
