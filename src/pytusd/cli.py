@@ -290,6 +290,10 @@ _FLAGS = [
     Flag("s3-disable-content-hashes", parse_bool, False,
          "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
     Flag("s3-disable-ssl", parse_bool, False, "Use plain HTTP to S3 when no --s3-endpoint URL says", "S3 storage"),
+    Flag("s3-transfer-acceleration", parse_bool, False, "Use the bucket's AWS S3 Transfer Acceleration endpoint "
+         "(the bucket must have Transfer Acceleration enabled; not with --s3-endpoint)", "S3 storage"),
+    Flag("s3-log-api-calls", parse_bool, False, "Log every S3 API call: operation, duration, status or error, key "
+         "(for debugging; needs --verbose)", "S3 storage"),
     # GCS (chosen when --gcs-bucket is set)
     Flag("gcs-bucket", str, "", "Store uploads in this Google Cloud Storage bucket (credentials: "
          "GCS_SERVICE_ACCOUNT_FILE or application default credentials)", "GCS storage"),
@@ -610,6 +614,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             endpoint=args.s3_endpoint,
             disable_ssl=args.s3_disable_ssl,
             max_pool_connections=max(10, args.s3_concurrent_part_uploads) + 16,
+            transfer_acceleration=args.s3_transfer_acceleration,
         )
         return S3Store(
             args.s3_bucket,
@@ -621,6 +626,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             max_buffered_parts=args.s3_max_buffered_parts,
             concurrent_part_uploads=args.s3_concurrent_part_uploads,
             disable_content_hashes=args.s3_disable_content_hashes,
+            log_api_calls=args.s3_log_api_calls,
         )
     return FileStore(
         args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io
@@ -809,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if args.s3_log_api_calls and not args.verbose:
+        parser.error("--s3-log-api-calls logs at the verbose level: it needs --verbose (as in tusd)")
     if args.enable_h2c and args.tls_certificate:
         parser.error("--enable-h2c is HTTP/2 without encryption: it cannot be combined with --tls-certificate")
     if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
