@@ -339,6 +339,9 @@ _FLAGS = [
     Flag("network-timeout", parse_duration, 60.0, "Close connections idle (or silent mid-body) this long", "Timeouts"),
     Flag("shutdown-timeout", parse_duration, 10.0, "Longest graceful shutdown before exiting anyway", "Timeouts"),
     Flag("acquire-lock-timeout", parse_duration, 20.0, "Longest wait for an upload's lock (then 500)", "Timeouts"),
+    Flag("request-completion-timeout", parse_duration, 10.0, "Once a request ended early (the client went away, "
+         "shutdown, another request wants the lock), how long the storage may still take to store what it received; "
+         "then that is cancelled (0: the default)", "Timeouts"),
     Flag("min-body-rate", parse_non_negative_float, 10.0, "End a request body arriving slower than this many "
          "bytes/s, on average over each --network-timeout (slowloris); 0: only silence ends it, as in tusd",
          "Timeouts"),
@@ -679,6 +682,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # 0 means "the default", as in tusd.
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
+        request_completion_timeout=args.request_completion_timeout or 10.0,
         min_body_rate=args.min_body_rate,
         max_concurrent_uploads=args.max_concurrent_uploads,
         max_uploads_per_client=args.max_uploads_per_client,
