@@ -143,3 +143,30 @@ def test_under_workers_the_upload_line_comes_once(tmp_path):
     assert "2 workers ready" in log
     log = start_and_stop(tmp_path, "--workers", "2", "-show-startup-logs=false")
     assert "workers ready" not in log and "serving uploads" not in log and "You can now" not in log, log
+
+
+# Every flag of tusd's command (cmd/tusd/cli/flags.go, tusd 2.x), by name.
+TUSD_FLAGS = (
+    "host port unix-sock base-path behind-proxy enable-h2c tls-certificate tls-key tls-mode "
+    "enable-experimental-protocol disable-download disable-termination disable-concatenation max-size disable-cors "
+    "cors-allow-origin cors-allow-credentials cors-allow-methods cors-allow-headers cors-max-age "
+    "cors-expose-headers upload-dir filelock-holder-poll-interval filelock-acquirer-poll-interval dir-perms "
+    "file-perms s3-bucket s3-object-prefix s3-endpoint s3-part-size s3-min-part-size s3-max-buffered-parts "
+    "s3-disable-content-hashes s3-disable-ssl s3-concurrent-part-uploads s3-transfer-acceleration s3-log-api-calls "
+    "gcs-bucket gcs-object-prefix gcs-endpoint azure-storage azure-container-access-type azure-blob-access-tier "
+    "azure-object-prefix azure-endpoint hooks-enabled-events progress-hooks-interval hooks-dir hooks-http "
+    "hooks-http-forward-headers hooks-http-retry hooks-http-backoff hooks-http-timeout hooks-http-size-limit "
+    "hooks-http-skip-verify hooks-grpc hooks-grpc-retry hooks-grpc-backoff hooks-grpc-secure "
+    "hooks-grpc-server-tls-certificate hooks-grpc-client-tls-certificate hooks-grpc-client-tls-key "
+    "hooks-grpc-forward-headers hooks-plugin expose-metrics metrics-path expose-pprof pprof-path "
+    "pprof-block-profile-rate pprof-mutex-profile-rate show-greeting version verbose show-startup-logs log-format "
+    "network-timeout shutdown-timeout acquire-lock-timeout request-completion-timeout "
+).split()
+
+
+def test_every_tusd_flag_is_taken_or_refused_with_what_to_use_instead():
+    from pytusd.cli import _FLAGS
+
+    taken = {flag.name for flag in _FLAGS} | {"version"}
+    assert [name for name in TUSD_FLAGS if name not in taken and name not in _GO_ONLY_FLAGS] == []
+    assert not taken & set(_GO_ONLY_FLAGS)
