@@ -108,7 +108,7 @@ class RequestBody:
     def _start_grace(self) -> None:
         task = self._grace_task
         if task is not None and self._grace_timer is None and not task.done():
-            self._grace_timer = asyncio.get_running_loop().call_later(self._grace, self._grace_over)
+            self._grace_timer = task.get_loop().call_later(self._grace, self._grace_over)
 
     def _grace_over(self) -> None:
         self._grace_timer = None
