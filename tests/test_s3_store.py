@@ -424,6 +424,43 @@ def test_every_api_call_is_one_log_line(caplog, monkeypatch):
     assert not [r for r in caplog.records if r.name == "pytusd.s3"]
 
 
+def test_presigned_part_uploads_are_logged_too(caplog, monkeypatch):
+    """--s3-disable-content-hashes sends parts to presigned URLs, past botocore: those calls get their line too. The
+    "S3" is a local HTTP server that answers every PUT 200 with an ETag."""
+    import http.server
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("ETag", '"abc"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    try:
+        client = make_client(endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+        store = S3Store("b", client, object_prefix="up/", disable_content_hashes=True, log_api_calls=True)
+        upload = SimpleNamespace(object_id="obj", multipart_id="mp")
+        with caplog.at_level(logging.INFO, logger="pytusd.s3"):
+            assert store._put_part_presigned(upload, 3, None, 0) == '"abc"'
+    finally:
+        server.shutdown()
+        server.server_close()
+    [line] = [r for r in caplog.records if r.name == "pytusd.s3"]
+    assert line.fields["operation"] == "UploadPart" and line.fields["presigned"] is True
+    assert line.fields["status"] == 200 and line.fields["key"] == "up/obj" and line.fields["part"] == 3
+
+
 def test_two_storages_on_the_command_line_are_an_error(capsys):
     from pytusd.cli import main
 
