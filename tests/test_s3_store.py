@@ -348,6 +348,119 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
     assert store.client.meta.config.s3["addressing_style"] == "path"
 
 
+def test_transfer_acceleration_and_api_call_logging_from_the_flags(tmp_path, monkeypatch):
+    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    argv = ["-s3-bucket", "uploads", "-s3-transfer-acceleration", "-s3-log-api-calls", "--upload-dir", str(tmp_path)]
+    store = config_from_args(build_parser().parse_args(_normalise_argv(argv))).store
+    assert isinstance(store, S3Store) and store.log_api_calls
+    assert store.client.meta.config.s3["use_accelerate_endpoint"] is True
+    url = store.client.generate_presigned_url("put_object", Params={"Bucket": "uploads", "Key": "k"})
+    assert url.startswith("https://uploads.s3-accelerate.amazonaws.com/k?")
+    assert "transfer acceleration" in repr(store)
+    plain = config_from_args(build_parser().parse_args(["--s3-bucket", "uploads", "--upload-dir", str(tmp_path)])).store
+    assert not plain.log_api_calls and "use_accelerate_endpoint" not in plain.client.meta.config.s3
+    url = plain.client.generate_presigned_url("put_object", Params={"Bucket": "uploads", "Key": "k"})
+    assert "s3-accelerate" not in url
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-s3-transfer-acceleration", "-s3-endpoint", "http://127.0.0.1:9"], "cannot be combined with a custom endpoint"),
+    (["-s3-log-api-calls", "-verbose=false"], "--s3-log-api-calls logs at the verbose level: it needs --verbose"),
+])
+def test_s3_flags_that_cannot_work_are_errors(argv, message, tmp_path, capsys):
+    from pytusd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-s3-bucket", "b", "--upload-dir", str(tmp_path), "--port", "0", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_api_call_is_one_log_line(caplog, monkeypatch):
+    """-s3-log-api-calls through botocore's event hooks, the client stubbed (botocore's Stubber): no S3 here."""
+    import logging
+
+    from botocore.exceptions import EndpointConnectionError
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    client = make_client(endpoint="http://127.0.0.1:9")
+    S3Store("b", client, log_api_calls=True)
+    S3Store("b", client, log_api_calls=True)  # a second store on the same client: still one line per call
+    with caplog.at_level(logging.INFO, logger="pytusd.s3"), Stubber(client) as stub:
+        stub.add_response("head_object", {"ContentLength": 3, "ResponseMetadata": {"HTTPStatusCode": 200}},
+                          {"Bucket": "b", "Key": "up/a"})
+        stub.add_client_error("upload_part", "NoSuchUpload", http_status_code=404)
+        client.head_object(Bucket="b", Key="up/a")
+        with pytest.raises(client.exceptions.NoSuchUpload):
+            client.upload_part(Bucket="b", Key="up/x", UploadId="u", PartNumber=7, Body=b"")
+    records = [r for r in caplog.records if r.name == "pytusd.s3"]
+    assert [r.fields["operation"] for r in records] == ["HeadObject", "UploadPart"]
+    head, part = (r.fields for r in records)
+    assert head["status"] == 200 and head["key"] == "up/a" and head["duration_ms"] >= 0
+    assert part["status"] == 404 and part["key"] == "up/x" and part["part"] == 7
+    assert records[0].getMessage().startswith("S3 HeadObject: 200 in ")
+
+    def refuse(**kwargs):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    caplog.clear()
+    client.meta.events.register("before-send.s3", refuse)
+    with caplog.at_level(logging.INFO, logger="pytusd.s3"), pytest.raises(EndpointConnectionError):  # retried: one line
+        client.get_object(Bucket="b", Key="up/b")
+    [line] = [r for r in caplog.records if r.name == "pytusd.s3"]
+    assert line.fields["operation"] == "GetObject" and "Could not connect" in line.fields["error"]
+    # Not asked for: no lines.
+    quiet = make_client(endpoint="http://127.0.0.1:9")
+    S3Store("b", quiet)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pytusd.s3"), Stubber(quiet) as stub:
+        stub.add_response("head_object", {}, {"Bucket": "b", "Key": "k"})
+        quiet.head_object(Bucket="b", Key="k")
+    assert not [r for r in caplog.records if r.name == "pytusd.s3"]
+
+
+def test_presigned_part_uploads_are_logged_too(caplog, monkeypatch):
+    """--s3-disable-content-hashes sends parts to presigned URLs, past botocore: those calls get their line too. The
+    "S3" is a local HTTP server that answers every PUT 200 with an ETag."""
+    import http.server
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("ETag", '"abc"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    try:
+        client = make_client(endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+        store = S3Store("b", client, object_prefix="up/", disable_content_hashes=True, log_api_calls=True)
+        upload = SimpleNamespace(object_id="obj", multipart_id="mp")
+        with caplog.at_level(logging.INFO, logger="pytusd.s3"):
+            assert store._put_part_presigned(upload, 3, None, 0) == '"abc"'
+    finally:
+        server.shutdown()
+        server.server_close()
+    [line] = [r for r in caplog.records if r.name == "pytusd.s3"]
+    assert line.fields["operation"] == "UploadPart" and line.fields["presigned"] is True
+    assert line.fields["status"] == 200 and line.fields["key"] == "up/obj" and line.fields["part"] == 3
+
+
 def test_two_storages_on_the_command_line_are_an_error(capsys):
     from pytusd.cli import main
 

@@ -12,7 +12,9 @@ without raising into the store, when
   down (ERR_SERVER_SHUTDOWN), or a hook stops the upload.
 
 The reason is kept in :attr:`error` for the handler to answer with, after the store has stored every byte it was
-given. Per chunk, the hot path only records the time; one timer per request checks for silence. Only time spent
+given. How long the store may take for that once the request has ended early (the client went away, the server shuts
+down, another request wants the lock, a hook stopped the upload: :data:`REQUEST_ENDED`) is bounded by
+:meth:`bound_completion` (tusd's GracefulRequestCompletionTimeout, ``--request-completion-timeout``). Per chunk, the hot path only records the time; one timer per request checks for silence. Only time spent
 waiting for the client counts: while a store is busy with a chunk, the client cannot be blamed for sending nothing.
 """
 
@@ -30,6 +32,10 @@ from .types import Receive
 
 # With a pool, bodies shorter than this (still to come) are not spliced (bench/NOTES.md, "File I/O in threads").
 POOL_SPLICE_MIN = 1 << 20
+
+# The reasons that end a request as tusd's cancelled request context does: from then on the store has the request's
+# completion timeout to store what arrived (bound_completion).
+REQUEST_ENDED = frozenset({"ERR_UNEXPECTED_EOF", "ERR_SERVER_SHUTDOWN", "ERR_UPLOAD_INTERRUPTED", "ERR_UPLOAD_STOPPED"})
 
 
 class RequestBody:
@@ -49,6 +55,10 @@ class RequestBody:
         "_window",
         "_timer",
         "splicer",
+        "_grace",
+        "_grace_task",
+        "_grace_timer",
+        "_overdue",
     )
 
     def __init__(self, receive: Receive, network_timeout: float, limit: int, min_rate: float = 0.0) -> None:
@@ -69,6 +79,10 @@ class RequestBody:
         # pytusd's own server, for a Content-Length body on a plain connection: moves the body into a file by
         # splice(2) (pytusd.fastbody); see splice_into().
         self.splicer: Any = None
+        self._grace = 0.0  # bound_completion: the seconds the store may go on after the request ended
+        self._grace_task: asyncio.Task[object] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._overdue = False  # the grace ran out: _grace_task was cancelled for it
 
     def interrupt(self, error: TusError) -> None:
         """Stop reading as soon as possible; the first reason given is the one reported."""
@@ -77,6 +91,46 @@ class RequestBody:
         if self._waiting and self._task is not None and not self._cancelling:
             self._cancelling = True
             self._task.cancel()
+        if error.code in REQUEST_ENDED:
+            self._start_grace()
+
+    # -- how long the store may go on once the request ended (tusd's GracefulRequestCompletionTimeout) ------------
+
+    def bound_completion(self, seconds: float) -> None:
+        """From when the request ends early (an :meth:`interrupt` for one of :data:`REQUEST_ENDED`, before or after
+        this call), let the calling task go on storing what arrived for ``seconds`` at most; then it is cancelled
+        (see :meth:`overdue`). :meth:`end_completion` once the work is done."""
+        self._grace = seconds
+        self._grace_task = asyncio.current_task()
+        if self.error is not None and self.error.code in REQUEST_ENDED:
+            self._start_grace()
+
+    def _start_grace(self) -> None:
+        task = self._grace_task
+        if task is not None and self._grace_timer is None and not task.done():
+            self._grace_timer = task.get_loop().call_later(self._grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        if self._grace_task is not None and not self._grace_task.done():
+            self._overdue = True
+            self._grace_task.cancel()
+
+    def overdue(self) -> bool:
+        """Called on a CancelledError in the bounded task: whether it is the completion timeout's (which is then
+        taken back, so the task can answer); False for any other cancellation, which must go on."""
+        if not self._overdue:
+            return False
+        self._overdue = False
+        task = self._grace_task
+        return task is not None and task.uncancel() == 0
+
+    def end_completion(self) -> None:
+        """The bounded work is done (or failed): no cancellation comes any more."""
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self._grace_task = None
 
     def _check_silence(self) -> None:
         loop = asyncio.get_running_loop()

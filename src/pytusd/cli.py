@@ -154,6 +154,8 @@ _FLAGS = [
     Flag("unix-sock", str, "", "Listen on this UNIX socket instead of TCP", "Listening"),
     Flag("base-path", str, "/files/", "Path (or absolute URL) under which uploads are served", "Listening"),
     Flag("behind-proxy", parse_bool, False, "Trust X-Forwarded-Host/-Proto and Forwarded for upload URLs", "Listening"),
+    Flag("enable-h2c", parse_bool, False, "Also accept HTTP/2 without TLS (h2c, cleartext) next to HTTP/1.1; not "
+         "with --tls-certificate", "Listening"),
     Flag("tls-certificate", str, "", "TLS certificate file (PEM, with intermediates); enables HTTPS", "Listening"),
     Flag("tls-key", str, "", "Key file for --tls-certificate", "Listening"),
     Flag("tls-mode", parse_tls_mode, "tls12", "TLS versions and ciphers, as tusd: tls12 (TLS 1.2 with ECDHE and AEAD "
@@ -249,6 +251,8 @@ _FLAGS = [
     Flag("hooks-grpc-server-tls-certificate", str, "", "CA certificate to verify the gRPC hook server", "Hooks"),
     Flag("hooks-grpc-client-tls-certificate", str, "", "Client certificate for mTLS to the gRPC hook server", "Hooks"),
     Flag("hooks-grpc-client-tls-key", str, "", "Client key for mTLS to the gRPC hook server", "Hooks"),
+    Flag("hooks-grpc-forward-headers", str, "", "Request headers passed on to the gRPC hook as call metadata "
+         "(comma-separated)", "Hooks"),
     Flag("hooks-fireboom", str, "", "URL of a Fireboom-style hook server (preUpload/postUpload)", "Hooks"),
     Flag("hooks-fireboom-storage", str, "tus", "Storage name in Fireboom hook URLs", "Hooks"),
     Flag("hooks-fireboom-profile", str, "default", "Upload profile name in Fireboom hook URLs", "Hooks"),
@@ -285,6 +289,10 @@ _FLAGS = [
     Flag("s3-disable-content-hashes", parse_bool, False,
          "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
     Flag("s3-disable-ssl", parse_bool, False, "Use plain HTTP to S3 when no --s3-endpoint URL says", "S3 storage"),
+    Flag("s3-transfer-acceleration", parse_bool, False, "Use the bucket's AWS S3 Transfer Acceleration endpoint "
+         "(the bucket must have Transfer Acceleration enabled; not with --s3-endpoint)", "S3 storage"),
+    Flag("s3-log-api-calls", parse_bool, False, "Log every S3 API call: operation, duration, status or error, key "
+         "(for debugging; needs --verbose)", "S3 storage"),
     # GCS (chosen when --gcs-bucket is set)
     Flag("gcs-bucket", str, "", "Store uploads in this Google Cloud Storage bucket (credentials: "
          "GCS_SERVICE_ACCOUNT_FILE or application default credentials)", "GCS storage"),
@@ -330,6 +338,9 @@ _FLAGS = [
     Flag("network-timeout", parse_duration, 60.0, "Close connections idle (or silent mid-body) this long", "Timeouts"),
     Flag("shutdown-timeout", parse_duration, 10.0, "Longest graceful shutdown before exiting anyway", "Timeouts"),
     Flag("acquire-lock-timeout", parse_duration, 20.0, "Longest wait for an upload's lock (then 500)", "Timeouts"),
+    Flag("request-completion-timeout", parse_duration, 10.0, "Once a request ended early (the client went away, "
+         "shutdown, another request wants the lock), how long the storage may still take to store what it received; "
+         "then that is cancelled (0: the default)", "Timeouts"),
     Flag("min-body-rate", parse_non_negative_float, 10.0, "End a request body arriving slower than this many "
          "bytes/s, on average over each --network-timeout (slowloris); 0: only silence ends it, as in tusd",
          "Timeouts"),
@@ -341,6 +352,9 @@ _FLAGS = [
          "Limits"),
     # output
     Flag("verbose", parse_bool, True, "Log every request", "Output"),
+    Flag("show-startup-logs", parse_bool, True, "Log the start-up lines (what pytusd serves, with which storage, "
+         "and 'You can now upload files to: URL'); false hides them (warnings and errors are always logged)",
+         "Output"),
     Flag("log-format", parse_log_format, "text", "Log format: text or json", "Output"),
     Flag(
         "malloc-tuning",
@@ -363,6 +377,19 @@ _FLAGS = [
 ]
 
 _BOOL_FLAGS = {f.name for f in _FLAGS if f.type is parse_bool}
+
+# tusd flags of features that only a Go program has: each is refused, in one line (exit status 2), with what to use
+# instead, rather than the "unknown flag" a typo gets.
+_PPROF = ("Go's pprof profiler has no Python counterpart in pytusd; profile the running process with py-spy "
+          "(py-spy top --pid PID, py-spy record --pid PID) and its memory with tracemalloc (PYTHONTRACEMALLOC=1)")
+_GO_ONLY_FLAGS = {
+    "expose-pprof": _PPROF,
+    "pprof-path": _PPROF,
+    "pprof-block-profile-rate": _PPROF,
+    "pprof-mutex-profile-rate": _PPROF,
+    "hooks-plugin": "Go plugins cannot be loaded by Python; write the hooks as a Python object and pass it with "
+                    "--hooks-python module:object",
+}
 
 
 def env_name(flag: str) -> str:
@@ -388,6 +415,8 @@ def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None 
         if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
             dashes = "--" if arg.startswith("--") else "-"
             name, has_value, _ = arg[len(dashes):].partition("=")
+            if name in _GO_ONLY_FLAGS and parser is not None:
+                parser.error(f"{dashes}{name} is a tusd (Go) flag pytusd does not take: {_GO_ONLY_FLAGS[name]}")
             if name in known:
                 arg = "--" + arg[len(dashes):]
                 takes_value = not has_value and name not in _BOOL_FLAGS and name not in ("version", "help", "json")
@@ -528,6 +557,7 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
             server_certificate=args.hooks_grpc_server_tls_certificate,
             client_certificate=args.hooks_grpc_client_tls_certificate,
             client_key=args.hooks_grpc_client_tls_key,
+            forward_headers=args.hooks_grpc_forward_headers.split(","),
         )
         bindings.append((grpc_backend, events(args.hooks_grpc_events)))
     if args.hooks_fireboom:
@@ -586,6 +616,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             endpoint=args.s3_endpoint,
             disable_ssl=args.s3_disable_ssl,
             max_pool_connections=max(10, args.s3_concurrent_part_uploads) + 16,
+            transfer_acceleration=args.s3_transfer_acceleration,
         )
         return S3Store(
             args.s3_bucket,
@@ -597,6 +628,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             max_buffered_parts=args.s3_max_buffered_parts,
             concurrent_part_uploads=args.s3_concurrent_part_uploads,
             disable_content_hashes=args.s3_disable_content_hashes,
+            log_api_calls=args.s3_log_api_calls,
         )
     return FileStore(
         args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io
@@ -649,6 +681,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # 0 means "the default", as in tusd.
         network_timeout=args.network_timeout or 60.0,
         acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
+        request_completion_timeout=args.request_completion_timeout or 10.0,
         min_body_rate=args.min_body_rate,
         max_concurrent_uploads=args.max_concurrent_uploads,
         max_uploads_per_client=args.max_uploads_per_client,
@@ -668,6 +701,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def upload_line(
+    base_path: str, *, unix_socket: str = "", tls: bool = False, host: str = "", port: int = 0
+) -> Callable[[Sequence[Any]], str]:
+    """tusd's last start-up line, ``You can now upload files to: <protocol>://<address><base path>``, for the
+    addresses the server listens on (``getsockname()`` of its sockets; ``host`` and ``port`` when it was given
+    none). The address is written as Go writes a listener's (``[::1]:8080`` for IPv6) and the base path as given on
+    the command line, as tusd prints them; for a UNIX socket there is no line (``""``), as in tusd."""
+
+    def line(addresses: Sequence[Any]) -> str:
+        if unix_socket:
+            return ""
+        where, at = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
+        address = f"[{where}]:{at}" if ":" in where else f"{where}:{at}"
+        return f"You can now upload files to: {'https' if tls else 'http'}://{address}{base_path}"
+
+    return line
+
+
 def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.server.workers`)."""
     from .server import workers
@@ -679,7 +730,17 @@ def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             f"--workers {count}: the memory locker cannot coordinate processes (each worker would lock uploads "
             "only against itself); use --locker file (a directory on this host, --upload-dir) or --locker redis"
         )
-    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0)
+    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0,
+                  show_startup_logs=args.show_startup_logs, upload_line=upload_line_from_args(args))
+
+
+def upload_line_from_args(args: argparse.Namespace) -> Callable[[Sequence[Any]], str] | None:
+    """The 'You can now upload files to' line of these flags (see :func:`upload_line`); None with
+    --show-startup-logs=false."""
+    if not args.show_startup_logs:
+        return None
+    return upload_line(args.base_path, unix_socket=args.unix_sock, tls=bool(args.tls_certificate and args.tls_key),
+                       host=args.host, port=args.port)
 
 
 def cleanup(args: argparse.Namespace) -> int:
@@ -757,6 +818,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.run(command, config, args.ids, args.json)
     if bool(args.tls_certificate) != bool(args.tls_key):
         parser.error("--tls-certificate and --tls-key go together")
+    if args.s3_log_api_calls and not args.verbose:
+        parser.error("--s3-log-api-calls logs at the verbose level: it needs --verbose (as in tusd)")
+    if args.enable_h2c and args.tls_certificate:
+        parser.error("--enable-h2c is HTTP/2 without encryption: it cannot be combined with --tls-certificate")
     if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
         logging.getLogger("pytusd").error("%s; exiting", problem)
         return 2
@@ -788,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         network_timeout=config.network_timeout,
         shutdown_timeout=args.shutdown_timeout,
         max_header_size=args.max_header_size,
+        enable_h2c=args.enable_h2c,
     )
     base = config.base_path if "://" in config.base_path else options.url + config.base_path
     banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"
@@ -800,5 +866,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "this %s, use --locker redis (two PATCHes of one upload in two processes would corrupt it)",
             type(config.store).__name__,
         )
-    serve(app, options, banner)
+    from .server import workers
+
+    if not args.show_startup_logs:
+        banner = ""
+    # Under --workers, the parent prints the upload line once, for its listening socket (workers.start).
+    serve(app, options, banner, upload_line_from_args(args) if workers.current() is None else None)
     return 0

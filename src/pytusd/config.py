@@ -95,7 +95,8 @@ class Config:
     - ``behind_proxy``: trust ``X-Forwarded-Host``, ``X-Forwarded-Proto`` and ``Forwarded`` for upload URLs (and
       ``X-Forwarded-For`` for per-client limits).
     - ``network_timeout``: seconds a request body may stay silent. ``acquire_lock_timeout``: seconds to wait for an
-      upload's lock (then 500 ``ERR_LOCK_TIMEOUT``). ``min_body_rate``, ``max_concurrent_uploads``,
+      upload's lock (then 500 ``ERR_LOCK_TIMEOUT``). ``request_completion_timeout``: seconds the store may still
+      take to store what a request received once it ended early (client gone, shutdown, lock handover). ``min_body_rate``, ``max_concurrent_uploads``,
       ``max_uploads_per_client``, ``retry_after``: protection from slow or greedy clients (see the comments next
       to them).
     - ``show_greeting``: ``GET /`` answers a greeting text. ``upload_page``: ``GET /`` serves a browser upload page.
@@ -141,6 +142,10 @@ class Config:
     cors: CorsConfig = dataclasses.field(default_factory=CorsConfig)
     network_timeout: float = 60.0
     acquire_lock_timeout: float = 20.0
+    # tusd's GracefulRequestCompletionTimeout: once a request ended early (the client went away, the server shuts
+    # down, another request wants the upload's lock, a hook stopped it), the store may go on storing what arrived
+    # for this many seconds; then that work is cancelled and the request answers with why it ended.
+    request_completion_timeout: float = 10.0
     # Hostile clients (README "Reliability"). min_body_rate: a body arriving slower than this many bytes/s, on
     # average over each network_timeout of waiting for it, ends with ERR_READ_TIMEOUT (0: only silence counts, as
     # in tusd). max_concurrent_uploads / max_uploads_per_client: at most that many PATCH (or POST with a body)
@@ -184,7 +189,7 @@ class Config:
             raise ValueError("max_size must be >= 0")
         if self.max_metadata_size < 0 or self.max_metadata_pairs < 0 or self.max_concat_partials < 0:
             raise ValueError("max_metadata_size, max_metadata_pairs and max_concat_partials must be >= 0")
-        if self.network_timeout <= 0 or self.acquire_lock_timeout <= 0:
+        if self.network_timeout <= 0 or self.acquire_lock_timeout <= 0 or self.request_completion_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.min_body_rate < 0 or self.max_concurrent_uploads < 0 or self.max_uploads_per_client < 0:
             raise ValueError("min_body_rate, max_concurrent_uploads and max_uploads_per_client must be >= 0")

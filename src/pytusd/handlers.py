@@ -159,8 +159,34 @@ class Handlers:
         here for every flow: nothing is written into a final upload or at any offset but the stored one.
 
         Raises the reason the body ended early (if any) after every received byte is stored and the upload is
-        finished if those bytes completed it.
+        finished if those bytes completed it. Once the request has ended early (the client went away, the server
+        shuts down, another request wants the lock, a hook stopped the upload), that storing may take
+        ``config.request_completion_timeout`` seconds at most (tusd's GracefulRequestCompletionTimeout): then it
+        is cancelled and the reason is raised without an offset (what was stored is what a HEAD says).
         """
+        try:
+            return await self._write_body(request, upload, info, response, offset)
+        except asyncio.CancelledError:
+            body = request.body
+            if body is None or not body.overdue():
+                raise
+            reason = body.error or errors.ERR_SERVER_SHUTDOWN()
+            timeout = self.config.request_completion_timeout
+            log.warning(
+                "upload %s: the storage did not finish within %g s after the request ended (%s); stopped it",
+                info.id, timeout, reason.code,
+                extra=logs.fields(event="RequestCompletionTimeout", upload_id=info.id, reason=reason.code,
+                                  timeout=timeout),
+            )
+            raise reason(f"the request ended and the storage did not finish within {timeout:g} s, so the data "
+                         "received last may not be stored") from None
+        finally:
+            if request.body is not None:
+                request.body.end_completion()
+
+    async def _write_body(
+        self, request: Request, upload: Upload, info: UploadInfo, response: Response, offset: int
+    ) -> UploadInfo:
         self.policy.check_append(info, offset)
         length = request.content_length
         if info.size_is_deferred:
@@ -174,6 +200,7 @@ class Handlers:
         if length is not None:
             limit = min(limit, length)
         body = request.open_body(limit)
+        body.bound_completion(self.config.request_completion_timeout)
         hook_progress = self.hooks is not None and self.hooks.wants("post-receive")
         reports_progress = hook_progress or self.events.wants("progress")
         progress = self._report_progress(request, info, body, hook_progress) if reports_progress else None

@@ -246,7 +246,9 @@ FLAGS = (
     "--host --port --unix-sock --base-path --upload-dir --max-size --behind-proxy --disable-download "
     "--disable-termination --disable-cors --cors-allow-origin --cors-allow-credentials --cors-allow-methods "
     "--cors-allow-headers --cors-expose-headers --cors-max-age --network-timeout --shutdown-timeout "
-    "--acquire-lock-timeout --dir-perms --file-perms --tls-certificate --tls-key --verbose --log-format --version"
+    "--acquire-lock-timeout --dir-perms --file-perms --tls-certificate --tls-key --verbose --log-format --version "
+    "--request-completion-timeout --enable-h2c --show-startup-logs --hooks-grpc-forward-headers "
+    "--s3-transfer-acceleration --s3-log-api-calls"
 ).split()
 
 

@@ -1,9 +1,9 @@
 """Client headers forwarded to hooks (``--hooks-http-forward-headers``) replaced the hook request's own: the hook
 server got ``Host: attacker.example``, ``Transfer-Encoding: chunked`` beside a ``Content-Length``, and a client's
 ``Content-Length: 0`` failed the hook call (500). The rule now (pytusd.hooks.base.hook_request_headers, used by the
-HTTP and Fireboom backends; the gRPC backend sends no client header as metadata at all): forwarded fields are added
-first and can never replace or add framing, routing or pytusd's own fields, and a value that cannot travel in a
-header is dropped.
+HTTP and Fireboom backends, and by the gRPC backend for the call metadata of ``--hooks-grpc-forward-headers``; without
+that flag it sends no client header as metadata at all): forwarded fields are added first and can never replace or
+add framing, routing or pytusd's own fields, and a value that cannot travel in a header is dropped.
 
 The hook servers are real ones on 127.0.0.1: a raw socket server that records the exact bytes of every request
 head, and a gRPC server built from the proto.
@@ -235,3 +235,49 @@ async def test_grpc_hooks_send_no_client_header_as_metadata(client_factory):
         await backend.aclose()
     finally:
         await server.stop(None)
+
+
+async def test_grpc_forward_headers_become_call_metadata_by_the_same_rule(client_factory):
+    """tusd's -hooks-grpc-forward-headers: the named client headers are sent as call metadata (lowercase keys), by
+    the rule of every backend, and never as a key gRPC keeps for itself or a value it cannot carry."""
+    from pytusd.hooks.grpc import GrpcHookBackend
+    from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
+
+    received = []
+
+    class Handler(hook_pb2_grpc.HookHandlerServicer):
+        async def InvokeHook(self, request, context):
+            received.append([(k, v) for k, v in context.invocation_metadata()])
+            return hook_pb2.HookResponse()
+
+    server, port = await start_grpc_hook_server(Handler())
+    try:
+        forward = ["Authorization", "X-Tenant", "x-many", "Host", "Content-Type", "TE", "grpc-timeout", "x-data-bin",
+                   "User-Agent", "X-Latin", "X-Tab", "X-Missing", "X-Request-ID"]
+        backend = GrpcHookBackend(f"127.0.0.1:{port}", backoff=0.01, forward_headers=forward)
+        client = client_factory(hooks=Hooks(backend, ("pre-create",)))
+        sent = [(b"authorization", b"Bearer t"), (b"x-tenant", b"acme"), (b"x-many", b"a"), (b"x-many", b"b"),
+                (b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"grpc-timeout", b"1n"),
+                (b"x-data-bin", b"%%%"), (b"user-agent", b"evil"), (b"x-latin", b"caf\xe9"), (b"x-tab", b"a\tb"),
+                (b"host", b"attacker.example"), (b"x-request-id", b"forged")]
+        status, _, body = await asgi(client.app, "POST", "/files/", [
+            (b"tus-resumable", b"1.0.0"), (b"upload-length", b"1"), *sent])
+        assert status == 201, body
+        [metadata] = received
+        forwarded = [(k, v) for k, v in metadata if k not in ("user-agent", "grpc-accept-encoding", "grpc-timeout")]
+        assert forwarded == [("authorization", "Bearer t"), ("x-tenant", "acme"), ("x-many", "a, b")], metadata
+        assert dict(metadata).get("grpc-timeout", "") != "1n" and "evil" not in dict(metadata).get("user-agent", "")
+        await backend.aclose()
+    finally:
+        await server.stop(None)
+
+
+def test_grpc_forward_headers_flag_reaches_the_backend(tmp_path):
+    from pytusd.cli import _normalise_argv, build_parser, hooks_from_args
+
+    parser = build_parser()
+    argv = ["-hooks-grpc", "127.0.0.1:1", "-hooks-grpc-forward-headers", "Authorization, X-Tenant"]
+    hooks = hooks_from_args(parser.parse_args(_normalise_argv(argv, parser)))
+    [(backend, _)] = hooks.bindings
+    assert backend.forward_headers == ["Authorization", "X-Tenant"]
+    assert hooks_from_args(parser.parse_args(["--hooks-grpc", "127.0.0.1:1"])).bindings[0][0].forward_headers == []

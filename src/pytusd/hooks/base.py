@@ -51,6 +51,17 @@ def may_forward(name: str) -> bool:
             and not lowered.startswith("proxy-"))
 
 
+def forwarded_header_names(names: Iterable[str]) -> list[str]:
+    """A backend's ``forward_headers`` (``--hooks-<backend>-forward-headers``, split at commas): the names given,
+    stripped; the ones :func:`may_forward` refuses are logged once, here, as never forwarded."""
+    names = [name.strip() for name in names if name.strip()]
+    never = [name for name in names if not may_forward(name)]
+    if never:
+        log.warning("hook requests never carry these client headers (pytusd sets or frames them itself, or they are "
+                    "not header names): %s", ", ".join(never))
+    return names
+
+
 def hook_request_headers(
     own: Mapping[str, str], incoming: Mapping[str, Iterable[str]] | None = None, forward: Iterable[str] = ()
 ) -> dict[str, str]:

@@ -3,17 +3,22 @@
 The messages are tusd's hook.proto (``proto/hook.proto`` here, same names and field numbers), so an existing tusd
 gRPC hook server works unchanged. As in tusd's proto, headers carry their first value only and there is no
 ``rejectTermination``. Calls that fail with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED are retried.
-The client's headers travel inside the message only, as data: no call metadata is taken from them, so none can be a
-reserved key (``content-type``, ``te``, ``grpc-*``, ``-bin``). Metadata added here would have to follow the rule of
-:func:`pytusd.hooks.base.hook_request_headers`, with lowercase keys.
+The client's headers travel inside the message, as data. Only the ones named in ``forward_headers`` (tusd's
+``-hooks-grpc-forward-headers``) are also sent as call metadata, as tusd does: by the rule every hook backend
+follows (:func:`pytusd.hooks.base.hook_request_headers`), with lowercase keys, and never a key gRPC reserves
+(``grpc-*``, ``-bin``, ``user-agent``; ``content-type`` and ``te`` are never forwarded anyway) nor a value gRPC
+cannot carry (anything but visible ASCII and spaces), which is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from .. import extras
+from .base import forwarded_header_names, hook_request_headers
 
 try:
     import grpc
@@ -24,6 +29,21 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(extras.missing("gRPC hooks need grpcio and protobuf", "grpc")) from exc
 
 _RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# What gRPC metadata may carry beyond the header rule: keys it keeps for itself, and values of visible ASCII only.
+_RESERVED_KEYS = frozenset({"user-agent", "content-type", "te"})
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+def call_metadata(request: dict[str, Any], forward: Iterable[str]) -> list[tuple[str, str]]:
+    """The call metadata of a hook call: the client's header fields named in ``forward`` (see the module)."""
+    incoming = request["Event"]["HTTPRequest"].get("Header") or {}
+    fields = hook_request_headers({}, incoming, forward)
+    return [
+        (key, value)
+        for key, value in ((name.lower(), value) for name, value in fields.items())
+        if key not in _RESERVED_KEYS and not key.startswith("grpc-") and not key.endswith("-bin")
+        and _METADATA_VALUE.fullmatch(value)
+    ]
 
 
 def to_message(hook_type: str, request: dict[str, Any]) -> hook_pb2.HookRequest:
@@ -83,8 +103,10 @@ class GrpcHookBackend:
         server_certificate: str = "",
         client_certificate: str = "",
         client_key: str = "",
+        forward_headers: Iterable[str] = (),
     ) -> None:
         self.target = target
+        self.forward_headers = forwarded_header_names(forward_headers)
         self.retry = retry
         self.backoff = backoff
         self.timeout = timeout
@@ -121,10 +143,11 @@ class GrpcHookBackend:
 
     async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
         message = to_message(hook_type, request)
+        metadata = call_metadata(request, self.forward_headers) if self.forward_headers else None
         attempt = 0
         while True:
             try:
-                return from_message(await self._stub().InvokeHook(message, timeout=self.timeout))
+                return from_message(await self._stub().InvokeHook(message, timeout=self.timeout, metadata=metadata))
             except aio.AioRpcError as exc:
                 if exc.code() not in _RETRIED or attempt >= self.retry:
                     raise RuntimeError(f"gRPC hook {self.target} failed: {exc.code().name} {exc.details()}") from exc

@@ -12,17 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
 from .. import tracing
-from .base import BLOCKING_HOOKS, decode_answer, hook_request_headers, may_forward
-
-log = logging.getLogger("pytusd.hooks")
-
+from .base import BLOCKING_HOOKS, decode_answer, forwarded_header_names, hook_request_headers
 
 class HookHttpError(RuntimeError):
     pass
@@ -90,11 +86,7 @@ class HttpHookBackend:
         verify: bool = True,
     ) -> None:
         self.endpoint = endpoint
-        self.forward_headers = [h.strip() for h in forward_headers if h.strip()]
-        never = [name for name in self.forward_headers if not may_forward(name)]
-        if never:
-            log.warning("hook requests never carry these client headers (pytusd sets or frames them itself, or "
-                        "they are not header names): %s", ", ".join(never))
+        self.forward_headers = forwarded_header_names(forward_headers)
         self.poster = JsonPoster(retry=retry, backoff=backoff, timeout=timeout, size_limit=size_limit, verify=verify)
 
     def __repr__(self) -> str:

@@ -27,7 +27,7 @@ from .framing import (
     FramingTooLarge,
 )
 from .process import raise_open_files_limit, tune_malloc
-from .serve import Server, ServeOptions, apply_tls_mode
+from .serve import Server, ServeOptions, apply_tls_mode, tusd_line
 
 __all__ = [
     "MAX_CHUNK_LINE_SIZE", "MAX_TRAILER_FIELDS", "MAX_TRAILER_SIZE", "ChunkedFraming", "FramingLimits", "FramingTooLarge",
@@ -38,23 +38,28 @@ log = logging.getLogger("pytusd.startup")
 
 
 def serve(app: Any, options: ServeOptions, banner: str,
-          announce: Callable[[list[Any]], None] | None = None) -> None:
-    """Run ``app`` until SIGINT or SIGTERM; log ``banner`` (and call ``announce`` with the bound addresses) once
-    the socket listens. Returns after the graceful stop."""
+          upload_line: Callable[[list[Any]], str] | None = None) -> None:
+    """Run ``app`` until SIGINT or SIGTERM; log ``banner`` (unless empty) once the socket listens, then print the
+    line ``upload_line`` makes of the listening addresses (``getsockname()`` of each socket), unless empty, on
+    stdout as tusd prints it. Returns after the graceful stop."""
     from . import workers
 
     raise_open_files_limit()
     worker = workers.current()
-    if worker is not None:
+    if worker is not None and banner:
         banner += f" [worker {worker.index + 1}/{worker.count}, pid {os.getpid()}]"
     metrics = getattr(app, "metrics", None)
     if metrics is not None:
         metrics.server_counts_connections = True  # connections, not requests, in tusd_connections_open
 
     def listening(addresses: list[Any]) -> None:
-        log.info("%s", banner)
-        if announce is not None:
-            announce(addresses)
+        if banner:
+            text = banner
+            if options.port == 0 and addresses and isinstance(addresses[0], tuple):
+                text = text.replace(options.url, options.url_at(addresses[0][1]), 1)  # the port chosen
+            log.info("%s", text)
+        if upload_line is not None and (line := upload_line(addresses)):
+            tusd_line(line)
 
     server = Server(app, options, listening, worker=worker, metrics=metrics)
     try:

@@ -433,7 +433,7 @@ class H1Connection(asyncio.Protocol):
         self._cancel_timer()
         if transport.is_closing():
             return
-        if lingering and not self.tls and transport.can_write_eof():
+        if lingering and not self.closing and not self.tls and transport.can_write_eof():
             transport.write_eof()
             if not self.reading:
                 self.reading = True
@@ -445,7 +445,10 @@ class H1Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """The server stops: close if idle, else after the current response."""
         self.closing = True
-        if self.cycle is None and self.phase == HEAD and self.head_size == 0:
+        if self.phase == CLOSED:  # lingering after a response: not worth waiting for
+            if self.transport is not None:
+                self.transport.close()
+        elif self.cycle is None and self.phase == HEAD and self.head_size == 0:
             self._close(lingering=False)
 
 

@@ -17,6 +17,8 @@ import signal
 import socket
 import ssl
 import stat
+import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +27,20 @@ from .h1 import H1Connection
 from .framing import MAX_CHUNK_LINE_SIZE, MAX_TRAILER_FIELDS, MAX_TRAILER_SIZE, FramingLimits
 
 log = logging.getLogger("pytusd.startup")
+
+
+def tusd_line(message: str, error: bool = False) -> None:
+    """A line as tusd's command prints it, for the scripts (and tusd's own tests) that wait for it: on stdout
+    (``error``: stderr), after Go's log timestamp (``2006/01/02 15:04:05.000000``). The upload URL once listening,
+    and the shutdown's lines."""
+    now = time.time()
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+    stream = sys.stderr if error else sys.stdout
+    try:
+        stream.write(f"{stamp} {message}\n")
+        stream.flush()
+    except (OSError, ValueError):  # stdout closed or gone: the line is for scripts that read it
+        pass
 
 
 @dataclasses.dataclass
@@ -49,11 +65,14 @@ class ServeOptions:
 
     @property
     def url(self) -> str:
+        return self.url_at(self.port)
+
+    def url_at(self, port: int) -> str:
         if self.unix_socket:
             return f"unix:{self.unix_socket}"
         scheme = "https" if self.tls_certificate else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{host}:{port}"
 
     @property
     def framing_limits(self) -> FramingLimits:
@@ -228,7 +247,8 @@ class Server:
         assert self._stop is not None
         if self._stop.is_set():
             self.forced = True
-            log.info("Received second interrupt signal. Exiting immediately!")
+            if self.worker is None:  # under --workers the parent says so, once
+                tusd_line("Received second interrupt signal. Exiting immediately!")
             os._exit(1)
         self._stop.set()
 
@@ -296,14 +316,17 @@ class Server:
                 await asyncio.wait_for(state.idle.wait(), self.options.shutdown_timeout)
             except asyncio.TimeoutError:
                 self.timed_out = True
-                log.error("Shutdown timeout exceeded. Exiting immediately!")
+                log.warning("shutdown: %d connection(s) still open after --shutdown-timeout; closing them",
+                            len(state.connections))
+                if self.worker is None:
+                    tusd_line("Shutdown timeout exceeded. Exiting immediately!", error=True)
                 for conn in list(state.connections):
                     if conn.transport is not None:
                         conn.transport.abort()
                 for task in list(state.tasks):
                     task.cancel()
-        if not self.timed_out:
-            log.info("Shutdown completed. Goodbye!")
+        if not self.timed_out and self.worker is None:
+            tusd_line("Shutdown completed. Goodbye!")
 
     def run(self, sockets: Iterable[socket.socket] | None = None) -> None:
         """Serve in a new event loop (uvloop's where installed) until SIGINT or SIGTERM asks for the graceful stop
@@ -326,8 +349,9 @@ class Server:
 
         def received(sig: int, graceful_only: bool = False) -> None:
             if not stop.is_set():
-                log.info("Received interrupt signal. Shutting down pytusd... (%s; open uploads store what they have)",
-                         signal.Signals(sig).name)
+                log.info("shutting down (%s): open uploads store what they have", signal.Signals(sig).name)
+                if self.worker is None:  # under --workers the parent says so, once
+                    tusd_line("Received interrupt signal. Shutting down pytusd...")
             elif graceful_only:
                 return
             self._stop_requested()

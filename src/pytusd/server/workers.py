@@ -60,6 +60,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .serve import tusd_line
+
 log = logging.getLogger("pytusd.startup")
 
 GRACEFUL_SIGNAL = signal.SIGUSR2
@@ -224,8 +226,13 @@ class _Child:
 
 
 class _Supervisor:
-    def __init__(self, count: int, sockets: list[socket.socket], unix_socket: str, shutdown_timeout: float) -> None:
+    def __init__(
+        self, count: int, sockets: list[socket.socket], unix_socket: str, shutdown_timeout: float,
+        show_startup_logs: bool = True, upload_line: Callable[[list[Any]], str] | None = None,
+    ) -> None:
         self.count = count
+        self.show_startup_logs = show_startup_logs
+        self.upload_line = upload_line
         self.sockets = sockets
         self.unix_socket = unix_socket
         self.shutdown_timeout = shutdown_timeout
@@ -233,6 +240,8 @@ class _Supervisor:
         self.children: dict[int, _Child] = {}
         self.restarts: list[tuple[float, int]] = []  # (when, index)
         self.stopping = False
+        self.forced = False  # a second signal: the workers quit at once
+        self.killed = False  # workers outlived the stop and were killed
         self.starting = True
         self.kill_at = 0.0
         self.status = 0
@@ -436,6 +445,10 @@ class _Supervisor:
                     log.info(
                         "pytusd: %s: stopping %d worker(s) gracefully", signal.Signals(signum).name, len(self.children)
                     )
+                    tusd_line("Received interrupt signal. Shutting down pytusd...")
+                elif not self.forced:
+                    self.forced = True
+                    tusd_line("Received second interrupt signal. Exiting immediately!")
                 self._stop()
 
     # -- the parent's life ----------------------------------------------------------------------------------------
@@ -450,15 +463,19 @@ class _Supervisor:
         try:
             self._start_all()
             self.starting = False
-            if not self.stopping:
+            if not self.stopping and self.show_startup_logs:
                 log.info("pytusd: %d workers ready (pids %s)", self.count,
                          " ".join(str(c.pid) for c in sorted(self.children.values(), key=lambda c: c.index)))
+            if not self.stopping and self.upload_line is not None:
+                if line := self.upload_line([sock.getsockname() for sock in self.sockets]):
+                    tusd_line(line)
             while self.children or (self.restarts and not self.stopping):
                 now = time.monotonic()
                 if self.stopping and now >= self.kill_at:
                     log.error("pytusd: workers still running %.0f s after the stop; killing them",
                               self.shutdown_timeout + _KILL_GRACE)
                     self._signal_children(signal.SIGKILL)
+                    self.killed = True
                     self.kill_at = now + 3600
                 self._wait(1.0)
         except _Forked as forked:
@@ -466,6 +483,8 @@ class _Supervisor:
         finally:
             if os.getpid() == self.pid:
                 self._cleanup()
+        if self.status == 0 and not self.forced and not self.killed:
+            tusd_line("Shutdown completed. Goodbye!")
         raise SystemExit(self.status)
 
     def _start_all(self) -> None:
@@ -496,13 +515,17 @@ class _Supervisor:
             shutil.rmtree(self.owned_metrics_dir, ignore_errors=True)
 
 
-def start(count: int, host: str, port: int, unix_socket: str, shutdown_timeout: float) -> None:
+def start(
+    count: int, host: str, port: int, unix_socket: str, shutdown_timeout: float, *,
+    show_startup_logs: bool = True, upload_line: Callable[[list[Any]], str] | None = None,
+) -> None:
     """Fork ``count`` workers behind one listening socket. Returns only in a worker (see :func:`current`); the
-    parent supervises them and exits with ``SystemExit`` when they are done."""
+    parent supervises them and exits with ``SystemExit`` when they are done. Once they are ready it logs so
+    (unless ``show_startup_logs`` is false), then the line ``upload_line`` makes of its listening addresses."""
     global _current
     try:
         sockets = bind_sockets(host, port, unix_socket)
     except WorkersError as exc:
         print(f"pytusd: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    _current = _Supervisor(count, sockets, unix_socket, shutdown_timeout).run()
+    _current = _Supervisor(count, sockets, unix_socket, shutdown_timeout, show_startup_logs, upload_line).run()

@@ -37,11 +37,12 @@ import functools
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .. import errors, extras
+from .. import errors, extras, logs
 from ..protocol import new_upload_id
 from ..types import UploadInfo
 from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
@@ -391,6 +392,7 @@ class S3Store:
         concurrent_part_uploads: int = 10,
         disable_content_hashes: bool = False,
         temp_dir: str | None = None,
+        log_api_calls: bool = False,
     ) -> None:
         if min_part_size > part_size:
             raise ValueError("the minimum part size cannot exceed the part size")
@@ -408,14 +410,21 @@ class S3Store:
         self._send = Blocking(self.concurrent_part_uploads, "pytusd-s3-part")
         self._part_slots: asyncio.Semaphore | None = None
         self._http: Any = None
+        # tusd's -s3-log-api-calls: one line per S3 API call (log_api_calls below), presigned part uploads included.
+        self.log_api_calls = log_api_calls
+        if log_api_calls:
+            log_api_calls_of(client)
 
     async def ready(self) -> None:
         """Readiness (``/ready``): the bucket answers HeadBucket."""
         await self._call(self.client.head_bucket, Bucket=self.bucket)
 
     def __repr__(self) -> str:
-        where = getattr(getattr(self.client, "meta", None), "endpoint_url", "")
-        return f"S3Store({self.bucket!r}, prefix={self.object_prefix!r}, endpoint={where!r})"
+        meta = getattr(self.client, "meta", None)
+        where = getattr(meta, "endpoint_url", "")
+        accelerated = (getattr(getattr(meta, "config", None), "s3", None) or {}).get("use_accelerate_endpoint")
+        more = ", transfer acceleration" if accelerated else ""
+        return f"S3Store({self.bucket!r}, prefix={self.object_prefix!r}, endpoint={where!r}{more})"
 
     # -- keys -----------------------------------------------------------------------------------------------------
 
@@ -477,7 +486,17 @@ class S3Store:
         if spool is not None:
             spool.seek(0)
             content = iter(functools.partial(spool.read, READ_BLOCK), b"")
-        response = self._http.put(url, content=content, headers={"Content-Length": str(size)})
+        started = time.perf_counter()
+        try:
+            response = self._http.put(url, content=content, headers={"Content-Length": str(size)})
+        except Exception as exc:
+            if self.log_api_calls:
+                _log_call("UploadPart", started, key=self.object_key(upload.object_id), part=number,
+                          error=errors.one_line(exc), presigned=True)
+            raise
+        if self.log_api_calls:
+            _log_call("UploadPart", started, status=response.status_code, key=self.object_key(upload.object_id),
+                      part=number, presigned=True)
         if response.status_code != 200:
             raise errors.ERR_INTERNAL_SERVER_ERROR(
                 f"S3 answered {response.status_code} to a presigned part upload: {response.text[:200]}"
@@ -822,15 +841,55 @@ class S3Store:
             raise _storage_error(exc) from exc
 
 
+def _log_call(operation: str, started: float, **details: Any) -> None:
+    duration = round((time.perf_counter() - started) * 1000, 1)
+    outcome = details.get("error") or details.get("status") or "done"
+    log.info("S3 %s: %s in %.1f ms", operation, outcome, duration,
+             extra=logs.fields(event="S3APICall", operation=operation, duration_ms=duration, **details))
+
+
+def log_api_calls_of(client: Any) -> None:
+    """Log every API call ``client`` makes from now on, one line each when it is done (tusd's -s3-log-api-calls):
+    the operation, how long it took (its retries included), the HTTP status or the error, and the object key and
+    part number. Uses botocore's public event hooks; the lines go to the ``pytusd.s3`` logger at INFO, so they show
+    with --verbose."""
+    if getattr(client, "_pytusd_logs_calls", False):
+        return
+    client._pytusd_logs_calls = True
+
+    def start(params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["pytusd_call"] = (model.name, time.perf_counter(), params.get("Key"), params.get("PartNumber"))
+
+    def done(context: dict[str, Any], **details: Any) -> None:
+        call = context.get("pytusd_call")
+        if call is not None:
+            operation, started, key, part = call
+            _log_call(operation, started, **details, key=key, part=part)
+
+    def after(parsed: Any, context: dict[str, Any], **_: Any) -> None:
+        done(context, status=(parsed or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+    def after_error(exception: Exception, context: dict[str, Any], **_: Any) -> None:
+        done(context, error=errors.one_line(exception))
+
+    events = client.meta.events
+    events.register_first("before-parameter-build.s3", start)
+    events.register_last("after-call.s3", after)
+    events.register_last("after-call-error.s3", after_error)
+
+
 def make_client(
     *,
     endpoint: str | None = None,
     region: str | None = None,
     disable_ssl: bool = False,
     max_pool_connections: int = 32,
+    transfer_acceleration: bool = False,
 ) -> Any:
     """A boto3 S3 client with credentials and region from the standard AWS chain (environment, shared config and
     credentials files, instance metadata). A custom endpoint gets path-style addressing, as tusd does.
+    ``transfer_acceleration``: use the bucket's S3 Transfer Acceleration endpoint (tusd's -s3-transfer-acceleration;
+    the bucket must have it enabled).
 
     ``max_pool_connections`` must be at least the store's ``concurrent_part_uploads`` plus a few for metadata
     requests; with fewer, urllib3 opens and discards extra connections without a visible warning."""
@@ -840,8 +899,14 @@ def make_client(
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError(extras.missing("the S3 store needs boto3", "s3")) from exc
     session = boto3.session.Session()
+    s3_options: dict[str, Any] = {"addressing_style": "path"} if endpoint else {}
+    if transfer_acceleration:
+        if endpoint:
+            raise ValueError("S3 transfer acceleration is AWS's own endpoint: it cannot be combined with a custom "
+                             "endpoint (--s3-endpoint)")
+        s3_options["use_accelerate_endpoint"] = True
     config = BotoConfig(
-        s3={"addressing_style": "path"} if endpoint else {},
+        s3=s3_options,
         max_pool_connections=max_pool_connections,
         retries={"max_attempts": 5, "mode": "standard"},
         # CRC checksums on every request are AWS's newer default; not every S3 implementation accepts them, and the
@@ -861,4 +926,4 @@ def make_client(
     )
 
 
-__all__ = ["PartPlan", "S3Store", "S3Upload", "make_client"]
+__all__ = ["PartPlan", "S3Store", "S3Upload", "log_api_calls_of", "make_client"]
