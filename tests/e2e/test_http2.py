@@ -113,19 +113,24 @@ def test_curl_uploads_and_downloads_over_http2(pytusd_factory, tls_cert, tmp_pat
     assert last == "2 200" and target.read_bytes() == data
 
 
-def test_h2load_creates_uploads_on_many_streams(pytusd_factory):
+def test_h2load_creates_uploads_on_many_streams(pytusd_factory, tmp_path):
+    """300 creations with upload (10 bytes each), 20 streams at a time on each of 3 connections."""
     h2load = require("h2load")
     server = pytusd_factory("-enable-h2c")
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"0123456789")
     done = subprocess.run(
         [h2load, "-n", "300", "-c", "3", "-m", "20", "-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Length: 10",
-         "-d", "/dev/null", server.url],
+         "-H", "Content-Type: application/offset+octet-stream", "-d", str(body), server.url],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     # h2load's summary: "requests: 300 total, 300 started, 300 done, 300 succeeded, 0 failed, ..." and the statuses
     assert "300 succeeded, 0 failed" in done.stdout, done.stdout
     assert "status codes: 300 2xx" in done.stdout, done.stdout
-    assert len(list(server.upload_dir.glob("*.info"))) == 300
+    infos = list(server.upload_dir.glob("*.info"))
+    assert len(infos) == 300
+    assert all(info.with_suffix("").read_bytes() == b"0123456789" for info in infos)
 
 
 def test_a_stalled_stream_holds_up_no_other_stream(pytusd_factory):

@@ -410,7 +410,12 @@ class H1Connection(asyncio.Protocol):
 
     def response_done(self, cycle: Cycle) -> None:
         """The response is on its way: take the next request, or close."""
-        if self.cycle is not cycle or self.phase == CLOSED:
+        if self.cycle is not cycle:
+            return
+        if self.phase == CLOSED:  # the framing failed meanwhile (the app's answer went out instead): close
+            self.cycle = None
+            if not self.transport.is_closing() and self.timer is None:
+                self.transport.close()
             return
         if not cycle.keep_alive or self.closing or self.phase != DONE or self.splicing is not None:
             self._close(lingering=self.phase != DONE)
