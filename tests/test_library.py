@@ -507,6 +507,7 @@ PUBLIC_MODULES = [
     "src/pytusd/__init__.py", "src/pytusd/config.py", "src/pytusd/app.py", "src/pytusd/types.py",
     "src/pytusd/errors.py", "src/pytusd/stores/base.py", "src/pytusd/lockers/base.py", "src/pytusd/events.py",
     "src/pytusd/metrics.py", "src/pytusd/routing.py",
+    "src/pytusd/server",  # the command's own HTTP server, whole
 ]
 
 

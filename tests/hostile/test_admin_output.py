@@ -147,7 +147,7 @@ def test_logs_stay_one_line_per_record(pytusd_factory, log_format):
     lines = text.split("\n")
     assert lines[-1] == ""
     assert hidden(text) == [], [hex(ord(c)) for c in hidden(text)]
-    # tusd's own fixed lines (on stdout, as tusd prints them: pytusd.server.serve.tusd_line) are not log records
+    # tusd's own fixed lines (on stdout, as tusd prints them: pytusd.server.lifecycle.tusd_line) are not log records
     tusd_lines = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} (You can now upload files to: http://127\.0\.0\.1:"
                             r"\d+/files/|Received interrupt signal\. Shutting down pytusd\.\.\.|Shutdown completed\. Goodbye!)$")
     assert len([line for line in lines if tusd_lines.match(line)]) == 3, lines

@@ -6,7 +6,7 @@ any ASGI server can serve).
 - :mod:`.splice`: request bodies moved from the socket into a file by ``splice(2)``;
 - :mod:`.h2`: HTTP/2 over TLS (ALPN) and cleartext (h2c, prior knowledge) on the ``h2`` library;
 - :mod:`.asgi`: the ASGI scope and what the protocols share;
-- :mod:`.serve`: listening, TLS, the lifespan, signals and graceful shutdown;
+- :mod:`.lifecycle`: listening, TLS, the lifespan, signals and graceful shutdown;
 - :mod:`.workers`: ``--workers N``, pre-forked processes behind one socket;
 - :mod:`.process`: open-files limit and allocator tuning.
 """
@@ -27,7 +27,7 @@ from .framing import (
     FramingTooLarge,
 )
 from .process import raise_open_files_limit, tune_malloc
-from .serve import Server, ServeOptions, apply_tls_mode, tusd_line
+from .lifecycle import Server, ServeOptions, apply_tls_mode, tusd_line
 
 __all__ = [
     "MAX_CHUNK_LINE_SIZE", "MAX_TRAILER_FIELDS", "MAX_TRAILER_SIZE", "ChunkedFraming", "FramingLimits", "FramingTooLarge",

@@ -45,7 +45,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class H1Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection (``state`` is the server's shared :class:`pytusd.server.serve.ServerState`)."""
+    """One HTTP/1.1 connection (``state`` is the server's shared :class:`pytusd.server.lifecycle.ServerState`)."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -85,7 +85,7 @@ class H1Connection(asyncio.Protocol):
 
     # -- the transport's callbacks ----------------------------------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.tls = transport.get_extra_info("ssl_object") is not None
         self.scheme = "https" if self.tls else "http"

@@ -128,28 +128,27 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
             return
         for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
+            if isinstance(event, h2.events.DataReceived):
                 self._data(event)
-            elif kind is h2.events.RequestReceived:
+            elif isinstance(event, h2.events.RequestReceived):
                 self._request(event)
-            elif kind is h2.events.StreamEnded:
-                stream = self.streams.get(event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self.streams.get(event.stream_id or 0)
                 if stream is not None:
                     stream.ended()
-            elif kind is h2.events.TrailersReceived:
-                stream = self.streams.get(event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                stream = self.streams.get(event.stream_id or 0)
                 if stream is not None:
-                    stream.trailers.extend((bytes(n).lower(), bytes(v)) for n, v in event.headers)
-            elif kind is h2.events.StreamReset:
-                stream = self.streams.pop(event.stream_id, None)
+                    stream.trailers.extend((bytes(n).lower(), bytes(v)) for n, v in event.headers or ())
+            elif isinstance(event, h2.events.StreamReset):
+                stream = self.streams.pop(event.stream_id or 0, None)
                 if stream is not None:
                     stream.gone()
-            elif kind is h2.events.WindowUpdated:
-                self._window_opened(event.stream_id)
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_opened(event.stream_id or 0)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._window_opened(0)  # the initial window may have grown
-            elif kind is h2.events.ConnectionTerminated:
+            elif isinstance(event, h2.events.ConnectionTerminated):
                 self.flush()
                 self.transport.close()
                 return

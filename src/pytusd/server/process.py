@@ -49,6 +49,5 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024) == 1
-    ok = mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024) == 1 and ok
-    return ok
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024) == 1)
+    return bool(mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024) == 1) and ok

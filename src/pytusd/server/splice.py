@@ -56,7 +56,8 @@ class Splicer:
         if cycle.expect_continue:  # as receive() does before the first read of the body
             cycle.expect_continue = False
             conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        chunks, cycle.body, cycle.pending = cycle.body, [], 0
+        chunks: list[bytes] = cycle.body
+        cycle.body, cycle.pending = [], 0
         return chunks
 
     def body_left(self) -> int:
@@ -88,7 +89,7 @@ class Splicer:
     def stop_splice(self) -> asyncio.Future[None] | None:
         """Stop splicing. Returns a future that is done once nothing writes to the file any more (a pool thread may
         be storing what it read from the socket already), or None when no splice was running."""
-        splicing = self.conn.splicing
+        splicing: _Splice | None = self.conn.splicing
         if splicing is None:
             return None
         splicing.finish(None)

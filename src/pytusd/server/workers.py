@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .serve import tusd_line
+from .lifecycle import tusd_line
 
 log = logging.getLogger("pytusd.startup")
 
@@ -203,7 +203,7 @@ def _multiprocess_metrics_dir() -> str | None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
-    values.ValueClass = values.get_value_class()
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return directory
 
 
@@ -340,7 +340,7 @@ class _Supervisor:
                 from prometheus_client import multiprocess
 
                 with contextlib.suppress(OSError):
-                    multiprocess.mark_process_dead(pid, self.metrics_dir)
+                    multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             code = os.waitstatus_to_exitcode(wait_status)
             how = f"exited with status {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
             if self.stopping:

@@ -229,7 +229,7 @@ class Server:
         self.announce = announce
         self.worker = worker
         self.metrics = metrics
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[asyncio.Server] = []
         self.forced = False
         self.timed_out = False
         self._stop: asyncio.Event | None = None
@@ -371,5 +371,5 @@ class Server:
                 loop.remove_signal_handler(sig)
 
 
-def _addresses(server: asyncio.AbstractServer) -> list[Any]:
+def _addresses(server: asyncio.Server) -> list[Any]:
     return [sock.getsockname() for sock in server.sockets]
