@@ -8,6 +8,7 @@ booleans take ``--flag``, ``--flag=true`` or ``--flag=false``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -796,6 +797,22 @@ def check_backends(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``pytusd`` command. Once the server has stopped gracefully (everything stored, hooks and logs flushed),
+    it exits at once, as tusd does, instead of tearing the interpreter down object by object (about 0.1 s)."""
+    code = main()
+    if _served:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
+_served = False  # main() ran the server to its end
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
@@ -872,4 +889,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         banner = ""
     # Under --workers, the parent prints the upload line once, for its listening socket (workers.start).
     serve(app, options, banner, upload_line_from_args(args) if workers.current() is None else None)
+    global _served
+    _served = True
     return 0
