@@ -7,6 +7,7 @@ request trailers, splicing a body into a file, and interim (1xx) responses.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import http
 import logging
@@ -131,7 +132,7 @@ async def run_app(
     except BaseException as exc:  # noqa: BLE001 - any failure of the app is this request's alone
         if isinstance(exc, ResponseError):
             log.error("the app's response cannot be sent: %s", exc)
-        elif not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        elif not isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):  # not the server's cancel
             log.exception("the app failed on %s %s", scope.get("method"), scope.get("path"))
         return exc
     return None

@@ -34,6 +34,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAM_WINDOW = 256 * 1024  # body bytes a stream may have in flight (unread by the app)
 MAX_STREAMS = 100  # concurrent streams per connection (Go's server allows 250; memory is window x streams)
 CONNECTION_WINDOW = 16 * 1024 * 1024  # handed back on arrival, so only stream windows throttle
+REFUSED_LIMIT = 10 * MAX_STREAMS  # streams refused on one connection before it is closed as abusive
 # Connection-specific fields HTTP/2 forbids (RFC 9113 section 8.2.2): dropped from the app's response headers.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
@@ -55,6 +56,7 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self.closed = False
         self.closing = False
+        self.refused = 0  # streams refused because MAX_STREAMS requests were still running
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -141,9 +143,9 @@ class H2Connection(asyncio.Protocol):
                 if stream is not None:
                     stream.trailers.extend((bytes(n).lower(), bytes(v)) for n, v in event.headers or ())
             elif isinstance(event, h2.events.StreamReset):
-                stream = self.streams.pop(event.stream_id or 0, None)
+                stream = self.streams.get(event.stream_id or 0)
                 if stream is not None:
-                    stream.gone()
+                    stream.gone()  # it keeps its place in self.streams until its app task is done
             elif isinstance(event, h2.events.WindowUpdated):
                 self._window_opened(event.stream_id or 0)
             elif isinstance(event, h2.events.RemoteSettingsChanged):
@@ -156,6 +158,17 @@ class H2Connection(asyncio.Protocol):
 
     def _request(self, event: Any) -> None:
         self._cancel_idle()
+        if len(self.streams) >= MAX_STREAMS or self.closing:
+            # Streams the client reset are not counted by h2 any more, but their requests may still run: a
+            # client that opens and resets streams without end (rapid reset, CVE-2023-44487) gets no more
+            # running requests than MAX_STREAMS, and the rest are refused (the client may retry them).
+            self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.refused += 1
+            if self.refused > REFUSED_LIMIT:
+                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                self.flush()
+                self.transport.close()
+            return
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         for name, value in event.headers:
