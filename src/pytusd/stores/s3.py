@@ -38,6 +38,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -848,14 +849,17 @@ def _log_call(operation: str, started: float, **details: Any) -> None:
              extra=logs.fields(event="S3APICall", operation=operation, duration_ms=duration, **details))
 
 
+_LOGGED_CLIENTS: weakref.WeakSet[Any] = weakref.WeakSet()  # the clients log_api_calls_of() hooked already
+
+
 def log_api_calls_of(client: Any) -> None:
     """Log every API call ``client`` makes from now on, one line each when it is done (tusd's -s3-log-api-calls):
     the operation, how long it took (its retries included), the HTTP status or the error, and the object key and
     part number. Uses botocore's public event hooks; the lines go to the ``pytusd.s3`` logger at INFO, so they show
     with --verbose."""
-    if getattr(client, "_pytusd_logs_calls", False):
+    if client in _LOGGED_CLIENTS:
         return
-    client._pytusd_logs_calls = True
+    _LOGGED_CLIENTS.add(client)
 
     def start(params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         context["pytusd_call"] = (model.name, time.perf_counter(), params.get("Key"), params.get("PartNumber"))
