@@ -198,3 +198,20 @@ def test_104_before_the_body_over_http2(pytusd_factory):
         client.close()
     assert answer.status == 201 and answer.headers["location"] == location
     assert (server.upload_dir / location.rsplit("/", 1)[1]).read_bytes() == b"0123456789"
+
+
+def test_100_continue_over_http2(pytusd_factory):
+    server = pytusd_factory("-enable-h2c")
+    url = httpx.post(server.url, headers={**TUS, "Upload-Length": "5"}).headers["location"]
+    client = H2Client(server.port)
+    try:
+        stream = client.request("PATCH", httpx.URL(url).path, {**tus_patch_headers(0, 5), "Expect": "100-continue"},
+                                end=False)
+        while not client.answers[stream].interim:  # the body waits for it
+            client.pump()
+        assert client.answers[stream].interim[0][0] == 100
+        client.send(stream, b"hello", end=True)
+        answer = client.wait(stream)
+    finally:
+        client.close()
+    assert answer.status == 204 and answer.headers["upload-offset"] == "5"

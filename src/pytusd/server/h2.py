@@ -195,6 +195,8 @@ class H2Connection(asyncio.Protocol):
         self.streams[event.stream_id] = stream
         if event.stream_ended is not None:
             stream.more_body = False
+        elif any(name == b"expect" and value.strip().lower() == b"100-continue" for name, value in headers):
+            stream.expect_continue = True
         self.state.start_request(self, stream)
 
     def _data(self, event: Any) -> None:
@@ -263,7 +265,7 @@ class Stream:
 
     __slots__ = (
         "conn", "stream_id", "scope", "trailers", "body", "sizes", "more_body", "waiter", "disconnected",
-        "started", "complete", "head_only", "headers", "final_sent", "window",
+        "started", "complete", "head_only", "headers", "final_sent", "window", "expect_continue",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, scope: dict[str, Any],
@@ -283,6 +285,7 @@ class Stream:
         self.headers: list[tuple[bytes, bytes]] | None = None  # the response's, sent with the first data
         self.final_sent = False
         self.window: asyncio.Future[None] | None = None  # waiting for the client's flow-control window
+        self.expect_continue = False  # the client waits for 100 Continue before it sends the body
 
     def piece(self, data: bytes, size: int) -> None:
         if self.complete:
@@ -321,6 +324,10 @@ class Stream:
         await waiter
 
     async def receive(self) -> dict[str, Any]:
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.started:
+                await self.send({"type": "pytusd.response.informational", "status": 100, "headers": []})
         while not self.body and self.more_body and not self.disconnected:
             await self._wait()
         if self.body:
