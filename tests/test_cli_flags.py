@@ -3,6 +3,8 @@ ones, which are refused with what to use instead."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pytusd.cli import _GO_ONLY_FLAGS, _normalise_argv, build_parser, main
@@ -126,14 +128,17 @@ def start_and_stop(tmp_path, *flags: str, until: str = "") -> str:
 def test_startup_lines_end_with_tusds_upload_line(tmp_path):
     lines = start_and_stop(tmp_path, until="You can now").splitlines()
     banner = next(i for i, line in enumerate(lines) if "serving uploads at" in line)
-    assert 'msg="You can now upload files to: http://127.0.0.1:PORT/files/"' in lines[banner + 1]
+    # on stdout as tusd prints it: Go's log timestamp, then the line (pytusd.server.lifecycle.tusd_line)
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} You can now upload files to: http://127\.0\.0\.1:PORT/files/",
+                        lines[banner + 1]), lines[banner + 1]
 
 
 @pytest.mark.e2e
 def test_show_startup_logs_false_hides_them_but_not_the_shutdown(tmp_path):
     log = start_and_stop(tmp_path, "-show-startup-logs=false")
     assert "serving uploads at" not in log and "You can now upload files to" not in log, log
-    assert "shutting down (signal SIGTERM)" in log, log
+    assert "shutting down (SIGTERM)" in log and "Received interrupt signal. Shutting down pytusd..." in log, log
+    assert "Shutdown completed. Goodbye!" in log, log
 
 
 @pytest.mark.e2e
