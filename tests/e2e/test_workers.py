@@ -336,6 +336,10 @@ def test_unix_socket_and_tls(tmp_path, tls_cert):
         for _ in range(4):  # new connections: both workers do TLS
             r = httpx.post(f"https://127.0.0.1:{port}/files/", headers={**TUS, "Upload-Length": "1"}, verify=False)
             assert r.status_code == 201 and r.headers["location"].startswith(f"https://127.0.0.1:{port}/files/")
+        for _ in range(4):  # and HTTP/2 by ALPN
+            with httpx.Client(http2=True, verify=False) as client:
+                r = client.post(f"https://127.0.0.1:{port}/files/", headers={**TUS, "Upload-Length": "1"})
+                assert r.status_code == 201 and r.http_version == "HTTP/2"
         # A client that never completes the handshake does not stop the others.
         with socket.create_connection(("127.0.0.1", port)) as bad:
             bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
