@@ -110,9 +110,11 @@ class H1Connection(asyncio.Protocol):
         self._cancel_timer()
         self.phase = CLOSED
         conn = H2Connection(self.state)
+        self.state.replace(self, conn)
         self.transport.set_protocol(conn)
         conn.take_over(self.transport, data)
-        self.state.replace(self, conn)
+        if self.state.stopping:
+            conn.shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED

@@ -155,8 +155,6 @@ class ServerState:
         """A connection changed protocols (HTTP/1.1 to HTTP/2): the same connection, counted once."""
         self.connections.discard(old)
         self.connections.add(new)
-        if self.stopping:
-            new.shutdown()
 
     def start_request(self, conn: Any, cycle: Any) -> None:
         task = self.loop.create_task(cycle.run(self.app))
