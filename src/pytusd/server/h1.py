@@ -53,7 +53,7 @@ class H1Connection(asyncio.Protocol):
         self.loop: asyncio.AbstractEventLoop = state.loop
         self.transport: Any = None
         self.phase = HEAD
-        self.head_parts: list[bytes] = []
+        self.head_buf = bytearray()  # the request head so far, when it came in several reads
         self.head_size = 0
         self.head_tail = b""
         self.body_left = 0  # BODY: bytes of the body still to come
@@ -80,6 +80,8 @@ class H1Connection(asyncio.Protocol):
         self._chunked = False
         self._expect = False
         self._connection = b""
+        self._codings = False  # a transfer coding other than chunked
+        self._hosts = 0  # Host header fields
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._headers_done = False
 
@@ -213,12 +215,16 @@ class H1Connection(asyncio.Protocol):
             return b""
         self.head_size += size
         if end < 0:
-            self.head_parts.append(data)
+            self.head_buf += data
             self.head_tail = (self.head_tail + data[-2:])[-2:]
             return b""
-        self.head_parts.append(data[:end] if end < len(data) else data)
-        head = self.head_parts[0] if len(self.head_parts) == 1 else b"".join(self.head_parts)
-        self.head_parts, self.head_size, self.head_tail = [], 0, b""
+        if self.head_buf:
+            self.head_buf += data[:end]
+            head = bytes(self.head_buf)
+            self.head_buf = bytearray()
+        else:
+            head = data[:end] if end < len(data) else data
+        self.head_size, self.head_tail = 0, b""
         self._parse_head(normalize_head(head))
         return data[end:] if end < len(data) else b""
 
@@ -226,6 +232,7 @@ class H1Connection(asyncio.Protocol):
         self._cancel_timer()
         self._target, self._headers, self._length, self._chunked, self._expect = b"", [], None, False, False
         self._trailers, self._headers_done, self._connection = None, False, b""
+        self._codings, self._hosts = False, 0
         parser = self.parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(head)
@@ -236,6 +243,12 @@ class H1Connection(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             self._reject(505, "HTTP version not supported")
+            return
+        if self._codings:
+            self._reject(501, "unsupported transfer encoding")
+            return
+        if version == "1.1" and self._hosts != 1:  # RFC 9112 section 3.2, as Go's server refuses them
+            self._reject(400, "missing required Host header" if not self._hosts else "too many Host headers")
             return
         method = parser.get_method().decode("latin-1")
         target = split_target(self._target)
@@ -288,7 +301,12 @@ class H1Connection(asyncio.Protocol):
                 raise httptools.HttpParserError("invalid Content-Length")
             self._length = int(value)
         elif name == b"transfer-encoding":
-            self._chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+            self._chunked = bool(codings) and codings[-1] == b"chunked"
+            if any(c != b"chunked" for c in codings):
+                self._codings = True  # one this server cannot decode: 501, as Go answers
+        elif name == b"host":
+            self._hosts += 1
         elif name == b"connection":
             self._connection += b"," + value
         elif name == b"expect":
@@ -403,10 +421,16 @@ class H1Connection(asyncio.Protocol):
             self.transport.close()  # silent between requests, or a head that did not complete in time
 
     async def drain(self) -> None:
-        if self.write_paused and self.phase != CLOSED:
+        """Wait while the client does not read what was written. A client that reads nothing for twice the network
+        timeout is gone (tusd's write deadline): the connection is dropped, and the request sees a disconnect."""
+        if self.write_paused and not self.transport.is_closing():
             if self.drained is None:
                 self.drained = self.loop.create_future()
-            await self.drained
+            try:
+                await asyncio.wait_for(asyncio.shield(self.drained), 2 * self.options.network_timeout)
+            except asyncio.TimeoutError:
+                log.info("dropping a connection whose client read nothing for %.0f s", 2 * self.options.network_timeout)
+                self.transport.abort()
 
     # -- the end of a response --------------------------------------------------------------------------------------
 
@@ -564,6 +588,7 @@ class Cycle:
             else:
                 self.complete = True
                 self.wake()
+                await conn.drain()  # a pipelining client that reads nothing gets no further answers meanwhile
                 conn.response_done(self)
         elif kind == "http.response.start":
             if self.started:

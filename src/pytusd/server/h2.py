@@ -12,6 +12,7 @@ Request bodies are not spliced (the bytes arrive framed): they stream into the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -35,6 +36,9 @@ STREAM_WINDOW = 256 * 1024  # body bytes a stream may have in flight (unread by 
 MAX_STREAMS = 100  # concurrent streams per connection (Go's server allows 250; memory is window x streams)
 CONNECTION_WINDOW = 16 * 1024 * 1024  # handed back on arrival, so only stream windows throttle
 REFUSED_LIMIT = 10 * MAX_STREAMS  # streams refused on one connection before it is closed as abusive
+# Bytes written and not yet read by the client, past which it is cut off: a stream writes one frame and waits for
+# the client to read it, so legitimate answers stay far below (100 streams x its 64 KiB default stream window).
+MAX_UNREAD = 8 * 1024 * 1024
 # Connection-specific fields HTTP/2 forbids (RFC 9113 section 8.2.2): dropped from the app's response headers.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
@@ -74,7 +78,10 @@ class H2Connection(asyncio.Protocol):
         self.client = peer(transport, "peername")
         self.server = peer(transport, "sockname")
         settings = {
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            # Until the client has our SETTINGS it may open more streams than we allow: h2 would take one more
+            # for a connection error, so its own limit starts high, and the streams past MAX_STREAMS running are
+            # refused one by one (_request), as Go refuses them.
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2**31 - 1,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         }
         if self.options.max_header_size:
@@ -83,6 +90,7 @@ class H2Connection(asyncio.Protocol):
         if self.options.max_header_size:  # the header-list limit is the decoder's, set from settings on their ACK
             self.h2.decoder.max_header_list_size = self.options.max_header_size
         self.h2.initiate_connection()
+        self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
         self._arm_idle()
@@ -109,15 +117,26 @@ class H2Connection(asyncio.Protocol):
         self.drained = None
 
     async def drain(self) -> None:
+        """Wait while the client does not read; one that reads nothing for twice the network timeout is gone
+        (tusd's write deadline): the connection is dropped."""
         if self.write_paused and not self.closed:
             if self.drained is None:
                 self.drained = self.loop.create_future()
-            await self.drained
+            try:
+                await asyncio.wait_for(asyncio.shield(self.drained), 2 * self.options.network_timeout)
+            except asyncio.TimeoutError:
+                log.info("dropping an HTTP/2 connection whose client read nothing for %.0f s",
+                         2 * self.options.network_timeout)
+                self.transport.abort()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.closed and not self.transport.is_closing():
             self.transport.write(data)
+            if self.write_paused and self.transport.get_write_buffer_size() > MAX_UNREAD:
+                # Frames pile up for a client that does not read them (control frames answered without being
+                # asked for, a PING flood): cut it off, as Go does past its queue of control frames.
+                self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -226,10 +245,15 @@ class H2Connection(asyncio.Protocol):
         self.streams.pop(stream.stream_id, None)
         if not self.streams:
             if self.closing:
-                self.flush()
-                self.transport.close()
+                self._goaway()
             else:
                 self._arm_idle()
+
+    def _goaway(self) -> None:
+        if not self.closed:
+            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+            self.flush()
+            self.transport.close()
 
     # -- timers and shutdown ----------------------------------------------------------------------------------------
 
@@ -250,14 +274,14 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """The server stops: GOAWAY now (streams begun go on), close once they are done."""
+        """The server stops: the streams begun go on and get their answers (503 for open uploads); new ones are
+        refused; once none is left, GOAWAY and close. (h2 takes no frame on any stream after its GOAWAY, so it goes
+        last.)"""
         if self.closing or self.closed:
             return
         self.closing = True
-        self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
-        self.flush()
         if not self.streams:
-            self.transport.close()
+            self._goaway()
 
 
 class Stream:
@@ -420,8 +444,15 @@ class Stream:
             window = conn.h2.local_flow_control_window(self.stream_id)
             size = min(window, conn.h2.max_outbound_frame_size, len(view))
             if size <= 0:
-                self.window = conn.loop.create_future()
-                await self.window
+                self.window = window_opened = conn.loop.create_future()
+                try:
+                    await asyncio.wait_for(window_opened, 2 * conn.options.network_timeout)
+                except asyncio.TimeoutError:  # the client keeps its window shut: as gone (tusd's write deadline)
+                    self.disconnected = True
+                    with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                        conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+                        conn.flush()
+                    return
                 continue
             conn.h2.send_data(self.stream_id, view[:size], end_stream=end and size == len(view))
             view = view[size:]

@@ -185,8 +185,9 @@ class Lifespan:
         except BaseException as exc:  # noqa: BLE001 - an app without lifespan support raises here
             if not isinstance(exc, asyncio.CancelledError):
                 log.debug("the app does not run lifespan events: %r", exc)
-            self.supported = False
-            await self.answers.put({"type": "lifespan.unsupported"})
+        # Returned (or raised) without answering: an app that does not speak lifespan, served without it.
+        self.supported = False
+        await self.answers.put({"type": "lifespan.unsupported"})
 
     async def _ask(self, kind: str, timeout: float | None) -> dict[str, Any]:
         await self.queue.put({"type": kind})
@@ -234,6 +235,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state: ServerState | None = None
         self.started = False
+        self.deadline = 0.0  # loop time by which the graceful stop ends
 
     def request_stop(self) -> None:
         """Begin the graceful stop (thread-safe); a second call exits at once."""
@@ -275,7 +277,9 @@ class Server:
             if self.options.unix_socket and self.worker is None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.options.unix_socket)
-            await lifespan.shutdown(max(1.0, self.options.shutdown_timeout))
+            # What is left of --shutdown-timeout, and a moment at least (TusApp's is quick: flush the traces).
+            left = self.deadline - loop.time() if self.deadline else self.options.shutdown_timeout
+            await lifespan.shutdown(max(0.2, left))
 
     async def _listen(self, state: ServerState, context: ssl.SSLContext | None,
                       sockets: Iterable[socket.socket] | None) -> None:
@@ -301,6 +305,7 @@ class Server:
 
     async def _shutdown(self, state: ServerState) -> None:
         state.stopping = True
+        self.deadline = state.loop.time() + self.options.shutdown_timeout
         for server in self.servers:
             server.close()
         shutdown = getattr(self.app, "shutdown", None)
@@ -311,7 +316,7 @@ class Server:
         if state.connections:
             state.idle.clear()
             try:
-                await asyncio.wait_for(state.idle.wait(), self.options.shutdown_timeout)
+                await asyncio.wait_for(state.idle.wait(), max(0.0, self.deadline - state.loop.time()))
             except asyncio.TimeoutError:
                 self.timed_out = True
                 log.warning("shutdown: %d connection(s) still open after --shutdown-timeout; closing them",
