@@ -65,8 +65,8 @@ class TusApp:
         self.handlers = Handlers(config, self.metrics, self.tracing, self.events)
         # The operations one by one, for applications that route themselves (pytusd.routing).
         self.endpoints = routing.Endpoints(self)
-        if config.hooks is not None:
-            config.hooks.instrument(self.metrics, self.tracing)  # type: ignore[union-attr]
+        if self.handlers.hooks is not None:  # config.hooks, as Config.__post_init__ left it: Hooks or None
+            self.handlers.hooks.instrument(self.metrics, self.tracing)
         logs.install_request_id_filter()
         # Observability endpoints, relative to the mount point like base_path: no CORS, no tus checks, no hooks.
         endpoints = {config.health_path: "health", config.ready_path: "ready"}

@@ -576,7 +576,7 @@ def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
     def listed(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    changes = {
+    changes: dict[str, Any] = {
         name: listed(value)
         for name, value in (
             ("allowed_types", args.allowed_types),

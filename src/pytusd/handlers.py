@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 from . import checksums, errors, expiration, logs, protocol, tracing
 from .body import RequestBody
 from .concat import Concatenation
 from .config import Config
 from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEvent, rejection, run_callback
-from .hooks import HookResponse
+from .hooks import HookResponse, Hooks
 from .http import Request, Response
 from .metrics import Metrics
 from .policy import Policy, event_request
@@ -44,7 +45,7 @@ class Handlers:
         events: Events | None = None,
     ) -> None:
         self.config = config
-        self.hooks = config.hooks
+        self.hooks = cast("Hooks | None", config.hooks)  # Config.__post_init__ wraps a plain callable in Hooks
         # app.events: the event streams (created, progress, completed, terminated) published next to the hooks.
         self.events = events if events is not None else Events()
         self.metrics = metrics if metrics is not None else Metrics()
