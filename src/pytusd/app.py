@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from . import draft, errors, expiration, limits, logs, protocol, routing, tracing
 from .config import Config
@@ -89,7 +90,7 @@ class TusApp:
         self.shutting_down = False
         self.cleaner = (
             expiration.Cleaner(
-                config.store,  # type: ignore[arg-type]
+                cast(expiration.ExpiringStore, config.store),  # handlers.expiration: expiration.supported(store)
                 config.locker,
                 self.handlers.expiration,
                 config.expiration_cleanup_interval,
