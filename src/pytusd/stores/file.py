@@ -76,7 +76,7 @@ async def _write_behind(fd: int, offset: int, chunks: AsyncIterable[bytes], done
     position = offset
     batch: list[bytes] = []
     size = 0
-    job: fileio.Job | None = None
+    job: fileio.Job[tuple[int, OSError | None]] | None = None
 
     async def collect() -> None:
         nonlocal job, position
