@@ -757,7 +757,7 @@ def cleanup(args: argparse.Namespace) -> int:
     if not supported(config.store, config.expiration):
         print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
         return 2
-    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]
+    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]  # supported() above
     removed = asyncio.run(cleaner.run_once())
     print(f"removed {removed} expired upload(s) from {config.store!r}")
     return 0
