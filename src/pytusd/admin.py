@@ -123,11 +123,12 @@ def printable(value: object) -> str:
 def _size(value: int | None) -> str:
     if value is None:
         return "?"
+    size: float = value
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024  # type: ignore[assignment]
-    return str(value)
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def print_table(rows: list[dict[str, Any]], out: TextIO) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from . import draft, errors, expiration, limits, logs, protocol, routing, tracing
 from .config import Config
@@ -65,8 +66,8 @@ class TusApp:
         self.handlers = Handlers(config, self.metrics, self.tracing, self.events)
         # The operations one by one, for applications that route themselves (pytusd.routing).
         self.endpoints = routing.Endpoints(self)
-        if config.hooks is not None:
-            config.hooks.instrument(self.metrics, self.tracing)  # type: ignore[union-attr]
+        if self.handlers.hooks is not None:  # config.hooks, as Config.__post_init__ left it: Hooks or None
+            self.handlers.hooks.instrument(self.metrics, self.tracing)
         logs.install_request_id_filter()
         # Observability endpoints, relative to the mount point like base_path: no CORS, no tus checks, no hooks.
         endpoints = {config.health_path: "health", config.ready_path: "ready"}
@@ -89,7 +90,7 @@ class TusApp:
         self.shutting_down = False
         self.cleaner = (
             expiration.Cleaner(
-                config.store,  # type: ignore[arg-type]
+                cast(expiration.ExpiringStore, config.store),  # handlers.expiration: expiration.supported(store)
                 config.locker,
                 self.handlers.expiration,
                 config.expiration_cleanup_interval,

@@ -21,7 +21,7 @@ waiting for the client counts: while a store is busy with a chunk, the client ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from . import errors
@@ -251,7 +251,7 @@ class RequestBody:
         else:
             self.interrupt(errors.ERR_UPLOAD_SIZE_EXCEEDED())
 
-    async def _iter_chunks(self) -> AsyncIterator[bytes]:
+    async def _iter_chunks(self) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._timer = loop.call_later(self._timeout, self._check_silence)

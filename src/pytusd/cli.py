@@ -576,7 +576,7 @@ def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
     def listed(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    changes = {
+    changes: dict[str, Any] = {
         name: listed(value)
         for name, value in (
             ("allowed_types", args.allowed_types),
@@ -757,7 +757,7 @@ def cleanup(args: argparse.Namespace) -> int:
     if not supported(config.store, config.expiration):
         print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
         return 2
-    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]
+    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]  # supported() above
     removed = asyncio.run(cleaner.run_once())
     print(f"removed {removed} expired upload(s) from {config.store!r}")
     return 0

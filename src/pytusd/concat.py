@@ -6,11 +6,11 @@ Used by the handler flows (``Handlers.concat``); the store does the byte work (`
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import errors, protocol
 from .http import Request, Response
-from .stores import Upload
+from .stores import Concatenatable, Upload
 from .types import UploadInfo
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class Concatenation:
         # after a crash): it never appends on top of what an earlier attempt wrote.
         try:
             with self.handlers.store_operation("concat", info.id):
-                await store.concat(final, partials)  # type: ignore[attr-defined]
+                await cast(Concatenatable, store).concat(final, partials)  # a store that has finals concatenates
         except errors.TusError as exc:
             if exc.code != "ERR_UPLOAD_NOT_FOUND":
                 raise

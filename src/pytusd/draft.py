@@ -12,6 +12,7 @@ import json
 from . import errors, protocol
 from .handlers import Handlers, merge_hook_response
 from .http import Request, Response
+from .stores import Upload
 from .types import UploadInfo
 
 VERSIONS = frozenset({3, 4, 5, 6, 7, 8})
@@ -151,7 +152,7 @@ class DraftFlows:
         return response
 
     async def _complete_if_asked(
-        self, request: Request, version: int, upload: object, info: UploadInfo, complete: bool
+        self, request: Request, version: int, upload: Upload, info: UploadInfo, complete: bool
     ) -> UploadInfo:
         """A request marked complete ends the upload: a deferred length becomes the offset, a known one must match."""
         if not complete or info.is_complete:
@@ -163,8 +164,8 @@ class DraftFlows:
                 "inconsistent-upload-length",
                 "the upload ended before its length",
             )
-        info = await self.handlers.declare_length(upload, info, info.offset)  # type: ignore[arg-type]
-        await self.handlers.finished(request, upload, info, None)  # type: ignore[arg-type]
+        info = await self.handlers.declare_length(upload, info, info.offset)
+        await self.handlers.finished(request, upload, info, None)
         return info
 
 

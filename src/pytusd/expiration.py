@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from . import errors, protocol
 from .lockers import Locker
-from .stores import Expiring, Timestamped, Upload
+from .stores import DataStore, Expiring, Timestamped, Upload
 from .types import UploadInfo
 
 log = logging.getLogger("pytusd")
@@ -49,11 +49,15 @@ async def check(store: Expiring, upload: Upload, info: UploadInfo, expiration: f
         raise errors.ERR_UPLOAD_EXPIRED()
 
 
+class ExpiringStore(DataStore, Expiring, Protocol):
+    """What the cleaner works on: a store that looks uploads up and can expire them."""
+
+
 class Cleaner:
     """Removes expired unfinished uploads every ``interval`` seconds."""
 
     def __init__(
-        self, store: Expiring, locker: Locker, expiration: float, interval: float, *, metrics: Any = None
+        self, store: ExpiringStore, locker: Locker, expiration: float, interval: float, *, metrics: Any = None
     ) -> None:
         self.store = store
         self.locker = locker
@@ -71,7 +75,7 @@ class Cleaner:
             if lock is None:
                 continue  # in use: not expired by any sensible measure
             try:
-                upload = await self.store.get(upload_id)  # type: ignore[attr-defined]
+                upload = await self.store.get(upload_id)
                 info = await upload.info()
                 deadline = await expires_at(upload, info, self.expiration)
                 if deadline is not None and deadline <= now:

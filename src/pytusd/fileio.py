@@ -23,7 +23,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -129,16 +129,16 @@ class Pool:
                 self._free += 1
 
 
-class Job:
+class Job(Generic[T]):
     """One call in the pool; its outcome comes back to the loop that started it (:func:`start`)."""
 
     __slots__ = ("fn", "args", "loop", "future", "finished", "result", "error", "_waiter")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
         self.fn = fn
         self.args = args
         self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
+        self.future: asyncio.Future[T] = loop.create_future()
         self.finished = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -150,7 +150,7 @@ class Job:
             outcome = (self.fn(*self.args), None)
         except BaseException as exc:
             outcome = (None, exc)
-        self.fn = self.args = None  # type: ignore[assignment]
+        self.fn = self.args = None  # type: ignore[assignment]  # let go of them: a Job is called once
         try:
             self.loop.call_soon_threadsafe(self._complete, *outcome)
         except RuntimeError:  # pragma: no cover - the loop is closed: nobody waits any more
@@ -168,7 +168,7 @@ class Job:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def outcome(self, discard: Callable[[Any], None] | None = None) -> Any:
+    async def outcome(self, discard: Callable[[T], None] | None = None) -> T:
         """The call's result. A cancelled caller still waits for the call to end before the cancellation goes on
         (the call may use descriptors the caller closes next); ``discard(result)`` then cleans up what the call
         returned and nobody will take (a locked descriptor)."""
@@ -215,7 +215,7 @@ def pool() -> Pool:
     return _pool
 
 
-def start(fn: Callable[..., Any], *args: Any, threads: Pool | None = None) -> Job:
+def start(fn: Callable[..., T], *args: Any, threads: Pool | None = None) -> Job[T]:
     """``fn(*args)`` started in a thread of ``threads`` (default: :func:`pool`); await :meth:`Job.outcome` (or
     watch :attr:`Job.future`)."""
     job = Job(asyncio.get_running_loop(), fn, args)
@@ -239,13 +239,13 @@ async def settle(future: asyncio.Future[T]) -> T:
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a file I/O thread (cancellation: see :meth:`Job.outcome`)."""
-    return await start(fn, *args).outcome()  # type: ignore[no-any-return]
+    return await start(fn, *args).outcome()
 
 
 async def call(threaded: bool, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``: in a file I/O thread when ``threaded``, else right here on the loop."""
     if threaded:
-        return await start(fn, *args).outcome()  # type: ignore[no-any-return]
+        return await start(fn, *args).outcome()
     return fn(*args)
 
 

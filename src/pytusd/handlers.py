@@ -10,17 +10,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 from . import checksums, errors, expiration, logs, protocol, tracing
 from .body import RequestBody
 from .concat import Concatenation
 from .config import Config
 from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEvent, rejection, run_callback
-from .hooks import HookResponse
+from .hooks import HookResponse, Hooks
 from .http import Request, Response
 from .metrics import Metrics
 from .policy import Policy, event_request
-from .stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
+from .stores import Concatenatable, Expiring, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
 from .types import UploadInfo
 
 log = logging.getLogger("pytusd")
@@ -44,7 +45,7 @@ class Handlers:
         events: Events | None = None,
     ) -> None:
         self.config = config
-        self.hooks = config.hooks
+        self.hooks = cast("Hooks | None", config.hooks)  # Config.__post_init__ wraps a plain callable in Hooks
         # app.events: the event streams (created, progress, completed, terminated) published next to the hooks.
         self.events = events if events is not None else Events()
         self.metrics = metrics if metrics is not None else Metrics()
@@ -228,7 +229,7 @@ class Handlers:
         if body.error is not None and body.error.code == "ERR_UPLOAD_STOPPED":
             if self.can_terminate:
                 with self.store_operation("terminate", info.id):
-                    await self.store.terminate(upload)  # type: ignore[attr-defined]
+                    await cast(Terminatable, self.store).terminate(upload)
                 self.metrics.upload_terminated(info.id)
                 log.info(
                     "upload %s stopped by a post-receive hook and terminated", info.id,
@@ -287,10 +288,10 @@ class Handlers:
 
     async def _write_chunks(self, request: Request, upload: Upload, offset: int, body: RequestBody) -> int:
         checksum = self._checksum(request)
-        if checksum is not None:
-            written = await checksums.write_checked(self.store, upload, offset, body, checksum)  # type: ignore[arg-type]
+        if checksum is not None:  # only when can_checksum (see _checksum)
+            written = await checksums.write_checked(cast(Verifiable, self.store), upload, offset, body, checksum)
         elif self.can_checksum_trailer and checksums.trailer_announced(request):
-            written = await checksums.write_trailer_checked(self.store, request, upload, offset, body)  # type: ignore[arg-type]
+            written = await checksums.write_trailer_checked(cast(Verifiable, self.store), request, upload, offset, body)
         else:
             written = await upload.write(offset, body.chunks())
         return written
@@ -310,9 +311,9 @@ class Handlers:
             info = await upload.info()
         if complete_finals and info.is_final and not info.is_complete:
             info = await self.concat.complete_if_ready(request, upload, info)
-        if self.expiration:
+        if self.expiration:  # only when the store is Expiring (expiration.supported)
             try:
-                await expiration.check(self.store, upload, info, self.expiration)  # type: ignore[arg-type]
+                await expiration.check(cast(Expiring, self.store), upload, info, self.expiration)
             except errors.TusError as exc:
                 if exc.code == "ERR_UPLOAD_EXPIRED":
                     self.metrics.expired_removed(1)
@@ -483,7 +484,7 @@ class Handlers:
         if length < info.offset:
             raise errors.ERR_INVALID_UPLOAD_LENGTH("the declared length is below the upload's offset")
         self.policy.check_size(length)
-        await self.store.declare_length(upload, length)  # type: ignore[attr-defined]
+        await cast(LengthDeferrable, self.store).declare_length(upload, length)
         return info.replace(size=length, size_is_deferred=False)
 
     async def delete(self, request: Request) -> Response:
@@ -496,8 +497,8 @@ class Handlers:
                 if answer.reject_termination:
                     raise answer.error(errors.ERR_UPLOAD_TERMINATION_REJECTED)
                 merge_hook_response(response, answer)
-            with self.store_operation("terminate", upload_id):
-                await self.store.terminate(upload)  # type: ignore[attr-defined]
+            with self.store_operation("terminate", upload_id):  # DELETE is routed here only when can_terminate
+                await cast(Terminatable, self.store).terminate(upload)
         self.metrics.upload_terminated(upload_id)
         log.info("upload %s terminated", upload_id,
                  extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))

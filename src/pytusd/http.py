@@ -144,7 +144,8 @@ class Request:
     @property
     def mount_prefix(self) -> str:
         """Where the app is mounted (ASGI ``root_path``), for URLs that point back at it."""
-        return self.scope.get("root_path", "").rstrip("/")
+        root_path: str = self.scope.get("root_path", "")
+        return root_path.rstrip("/")
 
 
 @dataclasses.dataclass

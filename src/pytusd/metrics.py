@@ -168,6 +168,7 @@ class _Exposed:
 
     def collect(self) -> Iterator[Metric]:
         if self._directory is not None:
+            # prometheus_client's multiprocess module has no annotations.
             collector = _multiprocess.MultiProcessCollector(None, self._directory)  # type: ignore[no-untyped-call]
             families: Iterable[Metric] = collector.collect()  # type: ignore[no-untyped-call]
         else:
@@ -416,4 +417,5 @@ class Metrics:
     def process_exited(self) -> None:
         """Multiprocess mode: drop this process's live gauges (connections, active uploads) from the sums."""
         if self.multiprocess_dir is not None:
+            # prometheus_client's multiprocess module has no annotations.
             _multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]

@@ -22,13 +22,13 @@ Every way into an upload goes through here, whatever protocol or method carried 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, cast
 
 from . import errors, logs, protocol
 from .config import Config
 from .events import HTTPRequestInfo, run_callback
-from .hooks import HookResponse
+from .hooks import HookResponse, Hooks
 from .types import UploadInfo
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class Policy:
 
     def __init__(self, config: Config, store_operation: StoreOperation = _untimed) -> None:
         self.config = config
-        self.hooks = config.hooks
+        self.hooks = cast("Hooks | None", config.hooks)  # Config.__post_init__ wraps a plain callable in Hooks
         self.store = config.store
         self._store_operation = store_operation
         # The largest upload: the server's limit or an upload rule's, whichever is lower; int64 in any case, which
@@ -91,7 +91,7 @@ class Policy:
         if self.config.rules is not None:
             self.config.rules.check_size(size)
 
-    def check_metadata(self, metadata: dict[str, str]) -> None:
+    def check_metadata(self, metadata: Mapping[str, str]) -> None:
         """The metadata limits, on the metadata as its ``Upload-Metadata`` header would be (431)."""
         config = self.config
         if config.max_metadata_pairs and len(metadata) > config.max_metadata_pairs:

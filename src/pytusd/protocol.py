@@ -102,7 +102,7 @@ def parse_checksum(header: str) -> tuple[str, bytes]:
     return algorithm, digest
 
 
-def new_hasher(algorithm: str) -> hashlib._Hash | _Crc32:  # type: ignore[name-defined]
+def new_hasher(algorithm: str) -> hashlib._Hash | _Crc32:
     return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
 
 

@@ -13,10 +13,13 @@ import fnmatch
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import errors, extras
 from .types import UploadInfo
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 ERR_UPLOAD_RULE_VIOLATED = errors.TusError("ERR_UPLOAD_RULE_VIOLATED", "the upload breaks an upload rule", 400)
 
@@ -74,17 +77,19 @@ class UploadRules:
                 allowed = ", ".join(self.allowed_extensions)
                 raise ERR_UPLOAD_RULE_VIOLATED(f"upload rule allowed_extensions: the filename must end in {allowed}")
         if self.metadata_schema is not None:
+            # _validator is set by __post_init__ (object.__setattr__), so it is not one of the dataclass's fields.
             error = next(iter(self._validator.iter_errors(dict(meta))), None)  # type: ignore[attr-defined]
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "metadata"
                 raise ERR_UPLOAD_RULE_VIOLATED(f"upload rule metadata_schema: {where}: {error.message}")
 
 
-def _validator(schema: Mapping[str, Any]) -> Any:
+def _validator(schema: Mapping[str, Any]) -> Validator:
     try:
         import jsonschema
     except ImportError:  # pragma: no cover - depends on the installation
         raise ValueError(extras.missing("metadata_schema needs the jsonschema package", "rules")) from None
     cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    # jsonschema's stubs want a dict: JSON objects are dicts to jsonschema (another Mapping is refused here).
+    cls.check_schema(schema)  # type: ignore[arg-type]
     return cls(schema)

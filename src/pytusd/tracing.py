@@ -24,7 +24,7 @@ try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError:  # pragma: no cover - depends on the installation
-    trace = None  # type: ignore[assignment]
+    trace = None  # type: ignore[assignment]  # no opentelemetry-api: the module works, without spans
 
 NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 _UNCONFIGURED: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
@@ -129,12 +129,13 @@ def configure(exporter: str) -> None:
         span_exporter: Any = ConsoleSpanExporter()
     elif exporter == "otlp":
         try:
+            # opentelemetry-exporter-otlp is optional (no extra installs it): not found when mypy runs.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
                 OTLPSpanExporter,
             )
         except ImportError:
             try:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
                     OTLPSpanExporter,
                 )
             except ImportError as exc:

@@ -9,10 +9,13 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .. import errors, logs, tracing
 from ..types import UploadInfo
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 log = logging.getLogger("pytusd.hooks")
 
@@ -230,18 +233,18 @@ class Hooks:
             self.bindings.append((bound, events))
         self.enabled = frozenset().union(*(events for _, events in self.bindings))
         self.progress_interval = progress_interval
-        self._metrics: Any = None  # pytusd.metrics.Metrics: the app's (see instrument), else one of its own
+        self._metrics: Metrics | None = None  # the app's (see instrument), else one of its own
         self._tracing: tracing.Tracing | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[HookResponse | None]] = set()
 
-    def instrument(self, metrics: Any, tracer: tracing.Tracing | None = None) -> None:
+    def instrument(self, metrics: Metrics, tracer: tracing.Tracing | None = None) -> None:
         """Count invocations and failures in ``metrics`` (a :class:`pytusd.metrics.Metrics`) and trace hook calls
         with ``tracer``; a TusApp does this with its own. A Hooks object shared by two apps counts in the last."""
         self._metrics = metrics
         self._tracing = tracer
 
     @property
-    def counters(self) -> Any:
+    def counters(self) -> Metrics:
         if self._metrics is None:
             from ..metrics import Metrics
 
@@ -316,8 +319,8 @@ class Hooks:
         if hook_type not in self.enabled:
             return
         task = asyncio.get_running_loop().create_task(self.observe(hook_type, info, http))
-        self._background.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._background.discard)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def metrics(self) -> dict[str, dict[str, int]]:
         """The counters under tusd's metric names, per hook type (read from the Prometheus counters)."""

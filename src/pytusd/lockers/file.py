@@ -144,7 +144,7 @@ class FileLocker:
             if fd is not None:
                 fileio.pool().submit(lambda: _let_go(fd, args[0]))
 
-        return await fileio.start(fn, *args).outcome(discard)  # type: ignore[no-any-return]
+        return await fileio.start(fn, *args).outcome(discard)
 
     async def acquire(self, upload_id: str, on_release_request: ReleaseRequest, timeout: float) -> FileLock:
         if not is_valid_upload_id(upload_id):

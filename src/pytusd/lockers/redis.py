@@ -366,7 +366,7 @@ class RedisLocker:
                         delay)
             finally:
                 with contextlib.suppress(Exception):  # the connection may be broken already
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             await asyncio.sleep(delay)
 
     async def _dispatch(self, pubsub: aioredis.client.PubSub, subscribed: asyncio.Event) -> None:

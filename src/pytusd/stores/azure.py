@@ -640,9 +640,10 @@ class AzureStore:
 
         def list_blocks() -> tuple[Any, Any] | None:
             try:
-                return upload.blob._client.block_blob.get_block_list(
+                blocks: tuple[Any, Any] = upload.blob._client.block_blob.get_block_list(
                     list_type="all", cls=lambda _response, listing, headers: (listing, headers)
                 )
+                return blocks
             except Exception as exc:
                 if _is_missing(exc):  # neither committed nor staged blocks: a new upload (or blocks expired)
                     return None
@@ -813,7 +814,8 @@ def _client_options(pool_size: int) -> dict[str, Any]:
     session.mount("https://", adapter)
     return {
         "transport": RequestsTransport(session=session, connection_timeout=20, read_timeout=60),
-        "retry_policy": ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=5),
+        # azure-storage-blob annotates initial_backoff as int; it is only added to, so a float is fine.
+        "retry_policy": ExponentialRetry(initial_backoff=0.2, increment_base=2, retry_total=5),  # type: ignore[arg-type]
     }
 
 

@@ -76,7 +76,7 @@ async def _write_behind(fd: int, offset: int, chunks: AsyncIterable[bytes], done
     position = offset
     batch: list[bytes] = []
     size = 0
-    job: fileio.Job | None = None
+    job: fileio.Job[tuple[int, OSError | None]] | None = None
 
     async def collect() -> None:
         nonlocal job, position
@@ -396,7 +396,7 @@ class FileStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
-    async def terminate(self, upload: FileUpload) -> None:  # type: ignore[override]
+    async def terminate(self, upload: FileUpload) -> None:
         paths = [upload.data_path, upload.info_path]
         if upload._info.is_final:  # what a concatenation that died left
             paths.append(upload.data_path + CONCAT_SUFFIX)
@@ -412,7 +412,7 @@ class FileStore:
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
-    async def expire(self, upload: FileUpload) -> None:  # type: ignore[override]
+    async def expire(self, upload: FileUpload) -> None:
         """Remove the upload and leave ``<id>.expired`` (a few bytes) so that it answers 410 from now on."""
         await self._call(self._expire_now, upload.info_path[: -len(".info")] + ".expired", upload)
 
@@ -421,7 +421,7 @@ class FileStore:
             f.write(str(int(time.time())))
         self._remove(upload.data_path, upload.info_path)
 
-    async def upload_ids(self) -> AsyncIterator[str]:  # type: ignore[override]
+    async def upload_ids(self) -> AsyncIterator[str]:
         ids = self._walk_ids()
         if not self.threaded:
             for upload_id in ids:
@@ -454,12 +454,12 @@ class FileStore:
                             forgotten += 1
         return forgotten
 
-    async def declare_length(self, upload: FileUpload, length: int) -> None:  # type: ignore[override]
+    async def declare_length(self, upload: FileUpload, length: int) -> None:
         info = (await upload.info()).replace(size=length, size_is_deferred=False)
         await self._write_info(upload.info_path, info)
         upload._info = info
 
-    async def write_verified(  # type: ignore[override]
+    async def write_verified(
         self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int:
         fd = await self._call(upload._open_at, offset)
@@ -494,7 +494,7 @@ class FileStore:
         if self.fsync:  # else a power loss could bring the marker back and hide an acknowledged chunk
             _fsync_dir_now(os.path.dirname(path))
 
-    async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:  # type: ignore[override]
+    async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:
         """All-or-nothing and repeatable: the partials are copied (by the kernel, ``copy_file_range``) into
         ``<data>.concat`` in a thread, which then replaces the final's data file. A final is empty until its bytes
         are all there; an attempt that failed or died is simply done again from the start (the temporary file is

@@ -36,7 +36,7 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -583,7 +583,7 @@ class GCSStore:
         except Exception as exc:  # housekeeping: what is left is removed by a later finish or terminate
             log.warning("could not delete %d GCS objects (%s...): %s", len(names), names[0], exc)
 
-    async def _download(self, obj: StoredObject, first: int, stop: int) -> AsyncIterator[bytes]:
+    async def _download(self, obj: StoredObject, first: int, stop: int) -> AsyncGenerator[bytes, None]:
         """Bytes ``first`` up to ``stop`` of one object (pinned to its generation), one ranged request per block,
         the next block fetched while the current one is passed on."""
 

@@ -41,12 +41,15 @@ import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import errors, extras, logs
 from ..protocol import new_upload_id
 from ..types import UploadInfo
 from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
+
+if TYPE_CHECKING:
+    from botocore.config import _S3Dict  # botocore-stubs' TypedDict for Config(s3=...)
 
 log = logging.getLogger("pytusd.s3")
 
@@ -583,7 +586,7 @@ class S3Store:
                     ContentType=head.get("ContentType", "binary/octet-stream"),
                 )
                 repair_id = str(created["UploadId"])
-                pieces = []
+                pieces: list[tuple[int, int]] = []
                 for first, last in ranges:
                     count = max(1, math.ceil((last - first + 1) / self.plan.max_part_size))
                     step = math.ceil((last - first + 1) / count)
@@ -903,7 +906,7 @@ def make_client(
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError(extras.missing("the S3 store needs boto3", "s3")) from exc
     session = boto3.session.Session()
-    s3_options: dict[str, Any] = {"addressing_style": "path"} if endpoint else {}
+    s3_options: _S3Dict = {"addressing_style": "path"} if endpoint else {}
     if transfer_acceleration:
         if endpoint:
             raise ValueError("S3 transfer acceleration is AWS's own endpoint: it cannot be combined with a custom "

@@ -142,7 +142,7 @@ class PieceWriter(Generic[P]):
         assert self.spool is not None
         view = memoryview(data)
         while view:
-            view = view[self.spool.write(view) :]  # type: ignore[arg-type]
+            view = view[self.spool.write(view) :]
         self.spool_size += len(data)
 
     async def prepend(self, blocks: AsyncIterable[bytes]) -> int:
