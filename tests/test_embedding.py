@@ -84,7 +84,8 @@ def test_a_whole_upload_under_another_asgi_server(tmp_path, server):
     app = TusApp(Config(store=FileStore(tmp_path), locker=FileLocker(tmp_path), base_path="/files/"))
     data = os.urandom(2 * 1024 * 1024 + 1)
     with server(app) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        r = client.post("/files/", headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": "filename YS50eHQ="})
+        r = client.post("/files/", headers={**TUS, "Upload-Length": str(len(data)),
+                                            "Upload-Metadata": "filename YS50eHQ="})
         assert r.status_code == 201, r.text
         url = r.headers["location"]
         assert url.startswith(f"http://127.0.0.1:{port}/files/")

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-def read_response(sock: socket.socket, buf: bytes = b"", head: bool = False) -> tuple[int, dict[str, str], bytes, bytes]:
+def read_response(
+    sock: socket.socket, buf: bytes = b"", head: bool = False
+) -> tuple[int, dict[str, str], bytes, bytes]:
     """One response off ``sock`` (body by Content-Length; none after a ``head`` request): status, headers, body,
     and the bytes after it."""
     while b"\r\n\r\n" not in buf:

@@ -30,7 +30,8 @@ from .process import raise_open_files_limit, tune_malloc
 from .lifecycle import Server, ServeOptions, apply_tls_mode, tusd_line
 
 __all__ = [
-    "MAX_CHUNK_LINE_SIZE", "MAX_TRAILER_FIELDS", "MAX_TRAILER_SIZE", "ChunkedFraming", "FramingLimits", "FramingTooLarge",
+    "MAX_CHUNK_LINE_SIZE", "MAX_TRAILER_FIELDS", "MAX_TRAILER_SIZE", "ChunkedFraming", "FramingLimits",
+    "FramingTooLarge",
     "ServeOptions", "Server", "apply_tls_mode", "raise_open_files_limit", "serve", "tune_malloc",
 ]
 

@@ -176,15 +176,17 @@ class H1Connection(asyncio.Protocol):
         while data:
             phase = self.phase
             if phase == BODY:
+                cycle = self.cycle
+                assert cycle is not None  # BODY: a request is being read
                 left = self.body_left
                 if len(data) <= left:
                     self.body_left = left - len(data)
-                    self.cycle.piece(data)  # type: ignore[union-attr]
+                    cycle.piece(data)
                     if self.body_left == 0:
                         self._body_complete()
                     return
                 self.body_left = 0
-                self.cycle.piece(data[:left])  # type: ignore[union-attr]
+                cycle.piece(data[:left])
                 self._body_complete()
                 data = data[left:]
             elif phase == HEAD:

@@ -27,7 +27,7 @@ try:
     import h2.exceptions
     import h2.settings
 except ImportError:  # pragma: no cover - h2 is a dependency; without it the server speaks HTTP/1.1 only
-    h2 = None  # type: ignore[assignment]
+    h2 = None  # type: ignore[assignment]  # the module's stand-in when h2 is missing: available() says so
 
 log = logging.getLogger("pytusd.server")
 

@@ -203,6 +203,7 @@ def _multiprocess_metrics_dir() -> str | None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
+    # prometheus_client has no annotations
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return directory
 
@@ -340,6 +341,7 @@ class _Supervisor:
                 from prometheus_client import multiprocess
 
                 with contextlib.suppress(OSError):
+                    # prometheus_client has no annotations
                     multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             code = os.waitstatus_to_exitcode(wait_status)
             how = f"exited with status {code}" if code >= 0 else f"was killed by {signal.Signals(-code).name}"
