@@ -28,11 +28,17 @@ INFORMATIONAL_EXTENSION = "pytusd.informational"
 
 def _headers(scope: Scope) -> dict[str, str]:
     headers: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
-        # Repeated headers are joined, so a repeated tus header fails its parser instead of picking one silently.
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if name in headers:
+            repeated.setdefault(name, [headers[name]]).append(value)
+        headers[name] = value
+    # Repeated headers are joined, so a repeated tus header fails its parser instead of picking one silently; once
+    # each, in linear time whatever the number of repeats.
+    for name, values in repeated.items():
+        headers[name] = ", ".join(values)
     return headers
 
 

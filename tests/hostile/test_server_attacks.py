@@ -16,7 +16,7 @@ import h2.connection
 import h2.events
 import pytest
 import hpack
-from hyperframe.frame import Frame, HeadersFrame, PingFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame
 
 from pytusd.server import ServeOptions, Server
 
@@ -337,10 +337,10 @@ def test_an_app_that_returns_on_lifespan_does_not_hang_startup():
 
 
 def test_shutdown_timeout_with_stalled_streams_logs_no_tracebacks_and_exits_in_time(pytusd_factory):
-    """Streams stalled on a zero window at SIGTERM: after --shutdown-timeout Server._shutdown cancels every task,
-    and run_app logs each CancelledError as "the app failed" with a traceback (level ERROR), one per stream, though
-    nothing failed but the client; and the process exits well after --shutdown-timeout (the lifespan shutdown gets
-    another second or more on top)."""
+    """Streams stalled on a zero window at SIGTERM: after --shutdown-timeout Server._shutdown aborts the transports
+    and cancels every task at once, and run_app logs each CancelledError as "the app failed" with a traceback
+    (level ERROR), one per stream, though nothing failed but the client. (The exit itself is in time: status 0,
+    1.08 s after SIGTERM with --shutdown-timeout 1s.)"""
     import signal
 
     server = pytusd_factory("-enable-h2c", "--shutdown-timeout", "1s")
@@ -467,3 +467,196 @@ def test_h2_rapid_reset_against_pytusd_leaves_health_answering(pytusd_factory):
     took = time.monotonic() - started
     uploads = len(list(server.upload_dir.glob("*.info")))
     assert status == 200 and took < 2, f"/health: {status} after {took:.1f} s; {uploads} uploads created so far"
+
+
+@pytest.mark.parametrize("frame", ["ping", "settings"])
+def test_h2_control_frame_flood_from_a_reading_client_leaves_health_answering(pytusd_factory, frame):
+    """CVE-2019-9512 / CVE-2019-9515 (ping and settings floods), from a client that does read its ACKs: one
+    connection sending PING (or empty SETTINGS) frames as fast as it can. H2Connection.data_received feeds each
+    read to h2, which answers every frame in Python before the loop moves on, and nothing bounds the work one
+    connection gets per loop wake-up: measured, every /health probe during an 8 s flood timed out at 10 s (the
+    server recovers once the flood stops). Go's server answers other connections meanwhile (and caps queued
+    control frames); pytusd should bound the frames it handles per wake-up (pause reading, resume with call_soon)
+    or cut a connection that floods control frames."""
+    import threading as _threading
+
+    import httpx
+    from hyperframe.frame import SettingsFrame
+
+    server = pytusd_factory("-enable-h2c")
+    sock, _ = h2_client(server.port)
+    if frame == "ping":
+        one = PingFrame(0)
+        one.opaque_data = b"12345678"
+    else:
+        one = SettingsFrame(0)
+    blob = one.serialize() * 5000
+    stop = _threading.Event()
+
+    def reader() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and sock.recv(1 << 20):
+                pass
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                sock.sendall(blob)
+
+    threads = [_threading.Thread(target=reader, daemon=True), _threading.Thread(target=flood, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        slowest = 0.0
+        for _ in range(3):
+            started = time.monotonic()
+            try:
+                httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5)
+                slowest = max(slowest, time.monotonic() - started)
+            except httpx.TimeoutException:
+                slowest = 99.0
+                break
+    finally:
+        stop.set()
+        sock.close()
+    assert slowest < 1.0, f"/health took {slowest:.1f} s during a {frame} flood from one connection"
+
+
+def test_h2_client_goaway_after_its_last_data_keeps_the_upload(pytusd_factory):
+    """A client sends its whole upload and then GOAWAY (NO_ERROR: "I open no more streams"), in one write. Every
+    byte must be stored, without a traceback. h2 closes its connection state on a received GOAWAY and takes no
+    further frame to send after it, so the 204 cannot be sent (Go's server sends it): the client gets the connection
+    closed after its data, and a HEAD shows the upload complete. (Found by the attack review: before, the DATA was
+    dropped with "Fatal error on transport".)"""
+    from hyperframe.frame import DataFrame, GoAwayFrame
+
+    server = pytusd_factory("-enable-h2c")
+    size = 40_000
+    import httpx
+
+    created = httpx.post(f"http://127.0.0.1:{server.port}/files/",
+                         headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size)})
+    upload_id = created.headers["location"].rsplit("/", 1)[1]
+    sock, conn = h2_client(server.port)
+    conn.send_headers(1, [
+        (b":method", b"PATCH"), (b":path", f"/files/{upload_id}".encode()), (b":scheme", b"http"),
+        (b":authority", b"x"), (b"tus-resumable", b"1.0.0"), (b"upload-offset", b"0"),
+        (b"content-type", b"application/offset+octet-stream"), (b"content-length", str(size).encode())])
+    wire = conn.data_to_send()
+    for start in range(0, size, 10_000):
+        frame = DataFrame(1)
+        frame.data = b"d" * 10_000
+        if start + 10_000 >= size:
+            frame.flags.add("END_STREAM")
+        wire += frame.serialize()
+    goaway = GoAwayFrame(0)
+    goaway.last_stream_id = 0
+    sock.sendall(wire + goaway.serialize())
+    sock.settimeout(3)
+    status = None
+    decoder = hpack.Decoder()
+    for frame in raw_frames(sock):
+        if isinstance(frame, HeadersFrame) and frame.stream_id == 1:
+            status = dict(decoder.decode(frame.data, raw=True)).get(b":status")
+            break
+    sock.close()
+    time.sleep(0.5)
+    stored = (server.upload_dir / upload_id).stat().st_size
+    log = server.log()
+    assert "Traceback" not in log, log[-2000:]
+    assert stored == size and status in (None, b"204"), f"stored {stored} of {size} bytes; answer {status!r}"
+
+
+def test_h2_data_beyond_content_length_ends_the_connection_cleanly():
+    """A stream whose DATA goes past its content-length is malformed. RFC 9113 section 8.1.1 makes it a stream error
+    and Go resets the one stream; h2 makes it a connection error (no public switch), so pytusd closes the connection
+    with GOAWAY PROTOCOL_ERROR: the app never sees more than the declared 5 bytes of the stream, and the log no
+    traceback. (A limitation of h2, documented in README.)"""
+
+    seen: list[int] = []  # body bytes each request had received, after each message
+
+    async def echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            seen.append(size)
+            if not message.get("more_body"):
+                break
+        body = str(size).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve(echo_length, enable_h2c=True) as (server, port):
+        sock, conn = h2_client(port)
+        conn.config.validate_outbound_headers = False
+        for stream_id, length in ((1, b"10"), (3, b"5")):
+            conn.send_headers(stream_id, [(b":method", b"PUT"), (b":path", b"/"), (b":scheme", b"http"),
+                                          (b":authority", b"x"), (b"content-length", length)])
+        conn.send_data(1, b"a" * 5)
+        sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+        bad = DataFrame(3)
+        bad.data = b"b" * 50  # 50 bytes on a stream that said 5
+        bad.flags.add("END_STREAM")
+        sock.sendall(bad.serialize())
+        time.sleep(0.3)
+        conn.send_data(1, b"a" * 5, end_stream=True)
+        with contextlib.suppress(OSError):
+            sock.sendall(conn.data_to_send())
+        sock.settimeout(3)
+        decoder = hpack.Decoder()
+        answered, goaway = None, None
+        for frame in raw_frames(sock):
+            if isinstance(frame, HeadersFrame):
+                headers = dict(decoder.decode(frame.data, raw=True))
+                if frame.stream_id == 1:
+                    answered = headers.get(b":status")
+                    break
+            elif isinstance(frame, GoAwayFrame):
+                goaway = frame.error_code
+        sock.close()
+        assert goaway == 1 and answered is None, f"GOAWAY {goaway!r}; stream 1 answered {answered!r}"
+        assert all(size <= 10 for size in seen), seen
+
+
+def test_a_head_of_many_repeated_fields_is_cheap(pytusd_factory):
+    """170,000 repetitions of ``X: y`` (1 MB, within the 1 MiB head limit): pytusd's server parses them in about
+    0.1 s, but the request then takes about 1 s of event-loop time (measured: 50k fields 0.11 s, 100k 0.36 s, 150k
+    0.78 s, 170k 1.01 s: quadratic; pytusd.http._headers re-builds the joined string of a repeated field for every
+    repetition), during which no other connection is served. A client repeating such heads keeps one core busy for
+    about 1 MB/s of traffic. Go reads such a head in milliseconds."""
+    server = pytusd_factory()
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"X: y\r\n" * 170_000 + b"\r\n"
+    started = time.monotonic()
+    answer = _exchange(server.port, head, wait=15)
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    assert took < 0.5, f"one 1 MB head took {took:.2f} s to answer"
+
+
+def test_tls_handshake_that_never_comes_is_cut_at_the_network_timeout(pytusd_factory, tmp_path):
+    """A TLS client that connects and never sends its ClientHello: the server's TLS listener uses asyncio's default
+    ssl_handshake_timeout (60 s; Server._listen passes none), so --network-timeout (here 1 s) does not apply until
+    the handshake is done, and each such connection holds a descriptor for a minute. Go's server bounds the
+    handshake by ReadHeaderTimeout / ReadTimeout (net/http conn.serve), which tusd sets from its network timeout."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], capture_output=True, check=True)
+    server = pytusd_factory("--tls-certificate", str(cert), "--tls-key", str(key), "--network-timeout", "1s")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(10)
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        sock.recv(100)
+    took = time.monotonic() - started
+    sock.close()
+    assert took < 5, f"a silent TLS client was held {took:.0f} s with --network-timeout 1s"

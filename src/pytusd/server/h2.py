@@ -39,6 +39,8 @@ REFUSED_LIMIT = 10 * MAX_STREAMS  # streams refused on one connection before it 
 # Bytes written and not yet read by the client, past which it is cut off: a stream writes one frame and waits for
 # the client to read it, so legitimate answers stay far below (100 streams x its 64 KiB default stream window).
 MAX_UNREAD = 8 * 1024 * 1024
+SLICE = 64 * 1024  # bytes handed to h2 per turn of the event loop, at most
+CONTROL_RATE = 1000  # PING and SETTINGS frames a second a client may send
 # Connection-specific fields HTTP/2 forbids (RFC 9113 section 8.2.2): dropped from the app's response headers.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
@@ -61,6 +63,10 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.refused = 0  # streams refused because MAX_STREAMS requests were still running
+        self.backlog: list[bytes] = []  # bytes read but not yet given to h2 (see data_received)
+        self.backlog_scheduled = False
+        self.control_since = 0.0  # PING/SETTINGS frames counted since then (see _control_frame)
+        self.control_count = 0
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -139,6 +145,39 @@ class H2Connection(asyncio.Protocol):
                 self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        """Bytes from the client, taken SLICE bytes at a time: past a slice the connection stops reading and goes
+        on at the loop's next turn, so that one connection's flood of small frames (PING, SETTINGS) does not keep
+        the loop from every other connection."""
+        if self.closed:
+            return
+        if len(data) > SLICE:
+            data, rest = data[:SLICE], data[SLICE:]
+            self.backlog.append(rest)
+            if not self.backlog_scheduled:
+                self.backlog_scheduled = True
+                self.transport.pause_reading()
+                self.loop.call_soon(self._take_backlog)
+        self._receive(data)
+
+    def _take_backlog(self) -> None:
+        self.backlog_scheduled = False
+        if self.closed or not self.backlog:
+            self.backlog.clear()
+            return
+        data = self.backlog.pop(0)
+        if len(data) > SLICE:
+            self.backlog.insert(0, data[SLICE:])
+            data = data[:SLICE]
+        self._receive(data)
+        if self.closed:
+            return
+        if self.backlog:
+            self.backlog_scheduled = True
+            self.loop.call_soon(self._take_backlog)
+        elif not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         if self.closed:
             return
         try:
@@ -169,11 +208,30 @@ class H2Connection(asyncio.Protocol):
                 self._window_opened(event.stream_id or 0)
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self._window_opened(0)  # the initial window may have grown
+                self._control_frame()
+            elif isinstance(event, h2.events.PingReceived):
+                self._control_frame()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.flush()
                 self.transport.close()
                 return
         self.flush()
+
+    def _control_frame(self) -> None:
+        """PING and SETTINGS cost an answer each: more than CONTROL_RATE a second is a flood (CVE-2019-9512,
+        -9515); the connection is closed with ENHANCE_YOUR_CALM."""
+        now = self.loop.time()
+        if now - self.control_since > 1.0:
+            self.control_since, self.control_count = now, 0
+        self.control_count += 1
+        if self.control_count > CONTROL_RATE and not self.closed:
+            log.info("closing an HTTP/2 connection that sent more than %d PING/SETTINGS frames in a second",
+                     CONTROL_RATE)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self.flush()
+            self.transport.close()
+            self.closed = True
 
     def _request(self, event: Any) -> None:
         self._cancel_idle()
@@ -219,8 +277,9 @@ class H2Connection(asyncio.Protocol):
         self.state.start_request(self, stream)
 
     def _data(self, event: Any) -> None:
-        if event.flow_controlled_length:
-            self.h2.increment_flow_control_window(event.flow_controlled_length)  # the connection's, at once
+        if event.flow_controlled_length and self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
+            # the connection's window, at once (not once the client said GOAWAY: h2 is closed then)
+            self.h2.increment_flow_control_window(event.flow_controlled_length)
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return

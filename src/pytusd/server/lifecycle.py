@@ -263,7 +263,7 @@ class Server:
         try:
             if self.worker is not None:
                 state.on_closed = self.worker.connection_closed
-                self.worker.serve(loop, state.protocol, context, lambda: state.stopping)
+                self.worker.serve(loop, state.protocol, context, lambda: state.stopping, self.options.network_timeout)
             else:
                 await self._listen(state, context, sockets)
             self.started = True
@@ -285,22 +285,24 @@ class Server:
                       sockets: Iterable[socket.socket] | None) -> None:
         loop = state.loop
         options = self.options
+        # A TLS handshake must complete within the network timeout, as a request head must (Go: ReadHeaderTimeout).
+        tls: dict[str, Any] = {"ssl": context, "ssl_handshake_timeout": options.network_timeout} if context else {}
         if sockets is not None:
             for sock in sockets:
-                self.servers.append(await loop.create_server(state.protocol, sock=sock, ssl=context,
-                                                             backlog=options.backlog))
+                self.servers.append(await loop.create_server(state.protocol, sock=sock, backlog=options.backlog,
+                                                             **tls))
         elif options.unix_socket:
             path = options.unix_socket
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # a stale socket of an earlier run
-            server = await loop.create_unix_server(state.protocol, path, ssl=context, backlog=options.backlog)
+            server = await loop.create_unix_server(state.protocol, path, backlog=options.backlog, **tls)
             os.chmod(path, 0o666)
             self.servers.append(server)
         else:
             self.servers.append(await loop.create_server(
-                state.protocol, host=options.host or None, port=options.port, ssl=context,
-                backlog=options.backlog, reuse_address=True,
+                state.protocol, host=options.host or None, port=options.port, backlog=options.backlog,
+                reuse_address=True, **tls,
             ))
 
     async def _shutdown(self, state: ServerState) -> None:
@@ -327,6 +329,19 @@ class Server:
                     if conn.transport is not None:
                         conn.transport.abort()
                 for task in list(state.tasks):
+                    task.cancel()
+        # Requests whose client went away may still be storing what they received: they finish too (or are
+        # cancelled at the deadline).
+        tasks = [task for task in state.tasks if not task.done()]
+        if tasks and not self.timed_out:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, self.deadline - state.loop.time()))
+            if pending:
+                self.timed_out = True
+                log.warning("shutdown: %d request(s) still running after --shutdown-timeout; cancelling them",
+                            len(pending))
+                if self.worker is None:
+                    tusd_line("Shutdown timeout exceeded. Exiting immediately!", error=True)
+                for task in pending:
                     task.cancel()
         if not self.timed_out and self.worker is None:
             tusd_line("Shutdown completed. Goodbye!")

@@ -93,6 +93,7 @@ class Worker:
         protocol: Callable[[], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None,
         stopping: Callable[[], bool],
+        handshake_timeout: float = 60.0,
     ) -> None:
         """Called once the server has started: take connections from the parent from now on."""
         channel = self.channel
@@ -100,7 +101,11 @@ class Worker:
 
         async def adopt(sock: socket.socket) -> None:
             try:
-                await loop.connect_accepted_socket(protocol, sock, ssl=ssl_context)
+                if ssl_context is None:
+                    await loop.connect_accepted_socket(protocol, sock)
+                else:
+                    await loop.connect_accepted_socket(protocol, sock, ssl=ssl_context,
+                                                       ssl_handshake_timeout=handshake_timeout)
             except (OSError, ValueError, asyncio.TimeoutError) as exc:  # e.g. a failed TLS handshake
                 log.debug("connection lost before it was served: %r", exc)
                 sock.close()
