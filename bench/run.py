@@ -746,12 +746,12 @@ def scenario_upload(ctx: Ctx) -> dict[str, Any]:
         raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "servers")))
 
     results = []
-    slot = 0
     for r in range(1, args.rounds + 1):
-        for variant in chosen:
-            order = specs[slot % len(specs) :] + specs[: slot % len(specs)]
-            slot += 1
-            for spec in order:
+        for i, variant in enumerate(chosen):
+            # Who goes first changes from round to round within each variant. (A slot counted over the variants
+            # fixed the order per variant whenever there were as many servers as variants: with two of each, the
+            # same server went first in every round of a variant.)
+            for spec in rotate(specs, r - 1 + i):
                 res = measure_upload(ctx, spec, variant, variants[variant], r, verify_sha=(r == 1 and args.sha256))
                 results.append(res)
                 print(
