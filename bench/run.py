@@ -746,12 +746,12 @@ def scenario_upload(ctx: Ctx) -> dict[str, Any]:
         raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "servers")))
 
     results = []
-    slot = 0
     for r in range(1, args.rounds + 1):
-        for variant in chosen:
-            order = specs[slot % len(specs) :] + specs[: slot % len(specs)]
-            slot += 1
-            for spec in order:
+        for i, variant in enumerate(chosen):
+            # Who goes first changes from round to round within each variant. (A slot counted over the variants
+            # fixed the order per variant whenever there were as many servers as variants: with two of each, the
+            # same server went first in every round of a variant.)
+            for spec in rotate(specs, r - 1 + i):
                 res = measure_upload(ctx, spec, variant, variants[variant], r, verify_sha=(r == 1 and args.sha256))
                 results.append(res)
                 print(
@@ -781,8 +781,11 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
-def pytusd_spec(name: str, label: str, *extra: str, env: dict[str, str] | None = None) -> ServerSpec:
-    """pytusd with the bench's usual flags plus ``extra`` (``--workers N`` waits for all workers to be ready)."""
+def pytusd_spec(
+    name: str, label: str, *extra: str, env: dict[str, str] | None = None, base: str = "pytusd"
+) -> ServerSpec:
+    """pytusd with the bench's usual flags plus ``extra`` (``--workers N`` waits for all workers to be ready);
+    ``base``: the install, ``pytusd`` (this checkout's .venv) or ``pytusd-baseline`` (--baseline-python)."""
     ready = ""
     if "--workers" in extra:
         n = int(extra[list(extra).index("--workers") + 1])
@@ -790,10 +793,31 @@ def pytusd_spec(name: str, label: str, *extra: str, env: dict[str, str] | None =
     return ServerSpec(
         name=name,
         label=label,
-        argv=lambda port, d: SERVERS["pytusd"].argv(port, d) + list(extra),
-        env=env or {},
+        argv=lambda port, d: SERVERS[base].argv(port, d) + list(extra),
+        env={**SERVERS[base].env, **(env or {})},
         ready_log=ready,
     )
+
+
+# Opt-in, for every scenario: pytusd of another install, started as `<python> -m pytusd` with the flags of the
+# `pytusd` spec (--pytusd-args included): before and after a refactor in the same run. The python comes from
+# --baseline-python or $PYTUSD_BASELINE_PYTHON; scripts/bench-baseline builds one from a git ref (README).
+BASELINE = {"python": os.environ.get("PYTUSD_BASELINE_PYTHON", "")}
+SERVERS["pytusd-baseline"] = ServerSpec(
+    name="pytusd-baseline",
+    label="pytusd (baseline)",
+    argv=lambda port, d: [BASELINE["python"], "-m", "pytusd"] + SERVERS["pytusd"].argv(port, d)[1:],
+)
+PYTUSD_INSTALLS = ("pytusd", "pytusd-baseline")  # the servers scenarios 3-5 can take (--slow-servers etc.)
+
+
+def new_over_old(summary: dict[str, Any], key: Callable[[Any], float], what: str, unit: str = "") -> list[str]:
+    """A line 'pytusd / pytusd (baseline) <what>' when both were measured (``key`` picks the figure)."""
+    if "pytusd" not in summary or "pytusd-baseline" not in summary:
+        return []
+    new, old = key(summary["pytusd"]), key(summary["pytusd-baseline"])
+    ratio = new / old if old else float("nan")
+    return [f"pytusd / pytusd (baseline) {what}: {ratio:.2f}x ({new:.2f} / {old:.2f}{unit})"]
 
 
 # Opt-in, for scenario 1: the cost of --fsync, measured in the same run (--servers pytusd,pytusd-fsync).
@@ -850,9 +874,13 @@ def scenario_1(ctx: Ctx) -> dict[str, Any]:
         if "ratio_pytusd_over_raw_sink" in entry:
             verdicts.append(verdict(f"1 {v}: pytusd / raw sink MB/s", entry["ratio_pytusd_over_raw_sink"],
                                     TARGET_RAW_SINK))
+    ratios = []
+    for v, entry in summary.items():
+        ratios += new_over_old(entry["servers"], lambda e: e["mb_per_s"]["median"], f"{v} MB/s")
+        ratios += new_over_old(entry["servers"], lambda e: e["cpu_s_per_gib"]["median"], f"{v} CPU-s/GiB")
     return {
         "title": f"Scenario 1: one {fmt_size(ctx.args.size)} upload, file store",
-        "table": print_table(summary, ctx.args.rounds) + skipped_notes(ctx, "servers"),
+        "table": print_table(summary, ctx.args.rounds) + ratios + skipped_notes(ctx, "servers"),
         "summary": summary,
         "verdicts": verdicts,
         "variants": outcome["variants"],
@@ -1011,6 +1039,9 @@ def scenario_2(ctx: Ctx) -> dict[str, Any]:
             verdict("2: pytusd / tusd req/s", p["req_per_s"] / t["req_per_s"], TARGET_TUSD_RATIO),
             verdict("2: pytusd p99 / tusd p99", p["p99_ms"] / t["p99_ms"], 1.0, higher_is_better=False),
         ]
+    notes += new_over_old(summary, lambda e: e["req_per_s"], "req/s")
+    notes += new_over_old(summary, lambda e: e["p99_ms"], "p99", " ms")
+    notes += new_over_old(summary, lambda e: e["server_cpu_ms_per_req"], "server CPU per request", " ms")
     notes += skipped_notes(ctx, "small_servers")
     if "pytusd" in summary and "raw-sink" in summary:
         p = summary["pytusd"]
@@ -1087,7 +1118,7 @@ def scenario_3(ctx: Ctx) -> dict[str, Any]:
 
     args = ctx.args
     loadclient.raise_nofile(4 * args.slow_uploads + 1024)  # the servers inherit it
-    specs = [SERVERS["pytusd"], SERVERS["tus-node"]]
+    specs = [SERVERS[s] for s in args.slow_servers]
     rows = []
     for r in range(1, args.rounds + 1):
         for spec in rotate(specs, r - 1):
@@ -1125,6 +1156,11 @@ def scenario_3(ctx: Ctx) -> dict[str, Any]:
         f"{args.slow_uploads} uploads opened over {args.slow_ramp:g} s, each a PATCH sending {fmt_size(args.slow_chunk)}"
         f" every {args.slow_interval:g} s, {args.slow_chunks} times; RSS with all open = sampled once every upload was"
         f" open; medians of {args.rounds} round(s), ok/errors summed.")]
+    out += new_over_old(summary, lambda e: e["peak_rss_max_mb"], "peak RSS (max)", " MB")
+    out += new_over_old(summary, lambda e: e["server_cpu_s"], "server CPU-s", " s")
+    if "pytusd" not in summary:
+        return {"title": f"Scenario 3: {args.slow_uploads} slow uploads held open", "table": out,
+                "summary": summary, "verdicts": [], "runs": rows}
     p = summary["pytusd"]
     verdicts = [
         verdict(f"3: pytusd peak RSS with {args.slow_uploads:,} open uploads", p["peak_rss_max_mb"], TARGET_SLOW_RSS_MB,
@@ -1227,9 +1263,9 @@ def scenario_4(ctx: Ctx) -> dict[str, Any]:
                         "steal_s": steal, "other_cores": other, **quiet, "peak_rss_mb": None, "sha256_ok": None}
 
             def via_pytusd(r: int, variant: str) -> dict[str, Any]:
-                extra = ["--s3-disable-content-hashes"] if variant == "pytusd-nohash" else []
+                extra = ["--s3-disable-content-hashes"] if variant.endswith("-nohash") else []
                 spec = pytusd_spec("pytusd-s3", "pytusd -> S3", "--s3-bucket", bucket, "--s3-endpoint", endpoint,
-                                   *extra, env=creds)
+                                   *extra, env=creds, base=variant.removesuffix("-nohash"))
                 server = fresh_server(ctx, spec, f"s4-r{r}-{variant}")
                 try:
                     clean()
@@ -1268,7 +1304,8 @@ def scenario_4(ctx: Ctx) -> dict[str, Any]:
                         "steal_s": steal, "other_cores": other, **quiet, "peak_rss_mb": hwm * KiB / MB,
                         "sha256_ok": sha_ok}
 
-            variants = ["pytusd", "boto3", "pytusd-nohash", "boto3-tuned"]
+            # --s3-servers (pytusd, pytusd-baseline): each with and without hashes, alternating with boto3.
+            variants = [*args.s3_servers, "boto3", *(f"{n}-nohash" for n in args.s3_servers), "boto3-tuned"]
             # Warm-up of boto3 (imports, connection pool) outside the measurement.
             boto_default.upload_file(payload, bucket, "warmup", Config=TransferConfig(multipart_threshold=size * 2)) \
                 if size <= 64 * MiB else boto_default.put_object(Bucket=bucket, Key="warmup", Body=b"x" * 1024)
@@ -1297,8 +1334,10 @@ def scenario_4(ctx: Ctx) -> dict[str, Any]:
     labels = {"pytusd": "client -> pytusd -> RGW",
               "pytusd-nohash": "client -> pytusd --s3-disable-content-hashes -> RGW",
               "boto3": "boto3 upload_file (defaults) -> RGW",
-              "boto3-tuned": "boto3 upload_file (pytusd's settings) -> RGW"}
-    for variant in ("pytusd", "pytusd-nohash", "boto3", "boto3-tuned"):
+              "boto3-tuned": "boto3 upload_file (pytusd's settings) -> RGW",
+              "pytusd-baseline": "client -> pytusd (baseline) -> RGW",
+              "pytusd-baseline-nohash": "client -> pytusd (baseline) --s3-disable-content-hashes -> RGW"}
+    for variant in [v for v in labels if any(x["variant"] == v for x in rows)]:
         mine = [x for x in rows if x["variant"] == variant]
         mbs = [x["mb_per_s"] for x in mine]
         entry = {k: median_of(mine, k) for k in ("mb_per_s", "server_cpu_s", "client_cpu_s", "ceph_cpu_s")}
@@ -1317,6 +1356,13 @@ def scenario_4(ctx: Ctx) -> dict[str, Any]:
         f" {fmt_size(args.memstore)} memstore OSD on this machine, objects deleted and RGW's gc run between uploads;"
         f" medians of {args.rounds} round(s). CPU: the pytusd process / the bench process (the client; for boto3,"
         " boto3 itself) / radosgw + ceph-osd + ceph-mon.")]
+    out += new_over_old(summary, lambda e: e["mb_per_s"], "MB/s")
+    if "pytusd-nohash" in summary:
+        out += new_over_old({k.removesuffix("-nohash"): v for k, v in summary.items() if k.endswith("-nohash")},
+                            lambda e: e["mb_per_s"], "--s3-disable-content-hashes MB/s")
+    if "pytusd" not in summary:
+        return {"title": f"Scenario 4: one {fmt_size(size)} upload into Ceph RGW (S3)", "table": out,
+                "summary": summary, "verdicts": [], "runs": rows}
     ratio = summary["pytusd"]["mb_per_s"] / summary["boto3"]["mb_per_s"]
     ratio_tuned = summary["pytusd"]["mb_per_s"] / summary["boto3-tuned"]["mb_per_s"]
     ratio_nohash = summary["pytusd-nohash"]["mb_per_s"] / summary["boto3-tuned"]["mb_per_s"]
@@ -1427,7 +1473,12 @@ def scenario_5(ctx: Ctx) -> dict[str, Any]:
     args = ctx.args
     cores = os.cpu_count() or 1
     counts = sorted({1, min(args.max_workers or cores, cores)})
-    specs = [pytusd_spec(f"workers-{n}", f"pytusd --workers {n}", "--workers", str(n)) for n in counts]
+    # --workers-servers: the installs compared (pytusd, pytusd-baseline), each with every count of workers;
+    # this checkout's pytusd keeps the names workers-N (and its summary the keys N).
+    runs = [(base, n, pytusd_spec(f"workers-{n}" if base == "pytusd" else f"{base}-workers-{n}",
+                                  f"{SERVERS[base].label} --workers {n}", "--workers", str(n), base=base))
+            for base in args.workers_servers for n in counts]
+    specs = [spec for _, _, spec in runs]
     rows_big: list[dict[str, Any]] = []
     rows_small: list[dict[str, Any]] = []
     for r in range(1, args.rounds + 1):
@@ -1452,39 +1503,47 @@ def scenario_5(ctx: Ctx) -> dict[str, Any]:
     ]
     summary: dict[str, Any] = {"big": {}, "small": {}}
     verdicts = []
+    ratios: list[str] = []
     for load, rows, key, unit, cpu_key in (
         ("big", rows_big, "mb_per_s", "MB/s", "cpu_s_per_gib"),
         ("small", rows_small, "req_per_s", "req/s", "server_cpu_ms_per_req"),
     ):
         base: dict[str, float] = {}
-        for n, spec in zip(counts, specs):
+        by_install: dict[int, dict[str, Any]] = {}
+        for install, n, spec in runs:
             mine = [x for x in rows if x["server"] == spec.name]
             vals = [x[key] for x in mine]
             entry = {k: median_of(mine, k) for k in (key, "server_cores", "client_cores", cpu_key)}
-            if not base:
+            if n == counts[0]:
                 base = entry
             entry["speedup"] = entry[key] / base[key]
             # What the machine allows: one worker's throughput used server + client CPU; all cores give at most
             # cores / (that CPU) times as much, and N workers at most N times as much.
             entry["cpu_ceiling"] = min(n, cores / (base["server_cores"] + base["client_cores"]))
-            summary[load][n] = entry
+            summary[load][n if install == "pytusd" else f"{install} {n}"] = entry
+            by_install.setdefault(n, {})[install] = entry
             spread = ""
             if load == "big" and n > 1:
                 spread = "; ".join("/".join(map(str, x["connections_per_worker"])) for x in mine)
             cpu_unit = "CPU-s/GiB" if load == "big" else "CPU ms/req"
             what = (f"{args.parallel_uploads} x {fmt_size(args.parallel_size // args.parallel_uploads)} uploads"
                     if load == "big" else f"{args.clients} clients x {fmt_size(args.body_size)} POST")
+            who = "" if args.workers_servers == ["pytusd"] else f" ({SERVERS[install].label})"
             out.append(
-                f"| {what} | {n} | {entry[key]:.0f} {unit} ({min(vals):.0f}-{max(vals):.0f}) | {entry['speedup']:.2f}x"
+                f"| {what} | {n}{who} | {entry[key]:.0f} {unit} ({min(vals):.0f}-{max(vals):.0f}) | {entry['speedup']:.2f}x"
                 f" | {entry['cpu_ceiling']:.2f}x | {entry['server_cores']:.2f} | {entry['client_cores']:.2f}"
                 f" | {entry[cpu_key]:.2f} {cpu_unit}"
                 f" | {spread or '-'} |"
             )
-            if n > 1:
+            if n > 1 and install == "pytusd":
                 verdicts.append(verdict(f"5 {load}: --workers {n} / --workers 1 {unit} (/{n})", entry["speedup"] / n,
                                         TARGET_SCALING))
                 verdicts.append(verdict(f"5 {load}: speed-up / this machine's CPU ceiling ({entry['cpu_ceiling']:.2f}x)",
                                         entry["speedup"] / entry["cpu_ceiling"], TARGET_SCALING))
+        for n in counts:
+            ratios += new_over_old(by_install[n], lambda e, k=key: e[k], f"{load} --workers {n} {unit}")
+            ratios += new_over_old(by_install[n], lambda e, k=cpu_key: e[k],
+                                   f"{load} --workers {n} {'CPU-s/GiB' if load == 'big' else 'CPU ms/req'}")
     out += ["", (
         f"{cores} cores shared by the server and the bench client; file store, file locker. 'big': "
         f"{args.parallel_uploads} uploads at once (one keep-alive connection each, PATCHes of"
@@ -1492,7 +1551,7 @@ def scenario_5(ctx: Ctx) -> dict[str, Any]:
         " the 'big' connections over the workers (one entry per round, from /proc). CPU ceiling: the speed-up the"
         " cores allow, min(N, cores / (server + client cores of the 1-worker run)), as the client needs its CPU too."
         f" Medians of {args.rounds} round(s); the first verdict divides the speed-up by the number of workers, the"
-        " second by the CPU ceiling.")]
+        " second by the CPU ceiling.")] + ratios
     return {
         "title": f"Scenario 5: --workers {counts[-1]} vs --workers 1 on {cores} cores",
         "table": out,
@@ -1661,6 +1720,11 @@ def machine_info(work_dir: str) -> dict[str, Any]:
         "tus_file_store": _pkg_version("@tus/file-store"),
         "git_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR),
         "git_dirty_src": bool(_run(["git", "status", "--porcelain", "--", "src"], cwd=REPO_DIR)),
+        # --baseline-python: the other install's pytusd (scripts/bench-baseline puts its commit in the path).
+        "pytusd_baseline": BASELINE["python"] and {
+            "python": BASELINE["python"],
+            "pytusd": _run([BASELINE["python"], "-c", "import pytusd; print(pytusd.__version__, pytusd.__file__)"]),
+        },
     }
 
 
@@ -1746,19 +1810,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slow-chunks", type=int, default=15, help="chunks per upload (default 15)")
     g.add_argument("--slow-interval", type=float, default=1.0, help="seconds between chunks (default 1)")
     g.add_argument("--slow-ramp", type=float, default=5.0, help="seconds over which the uploads open (default 5)")
+    g.add_argument("--slow-servers", default="pytusd,tus-node",
+                   help="comma-separated subset of: pytusd, pytusd-baseline, tus-node (default: pytusd,tus-node)")
     g = p.add_argument_group("scenario 4 (s3)")
     g.add_argument("--s3-size", type=parse_size, default=GiB, help="upload size (default 1GiB)")
     g.add_argument("--memstore", type=parse_size, default=4 * GiB, help="Ceph memstore OSD size (default 4GiB)")
+    g.add_argument("--s3-servers", default="pytusd",
+                   help="the pytusd installs sending to RGW: pytusd and/or pytusd-baseline (default: pytusd)")
     g = p.add_argument_group("scenario 5 (workers)")
     g.add_argument("--parallel-uploads", type=int, default=8, help="uploads at once in the 'big' load (default 8)")
     g.add_argument("--parallel-size", type=parse_size, default=GiB, help="their total size (default 1GiB)")
     g.add_argument("--max-workers", type=int, default=0, help="workers compared with 1 (default: the core count)")
+    g.add_argument("--workers-servers", default="pytusd",
+                   help="the pytusd installs compared: pytusd and/or pytusd-baseline (default: pytusd)")
     g = p.add_argument_group("all scenarios")
     g.add_argument("--work-dir", default=tempfile.gettempdir(), help="where upload dirs go (default: the temp dir)")
     g.add_argument("--settle", type=float, default=1.0, help="seconds to pause between measurements (default 1)")
     g.add_argument("--timeout", type=float, default=600.0, help="socket timeout per request in seconds")
     g.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for a server to listen")
     g.add_argument("--no-json", dest="json", action="store_false", help="do not write bench/results/<time>.json")
+    g.add_argument("--baseline-python", default=BASELINE["python"], metavar="PATH",
+                   help="the python of another pytusd install, run as the opt-in server pytusd-baseline"
+                   " (`PATH -m pytusd`; default $PYTUSD_BASELINE_PYTHON; scripts/bench-baseline [REF] builds one)")
     g.add_argument("--pytusd-args", default="",
                    help="extra flags for every pytusd started, one shell-quoted string (e.g. '--fsync')")
     g.add_argument("--quiet-cores", type=float, default=0.25,
@@ -1817,6 +1890,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in args.servers + args.small_servers:
         if s not in SERVERS:
             print(f"unknown server {s!r}; known: {', '.join(SERVERS)}", file=sys.stderr)
+            return 2
+    for key, allowed in (("slow_servers", (*PYTUSD_INSTALLS, "tus-node")), ("s3_servers", PYTUSD_INSTALLS),
+                         ("workers_servers", PYTUSD_INSTALLS)):
+        setattr(args, key, [s for s in getattr(args, key).split(",") if s])
+        for s in getattr(args, key):
+            if s not in allowed:
+                print(f"--{key.replace('_', '-')}: unknown server {s!r}; known: {', '.join(allowed)}", file=sys.stderr)
+                return 2
+    BASELINE["python"] = args.baseline_python
+    wanted = {1: args.servers, 2: args.small_servers, 3: args.slow_servers, 4: args.s3_servers, 5: args.workers_servers}
+    if any("pytusd-baseline" in wanted[n] for n in chosen):
+        if not args.baseline_python or not os.access(args.baseline_python, os.X_OK):
+            print(f"pytusd-baseline needs --baseline-python PATH (a python with another pytusd installed; got"
+                  f" {args.baseline_python!r}); scripts/bench-baseline [REF] builds one", file=sys.stderr)
             return 2
     # A peer that is not installed (tusd without Go) is left out and reported as skipped by the scenarios naming it.
     missing = {}
