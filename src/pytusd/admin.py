@@ -160,8 +160,8 @@ def run(command: str, config: Config, arguments: list[str], as_json: bool, out: 
     try:
         result = asyncio.run(actions[command]())
     except errors.TusError as exc:
-        if exc.code in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED") and arguments:
-            gone = "expired and was removed" if exc.code == "ERR_UPLOAD_EXPIRED" else "does not exist"
+        if exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED) and arguments:
+            gone = "expired and was removed" if exc.is_(errors.ERR_UPLOAD_EXPIRED) else "does not exist"
             print(printable(f"pytusd {command}: upload {arguments[0]} {gone} in {config.store!r}"), file=sys.stderr)
         else:
             print(f"pytusd {command}: {exc.code}: {printable(exc.message)}", file=sys.stderr)

@@ -246,7 +246,7 @@ class TusApp:
             response = Response.from_error(exc)
             if request.method == "HEAD":
                 response.body = b""
-            if exc.status == 412 and exc.code == "ERR_UNSUPPORTED_VERSION":
+            if exc.is_(errors.ERR_UNSUPPORTED_VERSION):
                 headers["Tus-Version"] = protocol.TUS_VERSION
         except asyncio.CancelledError:
             raise
@@ -328,7 +328,7 @@ class TusApp:
         try:
             await store.get(READY_PROBE_ID)
         except TusError as exc:
-            if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
+            if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
                 raise
 
     async def _locker_ready(self) -> None:

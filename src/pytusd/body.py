@@ -35,7 +35,8 @@ POOL_SPLICE_MIN = 1 << 20
 
 # The reasons that end a request as tusd's cancelled request context does: from then on the store has the request's
 # completion timeout to store what arrived (bound_completion).
-REQUEST_ENDED = frozenset({"ERR_UNEXPECTED_EOF", "ERR_SERVER_SHUTDOWN", "ERR_UPLOAD_INTERRUPTED", "ERR_UPLOAD_STOPPED"})
+REQUEST_ENDED = (errors.ERR_UNEXPECTED_EOF, errors.ERR_SERVER_SHUTDOWN, errors.ERR_UPLOAD_INTERRUPTED,
+                 errors.ERR_UPLOAD_STOPPED)
 
 
 class RequestBody:
@@ -91,7 +92,7 @@ class RequestBody:
         if self._waiting and self._task is not None and not self._cancelling:
             self._cancelling = True
             self._task.cancel()
-        if error.code in REQUEST_ENDED:
+        if error.is_(*REQUEST_ENDED):
             self._start_grace()
 
     # -- how long the store may go on once the request ended (tusd's GracefulRequestCompletionTimeout) ------------
@@ -102,7 +103,7 @@ class RequestBody:
         (see :meth:`overdue`). :meth:`end_completion` once the work is done."""
         self._grace = seconds
         self._grace_task = asyncio.current_task()
-        if self.error is not None and self.error.code in REQUEST_ENDED:
+        if self.error is not None and self.error.is_(*REQUEST_ENDED):
             self._start_grace()
 
     def _start_grace(self) -> None:

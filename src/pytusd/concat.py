@@ -76,7 +76,7 @@ class Concatenation:
             try:
                 partial = await store.get(partial_id)
             except errors.TusError as exc:
-                if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
+                if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
                     raise
                 # A partial was terminated (or expired) first: this final can never be concatenated. It stays an
                 # unfinished final (HEAD without an offset) that can be terminated; passing the partial's 404 on made
@@ -99,7 +99,7 @@ class Concatenation:
             with self.handlers.store_operation("concat", info.id):
                 await cast(Concatenatable, store).concat(final, partials)  # a store that has finals concatenates
         except errors.TusError as exc:
-            if exc.code != "ERR_UPLOAD_NOT_FOUND":
+            if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND):
                 raise
             log.warning("final upload %s: a partial went away while it was concatenated", info.id)
             return info

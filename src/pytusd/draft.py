@@ -139,12 +139,12 @@ class DraftFlows:
                 # tus 1.0's append: no writes into a final, only at the offset; a complete upload is not touched.
                 info = await handlers.append(request, upload, info, response, offset)
             except errors.TusError as exc:
-                if exc.code == "ERR_MISMATCHED_OFFSET":
+                if exc.is_(errors.ERR_MISMATCHED_OFFSET):
                     raise _problem(
                         exc, version, "mismatching-upload-offset", "the upload offset does not match",
                         **{"expected-offset": info.offset, "provided-offset": offset},
                     ) from None
-                if exc.code == "ERR_UPLOAD_SIZE_EXCEEDED":
+                if exc.is_(errors.ERR_UPLOAD_SIZE_EXCEEDED):
                     raise _problem(exc, version, "inconsistent-upload-length", "data past the upload's length") from None
                 raise
             info = await self._complete_if_asked(request, version, upload, info, complete)

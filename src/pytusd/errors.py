@@ -62,6 +62,11 @@ class TusError(Exception):
             self._body if body is None else body,
         )
 
+    def is_(self, *kinds: TusError) -> bool:
+        """Whether this error is one of ``kinds`` (templates of the catalogue below): ``exc.is_(ERR_UPLOAD_NOT_FOUND)``.
+        Errors are told apart by their code, in this one place, never by comparing strings elsewhere."""
+        return any(self.code == kind.code for kind in kinds)
+
     def __repr__(self) -> str:
         return f"TusError({self.code!r}, {self.message!r}, {self.status})"
 

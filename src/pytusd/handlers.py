@@ -209,7 +209,7 @@ class Handlers:
             with self.metrics.active_upload(), self.store_operation("write", info.id):
                 written = await self._write_chunks(request, upload, offset, body)
         except errors.TusError as exc:
-            if exc.code not in ("ERR_STORAGE_FULL", "ERR_STORAGE_READ_ONLY"):
+            if not exc.is_(errors.ERR_STORAGE_FULL, errors.ERR_STORAGE_READ_ONLY):
                 raise
             # The bytes stored before the storage failed are kept: tell the client where to resume from.
             stored = (await upload.info()).offset
@@ -226,7 +226,7 @@ class Handlers:
         # How the body ended decides the answer. A request that got all of it may still be asked to let go while it
         # finishes (another request wants the lock of the final it is completing, or this upload's): too late then.
         error = body.error
-        if body.error is not None and body.error.code == "ERR_UPLOAD_STOPPED":
+        if body.error is not None and body.error.is_(errors.ERR_UPLOAD_STOPPED):
             if self.can_terminate:
                 with self.store_operation("terminate", info.id):
                     await cast(Terminatable, self.store).terminate(upload)
@@ -315,7 +315,7 @@ class Handlers:
             try:
                 await expiration.check(cast(Expiring, self.store), upload, info, self.expiration)
             except errors.TusError as exc:
-                if exc.code == "ERR_UPLOAD_EXPIRED":
+                if exc.is_(errors.ERR_UPLOAD_EXPIRED):
                     self.metrics.expired_removed(1)
                 raise
         return upload, info

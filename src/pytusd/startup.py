@@ -116,7 +116,7 @@ async def _store(store: Any) -> str:
             try:
                 await _timed(store.get("pytusd-readiness-probe"))
             except errors.TusError as exc:
-                if exc.code not in ("ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"):
+                if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
                     raise
     except Exception as exc:  # noqa: BLE001
         cause = exc.__cause__ if isinstance(exc, errors.TusError) and exc.__cause__ is not None else exc
