@@ -20,7 +20,7 @@ import sys
 
 try:
     import uvloop
-except ImportError:  # stdlib asyncio measured about the same for this loop (reference/performance.md)
+except ImportError:  # stdlib asyncio measured about the same for this loop (bench/NOTES.md)
     uvloop = None
 
 

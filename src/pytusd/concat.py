@@ -1,4 +1,4 @@
-"""Concatenation and concatenation-unfinished: final uploads made of partial ones (items 58-70).
+"""Concatenation and concatenation-unfinished: final uploads made of partial ones.
 
 Used by the handler flows (``Handlers.concat``); the store does the byte work (``Concatenatable.concat``).
 """
@@ -29,7 +29,7 @@ class Concatenation:
 
     async def partials(self, request: Request, urls: list[str]) -> tuple[list[str], int, bool]:
         """The IDs of the partial uploads a final one names, in order, their total size, and whether all are
-        complete (items 60, 62, 64). Unfinished partials are fine (concatenation-unfinished) as long as their
+        complete. Unfinished partials are fine (concatenation-unfinished) as long as their
         lengths are known, so that the final's length is.
 
         Creating the final reads each partial's bytes, so each passes the access rule (pre-access) with this

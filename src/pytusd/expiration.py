@@ -35,7 +35,7 @@ async def expires_at(upload: Upload, info: UploadInfo, expiration: float) -> flo
 
 
 def expires_header(expiration: float) -> str:
-    """``Upload-Expires`` for an upload that just changed (items 42-44)."""
+    """``Upload-Expires`` for an upload that just changed (expiration extension)."""
     return protocol.http_date(time.time() + expiration)
 
 

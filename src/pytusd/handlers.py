@@ -427,7 +427,7 @@ class Handlers:
         async with self.locked(request, upload_id):
             _, info = await self.load(request, upload_id)
         headers = {"Cache-Control": "no-store"}
-        if not (info.is_final and not info.is_complete):  # item 66: a final has no offset until concatenated
+        if not (info.is_final and not info.is_complete):  # a final has no offset until concatenated
             headers["Upload-Offset"] = str(info.offset)
         if info.is_partial:
             headers["Upload-Concat"] = "partial"

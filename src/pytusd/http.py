@@ -64,7 +64,7 @@ class Request:
         self.receive = receive
         self.headers = _headers(scope)
         method = scope["method"]
-        # X-HTTP-Method-Override on POST (item 7), for clients that cannot send PATCH or DELETE.
+        # X-HTTP-Method-Override on POST, for clients that cannot send PATCH or DELETE.
         if method == "POST" and (override := self.headers.get("x-http-method-override")):
             method = override.strip().upper()
         self.method: str = method

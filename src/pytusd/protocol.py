@@ -1,7 +1,7 @@
 """The tus rules that need no I/O: header parsing and serialising, IDs, URLs, download headers.
 
 Each function here is the one place a rule lives; the handler flows call them and never parse headers themselves.
-Item numbers refer to the server checklist (reference/tus-protocol.md).
+Sections named below are those of the tus 1.0 specification (https://tus.io/protocols/resumable-upload).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def parse_non_negative_int(value: str | None) -> int | None:
-    """A non-negative int64 in plain decimal, or None when the value is anything else (items 6, 24)."""
+    """A non-negative int64 in plain decimal, or None when the value is anything else (Upload-Offset, -Length)."""
     if value is None or not _DIGITS.fullmatch(value):
         return None
     number = int(value)
@@ -35,7 +35,7 @@ def parse_non_negative_int(value: str | None) -> int | None:
 
 
 def parse_offset(value: str | None) -> int:
-    """``Upload-Offset`` of a PATCH (item 6): 400 ERR_INVALID_OFFSET unless a non-negative integer."""
+    """``Upload-Offset`` of a PATCH (core protocol): 400 ERR_INVALID_OFFSET unless a non-negative integer."""
     offset = parse_non_negative_int(value)
     if offset is None:
         raise errors.ERR_INVALID_OFFSET()
@@ -62,7 +62,7 @@ def parse_creation_length(length: str | None, defer: str | None, can_defer: bool
     return size, False
 
 
-# --- checksum (items 46-53) ---------------------------------------------------------------------------------------
+# --- checksum extension ---------------------------------------------------------------------------------------
 
 
 class _Crc32:
@@ -86,7 +86,7 @@ MAX_CHECKSUM_LENGTH = 128  # base64 characters of a digest; SHA-512's 64 bytes t
 
 def parse_checksum(header: str) -> tuple[str, bytes]:
     """``Upload-Checksum: <algorithm> <base64 digest>`` -> (algorithm, digest). Unknown algorithms and malformed
-    values are 400 (item 49); names are lowercase ASCII (item 52). A digest longer than any algorithm's is malformed
+    values are 400; names are lowercase ASCII. A digest longer than any algorithm's is malformed
     before it is decoded."""
     algorithm, _, encoded = header.strip().partition(" ")
     if algorithm not in CHECKSUM_ALGORITHMS:
@@ -106,7 +106,7 @@ def new_hasher(algorithm: str) -> hashlib._Hash | _Crc32:
     return _Crc32() if algorithm == "crc32" else hashlib.new(algorithm)
 
 
-# --- Upload-Metadata (items 29-32) ---------------------------------------------------------------------------------
+# --- Upload-Metadata (creation extension) ---------------------------------------------------------------------------------
 
 _METADATA_KEY = re.compile(r"[!-~]+")  # visible ASCII; a key has no space and no comma by construction
 
@@ -163,7 +163,7 @@ def parse_metadata(
 
 
 def serialize_metadata(meta: Mapping[str, str]) -> str:
-    """``Upload-Metadata`` for a HEAD response (item 31). Keys that could not travel in a header are left out."""
+    """``Upload-Metadata`` for a HEAD response (creation). Keys that could not travel in a header are left out."""
     return ",".join(
         f"{key} {base64.b64encode(value.encode('utf-8', 'replace')).decode('ascii')}" if value else key
         for key, value in meta.items()
@@ -171,7 +171,7 @@ def serialize_metadata(meta: Mapping[str, str]) -> str:
     )
 
 
-# --- Upload-Concat (items 59-60, 69-70) ----------------------------------------------------------------------------
+# --- Upload-Concat (concatenation extension) ----------------------------------------------------------------------------
 
 
 def parse_concat(header: str | None) -> tuple[str | None, list[str]]:

@@ -1,4 +1,4 @@
-"""Fireboom upload hooks: a Fireboom-style hook server decides on uploads (reference/fireboom.md).
+"""Fireboom upload hooks: a Fireboom-style hook server decides on uploads (README, "Hooks").
 
 ``pre-create`` becomes ``POST {url}/upload/{storage}/{profile}/preUpload``: a returned ``fileKey`` becomes the
 upload's ID, a returned ``error`` rejects the upload with 400 and that message. ``post-finish`` becomes

@@ -37,8 +37,8 @@ def raise_open_files_limit() -> int:
 def tune_malloc() -> bool:
     """Raise glibc's mmap and trim thresholds so that every ~256 KB body chunk is not a fresh mmap/munmap pair.
 
-    That page-fault churn halves uvicorn's upload throughput (reference/performance.md). Returns whether the tuning
-    was applied (glibc only; a no-op elsewhere).
+    Measured when the server was uvicorn's, that page-fault churn halved the upload throughput (bench/NOTES.md).
+    Returns whether the tuning was applied (glibc only; a no-op elsewhere).
     """
     name = ctypes.util.find_library("c")
     if not name:
