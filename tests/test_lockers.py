@@ -128,3 +128,24 @@ async def test_file_lock_handover_across_two_lockers(tmp_path):
     assert time.monotonic() - started < 2
     await task
     await lock.release()
+
+
+async def test_file_locker_asks_a_holder_in_this_process_at_once(tmp_path):
+    """Within one process the waiter asks the holder directly: no wait for the holder's next look at the .stop file
+    (here 30 s away); other processes still find the .stop file."""
+    locker = FileLocker(tmp_path, holder_poll_interval=30.0, file_io="inline")
+    (tmp_path / "abc.info").write_text("{}")
+    asked = asyncio.Event()
+    first = await locker.acquire("abc", asked.set, 5)
+
+    async def let_go_when_asked() -> None:
+        await asked.wait()
+        await first.release()
+
+    helper = asyncio.create_task(let_go_when_asked())
+    started = time.monotonic()
+    second = await locker.acquire("abc", lambda: None, 5)
+    assert asked.is_set() and time.monotonic() - started < 5
+    await second.release()
+    await helper
+    assert locker._holders == {}  # nothing left behind once released

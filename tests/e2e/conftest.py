@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -289,3 +290,89 @@ def mounted_tmpfs(mount_point: Path, options: str):
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+class ThrottlingProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``upstream`` ("host:port"), standing in for the toxiproxy of tusd's suite.
+
+    Client-to-server bytes pass at ``rate`` KB/s (1 KB = 1000 bytes), a tenth of a second's worth at a time, each
+    slice delivered only once the time its bytes need at that rate has passed (toxiproxy's "bandwidth" toxic on the
+    upstream). With ``limit``, a connection is cut (both sockets closed) as soon as ``limit`` bytes went upstream on
+    it (toxiproxy's "limit_data"). Server-to-client bytes are not held up."""
+
+    def __init__(self, upstream: str, rate: int, limit: int | None = None) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.upstream = (host.strip("[]"), int(port))
+        self.rate = rate * 1000
+        self.limit = limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listen = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client), daemon=True).start()
+
+    def _upstream(self, src: socket.socket, dst: socket.socket) -> None:
+        sent, due = 0, time.monotonic()
+        try:
+            while True:
+                want = self.rate // 10
+                if self.limit is not None:
+                    want = min(want, self.limit - sent)
+                data = src.recv(want)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                due = max(due, time.monotonic()) + len(data) / self.rate
+                time.sleep(max(0.0, due - time.monotonic()))
+                dst.sendall(data)
+                sent += len(data)
+                if self.limit is not None and sent >= self.limit:
+                    self._cut(src, dst)
+                    return
+        except OSError:
+            self._cut(src, dst)
+
+    def _downstream(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._cut(src, dst)
+
+    @staticmethod
+    def _cut(*socks: socket.socket) -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread; close() alone does not
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._cut(*self.sockets)
+
+
+@pytest.fixture
+def toxiproxy():
+    proxies: list[ThrottlingProxy] = []
+
+    def make(upstream: str, rate: int, limit: int | None = None) -> ThrottlingProxy:
+        proxy = ThrottlingProxy(upstream, rate, limit)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

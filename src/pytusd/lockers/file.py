@@ -68,17 +68,22 @@ def _let_go(fd: int, lock_path: str) -> None:
 
 
 class FileLock:
-    __slots__ = ("_fd", "_lock_path", "_poll", "_threaded")
+    __slots__ = ("_fd", "_lock_path", "_poll", "_threaded", "_holders", "_upload_id")
 
     def __init__(self, fd: int, lock_path: str, poll: asyncio.TimerHandle | None, threaded: bool = False) -> None:
         self._fd = fd
         self._lock_path = lock_path
         self._poll = poll
         self._threaded = threaded
+        self._holders: dict[str, Callable[[], None]] | None = None  # the locker's, while this lock is in it
+        self._upload_id = ""
 
     async def release(self) -> None:
         if self._fd < 0:
             return
+        if self._holders is not None:
+            self._holders.pop(self._upload_id, None)
+            self._holders = None
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
@@ -123,6 +128,9 @@ class FileLocker:
         self.acquirer_poll_interval = acquirer_poll_interval
         self.file_io = file_io
         self.threaded, self.file_io_reason = fileio.resolve(file_io, self.root)
+        # Locks this process holds: a request here that wants one asks its holder at once, instead of waiting for
+        # the holder's next look at the .stop file (which other processes still need).
+        self._holders: dict[str, Callable[[], None]] = {}
 
     def __repr__(self) -> str:
         return f"FileLocker({self.root!r})"
@@ -164,6 +172,9 @@ class FileLocker:
             if fd is not None:
                 break
             # Busy: a release request was left for the holder (again on every round, as a new holder removes it).
+            holder = self._holders.pop(upload_id, None)
+            if holder is not None:  # held in this process: asked directly, once
+                holder()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.ERR_LOCK_TIMEOUT()
@@ -171,6 +182,8 @@ class FileLocker:
             delay = min(delay * 2, self.acquirer_poll_interval)
         lock = FileLock(fd, lock_path, None, self.threaded)
         lock._watch(stop_path, self.holder_poll_interval, on_release_request)
+        self._holders[upload_id] = on_release_request
+        lock._holders, lock._upload_id = self._holders, upload_id
         return lock
 
     async def try_acquire(self, upload_id: str) -> FileLock | None:
