@@ -139,3 +139,57 @@ async def run_app(
 
 
 INTERNAL_ERROR = b"Internal Server Error"
+
+
+def resolve(future: asyncio.Future[None] | None) -> None:
+    """Wake whoever waits on ``future`` (if anyone still does)."""
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+class Exchange:
+    """What an HTTP/1.1 request (h1.Cycle) and an HTTP/2 stream (h2.Stream) share on the ASGI side: the body pieces
+    received and not yet read by the app, the one waiter of ``receive()``, and how ``receive()`` ends."""
+
+    __slots__ = ("loop", "scope", "body", "more_body", "waiter", "disconnected", "started", "complete", "final_sent",
+                 "head_only")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scope: dict[str, Any]) -> None:
+        self.loop = loop
+        self.scope = scope
+        self.body: list[bytes] = []  # the very bytes that came, not yet read by the app
+        self.more_body = True  # the request body is not complete yet
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.started = False  # the response started
+        self.complete = False  # the response is complete
+        self.final_sent = False  # the app was told the body is complete
+        self.head_only = scope["method"] == "HEAD"
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        resolve(waiter)
+
+    async def wait(self) -> None:
+        self.waiter = waiter = self.loop.create_future()
+        await waiter
+
+    def take_body(self) -> dict[str, Any]:
+        """The ``http.request`` message of the pieces that wait (there are some)."""
+        pieces, self.body = self.body, []
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if not self.more_body:
+            self.final_sent = True
+        return {"type": "http.request", "body": data, "more_body": self.more_body}
+
+    async def no_body_left(self) -> dict[str, Any]:
+        """``receive()`` once no piece waits and none will come: the body's end (once), then, as ASGI says, a wait
+        until the client goes away or the response is complete."""
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        if not self.final_sent:
+            self.final_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while not self.disconnected and not self.complete:
+            await self.wait()
+        return {"type": "http.disconnect"}

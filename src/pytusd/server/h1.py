@@ -30,7 +30,18 @@ import httptools
 from .. import errors
 from ..http import INFORMATIONAL_EXTENSION, SPLICE_EXTENSION, TRAILERS_EXTENSION
 from . import splice as splicing
-from .asgi import INTERNAL_ERROR, ResponseError, check_header, make_scope, peer, reason, run_app, split_target
+from .asgi import (
+    INTERNAL_ERROR,
+    Exchange,
+    ResponseError,
+    check_header,
+    make_scope,
+    peer,
+    reason,
+    resolve,
+    run_app,
+    split_target,
+)
 from .framing import ChunkedFraming, FramingTooLarge, find_head_end, normalize_head
 
 log = logging.getLogger("pytusd.server")
@@ -127,8 +138,7 @@ class H1Connection(asyncio.Protocol):
         if cycle is not None:
             cycle.disconnected = True
             cycle.wake()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        resolve(self.drained)
         self.state.connection_closed(self)
 
     def eof_received(self) -> bool | None:
@@ -139,8 +149,7 @@ class H1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        resolve(self.drained)
         self.drained = None
 
     def data_received(self, data: bytes) -> None:
@@ -485,31 +494,20 @@ class H1Connection(asyncio.Protocol):
             self._close(lingering=False)
 
 
-class Cycle:
+class Cycle(Exchange):
     """One request and its response: the ASGI ``receive`` and ``send`` of the request."""
 
-    __slots__ = (
-        "conn", "scope", "body", "pending", "more_body", "waiter", "disconnected", "started", "complete",
-        "keep_alive", "expect_continue", "chunked", "head_only", "head", "failure", "final_sent",
-    )
+    __slots__ = ("conn", "pending", "keep_alive", "expect_continue", "chunked", "head", "failure")
 
     def __init__(self, conn: H1Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
+        super().__init__(conn.loop, scope)
         self.conn = conn
-        self.scope = scope
-        self.body: list[bytes] = []  # body pieces received, not yet read by the app: the very bytes that came
-        self.pending = 0
-        self.more_body = True  # the request body is not complete yet
-        self.waiter: asyncio.Future[None] | None = None
-        self.disconnected = False
-        self.started = False
-        self.complete = False
+        self.pending = 0  # bytes in self.body
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.chunked = False
-        self.head_only = scope["method"] == "HEAD"
         self.head = b""  # the response head, written with the first body bytes
         self.failure: tuple[int, str, Any] | None = None  # the body's framing failed: answer this once it is read
-        self.final_sent = False  # the app was told the body is complete
 
     def piece(self, data: bytes) -> None:
         if self.complete:
@@ -520,45 +518,24 @@ class Cycle:
             self.conn._update_reading()
         self.wake()
 
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def _wait(self) -> None:
-        self.waiter = waiter = self.conn.loop.create_future()
-        await waiter
-
     async def receive(self) -> dict[str, Any]:
         if self.expect_continue:
             self.expect_continue = False
             if not self.started and not self.disconnected:
                 self.conn.transport.write(_CONTINUE)
         while not self.body and self.more_body and not self.disconnected and self.failure is None:
-            await self._wait()
+            await self.wait()
         if self.body:
-            pieces, self.body, self.pending = self.body, [], 0
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            message = self.take_body()
+            self.pending = 0
             self.conn._update_reading()
-            if not self.more_body:
-                self.final_sent = True
-            return {"type": "http.request", "body": data, "more_body": self.more_body}
+            return message
         if self.failure is not None:
-            (status, message, error), self.failure = self.failure, None
+            (status, text, error), self.failure = self.failure, None
             self.disconnected = True
-            self.conn.write_error(status, message, error)
+            self.conn.write_error(status, text, error)
             return {"type": "http.disconnect"}
-        if self.disconnected:
-            return {"type": "http.disconnect"}
-        if not self.final_sent:
-            self.final_sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        # After the whole body: wait for the client to go away (or the response to end), as ASGI says.
-        while not self.disconnected and not self.complete:
-            await self._wait()
-        return {"type": "http.disconnect"}
+        return await self.no_body_left()
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -17,7 +17,17 @@ import logging
 from typing import Any
 
 from ..http import INFORMATIONAL_EXTENSION, TRAILERS_EXTENSION
-from .asgi import INTERNAL_ERROR, ResponseError, check_header, make_scope, peer, run_app, split_target
+from .asgi import (
+    INTERNAL_ERROR,
+    Exchange,
+    ResponseError,
+    check_header,
+    make_scope,
+    peer,
+    resolve,
+    run_app,
+    split_target,
+)
 
 try:
     import h2.config
@@ -109,8 +119,7 @@ class H2Connection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.gone()
         self.streams.clear()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        resolve(self.drained)
         self.state.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -118,8 +127,7 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        resolve(self.drained)
         self.drained = None
 
     async def drain(self) -> None:
@@ -277,9 +285,10 @@ class H2Connection(asyncio.Protocol):
         self.state.start_request(self, stream)
 
     def _data(self, event: Any) -> None:
-        if event.flow_controlled_length and self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
-            # the connection's window, at once (not once the client said GOAWAY: h2 is closed then)
-            self.h2.increment_flow_control_window(event.flow_controlled_length)
+        if event.flow_controlled_length:
+            # the connection's window, at once (not once the client said GOAWAY: h2 is closed then, and refuses)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.increment_flow_control_window(event.flow_controlled_length)
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
@@ -343,30 +352,19 @@ class H2Connection(asyncio.Protocol):
             self._goaway()
 
 
-class Stream:
+class Stream(Exchange):
     """One request on an HTTP/2 connection: its ASGI ``receive`` and ``send``."""
 
-    __slots__ = (
-        "conn", "stream_id", "scope", "trailers", "body", "sizes", "more_body", "waiter", "disconnected",
-        "started", "complete", "head_only", "headers", "final_sent", "window", "expect_continue",
-    )
+    __slots__ = ("conn", "stream_id", "trailers", "sizes", "headers", "window", "expect_continue")
 
     def __init__(self, conn: H2Connection, stream_id: int, scope: dict[str, Any],
                  trailers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(conn.loop, scope)
         self.conn = conn
         self.stream_id = stream_id
-        self.scope = scope
         self.trailers = trailers
-        self.body: list[bytes] = []
         self.sizes = 0  # flow-controlled bytes of ``body`` (padding included), handed back once read
-        self.more_body = True
-        self.waiter: asyncio.Future[None] | None = None
-        self.disconnected = False
-        self.started = False
-        self.complete = False
-        self.head_only = scope["method"] == "HEAD"
         self.headers: list[tuple[bytes, bytes]] | None = None  # the response's, sent with the first data
-        self.final_sent = False
         self.window: asyncio.Future[None] | None = None  # waiting for the client's flow-control window
         self.expect_continue = False  # the client waits for 100 Continue before it sends the body
 
@@ -377,34 +375,20 @@ class Stream:
         if data:
             self.body.append(data)
         self.sizes += size
-        self._wake()
+        self.wake()
 
     def ended(self) -> None:
         self.more_body = False
-        self._wake()
+        self.wake()
 
     def gone(self) -> None:
         self.disconnected = True
-        self._wake()
+        self.wake()
         self.window_opened()
 
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
     def window_opened(self) -> None:
-        window = self.window
-        if window is not None:
-            self.window = None
-            if not window.done():
-                window.set_result(None)
-
-    async def _wait(self) -> None:
-        self.waiter = waiter = self.conn.loop.create_future()
-        await waiter
+        window, self.window = self.window, None
+        resolve(window)
 
     async def receive(self) -> dict[str, Any]:
         if self.expect_continue:
@@ -412,26 +396,12 @@ class Stream:
             if not self.started:
                 await self.send({"type": "pytusd.response.informational", "status": 100, "headers": []})
         while not self.body and self.more_body and not self.disconnected:
-            await self._wait()
+            await self.wait()
+        size, self.sizes = self.sizes, 0
+        self.conn.consumed(self, size)  # the client may send as much again (padding-only frames included)
         if self.body:
-            pieces, self.body = self.body, []
-            size, self.sizes = self.sizes, 0
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            self.conn.consumed(self, size)
-            if not self.more_body:
-                self.final_sent = True
-            return {"type": "http.request", "body": data, "more_body": self.more_body}
-        if self.sizes:  # padding only
-            size, self.sizes = self.sizes, 0
-            self.conn.consumed(self, size)
-        if self.disconnected:
-            return {"type": "http.disconnect"}
-        if not self.final_sent:
-            self.final_sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        while not self.disconnected and not self.complete:
-            await self._wait()
-        return {"type": "http.disconnect"}
+            return self.take_body()
+        return await self.no_body_left()
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -526,7 +496,7 @@ class Stream:
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 pass
             self.conn.flush()
-        self._wake()
+        self.wake()
         self.conn.stream_done(self)
 
     async def run(self, app: Any) -> None:
