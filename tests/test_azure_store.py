@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from pytusd import errors
+from pytusd.info import UploadInfo
 from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped
-from pytusd.types import UploadInfo
 
 azure_blob = pytest.importorskip("azure.storage.blob")
 
@@ -582,7 +582,7 @@ async def test_from_options_reads_the_environment(azure_endpoint, monkeypatch):
 
 
 def test_the_cli_flags_build_the_azure_store(tmp_path, monkeypatch):
-    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)

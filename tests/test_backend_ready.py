@@ -1,5 +1,5 @@
 """Backends that cannot be reached: 503 with a tus error code and Retry-After, one log line, no traceback; the
-start-up checks (pytusd.startup); the FileStore's readiness probe."""
+start-up checks (pytusd.server.startup); the FileStore's readiness probe."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import time
 import httpx
 import pytest
 
-from pytusd import FileStore, TusApp, errors, startup
-from pytusd.config import Config
+from pytusd import FileStore, TusApp, errors
+from pytusd.core.config import Config
+from pytusd.server import startup
 from tests.services import free_port
 
 TUS = {"Tus-Resumable": "1.0.0"}

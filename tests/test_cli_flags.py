@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pytusd.cli import _GO_ONLY_FLAGS, _normalise_argv, build_parser, main
+from pytusd.server.cli import _GO_ONLY_FLAGS, _normalise_argv, build_parser, main
 
 # The names as tusd's cmd/tusd/cli/flags.go declares them.
 TUSD_GO_ONLY = ("expose-pprof", "pprof-path", "pprof-block-profile-rate", "pprof-mutex-profile-rate", "hooks-plugin")
@@ -74,7 +74,7 @@ def test_enable_h2c_and_tls_are_refused_together(tmp_path, capsys):
 
 
 def test_the_upload_line_is_tusds():
-    from pytusd.cli import upload_line
+    from pytusd.server.cli import upload_line
 
     assert upload_line("/files/")([("127.0.0.1", 8080)]) == "You can now upload files to: http://127.0.0.1:8080/files/"
     assert upload_line("/files/", tls=True)([("::1", 8443, 0, 0)]) == (
@@ -90,13 +90,13 @@ def test_the_upload_line_is_tusds():
 def start_and_stop(tmp_path, *flags: str, until: str = "") -> str:
     """Run the real command on a free port until it answers (and has logged ``until``), stop it with SIGTERM,
     return what it logged (the port written PORT)."""
-    import httpx
-
     import signal
     import socket
     import subprocess
     import sys
     import time
+
+    import httpx
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -170,7 +170,7 @@ TUSD_FLAGS = (
 
 
 def test_every_tusd_flag_is_taken_or_refused_with_what_to_use_instead():
-    from pytusd.cli import _FLAGS
+    from pytusd.server.cli import _FLAGS
 
     taken = {flag.name for flag in _FLAGS} | {"version"}
     assert [name for name in TUSD_FLAGS if name not in taken and name not in _GO_ONLY_FLAGS] == []

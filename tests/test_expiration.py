@@ -7,7 +7,7 @@ import os
 import time
 
 from pytusd import Config, FileStore, MemoryLocker
-from pytusd.expiration import Cleaner
+from pytusd.core.expiration import Cleaner
 
 from .conftest import TUS, create, patch
 
@@ -63,7 +63,7 @@ async def test_cleaner_removes_expired_but_not_locked_or_fresh_or_finished(tmp_p
     store = FileStore(upload_dir)
     store.ensure_directory()
     locker = MemoryLocker()
-    from pytusd.types import UploadInfo
+    from pytusd.info import UploadInfo
 
     async def make(size: int, data: bytes) -> str:
         upload = await store.create(UploadInfo(size=size))

@@ -24,10 +24,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from pytusd import errors
+from pytusd.info import UploadInfo
 from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
 from pytusd.stores import gcs as gcs_module
 from pytusd.stores.gcs import GCSStore, GCSUpload, StoredObject, crc32c_combine
-from pytusd.types import UploadInfo
 
 from .conftest import TUS, create, patch
 
@@ -533,7 +533,7 @@ def test_a_missing_sdk_names_the_extra(clean_env):
 
 
 def test_flags_choose_the_gcs_store(tmp_path, clean_env):
-    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
 
     argv = ["-gcs-bucket", "b", "-gcs-object-prefix", "up", "-gcs-endpoint", "http://127.0.0.1:9",
             "--upload-dir", str(tmp_path)]

@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from pytusd import FileStore, MemoryLocker, TusApp, logs, tracing
-from pytusd.expiration import Cleaner
+from pytusd import FileStore, MemoryLocker, TusApp
+from pytusd.core.expiration import Cleaner
 from pytusd.hooks import Hooks, HttpHookBackend, PythonHookBackend
+from pytusd.observe import logs, tracing
 
 from .conftest import PATCH_TYPE, TUS, create, make_app, patch
 from .test_expiration import age
@@ -256,13 +257,13 @@ async def test_ready_probes_a_store_without_ready(client_factory, tmp_path):
 
 
 async def test_ready_times_out(client_factory, monkeypatch):
-    import pytusd.app
+    import pytusd.asgi.app
 
     class Hanging(MemoryLocker):
         async def ready(self) -> None:
             await asyncio.sleep(60)
 
-    monkeypatch.setattr(pytusd.app, "READY_TIMEOUT", 0.05)
+    monkeypatch.setattr(pytusd.asgi.app, "READY_TIMEOUT", 0.05)
     r = await client_factory(locker=Hanging()).get("/ready")
     assert r.status_code == 503 and r.json()["checks"]["locker"] == "error: timeout"
 

@@ -29,7 +29,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pytusd import Config, FileStore, MemoryLocker, TusApp, draft, errors, protocol
+from pytusd import Config, FileStore, MemoryLocker, TusApp, errors
+from pytusd.core import draft, grammar
+from pytusd.info import INLINE_MEDIA_TYPES, download_headers, is_valid_upload_id
 
 SCALE = float(os.environ.get("PYTUSD_PROPERTY_SCALE", "1"))
 T = TypeVar("T")
@@ -129,31 +131,31 @@ def number_like() -> st.SearchStrategy[str]:
 @given(number_like())
 def test_integers_are_plain_digits_within_int64(text):
     tried("integers (Upload-Length, Upload-Offset)")
-    value = protocol.parse_non_negative_int(text)
+    value = grammar.parse_non_negative_int(text)
     if value is None:
-        result = raises_client_error(lambda: protocol.parse_offset(text))
+        result = raises_client_error(lambda: grammar.parse_offset(text))
         assert isinstance(result, errors.TusError) and result.code == "ERR_INVALID_OFFSET" and result.status == 400
     else:
-        assert 0 <= value <= protocol.INT64_MAX
+        assert 0 <= value <= grammar.INT64_MAX
         assert re.fullmatch(r"[0-9]{1,19}", text), "only ASCII digits, no sign, no space, at most 19 of them"
-        assert int(text) == value == protocol.parse_offset(text)
+        assert int(text) == value == grammar.parse_offset(text)
 
 
 @fast(200)
-@given(st.integers(min_value=0, max_value=protocol.INT64_MAX))
+@given(st.integers(min_value=0, max_value=grammar.INT64_MAX))
 def test_every_int64_round_trips(n):
     tried("integers (Upload-Length, Upload-Offset)")
-    assert protocol.parse_non_negative_int(str(n)) == n
-    assert protocol.parse_non_negative_int(f"+{n}") is None
-    assert protocol.parse_non_negative_int(f"-{n}") is None
+    assert grammar.parse_non_negative_int(str(n)) == n
+    assert grammar.parse_non_negative_int(f"+{n}") is None
+    assert grammar.parse_non_negative_int(f"-{n}") is None
 
 
 @fast(100)
-@given(st.integers(min_value=protocol.INT64_MAX + 1, max_value=2**200))
+@given(st.integers(min_value=grammar.INT64_MAX + 1, max_value=2**200))
 def test_beyond_int64_is_refused(n):
     tried("integers (Upload-Length, Upload-Offset)")
-    assert protocol.parse_non_negative_int(str(n)) is None
-    error = raises_client_error(lambda: protocol.parse_creation_length(str(n), None, True))
+    assert grammar.parse_non_negative_int(str(n)) is None
+    error = raises_client_error(lambda: grammar.parse_creation_length(str(n), None, True))
     assert isinstance(error, errors.TusError) and error.code == "ERR_INVALID_UPLOAD_LENGTH"
 
 
@@ -162,7 +164,7 @@ def test_beyond_int64_is_refused(n):
        st.booleans())
 def test_creation_length_is_a_size_or_a_tus_error(length, defer, can_defer):
     tried("integers (Upload-Length, Upload-Offset)")
-    result = raises_client_error(lambda: protocol.parse_creation_length(length, defer, can_defer), allow=[501])
+    result = raises_client_error(lambda: grammar.parse_creation_length(length, defer, can_defer), allow=[501])
     if isinstance(result, errors.TusError):
         assert result.status != 501 or (defer == "1" and not can_defer)
         return
@@ -170,7 +172,7 @@ def test_creation_length_is_a_size_or_a_tus_error(length, defer, can_defer):
     if deferred:
         assert size == 0 and defer == "1" and can_defer and length in (None, "")
     else:
-        assert size == protocol.parse_non_negative_int(length) and defer in (None, "")
+        assert size == grammar.parse_non_negative_int(length) and defer in (None, "")
 
 
 # -- Upload-Metadata ---------------------------------------------------------------------------------------------
@@ -180,10 +182,10 @@ def test_creation_length_is_a_size_or_a_tus_error(length, defer, can_defer):
 @given(st.dictionaries(metadata_key, unicode_text, max_size=8))
 def test_metadata_round_trips(meta):
     tried("metadata (Upload-Metadata)")
-    header = protocol.serialize_metadata(meta)
+    header = grammar.serialize_metadata(meta)
     assert header.isascii() and FIELD_VALUE.fullmatch(header)
-    assert protocol.parse_metadata(header) == meta
-    assert protocol.parse_metadata(header, strict=True, max_size=len(header), max_pairs=len(meta)) == meta
+    assert grammar.parse_metadata(header) == meta
+    assert grammar.parse_metadata(header, strict=True, max_size=len(header), max_pairs=len(meta)) == meta
 
 
 def metadata_headers() -> st.SearchStrategy[str]:
@@ -206,16 +208,16 @@ def metadata_headers() -> st.SearchStrategy[str]:
 @given(metadata_headers())
 def test_metadata_parsing_never_fails_otherwise(header):
     tried("metadata (Upload-Metadata)")
-    lenient = protocol.parse_metadata(header)  # tusd's way never raises
+    lenient = grammar.parse_metadata(header)  # tusd's way never raises
     for key, value in lenient.items():
         assert re.fullmatch(r"[!-~]+", key) and "," not in key and isinstance(value, str)
-    strict = raises_client_error(lambda: protocol.parse_metadata(header, strict=True))
+    strict = raises_client_error(lambda: grammar.parse_metadata(header, strict=True))
     if isinstance(strict, errors.TusError):
         assert strict.code == "ERR_INVALID_METADATA" and strict.status == 400
     else:
         # Whatever strict accepts, the lenient parser reads the same way, and it survives a round trip.
         assert strict == lenient
-        assert protocol.parse_metadata(protocol.serialize_metadata(strict), strict=True) == strict
+        assert grammar.parse_metadata(grammar.serialize_metadata(strict), strict=True) == strict
 
 
 @pytest.mark.parametrize(
@@ -225,9 +227,9 @@ def test_metadata_parsing_never_fails_otherwise(header):
 )
 def test_metadata_errors_strict_but_dropped_leniently(header):
     with pytest.raises(errors.TusError) as info:
-        protocol.parse_metadata(header, strict=True)
+        grammar.parse_metadata(header, strict=True)
     assert info.value.code == "ERR_INVALID_METADATA" and info.value.status == 400
-    assert len(protocol.parse_metadata(header)) <= 1
+    assert len(grammar.parse_metadata(header)) <= 1
 
 
 @fast(150)
@@ -237,16 +239,16 @@ def test_metadata_limits_are_exact(max_size, max_pairs):
     pairs = [f"k{i} YQ==" for i in range(max_pairs)]
     header = ",".join(pairs)
     if len(header) <= max_size:
-        assert len(protocol.parse_metadata(header, strict=True, max_size=max_size, max_pairs=max_pairs)) == max_pairs
+        assert len(grammar.parse_metadata(header, strict=True, max_size=max_size, max_pairs=max_pairs)) == max_pairs
     else:
         with pytest.raises(errors.TusError) as info:
-            protocol.parse_metadata(header, strict=True, max_size=max_size, max_pairs=max_pairs)
+            grammar.parse_metadata(header, strict=True, max_size=max_size, max_pairs=max_pairs)
         assert info.value.code == "ERR_METADATA_TOO_LARGE" and info.value.status == 431
     with pytest.raises(errors.TusError) as info:
-        protocol.parse_metadata(header + ",extra", strict=True, max_pairs=max_pairs)
+        grammar.parse_metadata(header + ",extra", strict=True, max_pairs=max_pairs)
     assert info.value.code == "ERR_METADATA_TOO_LARGE"
     # Empty elements are not pairs.
-    assert len(protocol.parse_metadata(header + ",,", strict=True, max_pairs=max_pairs)) == max_pairs
+    assert len(grammar.parse_metadata(header + ",,", strict=True, max_pairs=max_pairs)) == max_pairs
 
 
 @fast(200)
@@ -254,9 +256,9 @@ def test_metadata_limits_are_exact(max_size, max_pairs):
 def test_serialize_metadata_never_fails(meta):
     """Metadata from a hook may hold anything, lone surrogates included: HEAD must still answer."""
     tried("metadata (Upload-Metadata)")
-    header = protocol.serialize_metadata(meta)
+    header = grammar.serialize_metadata(meta)
     assert header.isascii() and FIELD_VALUE.fullmatch(header)
-    assert protocol.parse_metadata(header, strict=True).keys() == meta.keys()
+    assert grammar.parse_metadata(header, strict=True).keys() == meta.keys()
 
 
 # -- Upload-Concat and upload URLs -------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def test_serialize_metadata_never_fails(meta):
 upload_ids = st.one_of(
     st.text(alphabet=string.hexdigits.lower(), min_size=32, max_size=32),
     st.from_regex(r"[A-Za-z0-9\-._~%!$'()*+,;=:@]{1,20}(/[A-Za-z0-9\-._~]{1,10}){0,2}", fullmatch=True),
-).filter(protocol.is_valid_upload_id)
+).filter(is_valid_upload_id)
 
 
 @fast(300)
@@ -272,7 +274,7 @@ upload_ids = st.one_of(
                                    latin1).map("".join)))
 def test_concat_is_partial_final_or_400(header):
     tried("concat (Upload-Concat, upload URLs)")
-    result = raises_client_error(lambda: protocol.parse_concat(header))
+    result = raises_client_error(lambda: grammar.parse_concat(header))
     if isinstance(result, errors.TusError):
         assert result.code == "ERR_INVALID_CONCAT" and result.status == 400
         return
@@ -290,12 +292,12 @@ def test_concat_is_partial_final_or_400(header):
        st.sampled_from(["tus.test", "example.org:8080", "[::1]:1080"]), st.booleans())
 def test_final_urls_round_trip(ids, proto, host, absolute):
     tried("concat (Upload-Concat, upload URLs)")
-    urls = [protocol.upload_url(proto, host, "/files/", i) for i in ids]
+    urls = [grammar.upload_url(proto, host, "/files/", i) for i in ids]
     if not absolute:
         urls = [urllib.parse.urlsplit(u).path for u in urls]
-    kind, parsed = protocol.parse_concat("final;" + " ".join(urls))
+    kind, parsed = grammar.parse_concat("final;" + " ".join(urls))
     assert kind == "final" and parsed == urls
-    assert [protocol.upload_id_from_url(u, "/files/") for u in parsed] == ids
+    assert [grammar.upload_id_from_url(u, "/files/") for u in parsed] == ids
 
 
 @fast(500)
@@ -308,7 +310,7 @@ def test_final_urls_round_trip(ids, proto, host, absolute):
 ))
 def test_upload_ids_from_urls_never_escape(url):
     tried("upload IDs from URLs")
-    result = raises_client_error(lambda: protocol.upload_id_from_url(url, "/files/"))
+    result = raises_client_error(lambda: grammar.upload_id_from_url(url, "/files/"))
     if isinstance(result, errors.TusError):
         assert result.code == "ERR_UPLOAD_NOT_FOUND" and result.status == 404
         return
@@ -316,7 +318,7 @@ def test_upload_ids_from_urls_never_escape(url):
 
 
 def assert_id_is_contained(upload_id: str) -> None:
-    assert protocol.is_valid_upload_id(upload_id)
+    assert is_valid_upload_id(upload_id)
     assert upload_id.isascii() and "\x00" not in upload_id and "\\" not in upload_id
     assert not upload_id.startswith("/") and ".." not in upload_id.split("/") and "." not in upload_id.split("/")
     root = os.path.abspath("/srv/uploads")
@@ -332,7 +334,7 @@ def assert_id_is_contained(upload_id: str) -> None:
 @example("/abs")
 def test_valid_ids_cannot_escape_the_storage(upload_id):
     tried("upload IDs from URLs")
-    if protocol.is_valid_upload_id(upload_id):
+    if is_valid_upload_id(upload_id):
         assert_id_is_contained(upload_id)
 
 
@@ -340,9 +342,9 @@ def test_valid_ids_cannot_escape_the_storage(upload_id):
 @given(upload_ids)
 def test_upload_urls_round_trip(upload_id):
     tried("upload IDs from URLs")
-    url = protocol.upload_url("https", "tus.test", "/files/", upload_id)
+    url = grammar.upload_url("https", "tus.test", "/files/", upload_id)
     assert url.isascii() and FIELD_VALUE.fullmatch(url)
-    assert protocol.upload_id_from_url(url, "/files/") == upload_id
+    assert grammar.upload_id_from_url(url, "/files/") == upload_id
 
 
 # -- Upload-Checksum ---------------------------------------------------------------------------------------------
@@ -351,29 +353,29 @@ def test_upload_urls_round_trip(upload_id):
 @fast(400)
 @given(st.one_of(
     latin1,
-    st.tuples(st.sampled_from(list(protocol.CHECKSUM_ALGORITHMS) + ["SHA1", "sha-1", "crc32c", ""]),
+    st.tuples(st.sampled_from(list(grammar.CHECKSUM_ALGORITHMS) + ["SHA1", "sha-1", "crc32c", ""]),
               st.sampled_from([" ", "  ", "\t", ""]),
               st.one_of(st.binary(max_size=70).map(lambda b: base64.b64encode(b).decode()), latin1)).map("".join),
 ))
 def test_checksum_is_a_known_algorithm_and_a_digest_or_400(header):
     tried("checksum (Upload-Checksum)")
-    result = raises_client_error(lambda: protocol.parse_checksum(header))
+    result = raises_client_error(lambda: grammar.parse_checksum(header))
     if isinstance(result, errors.TusError):
         assert result.status == 400
         assert result.code in ("ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", "ERR_INVALID_CHECKSUM")
         return
     algorithm, digest = result
-    assert algorithm in protocol.CHECKSUM_ALGORITHMS and isinstance(digest, bytes) and digest
+    assert algorithm in grammar.CHECKSUM_ALGORITHMS and isinstance(digest, bytes) and digest
 
 
 @fast(200)
-@given(st.sampled_from(protocol.CHECKSUM_ALGORITHMS), st.binary(max_size=100))
+@given(st.sampled_from(grammar.CHECKSUM_ALGORITHMS), st.binary(max_size=100))
 def test_checksum_round_trips(algorithm, data):
     tried("checksum (Upload-Checksum)")
-    hasher = protocol.new_hasher(algorithm)
+    hasher = grammar.new_hasher(algorithm)
     hasher.update(data)
     digest = hasher.digest()
-    assert protocol.parse_checksum(f"{algorithm} {base64.b64encode(digest).decode()}") == (algorithm, digest)
+    assert grammar.parse_checksum(f"{algorithm} {base64.b64encode(digest).decode()}") == (algorithm, digest)
 
 
 # -- Upload-Draft-Interop-Version --------------------------------------------------------------------------------
@@ -408,12 +410,12 @@ forwarded_values = st.one_of(
 @example("http", "a:b:c", {}, False)
 def test_forwarded_headers_give_a_safe_origin(scheme, host, headers, behind_proxy):
     tried("forwarded headers")
-    proto, origin_host = protocol.request_origin(scheme, host, headers, behind_proxy)
+    proto, origin_host = grammar.request_origin(scheme, host, headers, behind_proxy)
     assert proto in ("http", "https")
     assert HOST.fullmatch(origin_host) and origin_host.isascii()
     if not behind_proxy:
         assert proto == ("https" if scheme in ("https", "wss") else "http")
-    url = protocol.upload_url(proto, origin_host, "/files/", "abc")
+    url = grammar.upload_url(proto, origin_host, "/files/", "abc")
     parts = urllib.parse.urlsplit(url)  # regression: Host "[" made a Location no URL parser accepts
     assert FIELD_VALUE.fullmatch(url) and parts.netloc == origin_host and parts.path == "/files/abc"
 
@@ -423,10 +425,10 @@ def test_forwarded_headers_give_a_safe_origin(scheme, host, headers, behind_prox
        st.sampled_from(["http", "https"]))
 def test_forwarded_host_is_used_behind_a_proxy(host, proto):
     tried("forwarded headers")
-    got = protocol.request_origin("http", "internal", {"x-forwarded-host": host, "x-forwarded-proto": proto}, True)
+    got = grammar.request_origin("http", "internal", {"x-forwarded-host": host, "x-forwarded-proto": proto}, True)
     default_port = ":80" if proto == "http" else ":443"
     assert got == (proto, host.removesuffix(default_port))
-    got = protocol.request_origin("http", "internal", {"forwarded": f'for=1.2.3.4;host="{host}";proto={proto}'}, True)
+    got = grammar.request_origin("http", "internal", {"forwarded": f'for=1.2.3.4;host="{host}";proto={proto}'}, True)
     assert got[0] == proto and host.startswith(got[1])
 
 
@@ -440,7 +442,7 @@ def test_forwarded_host_is_used_behind_a_proxy(host, proto):
        st.integers(min_value=1, max_value=10**12))
 def test_range_is_within_the_content_or_416(header, size):
     tried("ranges (Range)")
-    result = raises_client_error(lambda: protocol.parse_range(header, size))
+    result = raises_client_error(lambda: grammar.parse_range(header, size))
     if isinstance(result, errors.TusError):
         assert result.status == 416 and result.headers["Content-Range"] == f"bytes */{size}"
     elif result is not None:
@@ -455,9 +457,9 @@ def test_valid_ranges_round_trip(args):
     tried("ranges (Range)")
     size, first, last = args
     if last >= first:
-        assert protocol.parse_range(f"bytes={first}-{last}", size) == (first, min(last, size - 1))
-    assert protocol.parse_range(f"bytes={first}-", size) == (first, size - 1)
-    assert protocol.parse_range(f"bytes=-{last + 1}", size) == (max(0, size - last - 1), size - 1)
+        assert grammar.parse_range(f"bytes={first}-{last}", size) == (first, min(last, size - 1))
+    assert grammar.parse_range(f"bytes={first}-", size) == (first, size - 1)
+    assert grammar.parse_range(f"bytes=-{last + 1}", size) == (max(0, size - last - 1), size - 1)
 
 
 @fast(300)
@@ -468,9 +470,9 @@ def test_valid_ranges_round_trip(args):
        st.floats(min_value=0, max_value=4e9))
 def test_conditional_headers_never_fail(headers, mtime):
     tried("conditional requests (If-*)")
-    etag = protocol.entity_tag(10, mtime)
-    assert protocol.check_preconditions(headers, etag, mtime) in (None, 304, 412)
-    assert protocol.range_applies(headers, etag, mtime) in (True, False)
+    etag = grammar.entity_tag(10, mtime)
+    assert grammar.check_preconditions(headers, etag, mtime) in (None, 304, 412)
+    assert grammar.range_applies(headers, etag, mtime) in (True, False)
 
 
 # -- download headers: nothing from metadata reaches a header unescaped -----------------------------------------
@@ -498,7 +500,7 @@ def disposition_filename(disposition: str) -> tuple[str, str | None]:
 @example({"filename": "\ud800.txt"})  # regression: lone surrogate (hook metadata) raised UnicodeEncodeError
 def test_download_headers_are_safe(meta):
     tried("download headers (Content-Type, Content-Disposition)")
-    content_type, disposition = protocol.download_headers(meta)
+    content_type, disposition = download_headers(meta)
     for value in (content_type, disposition):
         assert value.isascii() and FIELD_VALUE.fullmatch(value)
         value.encode("latin-1")
@@ -508,7 +510,7 @@ def test_download_headers_are_safe(meta):
     kind = disposition.split(";")[0]
     assert kind in ("inline", "attachment")
     if kind == "inline":
-        assert content_type.split(";")[0].strip().lower() in protocol.INLINE_MEDIA_TYPES
+        assert content_type.split(";")[0].strip().lower() in INLINE_MEDIA_TYPES
     if "filename" not in meta:
         assert disposition == kind
         return
@@ -773,15 +775,15 @@ def test_filetype_with_line_break_is_not_reflected(runner_factory):
 def test_downloads_of_any_metadata_send_safe_headers(runner_factory, meta):
     tried("download headers (Content-Type, Content-Disposition)")
     runner = _shared_runner(runner_factory, "downloads")
-    header = protocol.serialize_metadata(meta)
+    header = grammar.serialize_metadata(meta)
     status, headers, _ = runner.call("POST", "/files/", TUS + [(b"upload-length", b"0"),
                                                                (b"upload-metadata", header.encode())])
     assert status == 201
     url = urllib.parse.urlsplit(headers["location"]).path
     status, headers, _ = runner.call("HEAD", url, TUS)
-    assert protocol.parse_metadata(headers.get("upload-metadata", ""), strict=True) == meta
+    assert grammar.parse_metadata(headers.get("upload-metadata", ""), strict=True) == meta
     status, headers, _ = runner.call("GET", url, [])  # asgi_call checks every header
-    assert status == 200 and headers["content-type"] == protocol.download_headers(meta)[0]
+    assert status == 200 and headers["content-type"] == download_headers(meta)[0]
 
 
 # -- the app: a deferred-length upload cannot grow past --max-size (tusd lets it) -------------------------------
@@ -846,7 +848,7 @@ def test_hash_of_known_value():
 @example("\x1f")  # regression: any Origin was reflected in Access-Control-Allow-Origin, control characters included
 def test_only_serialized_origins_are_reflected(origin):
     tried("forwarded headers")
-    if protocol.is_origin(origin):
+    if grammar.is_origin(origin):
         assert origin.isascii() and FIELD_VALUE.fullmatch(origin) and " " not in origin
 
 
@@ -886,7 +888,7 @@ def test_file_hooks_never_see_metadata_through_a_shell(runner_factory):
                                     min_size=1, max_size=3))
         def check(meta):
             tried("file hooks: metadata with shell metacharacters")
-            header = protocol.serialize_metadata(meta).encode()
+            header = grammar.serialize_metadata(meta).encode()
             status, _, body = runner.call("POST", "/files/", TUS + [(b"upload-length", b"1"),
                                                                     (b"upload-metadata", header)])
             assert status == 201, body

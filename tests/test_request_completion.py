@@ -146,7 +146,7 @@ async def test_a_client_gone_with_a_store_quick_enough_is_answered_as_before(tmp
 
 
 def test_the_flag_and_its_default(tmp_path):
-    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
 
     def timeout(*argv: str) -> float:
         parser = build_parser()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pytusd.rules import UploadRules
+from pytusd.core.rules import UploadRules
 
 from .conftest import TUS, create, patch
 

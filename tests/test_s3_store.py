@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from pytusd import errors
+from pytusd.info import UploadInfo
 from pytusd.stores.s3 import MAX_OBJECT_SIZE, MIB, PartPlan, S3Store, make_client
-from pytusd.types import UploadInfo
 
 from .conftest import TUS, create, patch
 
@@ -333,7 +333,7 @@ async def test_through_the_app(s3, client_factory):
 
 def test_flags_choose_the_s3_store_and_its_options(tmp_path):
     from pytusd import MemoryLocker
-    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
 
     argv = ["-s3-bucket", "b", "-s3-endpoint", "http://127.0.0.1:9", "-s3-object-prefix", "up/",
             "-s3-part-size", str(8 * MIB), "-s3-max-buffered-parts", "3", "-s3-concurrent-part-uploads", "2",
@@ -349,7 +349,7 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
 
 
 def test_transfer_acceleration_and_api_call_logging_from_the_flags(tmp_path, monkeypatch):
-    from pytusd.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
@@ -371,7 +371,7 @@ def test_transfer_acceleration_and_api_call_logging_from_the_flags(tmp_path, mon
     (["-s3-log-api-calls", "-verbose=false"], "--s3-log-api-calls logs at the verbose level: it needs --verbose"),
 ])
 def test_s3_flags_that_cannot_work_are_errors(argv, message, tmp_path, capsys):
-    from pytusd.cli import main
+    from pytusd.server.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["-s3-bucket", "b", "--upload-dir", str(tmp_path), "--port", "0", *argv])
@@ -462,7 +462,7 @@ def test_presigned_part_uploads_are_logged_too(caplog, monkeypatch):
 
 
 def test_two_storages_on_the_command_line_are_an_error(capsys):
-    from pytusd.cli import main
+    from pytusd.server.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--s3-bucket", "a", "--azure-storage", "b", "--port", "0"])

@@ -32,7 +32,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pytusd import MemoryLocker, protocol
+from pytusd import MemoryLocker
+from pytusd.core import grammar
+from pytusd.info import download_headers, is_valid_upload_id
 
 from .test_properties import (
     AppRunner,
@@ -153,7 +155,7 @@ class TusMachine(RuleBasedStateMachine):
         parts = urllib.parse.urlsplit(location)
         assert parts.scheme == "http" and parts.netloc == "tus.test" and parts.path.startswith("/files/")
         upload_id = parts.path[len("/files/"):]
-        assert protocol.is_valid_upload_id(upload_id) and upload_id not in self.uploads
+        assert is_valid_upload_id(upload_id) and upload_id not in self.uploads
         return upload_id
 
     def settle_finals(self) -> None:
@@ -194,7 +196,7 @@ class TusMachine(RuleBasedStateMachine):
         if isinstance(metadata, bytes):
             headers.append((b"upload-metadata", metadata))
         elif metadata or length == 3:  # an empty header now and then (tuspy sends one)
-            headers.append((b"upload-metadata", protocol.serialize_metadata(metadata).encode()))
+            headers.append((b"upload-metadata", grammar.serialize_metadata(metadata).encode()))
         if partial:
             headers.append((b"upload-concat", b"partial"))
         if body is not None:
@@ -261,7 +263,7 @@ class TusMachine(RuleBasedStateMachine):
         base = "http://tus.test/files/" if absolute else "/files/"
         urls = " ".join(base + urllib.parse.quote(i, safe="/") for i in ids)
         headers = TUS + [(b"upload-concat", ("final;" + urls).encode("utf-8")),
-                         (b"upload-metadata", protocol.serialize_metadata(metadata).encode())]
+                         (b"upload-metadata", grammar.serialize_metadata(metadata).encode())]
         response = self.call("POST", "/files/", headers)
         for i in ids:  # the partials are checked in order: the first problem is the answer
             expected = self.uploads.get(i)
@@ -498,7 +500,7 @@ class TusMachine(RuleBasedStateMachine):
             assert headers["upload-concat"] == f"final;{urls}"
         else:
             assert "upload-concat" not in headers
-        assert protocol.parse_metadata(headers.get("upload-metadata"), strict=True) == expected.metadata
+        assert grammar.parse_metadata(headers.get("upload-metadata"), strict=True) == expected.metadata
 
     @rule(index=st.integers(0, 100), byte_range=st.one_of(st.none(), st.tuples(st.integers(0, 70),
                                                                                st.integers(0, 70))))
@@ -523,7 +525,7 @@ class TusMachine(RuleBasedStateMachine):
             assert answer["content-range"] == f"bytes {first}-{last}/{len(data)}"
         else:
             assert status == 200 and body == data, (status, body, data)
-        content_type, disposition = protocol.download_headers(expected.metadata)
+        content_type, disposition = download_headers(expected.metadata)
         assert answer["content-type"] == content_type and answer["content-disposition"] == disposition
 
     @rule(index=st.integers(0, 100))

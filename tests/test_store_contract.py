@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from pytusd import Config, TusApp, errors
+from pytusd.info import UploadInfo
 from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
-from pytusd.types import UploadInfo
 
 MIB = 1 << 20
 # Larger than S3's 5 MiB minimum part, so that stores working in parts or blocks cut it into several.
@@ -217,7 +217,7 @@ async def test_concatenation(make_store, sizes):
 
 async def test_listing(make_store):
     """Every store can enumerate its uploads (``pytusd list``, ``pytusd info``)."""
-    from pytusd.admin import list_uploads
+    from pytusd.server.admin import list_uploads
     from pytusd.stores import Listable
 
     store = make_store()

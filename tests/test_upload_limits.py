@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from pytusd import Config, FileStore, MemoryLocker, TusApp, errors
-from pytusd.body import RequestBody
-from pytusd.limits import client_key
+from pytusd.core.body import RequestBody
+from pytusd.core.limits import client_key
 
 TUS = {"tus-resumable": "1.0.0"}
 PATCH_TYPE = {"content-type": "application/offset+octet-stream"}
@@ -178,7 +178,7 @@ def test_client_key(headers, behind_proxy, expected):
 
 
 def test_limit_flags_reach_the_config():
-    from pytusd.cli import build_parser, config_from_args
+    from pytusd.server.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(
         ["--upload-dir", "/tmp/x", "--max-concurrent-uploads", "8", "--max-uploads-per-client", "2",

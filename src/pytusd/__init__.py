@@ -11,9 +11,9 @@ As a library (the counterpart of tusd's ``handler`` package):
   (:class:`Locker`); a store advertises only the extensions it implements.
 * ``app.events`` (:class:`Events`): async streams of created, progress, completed and terminated uploads.
 * ``Config(pre_create=..., pre_finish=...)``: async callbacks that can reject or change uploads
-  (:mod:`pytusd.events`), answering with a :class:`HookResponse` or raising :class:`TusError`.
+  (:mod:`pytusd.core.events`), answering with a :class:`HookResponse` or raising :class:`TusError`.
 * ``app.endpoints`` (:class:`Endpoints`): the operations one by one for your own router, with
-  :class:`MethodOverrideMiddleware` (:mod:`pytusd.routing`).
+  :class:`MethodOverrideMiddleware` (:mod:`pytusd.asgi.routing`).
 * ``app.metrics.snapshot()`` (:class:`MetricsSnapshot`): the Prometheus numbers, in-process.
 
 ``S3Store``, ``AzureStore``, ``GCSStore`` and ``RedisLocker`` need optional packages (the extras
@@ -21,14 +21,14 @@ As a library (the counterpart of tusd's ``handler`` package):
 imported on first use.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from typing import TYPE_CHECKING, Any
 
-from .app import TusApp
-from .config import Config, CorsConfig
-from .errors import TusError
-from .events import (
+from .asgi.app import TusApp
+from .asgi.routing import Endpoint, Endpoints, MethodOverrideMiddleware
+from .core.config import Config, CorsConfig
+from .core.events import (
     EventKind,
     Events,
     HTTPRequestInfo,
@@ -37,11 +37,12 @@ from .events import (
     Subscription,
     UploadEvent,
 )
+from .core.rules import UploadRules
+from .errors import TusError
 from .hooks import HookResponse, Hooks
+from .info import UploadInfo
 from .lockers import FileLocker, Lock, Locker, MemoryLocker
-from .metrics import Metrics, MetricsSnapshot
-from .routing import Endpoint, Endpoints, MethodOverrideMiddleware
-from .rules import UploadRules
+from .observe.metrics import Metrics, MetricsSnapshot
 from .stores import (
     Concatenatable,
     DataStore,
@@ -52,7 +53,6 @@ from .stores import (
     Upload,
     Verifiable,
 )
-from .types import UploadInfo
 
 if TYPE_CHECKING:
     from .lockers.redis import RedisLocker as RedisLocker

@@ -1,3 +1,3 @@
-from .cli import run
+from .server.cli import run
 
 run()

@@ -1,4 +1,4 @@
-"""The upload page (pytusd.page) and Uppy in a real headless Chromium against a real pytusd process.
+"""The upload page (pytusd.asgi.page) and Uppy in a real headless Chromium against a real pytusd process.
 
 The browser is the Debian package (/usr/bin/chromium), driven by playwright-core from the Node scripts in
 tests/e2e/browser (scripts/test installs both); nothing downloads a browser. Screenshots are kept in
@@ -17,7 +17,7 @@ import subprocess
 import httpx
 import pytest
 
-from pytusd import page
+from pytusd.asgi import page
 
 from ..conftest import raw_request
 from .conftest import REPO
@@ -152,7 +152,7 @@ def test_asset_prefix_never_inside_the_upload_routes():
 def test_package_ships_the_page_files():
     from importlib import resources
 
-    files = resources.files("pytusd.page")
+    files = resources.files("pytusd.asgi.page")
     for name in ("index.html", *page.ASSETS):
         assert files.joinpath(name).is_file(), name
     tus_js = files.joinpath("tus.js").read_text()

@@ -23,7 +23,7 @@ SERVER_ONLY_FLAGS = ("--cors-allow-origin", "--max-size", "--port", "--network-t
 def pytusd(*args: str, env: dict[str, str] | None = None, blocked: str = "") -> subprocess.CompletedProcess[str]:
     """``pytusd ARGS``; with ``blocked``, as if that package were not installed."""
     code = f"import sys; sys.modules[{blocked!r}] = None; " if blocked else "import sys; "
-    code += "from pytusd.cli import main; sys.exit(main(sys.argv[1:]))"
+    code += "from pytusd.server.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **(env or {})})
 

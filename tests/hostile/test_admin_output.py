@@ -1,6 +1,6 @@
 """Client text on the admin's terminal: a filename (Upload-Metadata) with escape sequences and line feeds reached
 ``pytusd list`` raw, recoloured the terminal and forged table rows. Every value printed as text now goes through
-:func:`pytusd.admin.printable` (control, format, separator characters become visible escapes); ``--json`` is
+:func:`pytusd.server.admin.printable` (control, format, separator characters become visible escapes); ``--json`` is
 ASCII-escaped. Logs keep one line per record whatever the request path or the exception text.
 
 Through the real commands: a real ``pytusd`` process takes the uploads, ``pytusd list/info/delete`` read its folder.
@@ -21,8 +21,8 @@ import unicodedata
 import httpx
 import pytest
 
-from pytusd import logs
-from pytusd.admin import printable
+from pytusd.observe import logs
+from pytusd.server.admin import printable
 
 TUS = {"Tus-Resumable": "1.0.0"}
 HOSTILE_NAME = ("report\x1b[31m.pdf\nFAKE-ID  1 B  1 B  finished  fake.txt\r\x1b[2K\u202etxt.exe\u2066x\u2069"

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pytusd.hooks import Hooks, PythonHookBackend
+from pytusd.core.rules import UploadRules
 from pytusd.errors import TusError
-from pytusd.rules import UploadRules
+from pytusd.hooks import Hooks, PythonHookBackend
 
 from ..conftest import PATCH_TYPE, TUS
 

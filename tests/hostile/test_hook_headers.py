@@ -273,7 +273,7 @@ async def test_grpc_forward_headers_become_call_metadata_by_the_same_rule(client
 
 
 def test_grpc_forward_headers_flag_reaches_the_backend(tmp_path):
-    from pytusd.cli import _normalise_argv, build_parser, hooks_from_args
+    from pytusd.server.cli import _normalise_argv, build_parser, hooks_from_args
 
     parser = build_parser()
     argv = ["-hooks-grpc", "127.0.0.1:1", "-hooks-grpc-forward-headers", "Authorization, X-Tenant"]

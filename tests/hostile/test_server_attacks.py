@@ -629,7 +629,7 @@ def test_h2_data_beyond_content_length_ends_the_connection_cleanly():
 def test_a_head_of_many_repeated_fields_is_cheap(pytusd_factory):
     """170,000 repetitions of ``X: y`` (1 MB, within the 1 MiB head limit): pytusd's server parses them in about
     0.1 s, but the request then takes about 1 s of event-loop time (measured: 50k fields 0.11 s, 100k 0.36 s, 150k
-    0.78 s, 170k 1.01 s: quadratic; pytusd.http._headers re-builds the joined string of a repeated field for every
+    0.78 s, 170k 1.01 s: quadratic; pytusd.core.http._headers re-builds the joined string of a repeated field for every
     repetition), during which no other connection is served. A client repeating such heads keeps one core busy for
     about 1 MB/s of traffic. Go reads such a head in milliseconds."""
     server = pytusd_factory()

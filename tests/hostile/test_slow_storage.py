@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-import pytusd.server.splice
 import pytusd.fileio
+import pytusd.server.splice
 import pytusd.stores.file
 from pytusd import Config, FileLocker, FileStore, TusApp
 
@@ -249,7 +249,7 @@ def test_store_and_locker_calls_leave_the_loop_in_threads_mode(tmp_path, slow_wr
     listing) go to the pool too: with every write slowed, the loop thread itself never waits for one."""
     import asyncio
 
-    from pytusd.types import UploadInfo
+    from pytusd.info import UploadInfo
 
     async def exercise() -> None:
         store, locker = FileStore(tmp_path, file_io="threads"), FileLocker(tmp_path, file_io="threads")

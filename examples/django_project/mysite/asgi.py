@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 from pytusd import Config, FileStore, TusApp
-from pytusd.types import Receive, Scope, Send
+from pytusd.asgitypes import Receive, Scope, Send
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 

@@ -5,10 +5,10 @@ response; the others are fired in the background and never delay or fail a reque
 tusd's HookRequest/HookResponse JSON, so hooks written for tusd work unchanged.
 """
 
+from ..hooktypes import HOOK_TYPES
 from .base import (
     BLOCKING_HOOKS,
     DEFAULT_ENABLED_HOOKS,
-    HOOK_TYPES,
     HookBackend,
     HookResponse,
     Hooks,

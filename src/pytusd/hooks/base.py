@@ -11,24 +11,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .. import errors, logs, tracing
-from ..types import UploadInfo
-
-if TYPE_CHECKING:
-    from ..metrics import Metrics
+from .. import errors
+from ..hooktypes import HOOK_TYPES
+from ..info import UploadInfo
+from ..observe import logs, tracing
+from ..observe.metrics import Metrics
 
 log = logging.getLogger("pytusd.hooks")
 
-HOOK_TYPES = (
-    "pre-create",
-    "post-create",
-    "post-receive",
-    "pre-finish",
-    "post-finish",
-    "pre-terminate",
-    "post-terminate",
-    "pre-access",  # beyond tusd: before every HEAD, PATCH, GET and DELETE of an existing upload (off by default)
-)
 BLOCKING_HOOKS = frozenset({"pre-create", "pre-finish", "pre-terminate", "pre-access"})
 _NO_SPAN = contextlib.nullcontext()
 # What a hook may put in a response header: a token name and a field value (RFC 9110: visible characters, SP, HTAB,
@@ -238,7 +228,7 @@ class Hooks:
         self._background: set[asyncio.Task[HookResponse | None]] = set()
 
     def instrument(self, metrics: Metrics, tracer: tracing.Tracing | None = None) -> None:
-        """Count invocations and failures in ``metrics`` (a :class:`pytusd.metrics.Metrics`) and trace hook calls
+        """Count invocations and failures in ``metrics`` (a :class:`pytusd.observe.metrics.Metrics`) and trace hook calls
         with ``tracer``; a TusApp does this with its own. A Hooks object shared by two apps counts in the last."""
         self._metrics = metrics
         self._tracing = tracer
@@ -246,7 +236,7 @@ class Hooks:
     @property
     def counters(self) -> Metrics:
         if self._metrics is None:
-            from ..metrics import Metrics
+            from ..observe.metrics import Metrics
 
             self._metrics = Metrics()
         return self._metrics

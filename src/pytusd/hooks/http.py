@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
-from .. import tracing
+from ..observe import tracing
 from .base import BLOCKING_HOOKS, decode_answer, forwarded_header_names, hook_request_headers
+
 
 class HookHttpError(RuntimeError):
     pass

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import errors, fileio
-from ..protocol import is_valid_upload_id
+from ..info import is_valid_upload_id
 from .base import ReleaseRequest
 
 

@@ -28,7 +28,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .. import errors, extras
-from ..protocol import is_valid_upload_id
+from ..info import is_valid_upload_id
 from .base import ReleaseRequest
 
 try:

@@ -1,7 +1,7 @@
 """What the HTTP/1.1 connection and the HTTP/2 streams share: the ASGI scope, response header checks, the Date
 header, and running the app for one request.
 
-The server speaks ASGI 3 to any app; pytusd's own features ride in ``scope["extensions"]`` (pytusd.http):
+The server speaks ASGI 3 to any app; pytusd's own features ride in ``scope["extensions"]`` (pytusd.core.http):
 request trailers, splicing a body into a file, and interim (1xx) responses.
 """
 

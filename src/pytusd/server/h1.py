@@ -28,7 +28,7 @@ from typing import Any
 import httptools
 
 from .. import errors
-from ..http import INFORMATIONAL_EXTENSION, SPLICE_EXTENSION, TRAILERS_EXTENSION
+from ..core.http import INFORMATIONAL_EXTENSION, SPLICE_EXTENSION, TRAILERS_EXTENSION
 from . import splice as splicing
 from .asgi import (
     INTERNAL_ERROR,
@@ -115,6 +115,10 @@ class H1Connection(asyncio.Protocol):
         self._arm_timer()
 
     preface: bytes | None = None
+
+    def reads_body_of(self, cycle: object) -> bool:
+        """Whether the connection is reading the body of that request now (a splice asks before it takes over)."""
+        return self.cycle is cycle and self.phase == BODY
 
     def _become_h2(self, data: bytes) -> None:
         """Hand the connection to HTTP/2 (ALPN chose it, or the h2c preface came)."""

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from typing import Any
 
-from ..http import INFORMATIONAL_EXTENSION, TRAILERS_EXTENSION
+from ..core.http import INFORMATIONAL_EXTENSION, TRAILERS_EXTENSION
 from .asgi import (
     INTERNAL_ERROR,
     Exchange,

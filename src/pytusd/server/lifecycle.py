@@ -27,6 +27,8 @@ from .h1 import H1Connection
 from .framing import MAX_CHUNK_LINE_SIZE, MAX_TRAILER_FIELDS, MAX_TRAILER_SIZE, FramingLimits
 
 log = logging.getLogger("pytusd.startup")
+# Under --workers the parent asks its workers for a graceful stop with this signal (pytusd.server.workers).
+GRACEFUL_SIGNAL = signal.SIGUSR2
 
 
 def tusd_line(message: str, error: bool = False) -> None:
@@ -378,7 +380,6 @@ class Server:
         for sig in signals:
             loop.add_signal_handler(sig, received, sig)
         if self.worker is not None:
-            from .workers import GRACEFUL_SIGNAL
 
             signals.append(GRACEFUL_SIGNAL)
             loop.add_signal_handler(GRACEFUL_SIGNAL, received, GRACEFUL_SIGNAL, True)

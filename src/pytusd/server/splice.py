@@ -1,7 +1,7 @@
 """Splicing a request body from the socket into a file with ``splice(2)``: the bytes never enter the process.
 
 For a Content-Length body on a plain (not TLS) HTTP/1.1 connection the connection offers a :class:`Splicer` as
-``scope["extensions"][SPLICE_EXTENSION]``; :meth:`pytusd.body.RequestBody.splice_into` uses it for stores that write
+``scope["extensions"][SPLICE_EXTENSION]``; :meth:`pytusd.core.body.RequestBody.splice_into` uses it for stores that write
 to a file descriptor (the file store). The kernel moves the bytes socket -> pipe -> file, once, into the page cache,
 instead of twice through a Python ``bytes``. The transport stops reading meanwhile; a duplicate of the socket's
 descriptor is watched for readability. Measured (bench/NOTES.md): a 1 GiB PATCH at about half the CPU time.
@@ -30,7 +30,7 @@ _TICK = 0.25  # with a pool: seconds between a pump's reports to the loop while 
 
 class Splicer:
     """What the server offers a request as ``scope["extensions"][SPLICE_EXTENSION]``: splicing *this* request's body
-    into a file (see the module docstring and :meth:`pytusd.body.RequestBody.splice_into`). It works while the
+    into a file (see the module docstring and :meth:`pytusd.core.body.RequestBody.splice_into`). It works while the
     request is the connection's current one (a pipelined request behind it has not taken over the parser yet)."""
 
     __slots__ = ("conn", "cycle")
@@ -41,9 +41,7 @@ class Splicer:
 
     def _current(self) -> bool:
         """Whether this request is still the one whose body the connection is reading."""
-        from .h1 import BODY
-
-        return self.conn.cycle is self.cycle and self.conn.phase == BODY
+        return bool(self.conn.reads_body_of(self.cycle))
 
     def take_pending(self) -> list[bytes] | None:
         """Start of a splice: the body bytes received but not yet read by the app (they are the app's to write

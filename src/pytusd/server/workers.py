@@ -52,19 +52,18 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import sys
-import ssl
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .lifecycle import tusd_line
+from .lifecycle import GRACEFUL_SIGNAL, tusd_line
 
 log = logging.getLogger("pytusd.startup")
 
-GRACEFUL_SIGNAL = signal.SIGUSR2
 _READY = b"R"  # worker -> parent: listening
 _CLOSED = b"c"  # worker -> parent: one connection closed
 _PR_SET_PDEATHSIG = 1
@@ -463,7 +462,7 @@ class _Supervisor:
     def run(self) -> Worker:
         """In a worker: returns its :class:`Worker`. In the parent: exits (SystemExit) when the workers are done."""
         self.owned_metrics_dir = _multiprocess_metrics_dir()
-        from ..metrics import multiprocess_dir
+        from ..observe.metrics import multiprocess_dir
 
         self.metrics_dir = multiprocess_dir()
         self._open_pipes()

@@ -56,8 +56,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .. import errors, extras
-from ..protocol import new_upload_id
-from ..types import UploadInfo
+from ..info import UploadInfo, new_upload_id
 from .streaming import Blocking, PieceWriter, contiguous, feed_body
 
 try:

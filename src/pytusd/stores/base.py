@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..types import UploadInfo
+from ..info import UploadInfo
 
 
 @runtime_checkable

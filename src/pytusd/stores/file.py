@@ -33,8 +33,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, TypeVar
 
 from .. import errors, fileio
-from ..protocol import is_valid_upload_id, new_upload_id
-from ..types import UploadInfo
+from ..info import UploadInfo, is_valid_upload_id, new_upload_id
 
 T = TypeVar("T")
 

@@ -40,9 +40,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequen
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import errors, extras, protocol
-from ..protocol import new_upload_id
-from ..types import UploadInfo
+from .. import errors, extras
+from ..info import UploadInfo, download_headers, new_upload_id
 from .streaming import Blocking, PieceWriter, concat_by_streaming, contiguous, feed_body, gather_all
 
 if TYPE_CHECKING:
@@ -453,7 +452,7 @@ class GCSStore:
 
         The type is what GET serves (``filetype`` when it is a well-formed media type). Metadata that would pass
         GCS's 8 KiB limit is left out (with a warning) rather than making the upload impossible to finish."""
-        content_type = protocol.download_headers(info.metadata)[0]
+        content_type = download_headers(info.metadata)[0]
         metadata: dict[str, str] = {}
         used = 0
         for key, value in info.metadata.items():

@@ -43,9 +43,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import errors, extras, logs
-from ..protocol import new_upload_id
-from ..types import UploadInfo
+from .. import errors, extras
+from ..info import UploadInfo, new_upload_id
+from ..observe import logs
 from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
 
 if TYPE_CHECKING:

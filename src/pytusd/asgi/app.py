@@ -14,15 +14,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from . import draft, errors, expiration, limits, logs, protocol, routing, tracing
-from .config import Config
-from .events import Events
-from .errors import TusError
-from .handlers import Handlers
-from .http import INFORMATIONAL_EXTENSION, Request, Response
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .types import Receive, Scope, Send
+from .. import errors
+from ..asgitypes import Receive, Scope, Send
+from ..core import draft, expiration, grammar, limits
+from ..core.config import Config
+from ..core.events import Events
+from ..core.http import INFORMATIONAL_EXTENSION, Request, Response
+from ..core.tus import TusFlows
+from ..errors import TusError
+from ..observe import logs, tracing
+from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..observe.metrics import Metrics
+from . import routing
 
 log = logging.getLogger("pytusd")
 
@@ -61,10 +64,10 @@ class TusApp:
         # This app's numbers (app.metrics.registry is what config.metrics_path serves) and spans.
         self.metrics = Metrics()
         self.tracing = tracing.Tracing(config.tracer_provider)
-        # Event streams of this app's uploads (pytusd.events): ``async with app.events.completed() as s: ...``.
+        # Event streams of this app's uploads (pytusd.core.events): ``async with app.events.completed() as s: ...``.
         self.events = Events()
-        self.handlers = Handlers(config, self.metrics, self.tracing, self.events)
-        # The operations one by one, for applications that route themselves (pytusd.routing).
+        self.handlers = TusFlows(config, self.metrics, self.tracing, self.events)
+        # The operations one by one, for applications that route themselves (pytusd.asgi.routing).
         self.endpoints = routing.Endpoints(self)
         if self.handlers.hooks is not None:  # config.hooks, as Config.__post_init__ left it: Hooks or None
             self.handlers.hooks.instrument(self.metrics, self.tracing)
@@ -80,7 +83,7 @@ class TusApp:
         self._cors = config.cors
         self._origin_re = config.cors.origin_pattern
         self._active: set[Request] = set()
-        # --max-concurrent-uploads / --max-uploads-per-client: slots for requests that write (pytusd.limits).
+        # --max-concurrent-uploads / --max-uploads-per-client: slots for requests that write (pytusd.core.limits).
         self.upload_slots = (
             limits.UploadSlots(config.max_concurrent_uploads, config.max_uploads_per_client, config.behind_proxy,
                                config.retry_after)
@@ -237,7 +240,7 @@ class TusApp:
 
     async def _respond(self, request: Request) -> tuple[Response, str | None]:
         """The response, and the tus error code when it is an error (counted in tusd_errors_total)."""
-        headers: dict[str, str] = {"Tus-Resumable": protocol.TUS_VERSION, "X-Content-Type-Options": "nosniff"}
+        headers: dict[str, str] = {"Tus-Resumable": grammar.TUS_VERSION, "X-Content-Type-Options": "nosniff"}
         error: TusError | None = None
         try:
             response = await self._route(request, headers)
@@ -247,7 +250,7 @@ class TusApp:
             if request.method == "HEAD":
                 response.body = b""
             if exc.is_(errors.ERR_UNSUPPORTED_VERSION):
-                headers["Tus-Version"] = protocol.TUS_VERSION
+                headers["Tus-Version"] = grammar.TUS_VERSION
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -347,7 +350,7 @@ class TusApp:
             upload_id = ""
         else:
             if self.config.upload_page and request.method in ("GET", "HEAD"):
-                from . import page  # the upload page at / and its files (pytusd.page)
+                from . import page  # the upload page at / and its files (pytusd.asgi.page)
 
                 if (answer := page.respond(request, self.config)) is not None:
                     return answer
@@ -362,7 +365,7 @@ class TusApp:
         cors = self._cors
         if not cors.disable and (origin := request.headers.get("origin")):
             # The Origin is reflected in a header: one that is not a serialized origin is never allowed.
-            if not protocol.is_origin(origin) or not self._origin_re.search(origin):
+            if not grammar.is_origin(origin) or not self._origin_re.search(origin):
                 raise errors.ERR_ORIGIN_NOT_ALLOWED()
             headers["Access-Control-Allow-Origin"] = origin
             headers["Vary"] = "Origin"
@@ -379,7 +382,7 @@ class TusApp:
             operation.check_method(method)  # 405 with Allow for a method the endpoint does not serve
         if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE") and self.handlers.policy.checks_access:
             # The access rule (pre-access), for either protocol; concatenation applies it to the partials it reads.
-            await self.handlers.policy.access(request, self.handlers._upload_id(request))
+            await self.handlers.policy.access(request, self.handlers.upload_id_of(request))
         version = draft.interop_version(request) if self.draft is not None else None
         if version is not None:
             del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses
@@ -389,7 +392,7 @@ class TusApp:
             return await self._route_draft(request, version, upload_id)
         if method == "OPTIONS":
             return self.handlers.options(request)
-        if method not in ("GET", "HEAD") and request.headers.get("tus-resumable") != protocol.TUS_VERSION:
+        if method not in ("GET", "HEAD") and request.headers.get("tus-resumable") != grammar.TUS_VERSION:
             raise errors.ERR_UNSUPPORTED_VERSION()
         if self.shutting_down:
             raise errors.ERR_SERVER_SHUTDOWN()
@@ -452,4 +455,4 @@ def _json_response(status: int, headers: dict[str, str], body: object) -> Respon
 def _offset(request: Request, response: Response) -> int | None:
     """The upload's offset after the request (its response's Upload-Offset, else the one the request named)."""
     value = response.headers.get("Upload-Offset") or request.headers.get("upload-offset")
-    return protocol.parse_non_negative_int(value) if value else None
+    return grammar.parse_non_negative_int(value) if value else None

@@ -7,12 +7,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol
+from ..hooks import HOOK_TYPES, Hooks, PythonHookBackend
+from ..lockers import Locker, MemoryLocker
+from ..stores import DataStore
+from . import grammar
 from .events import PreCreateCallback, PreFinishCallback
-from .hooks import HOOK_TYPES, Hooks, PythonHookBackend
-from .lockers import Locker, MemoryLocker
 from .rules import UploadRules
-from .stores import DataStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +38,15 @@ class CorsConfig:
 
     @property
     def methods_header(self) -> str:
-        return protocol.merge_header_lists(protocol.CORS_ALLOW_METHODS, self.allow_methods)
+        return grammar.merge_header_lists(grammar.CORS_ALLOW_METHODS, self.allow_methods)
 
     @property
     def headers_header(self) -> str:
-        return protocol.merge_header_lists(protocol.CORS_ALLOW_HEADERS, self.allow_headers)
+        return grammar.merge_header_lists(grammar.CORS_ALLOW_HEADERS, self.allow_headers)
 
     @property
     def expose_header(self) -> str:
-        return protocol.merge_header_lists(protocol.CORS_EXPOSE_HEADERS, self.expose_headers)
+        return grammar.merge_header_lists(grammar.CORS_EXPOSE_HEADERS, self.expose_headers)
 
 
 @dataclasses.dataclass
@@ -75,7 +75,7 @@ class Config:
     - ``max_size``: the largest upload in bytes (``Tus-Max-Size``); 0 means no limit.
     - ``max_metadata_size``, ``max_metadata_pairs``: limits of ``Upload-Metadata`` (0: none).
     - ``max_concat_partials``: how many partial uploads a final may name (0: no limit).
-    - ``rules``: :class:`~pytusd.rules.UploadRules` checked at creation (size, metadata, file types).
+    - ``rules``: :class:`~pytusd.core.rules.UploadRules` checked at creation (size, metadata, file types).
 
     Protocol switches:
 
@@ -107,10 +107,10 @@ class Config:
       callable ``fn(hook_type, request_json)`` which then receives every event but pre-access.
     - ``pre_create``: an async callable run before an upload is created (tusd's ``PreUploadCreateCallback``), after
       the pre-create hook; it can reject the upload or change its ID, metadata and storage
-      (:data:`pytusd.events.PreCreateCallback`).
+      (:data:`pytusd.core.events.PreCreateCallback`).
     - ``pre_finish``: an async callable run when an upload completed, before the response (tusd's
       ``PreFinishResponseCallback``), after the pre-finish hook; it can change the response
-      (:data:`pytusd.events.PreFinishCallback`).
+      (:data:`pytusd.core.events.PreFinishCallback`).
     - Event streams need no configuration: subscribe to ``app.events`` (:class:`~pytusd.Events`).
 
     Observability (paths relative to the mount point; ``""`` turns one off):
@@ -157,12 +157,12 @@ class Config:
     max_uploads_per_client: int = 0
     retry_after: int = 1
     show_greeting: bool = False
-    upload_page: bool = False  # GET / serves a browser upload page (pytusd.page); the CLI turns it on
+    upload_page: bool = False  # GET / serves a browser upload page (pytusd.asgi.page); the CLI turns it on
     expiration: float = 0.0
     request_trailers: bool = False
     enable_experimental_protocol: bool = False
     hooks: Hooks | Callable[[str, dict[str, Any]], Any] | None = None
-    # Library callbacks (pytusd.events): async callables run after the pre-create / pre-finish hooks.
+    # Library callbacks (pytusd.core.events): async callables run after the pre-create / pre-finish hooks.
     pre_create: PreCreateCallback | None = None
     pre_finish: PreFinishCallback | None = None
     rules: UploadRules | None = None

@@ -10,7 +10,7 @@ Every way into an upload goes through here, whatever protocol or method carried 
   same size rule (:meth:`Policy.check_size`).
 - **Append** (:meth:`Policy.check_append`): every write into an upload - tus ``PATCH``, creation-with-upload, the
   draft's appends - is refused for final uploads (403 ``ERR_MODIFY_FINAL``) and at any offset but the stored one
-  (409 ``ERR_MISMATCHED_OFFSET``). :meth:`pytusd.handlers.Handlers.write_body`, the one way bytes reach a store,
+  (409 ``ERR_MISMATCHED_OFFSET``). :meth:`pytusd.core.tus.Handlers.write_body`, the one way bytes reach a store,
   applies it, so no flow can skip it.
 - **Access** (:meth:`Policy.access`): the pre-access hook sees every request that reads or changes an existing
   upload (``HEAD``, ``PATCH``, ``GET``, ``DELETE`` in both protocols) and every partial upload a new final names:
@@ -25,11 +25,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
-from . import errors, logs, protocol
+from .. import errors
+from ..hooks import HookResponse, Hooks
+from ..info import MAX_ID_LENGTH, RESERVED_ID_SUFFIXES, UploadInfo, is_valid_upload_id
+from ..observe import logs
+from . import grammar
 from .config import Config
 from .events import HTTPRequestInfo, run_callback
-from .hooks import HookResponse, Hooks
-from .types import UploadInfo
 
 if TYPE_CHECKING:
     from .http import Request
@@ -49,10 +51,10 @@ def apply_pre_create(info: UploadInfo, answer: HookResponse) -> UploadInfo:
     if answer.reject_upload:
         raise answer.error(errors.ERR_UPLOAD_REJECTED)
     if answer.change_id:
-        if not protocol.is_valid_upload_id(answer.change_id):
+        if not is_valid_upload_id(answer.change_id):
             raise errors.ERR_INTERNAL_SERVER_ERROR(
                 "the pre-create hook chose an ID that cannot name an upload (URL-safe characters in segments, at most "
-                f"{protocol.MAX_ID_LENGTH} in all, not ending in {', '.join(protocol.RESERVED_ID_SUFFIXES)})"
+                f"{MAX_ID_LENGTH} in all, not ending in {', '.join(RESERVED_ID_SUFFIXES)})"
             )
         info = info.replace(id=answer.change_id)
     if answer.change_metadata is not None:
@@ -78,13 +80,13 @@ class Policy:
         # The largest upload: the server's limit or an upload rule's, whichever is lower; int64 in any case, which
         # is what tusd (and any reader of the .info) can represent.
         limits = [config.max_size, config.rules.max_size if config.rules else 0]
-        self.size_limit = min((x for x in limits if x), default=protocol.INT64_MAX)
+        self.size_limit = min((x for x in limits if x), default=grammar.INT64_MAX)
 
     # -- admission ------------------------------------------------------------------------------------------------
 
     def check_size(self, size: int) -> None:
         """An upload's length, known at creation or declared later: 413 ERR_MAX_SIZE_EXCEEDED past the limits."""
-        if size > protocol.INT64_MAX:
+        if size > grammar.INT64_MAX:
             raise errors.ERR_MAX_SIZE_EXCEEDED("the upload would be longer than 2^63-1 bytes")
         if self.config.max_size and size > self.config.max_size:
             raise errors.ERR_MAX_SIZE_EXCEEDED()
@@ -96,7 +98,7 @@ class Policy:
         config = self.config
         if config.max_metadata_pairs and len(metadata) > config.max_metadata_pairs:
             raise errors.ERR_METADATA_TOO_LARGE(f"the upload has more than {config.max_metadata_pairs} metadata pairs")
-        if config.max_metadata_size and len(protocol.serialize_metadata(metadata)) > config.max_metadata_size:
+        if config.max_metadata_size and len(grammar.serialize_metadata(metadata)) > config.max_metadata_size:
             raise errors.ERR_METADATA_TOO_LARGE(f"the upload's metadata is longer than {config.max_metadata_size} bytes")
 
     async def admit(self, request: Request, info: UploadInfo) -> tuple[UploadInfo, HookResponse | None]:

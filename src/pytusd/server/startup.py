@@ -22,8 +22,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from . import errors
-from .config import Config
+from .. import errors
+from ..core.config import Config
 
 log = logging.getLogger("pytusd")
 
@@ -152,7 +152,7 @@ async def _locker(locker: Any, store: Any) -> str:
         if type(exc).__name__ == "AuthenticationError" or text.startswith(("NOAUTH", "WRONGPASS", "invalid password")):
             raise Fatal(f"{locker!r} refused the credentials ({text}); exiting") from exc
         if type(locker).__name__ == "RedisLocker":
-            from .lockers.redis import _without_password
+            from ..lockers.redis import _without_password
 
             what = f"the Redis locker at {_without_password(locker.url)}"
         else:

@@ -19,11 +19,12 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import errors, expiration
-from .config import Config
-from .hooks import Hooks
-from .stores import Listable, Terminatable, Upload
-from .types import UploadInfo
+from .. import errors
+from ..core import expiration
+from ..core.config import Config
+from ..hooks import Hooks
+from ..info import UploadInfo
+from ..stores import Listable, Terminatable, Upload
 
 
 def state_of(info: UploadInfo) -> str:

@@ -8,19 +8,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, cast
 
-from . import errors, protocol
+from .. import errors
+from ..info import UploadInfo
+from ..stores import Concatenatable, Upload
+from . import grammar
 from .http import Request, Response
-from .stores import Concatenatable, Upload
-from .types import UploadInfo
 
 if TYPE_CHECKING:
-    from .handlers import Handlers
+    from .uploads import Uploads
 
 log = logging.getLogger("pytusd")
 
 
 class Concatenation:
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Uploads) -> None:
         self.handlers = handlers
         # Finals created here that wait for unfinished partials: partial ID -> final IDs. Completing the last
         # partial in this process concatenates at once; any other process (or a restart) does it when the final is
@@ -42,7 +43,7 @@ class Concatenation:
         size = 0
         complete = True
         for url in urls:
-            upload_id = protocol.upload_id_from_url(url, uploads_path)
+            upload_id = grammar.upload_id_from_url(url, uploads_path)
             with handlers.store_operation("get", upload_id):
                 info = await (await handlers.store.get(upload_id)).info()
             await policy.access(request, upload_id, info)

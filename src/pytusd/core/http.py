@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 
-from . import protocol
+from ..asgitypes import Receive, Scope, Send
+from ..errors import TusError
+from . import grammar
 from .body import RequestBody
-from .errors import TusError
-from .types import Receive, Scope, Send
-
 
 # The scope extension under which pytusd's own server passes request trailers (a list of (name, value) byte pairs,
 # complete once the last body chunk was received). ASGI itself has no event for request trailers.
@@ -89,7 +88,7 @@ class Request:
 
     @property
     def content_length(self) -> int | None:
-        return protocol.parse_non_negative_int(self.headers.get("content-length"))
+        return grammar.parse_non_negative_int(self.headers.get("content-length"))
 
     @property
     def has_body(self) -> bool:
@@ -145,7 +144,7 @@ class Request:
         host = self.headers.get("host")
         if host is None and (server := self.scope.get("server")):
             host = f"{server[0]}:{server[1]}" if server[1] else server[0]
-        return protocol.request_origin(self.scope.get("scheme", "http"), host, self.headers, behind_proxy)
+        return grammar.request_origin(self.scope.get("scheme", "http"), host, self.headers, behind_proxy)
 
     @property
     def mount_prefix(self) -> str:

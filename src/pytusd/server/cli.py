@@ -18,11 +18,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__, logs
-from .app import TusApp
-from .config import Config, CorsConfig
-from .fileio import FILE_IO_MODES
-from .hooks import (
+from ..version import __version__
+from ..asgi.app import TusApp
+from ..core.config import Config, CorsConfig
+from ..core.rules import UploadRules
+from ..fileio import FILE_IO_MODES
+from ..hooks import (
     DEFAULT_ENABLED_HOOKS,
     FileHookBackend,
     FireboomHookBackend,
@@ -31,9 +32,9 @@ from .hooks import (
     HttpHookBackend,
     PythonHookBackend,
 )
-from .lockers import FileLocker, Locker, MemoryLocker
-from .rules import UploadRules
-from .stores import DataStore, FileStore
+from ..lockers import FileLocker, Locker, MemoryLocker
+from ..observe import logs
+from ..stores import DataStore, FileStore
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -548,7 +549,7 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     if args.hooks_python:
         bindings.append((PythonHookBackend.from_spec(args.hooks_python), events(args.hooks_python_events)))
     if args.hooks_grpc:
-        from .hooks.grpc import GrpcHookBackend
+        from ..hooks.grpc import GrpcHookBackend
 
         grpc_backend = GrpcHookBackend(
             args.hooks_grpc,
@@ -597,11 +598,11 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
     if len(named) > 1:
         raise ValueError(f"choose one storage: {' and '.join(named)} were both given")
     if args.gcs_bucket:
-        from .stores.gcs import GCSStore
+        from ..stores.gcs import GCSStore
 
         return GCSStore.from_options(args.gcs_bucket, object_prefix=args.gcs_object_prefix, endpoint=args.gcs_endpoint)
     if args.azure_storage:
-        from .stores.azure import AzureStore
+        from ..stores.azure import AzureStore
 
         return AzureStore.from_options(
             args.azure_storage,
@@ -611,7 +612,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             blob_access_tier=args.azure_blob_access_tier,
         )
     if args.s3_bucket:
-        from .stores.s3 import S3Store, make_client
+        from ..stores.s3 import S3Store, make_client
 
         client = make_client(
             endpoint=args.s3_endpoint,
@@ -641,7 +642,7 @@ def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
     if kind == "memory":
         return MemoryLocker()
     if kind == "redis":
-        from .lockers.redis import RedisLocker
+        from ..lockers.redis import RedisLocker
 
         return RedisLocker(args.redis_url, ttl=args.redis_lock_ttl or 5.0)
     if not isinstance(store, FileStore):
@@ -722,7 +723,7 @@ def upload_line(
 
 def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.server.workers`)."""
-    from .server import workers
+    from . import workers
 
     count = args.workers or os.cpu_count() or 1
     object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
@@ -748,7 +749,7 @@ def cleanup(args: argparse.Namespace) -> int:
     """``pytusd cleanup``: remove expired unfinished uploads once (for cron), with the server's flags."""
     import asyncio
 
-    from .expiration import Cleaner, supported
+    from ..core.expiration import Cleaner, supported
 
     config = config_from_args(args)
     if not supported(config.store, 1.0):
@@ -774,7 +775,7 @@ def upload_dir_problem(args: argparse.Namespace) -> str:
 
 
 def check_backends(config: Config, args: argparse.Namespace) -> int:
-    """The start-up checks (pytusd.startup): one log line per backend that cannot be reached; 2 when one can never
+    """The start-up checks (pytusd.server.startup): one log line per backend that cannot be reached; 2 when one can never
     work (the caller exits with it), else 0 (not-ready parts start not ready)."""
     import asyncio
 
@@ -845,13 +846,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.workers or os.cpu_count() or 1) > 1:
         start_workers(args, parser)  # returns in each worker process, which goes on below; the parent never returns
 
-    from .server import ServeOptions, serve, tune_malloc
+    from . import ServeOptions, serve, tune_malloc
 
     if args.malloc_tuning:
         tune_malloc()
     try:
         if args.otel_traces:
-            from . import tracing
+            from ..observe import tracing
 
             tracing.configure(args.otel_traces)
         config = config_from_args(args)
@@ -883,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "this %s, use --locker redis (two PATCHes of one upload in two processes would corrupt it)",
             type(config.store).__name__,
         )
-    from .server import workers
+    from . import workers
 
     if not args.show_startup_logs:
         banner = ""

@@ -24,11 +24,10 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from . import errors
-from .errors import TusError
-from .fileio import Pool, pwrite_all, settle, start
-from .types import Receive
-
+from .. import errors
+from ..asgitypes import Receive
+from ..errors import TusError
+from ..fileio import Pool, pwrite_all, settle, start
 
 # With a pool, bodies shorter than this (still to come) are not spliced (bench/NOTES.md, "File I/O in threads").
 POOL_SPLICE_MIN = 1 << 20

@@ -47,7 +47,7 @@ Keeping CORS and ``X-HTTP-Method-Override`` working when you route:
 * CORS: every endpoint adds pytusd's CORS headers (``config.cors``) itself; route ``OPTIONS`` of both paths to
   ``endpoints.options`` (without authentication: browsers send preflights without credentials). Or turn pytusd's
   CORS off (``CorsConfig(disable=True)``) and let your framework's CORS middleware do it, allowing and exposing
-  :data:`pytusd.protocol.CORS_ALLOW_HEADERS` and :data:`pytusd.protocol.CORS_EXPOSE_HEADERS`.
+  :data:`pytusd.core.grammar.CORS_ALLOW_HEADERS` and :data:`pytusd.core.grammar.CORS_EXPOSE_HEADERS`.
 * Method override: a client that cannot send PATCH or DELETE sends ``POST`` with ``X-HTTP-Method-Override``, which
   your router would route as a POST. Wrap the router in :class:`MethodOverrideMiddleware` so it sees the real
   method (Starlette ``Middleware(MethodOverrideMiddleware)``, FastAPI ``app.add_middleware(...)``).
@@ -60,14 +60,13 @@ import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import errors
-from .types import ASGIApp, Receive, Scope, Send
+from .. import errors
+from ..asgitypes import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from starlette.responses import Response as StarletteResponse
 
-    from .app import TusApp
-    from .http import Request
+    from ..core.http import Request
 
 OPERATION_KEY = "pytusd.operation"
 """The ASGI scope key under which an endpoint tells its TusApp which operation it serves."""
@@ -112,13 +111,13 @@ class Operation:
 
 
 class Endpoint:
-    """One tus operation as an ASGI application (see :mod:`pytusd.routing`).
+    """One tus operation as an ASGI application (see :mod:`pytusd.asgi.routing`).
 
     Use it as a route's endpoint (Starlette ``Route``, FastAPI ``add_route``, any ASGI router), or return
     :meth:`response` from a path operation.
     """
 
-    def __init__(self, app: TusApp, operation: Operation) -> None:
+    def __init__(self, app: ASGIApp, operation: Operation) -> None:
         self.app = app
         self.operation = operation
 
@@ -167,7 +166,7 @@ class Endpoints:
     ``path_param`` is the name of the route parameter that holds the upload ID.
     """
 
-    def __init__(self, app: TusApp, path_param: str = DEFAULT_PATH_PARAM) -> None:
+    def __init__(self, app: ASGIApp, path_param: str = DEFAULT_PATH_PARAM) -> None:
         def endpoint(name: str, methods: Iterable[str], names_upload: bool) -> Endpoint:
             return Endpoint(app, Operation(name, frozenset(methods), names_upload, path_param))
 

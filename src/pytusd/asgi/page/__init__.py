@@ -17,10 +17,10 @@ import html
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from ..http import Request, Response
+from ...core.http import Request, Response
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ...core.config import Config
 
 ASSET_PREFIXES = ("/page/", "/_page/", "/_pytusd/page/")
 ASSETS = ("tus.js", "page.js", "page.css", "icon.svg")

@@ -22,7 +22,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from . import errors
+from .. import errors
 from .http import Request
 
 _FORWARDED_FOR = re.compile(r'for\s*=\s*"?\[?([^",;\]\s]+)', re.IGNORECASE)

@@ -43,6 +43,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.metrics_core import Metric
 
+from ..hooktypes import HOOK_TYPES
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # tusd exposes these counters without the _total suffix (Go client, const metrics); prometheus_client would add it.
@@ -117,8 +119,6 @@ class _Instruments:
             "Expired unfinished uploads removed (by the background cleaner, or when a request found them expired).",
         )
         # Label values known in advance appear at 0, as in tusd.
-        from .hooks.base import HOOK_TYPES
-
         for method in METHODS:
             self.requests.labels(method)
         for hook_type in HOOK_TYPES:
@@ -367,8 +367,6 @@ class Metrics:
 
     def hook_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Invocations and failures per hook type, as counted by this process."""
-        from .hooks.base import HOOK_TYPES
-
         def read(counter: Counter) -> dict[str, int]:
             counts = dict.fromkeys(HOOK_TYPES, 0)
             for family in counter.collect():

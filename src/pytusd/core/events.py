@@ -52,9 +52,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import TracebackType
 from typing import Any, Literal, Union, cast, get_args
 
-from .errors import TusError
-from .hooks.base import HookResponse
-from .types import UploadInfo
+from ..errors import TusError
+from ..hooks.base import HookResponse
+from ..info import UploadInfo
 
 EventKind = Literal["created", "progress", "completed", "terminated"]
 """The kinds of :class:`UploadEvent` a subscription can ask for."""

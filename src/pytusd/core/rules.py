@@ -15,8 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import errors, extras
-from .types import UploadInfo
+from .. import errors, extras
+from ..info import UploadInfo
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator

@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from . import extras
+from .. import extras
 
 try:
     from opentelemetry import propagate, trace
@@ -48,7 +48,7 @@ class Tracing:
         if isinstance(provider, _UNCONFIGURED):
             return None
         if self._tracer_of is not provider:
-            from . import __version__
+            from ..version import __version__
 
             self._tracer = provider.get_tracer("pytusd", __version__)
             self._tracer_of = provider

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from . import errors, protocol
+from .. import errors
+from ..stores import Upload, Verifiable
+from . import grammar
 from .body import RequestBody
 from .http import Request
-from .stores import Upload, Verifiable
 
 
 async def write_checked(
@@ -19,7 +20,7 @@ async def write_checked(
 ) -> int:
     """``Upload-Checksum`` header: the digest is computed while the body streams, no buffering."""
     algorithm, expected = checksum
-    hasher = protocol.new_hasher(algorithm)
+    hasher = grammar.new_hasher(algorithm)
 
     async def hashed() -> AsyncIterator[bytes]:
         async for chunk in body.chunks():
@@ -58,11 +59,11 @@ async def write_trailer_checked(
             body.error = errors.ERR_INVALID_CHECKSUM("the announced Upload-Checksum trailer did not come")
             return False
         try:
-            algorithm, expected = protocol.parse_checksum(header)
+            algorithm, expected = grammar.parse_checksum(header)
         except errors.TusError as exc:
             body.error = exc
             return False
-        hasher = protocol.new_hasher(algorithm)
+        hasher = grammar.new_hasher(algorithm)
         async for block in upload.reader(offset, offset + written):
             hasher.update(block)
         if hasher.digest() != expected:

@@ -12,10 +12,11 @@ import logging
 import time
 from typing import Any, Protocol
 
-from . import errors, protocol
-from .lockers import Locker
-from .stores import DataStore, Expiring, Timestamped, Upload
-from .types import UploadInfo
+from .. import errors
+from ..info import UploadInfo
+from ..lockers import Locker
+from ..stores import DataStore, Expiring, Timestamped, Upload
+from . import grammar
 
 log = logging.getLogger("pytusd")
 
@@ -36,7 +37,7 @@ async def expires_at(upload: Upload, info: UploadInfo, expiration: float) -> flo
 
 def expires_header(expiration: float) -> str:
     """``Upload-Expires`` for an upload that just changed (expiration extension)."""
-    return protocol.http_date(time.time() + expiration)
+    return grammar.http_date(time.time() + expiration)
 
 
 async def check(store: Expiring, upload: Upload, info: UploadInfo, expiration: float) -> None:
@@ -63,7 +64,7 @@ class Cleaner:
         self.locker = locker
         self.expiration = expiration
         self.interval = interval
-        self.metrics = metrics  # a pytusd.metrics.Metrics: pytusd_expired_uploads_removed_total
+        self.metrics = metrics  # a pytusd.observe.metrics.Metrics: pytusd_expired_uploads_removed_total
         self.removed = 0  # expired uploads removed since start
 
     async def run_once(self) -> int:

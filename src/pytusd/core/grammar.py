@@ -1,4 +1,4 @@
-"""The tus rules that need no I/O: header parsing and serialising, IDs, URLs, download headers.
+"""The grammar of tus and HTTP headers: parsing and serialising, URLs, ranges, dates, CORS lists, all without I/O.
 
 Each function here is the one place a rule lives; the handler flows call them and never parse headers themselves.
 Sections named below are those of the tus 1.0 specification (https://tus.io/protocols/resumable-upload).
@@ -7,17 +7,17 @@ Sections named below are those of the tus 1.0 specification (https://tus.io/prot
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import email.utils
 import hashlib
-import zlib
-import binascii
 import re
-import secrets
 import urllib.parse
+import zlib
 from collections.abc import Mapping
 
-from . import errors
+from .. import errors
+from ..info import is_valid_upload_id
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
@@ -210,34 +210,6 @@ def upload_id_from_url(url: str, uploads_path: str) -> str:
     return upload_id
 
 
-# --- upload IDs ----------------------------------------------------------------------------------------------------
-
-_ID_SEGMENT = re.compile(r"[A-Za-z0-9\-._~%!$'()*+,;=:@]{1,200}")
-MAX_ID_LENGTH = 500
-# The names stores and lockers keep beside an upload's own (``<id>.info``, ``<id>.lock``, ``<id>.part``, ...): an
-# ID ending so would name another upload's file or object, so no upload may have one (a hook choosing IDs from
-# client input could otherwise overwrite, or delete, another upload's state).
-RESERVED_ID_SUFFIXES = (".info", ".part", ".lock", ".stop", ".concat", ".pending", ".expired", ".tmp")
-
-
-def new_upload_id() -> str:
-    """128 random bits as 32 lowercase hex characters, like tusd's IDs."""
-    return secrets.token_hex(16)
-
-
-def is_valid_upload_id(upload_id: str) -> bool:
-    """Whether an ID may name an upload: URL-safe characters (tusd's set), segments separated by ``/``, no empty,
-    ``.`` or ``..`` segment, no leading or trailing ``/``, bounded length. Anything else never reaches a store, so
-    an ID taken from a URL cannot point outside the storage (``..``, absolute paths, NUL, backslashes); and no
-    :data:`RESERVED_ID_SUFFIXES`, which would name another upload's files."""
-    if not upload_id or len(upload_id) > MAX_ID_LENGTH or upload_id.lower().endswith(RESERVED_ID_SUFFIXES):
-        return False
-    for segment in upload_id.split("/"):
-        if segment in (".", "..") or not _ID_SEGMENT.fullmatch(segment):
-            return False
-    return True
-
-
 # --- URLs ----------------------------------------------------------------------------------------------------------
 
 _FORWARDED_HOST = re.compile(r'(?i)(?:^|[;,\s])host="?([^";,\s]+)')
@@ -293,63 +265,6 @@ _URL_SAFE = "/-._~!$'()*+,;=:@"
 
 
 # --- downloads (GET) -----------------------------------------------------------------------------------------------
-
-# Media types a browser may render inline; anything else is served as an attachment (HTML and SVG could carry
-# scripts, PDF readers are a common attack surface). The same list tusd uses.
-INLINE_MEDIA_TYPES = frozenset(
-    {
-        "text/plain",
-        "image/png",
-        "image/jpeg",
-        "image/gif",
-        "image/bmp",
-        "image/webp",
-        "audio/wave",
-        "audio/wav",
-        "audio/x-wav",
-        "audio/x-pn-wav",
-        "audio/webm",
-        "audio/ogg",
-        "video/mp4",
-        "video/webm",
-        "video/ogg",
-        "application/ogg",
-    }
-)
-
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# Optional whitespace is SP / HTAB only (RFC 9110 OWS): ``\s`` would let CR/LF into the Content-Type we send.
-_MEDIA_TYPE = re.compile(
-    rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*)[ \t]*;?[ \t]*"
-)
-
-
-def download_headers(meta: Mapping[str, str]) -> tuple[str, str]:
-    """(Content-Type, Content-Disposition) for serving an upload.
-
-    The type comes from the ``filetype`` metadata when it is a well-formed media type, else
-    ``application/octet-stream``; ``inline`` only for :data:`INLINE_MEDIA_TYPES`. The ``filename`` metadata goes
-    into an ASCII fallback with quotes, backslashes and control characters replaced, plus an RFC 5987
-    ``filename*`` carrying the exact UTF-8 name percent-encoded, so no metadata value can inject a header.
-    """
-    filetype = meta.get("filetype", "")
-    match = _MEDIA_TYPE.fullmatch(filetype) if filetype.isascii() else None
-    if match:
-        content_type = filetype.strip()
-        essence = f"{match.group(1)}/{match.group(2)}".lower()
-        disposition = "inline" if essence in INLINE_MEDIA_TYPES else "attachment"
-    else:
-        content_type = "application/octet-stream"
-        disposition = "attachment"
-    filename = meta.get("filename")
-    if filename is not None:
-        fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename)
-        disposition += f'; filename="{fallback}"'
-        if fallback != filename:
-            # errors="replace": a name set by a hook may hold lone surrogates, which UTF-8 cannot encode.
-            disposition += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe="", errors="replace")
-    return content_type, disposition
-
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single ``Range: bytes=...`` -> (first, last) inclusive, or None to serve the whole content.

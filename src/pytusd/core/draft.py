@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 
-from . import errors, protocol
-from .handlers import Handlers, merge_hook_response
+from .. import errors
+from ..info import UploadInfo
+from ..stores import Upload
+from . import grammar
 from .http import Request, Response
-from .stores import Upload
-from .types import UploadInfo
+from .uploads import Uploads, merge_hook_response
 
 VERSIONS = frozenset({3, 4, 5, 6, 7, 8})
 PARTIAL_UPLOAD_TYPE = "application/partial-upload"
@@ -43,7 +44,7 @@ def _problem(error: errors.TusError, version: int, kind: str, title: str, **fiel
 
 
 class DraftFlows:
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Uploads) -> None:
         self.handlers = handlers
         self.config = handlers.config
 
@@ -79,7 +80,7 @@ class DraftFlows:
         handlers = self.handlers
         complete = self._complete_requested(request, version)
         declared = request.headers.get("upload-length")
-        length = protocol.parse_non_negative_int(declared) if declared is not None else None
+        length = grammar.parse_non_negative_int(declared) if declared is not None else None
         if declared is not None and length is None:
             raise errors.ERR_INVALID_UPLOAD_LENGTH()
         content_length = request.content_length
@@ -116,7 +117,7 @@ class DraftFlows:
 
     async def head(self, request: Request, version: int) -> Response:
         handlers = self.handlers
-        upload_id = handlers._upload_id(request)
+        upload_id = handlers.upload_id_of(request)
         async with handlers.locked(request, upload_id):
             _, info = await handlers.load(request, upload_id)
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset), **self._base_headers(version)}
@@ -129,9 +130,9 @@ class DraftFlows:
         handlers = self.handlers
         if version >= 6 and request.headers.get("content-type") != PARTIAL_UPLOAD_TYPE:
             raise errors.ERR_INVALID_CONTENT_TYPE(f"Content-Type must be {PARTIAL_UPLOAD_TYPE}")
-        offset = protocol.parse_offset(request.headers.get("upload-offset"))
+        offset = grammar.parse_offset(request.headers.get("upload-offset"))
         complete = self._complete_requested(request, version)
-        upload_id = handlers._upload_id(request)
+        upload_id = handlers.upload_id_of(request)
         async with handlers.locked(request, upload_id):
             upload, info = await handlers.load(request, upload_id)
             response = Response(204, self._base_headers(version))

@@ -1,4 +1,4 @@
-"""The request flows: one method per kind of request, each in the same order of steps.
+"""The operations every request flow shares: lock, load, write, finish, create, announce.
 
 lock -> load -> validate -> write -> finish -> respond. Header rules come from :mod:`.protocol`, bytes and info
 from the store, locks from the locker; routing, CORS and error rendering are the app's.
@@ -10,19 +10,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import cast
+from typing import Protocol, cast
 
-from . import checksums, errors, expiration, logs, protocol, tracing
+from .. import errors
+from ..hooks import HookResponse, Hooks
+from ..info import UploadInfo, is_valid_upload_id
+from ..observe import logs, tracing
+from ..observe.metrics import Metrics
+from ..stores import Concatenatable, Expiring, LengthDeferrable, Terminatable, Upload, Verifiable
+from . import checksums, expiration, grammar
 from .body import RequestBody
-from .concat import Concatenation
 from .config import Config
 from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEvent, rejection, run_callback
-from .hooks import HookResponse, Hooks
 from .http import Request, Response
-from .metrics import Metrics
 from .policy import Policy, event_request
-from .stores import Concatenatable, Expiring, LengthDeferrable, Terminatable, Timestamped, Upload, Verifiable
-from .types import UploadInfo
 
 log = logging.getLogger("pytusd")
 
@@ -36,7 +37,23 @@ def merge_hook_response(response: Response, answer: HookResponse) -> None:
     response.headers.update(answer.headers)
 
 
-class Handlers:
+class Finals(Protocol):
+    """What the shared operations ask of concatenation (:class:`pytusd.core.concat.Concatenation` is the one):
+    loading an unfinished final tries to complete it, and a completed partial may complete the finals waiting
+    for it. Concatenation uses these operations in turn, so they meet through this interface, set by the flows."""
+
+    async def complete_if_ready(
+        self, request: Request, final: Upload, info: UploadInfo, response: Response | None = None
+    ) -> UploadInfo: ...
+
+    async def partial_completed(self, request: Request, partial_id: str) -> None: ...
+
+
+class Uploads:
+    """The operations every flow shares (tus 1.0, the IETF draft, concatenation): lock, load, write, finish,
+    create, announce; and what the store can do, found once (``can_*``, ``extensions``)."""
+
+
     def __init__(
         self,
         config: Config,
@@ -51,7 +68,7 @@ class Handlers:
         self.metrics = metrics if metrics is not None else Metrics()
         self.tracing = tracer if tracer is not None else tracing.Tracing(config.tracer_provider)
         self.store = config.store
-        # Admission, append and access rules, the same for every path (pytusd.policy).
+        # Admission, append and access rules, the same for every path (pytusd.core.policy).
         self.policy = Policy(config, self.store_operation)
         self.locker = config.locker
         self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
@@ -65,7 +82,8 @@ class Handlers:
             extensions.append("concatenation")
         if self.can_concat_unfinished:
             extensions.append("concatenation-unfinished")
-        self.concat = Concatenation(self)
+        # Set by the flows that have concatenation (TusFlows): None means no final is ever completed here.
+        self.finals: Finals | None = None
         if self.can_defer_length:
             extensions.append("creation-defer-length")
         self.can_checksum = isinstance(self.store, Verifiable)
@@ -86,7 +104,7 @@ class Handlers:
         if "://" in base:
             return base + upload_id
         proto, host = request.origin(self.config.behind_proxy)
-        return protocol.upload_url(proto, host, self.uploads_path(request), upload_id)
+        return grammar.upload_url(proto, host, self.uploads_path(request), upload_id)
 
     def uploads_path(self, request: Request) -> str:
         """The URL path under which this app's uploads are reached, mount point included."""
@@ -251,8 +269,8 @@ class Handlers:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         if info.is_complete:
             await self.finished(request, upload, info, response)
-            if info.is_partial:
-                await self.concat.partial_completed(request, info.id)
+            if info.is_partial and self.finals is not None:
+                await self.finals.partial_completed(request, info.id)
         if error is not None:
             raise error(headers={"Upload-Offset": str(info.offset)})
         return info
@@ -300,7 +318,7 @@ class Handlers:
         header = request.headers.get("upload-checksum")
         if header is None or not self.can_checksum:
             return None
-        return protocol.parse_checksum(header)
+        return grammar.parse_checksum(header)
 
     async def load(self, request: Request, upload_id: str, complete_finals: bool = True) -> tuple[Upload, UploadInfo]:
         """The upload and its state, for a request holding its lock; an expired upload is removed here (410). A
@@ -309,8 +327,8 @@ class Handlers:
         with self.store_operation("get", upload_id):
             upload = await self.store.get(upload_id)
             info = await upload.info()
-        if complete_finals and info.is_final and not info.is_complete:
-            info = await self.concat.complete_if_ready(request, upload, info)
+        if complete_finals and info.is_final and not info.is_complete and self.finals is not None:
+            info = await self.finals.complete_if_ready(request, upload, info)
         if self.expiration:  # only when the store is Expiring (expiration.supported)
             try:
                 await expiration.check(cast(Expiring, self.store), upload, info, self.expiration)
@@ -343,118 +361,10 @@ class Handlers:
                  extra=logs.fields(event="UploadCreated", upload_id=info.id, size=size))
         return upload, info
 
-    def _upload_id(self, request: Request) -> str:
-        if not protocol.is_valid_upload_id(request.upload_id):
+    def upload_id_of(self, request: Request) -> str:
+        if not is_valid_upload_id(request.upload_id):
             raise errors.ERR_UPLOAD_NOT_FOUND()
         return request.upload_id
-
-    # -- flows ----------------------------------------------------------------------------------------------------
-
-    def options(self, request: Request) -> Response:
-        headers = {"Tus-Version": protocol.TUS_VERSION, "Tus-Extension": self.extensions}
-        if self.can_checksum:
-            headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
-        if self.config.max_size:
-            headers["Tus-Max-Size"] = str(self.config.max_size)
-        # 200 rather than 204: some browsers treat a 204 preflight as a failure.
-        return Response(200, headers)
-
-    async def create(self, request: Request) -> Response:
-        headers = request.headers
-        with_data = headers.get("content-type") == protocol.OFFSET_CONTENT_TYPE
-        concat_header = headers.get("upload-concat")
-        if concat_header and not self.can_concat:
-            raise errors.ERR_CONCATENATION_UNSUPPORTED()
-        kind, partial_urls = protocol.parse_concat(concat_header)
-        partial_ids: list[str] = []
-        partials_complete = True
-        if kind == "final":
-            if with_data:
-                raise errors.ERR_MODIFY_FINAL("a final upload is made of its partials and takes no data")
-            partial_ids, size, partials_complete = await self.concat.partials(request, partial_urls)
-            deferred = False
-        else:
-            size, deferred = protocol.parse_creation_length(
-                headers.get("upload-length"), headers.get("upload-defer-length"), self.can_defer_length
-            )
-        if not deferred:
-            self.policy.check_size(size)  # admission's first step (admit repeats it), before metadata is decoded
-        # The header is bounded before it is decoded; admission then measures the metadata like any other path's.
-        metadata = protocol.parse_metadata(
-            headers.get("upload-metadata"),
-            strict=True,
-            max_size=self.config.max_metadata_size,
-            max_pairs=self.config.max_metadata_pairs,
-        )
-        if with_data:
-            self._checksum(request)
-        info = UploadInfo(
-            size=size,
-            size_is_deferred=deferred,
-            metadata=metadata,
-            is_partial=kind == "partial",
-            is_final=kind == "final",
-            partial_uploads=tuple(partial_ids),
-        )
-        info, hook_answer = await self.policy.admit(request, info)
-        upload, info = await self.create_upload(request, info)
-        url = self.upload_url(request, info.id)
-        response = Response(201, {"Location": url})
-        if hook_answer is not None:
-            merge_hook_response(response, hook_answer)
-        self.announce("created", info, request)
-        if self.expiration and not info.is_complete and kind != "final":
-            response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
-        try:
-            if kind == "final":
-                if not partials_complete:
-                    self.concat.wait_for_partials(info)
-                async with self.locked(request, info.id):
-                    # Partials may have completed since they were checked: this concatenates if they all are.
-                    await self.concat.complete_if_ready(request, upload, info, response)
-            elif with_data:
-                async with self.locked(request, info.id):
-                    await self.write_body(request, upload, info, response, 0)
-            elif info.is_complete:  # an empty upload is finished the moment it exists
-                await self.finished(request, upload, info, response)
-        except errors.TusError as exc:
-            # The upload exists: tell the client where, so it can resume what this request could not finish.
-            raise exc(headers={"Location": url}) from None
-        return response
-
-    async def head(self, request: Request) -> Response:
-        upload_id = self._upload_id(request)
-        async with self.locked(request, upload_id):
-            _, info = await self.load(request, upload_id)
-        headers = {"Cache-Control": "no-store"}
-        if not (info.is_final and not info.is_complete):  # a final has no offset until concatenated
-            headers["Upload-Offset"] = str(info.offset)
-        if info.is_partial:
-            headers["Upload-Concat"] = "partial"
-        elif info.is_final:
-            urls = " ".join(self.upload_url(request, partial) for partial in info.partial_uploads)
-            headers["Upload-Concat"] = f"final;{urls}"
-        if info.metadata:
-            headers["Upload-Metadata"] = protocol.serialize_metadata(info.metadata)
-        if info.size_is_deferred:
-            headers["Upload-Defer-Length"] = "1"
-        else:
-            headers["Upload-Length"] = str(info.size)
-            headers["Content-Length"] = str(info.size)
-        return Response(200, headers)
-
-    async def patch(self, request: Request) -> Response:
-        headers = request.headers
-        if headers.get("content-type") != protocol.OFFSET_CONTENT_TYPE:
-            raise errors.ERR_INVALID_CONTENT_TYPE()
-        offset = protocol.parse_offset(headers.get("upload-offset"))
-        self._checksum(request)  # a malformed Upload-Checksum is refused before anything is locked or read
-        upload_id = self._upload_id(request)
-        async with self.locked(request, upload_id):
-            upload, info = await self.load(request, upload_id)
-            response = Response(204, {})
-            await self.append(request, upload, info, response, offset, headers.get("upload-length"))
-            return response
 
     async def append(
         self, request: Request, upload: Upload, info: UploadInfo, response: Response, offset: int,
@@ -468,7 +378,7 @@ class Handlers:
             response.headers["Upload-Offset"] = str(info.offset)
             return info
         if declared_length is not None:
-            length = protocol.parse_non_negative_int(declared_length)
+            length = grammar.parse_non_negative_int(declared_length)
             if length is None:
                 raise errors.ERR_INVALID_UPLOAD_LENGTH()
             info = await self.declare_length(upload, info, length)
@@ -487,52 +397,3 @@ class Handlers:
         await cast(LengthDeferrable, self.store).declare_length(upload, length)
         return info.replace(size=length, size_is_deferred=False)
 
-    async def delete(self, request: Request) -> Response:
-        upload_id = self._upload_id(request)
-        response = Response(204, {})
-        async with self.locked(request, upload_id):
-            upload, info = await self.load(request, upload_id, complete_finals=False)
-            if self.hooks is not None and self.hooks.wants("pre-terminate"):
-                answer = await self.hooks.call("pre-terminate", info, request.hook_http())
-                if answer.reject_termination:
-                    raise answer.error(errors.ERR_UPLOAD_TERMINATION_REJECTED)
-                merge_hook_response(response, answer)
-            with self.store_operation("terminate", upload_id):  # DELETE is routed here only when can_terminate
-                await cast(Terminatable, self.store).terminate(upload)
-        self.metrics.upload_terminated(upload_id)
-        log.info("upload %s terminated", upload_id,
-                 extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))
-        self.announce("terminated", info, request)
-        return response
-
-    async def get(self, request: Request) -> Response:
-        """Download what is stored. The lock is held only to read the state: bytes below the offset never change,
-        so streaming them does not block the upload from going on."""
-        upload_id = self._upload_id(request)
-        async with self.locked(request, upload_id):
-            upload, info = await self.load(request, upload_id)
-            if not info.is_complete and not getattr(upload, "readable_while_incomplete", True):
-                raise errors.ERR_INCOMPLETE_UPLOAD()
-            mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
-        content_type, disposition = protocol.download_headers(info.metadata)
-        size = info.offset
-        headers = {"Content-Type": content_type, "Content-Disposition": disposition, "Accept-Ranges": "bytes"}
-        ranged = True
-        if mtime is not None:
-            etag = protocol.entity_tag(size, mtime)
-            headers["ETag"] = etag
-            headers["Last-Modified"] = protocol.http_date(mtime)
-            status = protocol.check_preconditions(request.headers, etag, mtime)
-            if status == 412:
-                raise errors.ERR_PRECONDITION_FAILED()
-            if status == 304:
-                return Response(304, {k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
-            ranged = protocol.range_applies(request.headers, etag, mtime)
-        byte_range = protocol.parse_range(request.headers.get("range"), size) if ranged and size else None
-        if byte_range is None:
-            headers["Content-Length"] = str(size)
-            return Response(200, headers, stream=upload.reader(0, size) if size else None)
-        first, last = byte_range
-        headers["Content-Length"] = str(last - first + 1)
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        return Response(206, headers, stream=upload.reader(first, last + 1))

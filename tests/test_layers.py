@@ -1,0 +1,176 @@
+"""The package is its architecture: the folders are layers, and an import that runs against them fails here.
+
+Read from the source with ``ast`` (every import counts: module level, inside functions, under ``TYPE_CHECKING``),
+so a cycle cannot hide behind a lazy import. The order, lowest first:
+
+0. leaves (``errors``, ``info``, ``asgitypes``, ``hooktypes``, ``extras``, ``fileio``, ``version``)
+1. ``observe/`` (metrics, tracing, logs)
+2. ``hooks/``, ``lockers/``, ``stores/``: side by side, none imports another
+3. ``core/``: tus semantics, no sockets
+4. ``asgi/``: TusApp, routing, the upload page
+5. ``server/``: the command, the HTTP server, admin commands
+
+A module imports only from lower layers or from its own package, and no import chain returns to where it started.
+The package's ``__init__`` (the public names) and ``__main__`` sit above everything and nothing inside imports them.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
+ROOT = SRC / "pytusd"
+
+LEAVES = {"errors", "info", "asgitypes", "hooktypes", "extras", "fileio", "version"}
+RANKS = {"observe": 1, "hooks": 2, "lockers": 2, "stores": 2, "core": 3, "asgi": 4, "server": 5}
+TOP = {"pytusd", "pytusd.__main__"}
+
+
+def module_name(path: pathlib.Path) -> tuple[str, bool]:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), True
+    return ".".join(parts), False
+
+
+def all_modules() -> dict[str, tuple[pathlib.Path, bool]]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        name, is_package = module_name(path)
+        found[name] = (path, is_package)
+    return found
+
+
+MODULES = all_modules()
+
+
+def imports_of(name: str) -> set[str]:
+    """The pytusd modules ``name`` imports, resolved to the module (a name imported from a package's ``__init__``
+    counts as an import of that package)."""
+    path, is_package = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "pytusd")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "pytusd":
+                continue
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}"
+                found.add(submodule if submodule in MODULES else target)
+    # Importing a.b.c runs a.b's __init__ first: that is an import of a.b too (unless it is the importer's own).
+    for target in list(found):
+        parts = target.split(".")
+        for i in range(2, len(parts)):
+            parent = ".".join(parts[:i])
+            if not (name == parent or name.startswith(parent + ".")):
+                found.add(parent)
+    found.discard(name)
+    return found
+
+
+def layer(name: str) -> tuple[int, str]:
+    """(rank, group) of a module: its layer and the top-level folder or leaf it lives in."""
+    parts = name.split(".")
+    if name in TOP:
+        return 9, name
+    group = parts[1]
+    if group in LEAVES and len(parts) == 2:
+        return 0, group
+    assert group in RANKS, f"{name}: a module outside the layers (add it to a layer, or to the leaves)"
+    return RANKS[group], group
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in MODULES:
+        layer(name)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n not in TOP))
+def test_imports_run_down_the_layers(name: str) -> None:
+    rank, group = layer(name)
+    wrong = []
+    for target in sorted(GRAPH[name]):
+        if target in TOP:
+            wrong.append(f"{target} (the public facade; import the module that defines the name)")
+            continue
+        target_rank, target_group = layer(target)
+        if target_rank > rank or (target_rank == rank and rank > 0 and target_group != group):
+            wrong.append(target)
+    assert not wrong, f"{name} (layer {rank}, {group}) imports against the layers: {', '.join(wrong)}"
+
+
+def test_no_import_cycles() -> None:
+    """Tarjan's strongly connected components over every import: any component of more than one module is a
+    cycle, however it is hidden."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in GRAPH.get(node, ()):
+            if target not in MODULES or target in TOP:
+                continue
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in sorted(MODULES):
+        if name not in index and name not in TOP:
+            visit(name)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_checker_sees_hidden_imports(tmp_path: pathlib.Path) -> None:
+    """The reader counts an import under TYPE_CHECKING and one inside a function, so neither can hide a cycle."""
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ..asgi.app import TusApp\n"
+        "def later():\n    from ..server import cli\n"
+    )
+    name = "pytusd.core.__probe__"
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    MODULES[name] = (path, False)
+    try:
+        assert {"pytusd.asgi.app", "pytusd.server.cli", "pytusd.asgi", "pytusd.server"} <= imports_of(name)
+        with pytest.raises(AssertionError, match="imports against the layers"):
+            GRAPH[name] = imports_of(name)
+            try:
+                test_imports_run_down_the_layers(name)
+            finally:
+                del GRAPH[name]
+    finally:
+        del MODULES[name]
