@@ -582,14 +582,15 @@ async def test_from_options_reads_the_environment(azure_endpoint, monkeypatch):
 
 
 def test_the_cli_flags_build_the_azure_store(tmp_path, monkeypatch):
-    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
     monkeypatch.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
     argv = ["-azure-storage", "c", "-azure-endpoint", "http://127.0.0.1:9/devstoreaccount1",
             "-azure-object-prefix", "up/", "-azure-blob-access-tier", "archive", "--upload-dir", str(tmp_path)]
-    store = config_from_args(build_parser().parse_args(_normalise_argv(argv))).store
+    store = config_from_args(build_parser().parse_args(normalise_argv(argv))).store
     assert isinstance(store, AzureStore)
     assert store.container == "c" and store.blob_name("x") == "up/x" and store.blob_access_tier == "Archive"
     assert store.service.url.startswith("http://127.0.0.1:9/devstoreaccount1")

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from pytusd.server.cli import _GO_ONLY_FLAGS, _normalise_argv, build_parser, main
+from pytusd.server.cli.flags import GO_ONLY_FLAGS, build_parser, normalise_argv
+from pytusd.server.cli.main import main
 
 # The names as tusd's cmd/tusd/cli/flags.go declares them.
 TUSD_GO_ONLY = ("expose-pprof", "pprof-path", "pprof-block-profile-rate", "pprof-mutex-profile-rate", "hooks-plugin")
@@ -15,7 +16,7 @@ TUSD_GO_ONLY = ("expose-pprof", "pprof-path", "pprof-block-profile-rate", "pprof
 
 def parse(*argv: str):
     parser = build_parser()
-    return parser.parse_args(_normalise_argv(list(argv), parser))
+    return parser.parse_args(normalise_argv(list(argv), parser))
 
 
 @pytest.mark.parametrize("flag", [
@@ -38,7 +39,7 @@ def test_go_only_flags_are_refused_with_what_to_use_instead(flag, capsys):
 
 
 def test_the_go_only_table_names_tusds_flags():
-    assert set(_GO_ONLY_FLAGS) == set(TUSD_GO_ONLY)
+    assert set(GO_ONLY_FLAGS) == set(TUSD_GO_ONLY)
     assert "hooks-python" in {action.dest.replace("_", "-") for action in build_parser()._actions}
 
 
@@ -74,7 +75,7 @@ def test_enable_h2c_and_tls_are_refused_together(tmp_path, capsys):
 
 
 def test_the_upload_line_is_tusds():
-    from pytusd.server.cli import upload_line
+    from pytusd.server.cli.main import upload_line
 
     assert upload_line("/files/")([("127.0.0.1", 8080)]) == "You can now upload files to: http://127.0.0.1:8080/files/"
     assert upload_line("/files/", tls=True)([("::1", 8443, 0, 0)]) == (
@@ -170,8 +171,8 @@ TUSD_FLAGS = (
 
 
 def test_every_tusd_flag_is_taken_or_refused_with_what_to_use_instead():
-    from pytusd.server.cli import _FLAGS
+    from pytusd.server.cli.flags import FLAGS
 
-    taken = {flag.name for flag in _FLAGS} | {"version"}
-    assert [name for name in TUSD_FLAGS if name not in taken and name not in _GO_ONLY_FLAGS] == []
-    assert not taken & set(_GO_ONLY_FLAGS)
+    taken = {flag.name for flag in FLAGS} | {"version"}
+    assert [name for name in TUSD_FLAGS if name not in taken and name not in GO_ONLY_FLAGS] == []
+    assert not taken & set(GO_ONLY_FLAGS)

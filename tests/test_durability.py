@@ -191,7 +191,8 @@ async def test_without_fsync_nothing_is_flushed(tmp_path, disk_events):
 
 
 def test_cli_fsync_flag_reaches_the_store():
-    from pytusd.server.cli import build_parser, store_from_args
+    from pytusd.server.cli.compose import store_from_args
+    from pytusd.server.cli.flags import build_parser
 
     assert store_from_args(build_parser().parse_args(["--upload-dir", "/tmp/x"])).fsync is False
     assert store_from_args(build_parser().parse_args(["--upload-dir", "/tmp/x", "--fsync"])).fsync is True

@@ -533,11 +533,12 @@ def test_a_missing_sdk_names_the_extra(clean_env):
 
 
 def test_flags_choose_the_gcs_store(tmp_path, clean_env):
-    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     argv = ["-gcs-bucket", "b", "-gcs-object-prefix", "up", "-gcs-endpoint", "http://127.0.0.1:9",
             "--upload-dir", str(tmp_path)]
-    store = config_from_args(build_parser().parse_args(_normalise_argv(argv))).store
+    store = config_from_args(build_parser().parse_args(normalise_argv(argv))).store
     assert isinstance(store, GCSStore) and store.bucket == "b" and store.object_key("x") == "up/x"
     assert "127.0.0.1:9" in repr(store)
 

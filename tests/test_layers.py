@@ -99,6 +99,13 @@ def test_every_module_has_a_layer() -> None:
         layer(name)
 
 
+def test_every_import_names_a_module_that_exists() -> None:
+    """A lazy import of a module that is not there fails only when its line runs; here it fails at once."""
+    missing = sorted(f"{name} -> {target}" for name, targets in GRAPH.items() for target in targets
+                     if target not in MODULES)
+    assert not missing, f"imports of modules that do not exist: {missing}"
+
+
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if n not in TOP))
 def test_imports_run_down_the_layers(name: str) -> None:
     rank, group = layer(name)

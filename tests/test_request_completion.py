@@ -146,11 +146,12 @@ async def test_a_client_gone_with_a_store_quick_enough_is_answered_as_before(tmp
 
 
 def test_the_flag_and_its_default(tmp_path):
-    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     def timeout(*argv: str) -> float:
         parser = build_parser()
-        args = parser.parse_args(_normalise_argv(["--upload-dir", str(tmp_path), *argv], parser))
+        args = parser.parse_args(normalise_argv(["--upload-dir", str(tmp_path), *argv], parser))
         return config_from_args(args).request_completion_timeout
 
     assert timeout() == 10.0  # tusd's default

@@ -333,12 +333,13 @@ async def test_through_the_app(s3, client_factory):
 
 def test_flags_choose_the_s3_store_and_its_options(tmp_path):
     from pytusd import MemoryLocker
-    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     argv = ["-s3-bucket", "b", "-s3-endpoint", "http://127.0.0.1:9", "-s3-object-prefix", "up/",
             "-s3-part-size", str(8 * MIB), "-s3-max-buffered-parts", "3", "-s3-concurrent-part-uploads", "2",
             "-s3-disable-content-hashes", "--upload-dir", str(tmp_path)]
-    config = config_from_args(build_parser().parse_args(_normalise_argv(argv)))
+    config = config_from_args(build_parser().parse_args(normalise_argv(argv)))
     store = config.store
     assert isinstance(store, S3Store) and isinstance(config.locker, MemoryLocker)
     assert store.bucket == "b" and store.object_key("x") == "up/x" and store.meta_key("x.info") == "up/x.info"
@@ -349,12 +350,13 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
 
 
 def test_transfer_acceleration_and_api_call_logging_from_the_flags(tmp_path, monkeypatch):
-    from pytusd.server.cli import _normalise_argv, build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     argv = ["-s3-bucket", "uploads", "-s3-transfer-acceleration", "-s3-log-api-calls", "--upload-dir", str(tmp_path)]
-    store = config_from_args(build_parser().parse_args(_normalise_argv(argv))).store
+    store = config_from_args(build_parser().parse_args(normalise_argv(argv))).store
     assert isinstance(store, S3Store) and store.log_api_calls
     assert store.client.meta.config.s3["use_accelerate_endpoint"] is True
     url = store.client.generate_presigned_url("put_object", Params={"Bucket": "uploads", "Key": "k"})

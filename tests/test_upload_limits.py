@@ -178,7 +178,8 @@ def test_client_key(headers, behind_proxy, expected):
 
 
 def test_limit_flags_reach_the_config():
-    from pytusd.server.cli import build_parser, config_from_args
+    from pytusd.server.cli.compose import config_from_args
+    from pytusd.server.cli.flags import build_parser
 
     args = build_parser().parse_args(
         ["--upload-dir", "/tmp/x", "--max-concurrent-uploads", "8", "--max-uploads-per-client", "2",

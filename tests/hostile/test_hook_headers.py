@@ -273,11 +273,12 @@ async def test_grpc_forward_headers_become_call_metadata_by_the_same_rule(client
 
 
 def test_grpc_forward_headers_flag_reaches_the_backend(tmp_path):
-    from pytusd.server.cli import _normalise_argv, build_parser, hooks_from_args
+    from pytusd.server.cli.compose import hooks_from_args
+    from pytusd.server.cli.flags import build_parser, normalise_argv
 
     parser = build_parser()
     argv = ["-hooks-grpc", "127.0.0.1:1", "-hooks-grpc-forward-headers", "Authorization, X-Tenant"]
-    hooks = hooks_from_args(parser.parse_args(_normalise_argv(argv, parser)))
+    hooks = hooks_from_args(parser.parse_args(normalise_argv(argv, parser)))
     [(backend, _)] = hooks.bindings
     assert backend.forward_headers == ["Authorization", "X-Tenant"]
     assert hooks_from_args(parser.parse_args(["--hooks-grpc", "127.0.0.1:1"])).bindings[0][0].forward_headers == []

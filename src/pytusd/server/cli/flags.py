@@ -1,40 +1,23 @@
-"""The ``pytusd`` command: tusd's flags and defaults -> one :class:`Config` -> serve.
+"""tusd's flags for the ``pytusd`` command: their parsers, defaults, help, environment names, and Go's flag syntax.
 
 Every flag can also come from the environment as ``PYTUSD_<NAME>`` (``--upload-dir`` is ``PYTUSD_UPLOAD_DIR``); a
 flag on the command line wins. Like Go's flag package, ``-name value``, ``-name=value`` and ``--name`` all work, and
 booleans take ``--flag``, ``--flag=true`` or ``--flag=false``.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import difflib
-import logging
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..version import __version__
-from ..asgi.app import TusApp
-from ..core.config import Config, CorsConfig
-from ..core.rules import UploadRules
-from ..fileio import FILE_IO_MODES
-from ..hooks import (
-    DEFAULT_ENABLED_HOOKS,
-    FileHookBackend,
-    FireboomHookBackend,
-    HookBackend,
-    Hooks,
-    HttpHookBackend,
-    PythonHookBackend,
-)
-from ..lockers import FileLocker, Locker, MemoryLocker
-from ..observe import logs
-from ..stores import DataStore, FileStore
+from ...fileio import FILE_IO_MODES
+from ...version import __version__
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -149,7 +132,7 @@ class Flag:
     group: str
 
 
-_FLAGS = [
+FLAGS = [
     # listening
     Flag("host", str, "0.0.0.0", "Host to bind the HTTP server to", "Listening"),
     Flag("port", parse_port, 8080, "Port to bind the HTTP server to", "Listening"),
@@ -378,13 +361,13 @@ _FLAGS = [
          "provider set up by opentelemetry-instrument is used when there is one", "Observability"),
 ]
 
-_BOOL_FLAGS = {f.name for f in _FLAGS if f.type is parse_bool}
+BOOL_FLAGS = {f.name for f in FLAGS if f.type is parse_bool}
 
 # tusd flags of features that only a Go program has: each is refused, in one line (exit status 2), with what to use
 # instead, rather than the "unknown flag" a typo gets.
 _PPROF = ("Go's pprof profiler has no Python counterpart in pytusd; profile the running process with py-spy "
           "(py-spy top --pid PID, py-spy record --pid PID) and its memory with tracemalloc (PYTHONTRACEMALLOC=1)")
-_GO_ONLY_FLAGS = {
+GO_ONLY_FLAGS = {
     "expose-pprof": _PPROF,
     "pprof-path": _PPROF,
     "pprof-block-profile-rate": _PPROF,
@@ -398,12 +381,12 @@ def env_name(flag: str) -> str:
     return "PYTUSD_" + flag.upper().replace("-", "_")
 
 
-def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> list[str]:
+def normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> list[str]:
     """Accept Go-style single-dash long flags (``-upload-dir``) as well as ``--upload-dir``.
 
     With ``parser``, a flag that is none of pytusd's is an error naming the closest real one (``-hooks-dri``:
     did you mean ``-hooks-dir``?), instead of argparse reading ``-h...`` as ``-h`` with a value."""
-    known = {f.name for f in _FLAGS} | {"version", "help", "json"}
+    known = {f.name for f in FLAGS} | {"version", "help", "json"}
     out = []
     takes_value = False  # the previous argument is a flag whose value comes next
     for arg in argv:
@@ -417,11 +400,11 @@ def _normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None 
         if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
             dashes = "--" if arg.startswith("--") else "-"
             name, has_value, _ = arg[len(dashes):].partition("=")
-            if name in _GO_ONLY_FLAGS and parser is not None:
-                parser.error(f"{dashes}{name} is a tusd (Go) flag pytusd does not take: {_GO_ONLY_FLAGS[name]}")
+            if name in GO_ONLY_FLAGS and parser is not None:
+                parser.error(f"{dashes}{name} is a tusd (Go) flag pytusd does not take: {GO_ONLY_FLAGS[name]}")
             if name in known:
                 arg = "--" + arg[len(dashes):]
-                takes_value = not has_value and name not in _BOOL_FLAGS and name not in ("version", "help", "json")
+                takes_value = not has_value and name not in BOOL_FLAGS and name not in ("version", "help", "json")
             elif name != "h" and parser is not None:
                 close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
                 hint = f"; did you mean {dashes}{close[0]}?" if close else " (see pytusd --help)"
@@ -497,7 +480,7 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
         parser.add_argument("ids", nargs="*", metavar="ID", help="upload ID (info, delete)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag in _FLAGS:
+    for flag in FLAGS:
         shown_here = sub is None or flag.group in sub[3] or flag.name in sub[4]
         group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
         default = flag.default
@@ -510,7 +493,7 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
         shown = oct(flag.default)[2:].rjust(4, "0") if flag.type is parse_octal else flag.default
         help_text = f"{flag.help} (default {shown!r}; env {env_name(flag.name)})" if shown_here else argparse.SUPPRESS
         kwargs: dict[str, Any] = {"type": flag.type, "default": default, "help": help_text}
-        if flag.name in _BOOL_FLAGS:
+        if flag.name in BOOL_FLAGS:
             kwargs.update(nargs="?", const=True, metavar="BOOL")
         else:
             kwargs["metavar"] = flag.name.split("-")[-1].upper()
@@ -519,377 +502,3 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     return parser
 
 
-def hook_events(args: argparse.Namespace, own: str) -> list[str]:
-    """The events of one hook backend: its own ``--hooks-<backend>-events``, else ``--hooks-enabled-events``."""
-    chosen = own or args.hooks_enabled_events
-    return [e.strip() for e in chosen.split(",") if e.strip()] or list(DEFAULT_ENABLED_HOOKS)
-
-
-def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
-    """Every hook backend given on the command line, each for ``--hooks-<backend>-events`` or, by default, for
-    ``--hooks-enabled-events``."""
-
-    def events(own: str) -> list[str]:
-        return hook_events(args, own)
-
-    bindings: list[tuple[HookBackend, list[str]]] = []
-    if args.hooks_dir:
-        bindings.append((FileHookBackend(args.hooks_dir, timeout=args.hooks_file_timeout), events(args.hooks_dir_events)))
-    if args.hooks_http:
-        backend = HttpHookBackend(
-            args.hooks_http,
-            forward_headers=args.hooks_http_forward_headers.split(","),
-            retry=args.hooks_http_retry,
-            backoff=args.hooks_http_backoff,
-            timeout=args.hooks_http_timeout or 15.0,
-            size_limit=args.hooks_http_size_limit,
-            verify=not args.hooks_http_skip_verify,
-        )
-        bindings.append((backend, events(args.hooks_http_events)))
-    if args.hooks_python:
-        bindings.append((PythonHookBackend.from_spec(args.hooks_python), events(args.hooks_python_events)))
-    if args.hooks_grpc:
-        from ..hooks.grpc import GrpcHookBackend
-
-        grpc_backend = GrpcHookBackend(
-            args.hooks_grpc,
-            retry=args.hooks_grpc_retry,
-            backoff=args.hooks_grpc_backoff,
-            secure=args.hooks_grpc_secure,
-            server_certificate=args.hooks_grpc_server_tls_certificate,
-            client_certificate=args.hooks_grpc_client_tls_certificate,
-            client_key=args.hooks_grpc_client_tls_key,
-            forward_headers=args.hooks_grpc_forward_headers.split(","),
-        )
-        bindings.append((grpc_backend, events(args.hooks_grpc_events)))
-    if args.hooks_fireboom:
-        fireboom = FireboomHookBackend(args.hooks_fireboom, args.hooks_fireboom_storage, args.hooks_fireboom_profile)
-        bindings.append((fireboom, ["pre-create", "post-finish", "post-terminate"]))
-    if not bindings:
-        return None
-    return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)
-
-
-def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
-    """Upload rules from --upload-rules, with the single-rule flags overriding the file's entries."""
-    rules = UploadRules.from_file(args.upload_rules) if args.upload_rules else UploadRules()
-
-    def listed(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
-
-    changes: dict[str, Any] = {
-        name: listed(value)
-        for name, value in (
-            ("allowed_types", args.allowed_types),
-            ("allowed_extensions", args.allowed_extensions),
-            ("required_metadata", args.required_metadata),
-        )
-        if value
-    }
-    rules = dataclasses.replace(rules, **changes) if changes else rules
-    return None if rules.empty else rules
-
-
-def store_from_args(args: argparse.Namespace) -> DataStore:
-    """The storage the flags name: S3, GCS or Azure when its bucket or container is set, else the upload directory
-    (tusd's order of precedence; naming two is an error rather than a silent choice)."""
-    named = [flag for flag, value in (("--s3-bucket", args.s3_bucket), ("--gcs-bucket", args.gcs_bucket),
-                                       ("--azure-storage", args.azure_storage)) if value]
-    if len(named) > 1:
-        raise ValueError(f"choose one storage: {' and '.join(named)} were both given")
-    if args.gcs_bucket:
-        from ..stores.gcs import GCSStore
-
-        return GCSStore.from_options(args.gcs_bucket, object_prefix=args.gcs_object_prefix, endpoint=args.gcs_endpoint)
-    if args.azure_storage:
-        from ..stores.azure import AzureStore
-
-        return AzureStore.from_options(
-            args.azure_storage,
-            object_prefix=args.azure_object_prefix,
-            endpoint=args.azure_endpoint,
-            container_access_type=args.azure_container_access_type,
-            blob_access_tier=args.azure_blob_access_tier,
-        )
-    if args.s3_bucket:
-        from ..stores.s3 import S3Store, make_client
-
-        client = make_client(
-            endpoint=args.s3_endpoint,
-            disable_ssl=args.s3_disable_ssl,
-            max_pool_connections=max(10, args.s3_concurrent_part_uploads) + 16,
-            transfer_acceleration=args.s3_transfer_acceleration,
-        )
-        return S3Store(
-            args.s3_bucket,
-            client,
-            object_prefix=args.s3_object_prefix,
-            metadata_object_prefix=args.s3_metadata_object_prefix,
-            part_size=args.s3_part_size,
-            min_part_size=args.s3_min_part_size,
-            max_buffered_parts=args.s3_max_buffered_parts,
-            concurrent_part_uploads=args.s3_concurrent_part_uploads,
-            disable_content_hashes=args.s3_disable_content_hashes,
-            log_api_calls=args.s3_log_api_calls,
-        )
-    return FileStore(
-        args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io
-    )
-
-
-def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
-    kind = args.locker or ("file" if isinstance(store, FileStore) else "memory")
-    if kind == "memory":
-        return MemoryLocker()
-    if kind == "redis":
-        from ..lockers.redis import RedisLocker
-
-        return RedisLocker(args.redis_url, ttl=args.redis_lock_ttl or 5.0)
-    if not isinstance(store, FileStore):
-        os.makedirs(args.upload_dir, exist_ok=True)  # the lock files' home when the uploads live elsewhere
-    return FileLocker(
-        args.upload_dir,
-        holder_poll_interval=args.filelock_holder_poll_interval,
-        acquirer_poll_interval=args.filelock_acquirer_poll_interval,
-        file_io=args.file_io,
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    store = store_from_args(args)
-    locker = locker_from_args(args, store)
-    return Config(
-        store=store,
-        locker=locker,
-        base_path=args.base_path,
-        max_size=args.max_size,
-        max_metadata_size=args.max_metadata_size,
-        max_metadata_pairs=args.max_metadata_pairs,
-        max_concat_partials=args.max_concat_partials,
-        behind_proxy=args.behind_proxy,
-        disable_download=args.disable_download,
-        disable_termination=args.disable_termination,
-        disable_concatenation=args.disable_concatenation,
-        disable_concatenation_unfinished=args.disable_concatenation_unfinished,
-        cors=CorsConfig(
-            disable=args.disable_cors,
-            allow_origin=args.cors_allow_origin,
-            allow_credentials=args.cors_allow_credentials,
-            allow_methods=args.cors_allow_methods,
-            allow_headers=args.cors_allow_headers,
-            expose_headers=args.cors_expose_headers,
-            max_age=args.cors_max_age,
-        ),
-        # 0 means "the default", as in tusd.
-        network_timeout=args.network_timeout or 60.0,
-        acquire_lock_timeout=args.acquire_lock_timeout or 20.0,
-        request_completion_timeout=args.request_completion_timeout or 10.0,
-        min_body_rate=args.min_body_rate,
-        max_concurrent_uploads=args.max_concurrent_uploads,
-        max_uploads_per_client=args.max_uploads_per_client,
-        show_greeting=args.show_greeting,
-        upload_page=args.upload_page,
-        expiration=args.expiration,
-        hooks=hooks_from_args(args),
-        rules=rules_from_args(args),
-        enable_experimental_protocol=args.enable_experimental_protocol,
-        # pytusd's own server passes request trailers on (pytusd.server.h1, h2).
-        request_trailers=True,
-        expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
-        expose_metrics=args.expose_metrics,
-        metrics_path=args.metrics_path,
-        health_path=args.health_path,
-        ready_path=args.ready_path,
-    )
-
-
-def upload_line(
-    base_path: str, *, unix_socket: str = "", tls: bool = False, host: str = "", port: int = 0
-) -> Callable[[Sequence[Any]], str]:
-    """tusd's last start-up line, ``You can now upload files to: <protocol>://<address><base path>``, for the
-    addresses the server listens on (``getsockname()`` of its sockets; ``host`` and ``port`` when it was given
-    none). The address is written as Go writes a listener's (``[::1]:8080`` for IPv6) and the base path as given on
-    the command line, as tusd prints them; for a UNIX socket there is no line (``""``), as in tusd."""
-
-    def line(addresses: Sequence[Any]) -> str:
-        if unix_socket:
-            return ""
-        where, at = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
-        address = f"[{where}]:{at}" if ":" in where else f"{where}:{at}"
-        return f"You can now upload files to: {'https' if tls else 'http'}://{address}{base_path}"
-
-    return line
-
-
-def start_workers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``--workers N``: fork N server processes on one listening socket (see :mod:`pytusd.server.workers`)."""
-    from . import workers
-
-    count = args.workers or os.cpu_count() or 1
-    object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
-    if (args.locker or ("memory" if object_store else "file")) == "memory":
-        parser.error(
-            f"--workers {count}: the memory locker cannot coordinate processes (each worker would lock uploads "
-            "only against itself); use --locker file (a directory on this host, --upload-dir) or --locker redis"
-        )
-    workers.start(count, args.host, args.port, args.unix_sock, args.shutdown_timeout or 10.0,
-                  show_startup_logs=args.show_startup_logs, upload_line=upload_line_from_args(args))
-
-
-def upload_line_from_args(args: argparse.Namespace) -> Callable[[Sequence[Any]], str] | None:
-    """The 'You can now upload files to' line of these flags (see :func:`upload_line`); None with
-    --show-startup-logs=false."""
-    if not args.show_startup_logs:
-        return None
-    return upload_line(args.base_path, unix_socket=args.unix_sock, tls=bool(args.tls_certificate and args.tls_key),
-                       host=args.host, port=args.port)
-
-
-def cleanup(args: argparse.Namespace) -> int:
-    """``pytusd cleanup``: remove expired unfinished uploads once (for cron), with the server's flags."""
-    import asyncio
-
-    from ..core.expiration import Cleaner, supported
-
-    config = config_from_args(args)
-    if not supported(config.store, 1.0):
-        print(f"pytusd cleanup: {config.store!r} does not support expiration", file=sys.stderr)
-        return 2
-    if not supported(config.store, config.expiration):
-        print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
-        return 2
-    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]  # supported() above
-    removed = asyncio.run(cleaner.run_once())
-    print(f"removed {removed} expired upload(s) from {config.store!r}")
-    return 0
-
-
-def upload_dir_problem(args: argparse.Namespace) -> str:
-    """Why --upload-dir can never work (it is a file), when the store or the locker lives there; else ``""``."""
-    object_store = args.s3_bucket or args.gcs_bucket or args.azure_storage
-    uses_dir = not object_store or args.locker == "file"
-    path = args.upload_dir
-    if uses_dir and os.path.lexists(path) and not os.path.isdir(path):
-        return f"--upload-dir {path} is a file, not a directory"
-    return ""
-
-
-def check_backends(config: Config, args: argparse.Namespace) -> int:
-    """The start-up checks (pytusd.server.startup): one log line per backend that cannot be reached; 2 when one can never
-    work (the caller exits with it), else 0 (not-ready parts start not ready)."""
-    import asyncio
-
-    from . import startup
-
-    hook_servers: list[tuple[str, str, list[str]]] = []
-
-    def events(own: str) -> list[str]:
-        return hook_events(args, own)
-
-    if args.hooks_http:
-        hook_servers.append(("--hooks-http", args.hooks_http, events(args.hooks_http_events)))
-    if args.hooks_grpc:
-        hook_servers.append(("--hooks-grpc", args.hooks_grpc, events(args.hooks_grpc_events)))
-    try:
-        asyncio.run(startup.check(config, hook_servers))
-    except startup.Fatal as exc:
-        logging.getLogger("pytusd").error("%s", exc)
-        return 2
-    return 0
-
-
-def run() -> None:
-    """The ``pytusd`` command. Once the server has stopped gracefully (everything stored, hooks and logs flushed),
-    it exits at once, as tusd does, instead of tearing the interpreter down object by object (about 0.1 s)."""
-    code = main()
-    if _served:
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
-    raise SystemExit(code)
-
-
-_served = False  # main() ran the server to its end
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = "serve"
-    if argv and argv[0] in ADMIN_COMMANDS:
-        command = argv.pop(0)
-    parser = build_parser(command)
-    args = parser.parse_args(_normalise_argv(argv, parser))
-    logs.configure(args.log_format, args.verbose and command == "serve")
-    if command != "serve" and (problem := upload_dir_problem(args)):
-        parser.error(problem)
-    if command == "cleanup":
-        return cleanup(args)
-    if command != "serve":
-        from . import admin
-
-        try:
-            config = config_from_args(args)
-        except (ValueError, OSError, ImportError) as exc:
-            parser.error(str(exc))
-        return admin.run(command, config, args.ids, args.json)
-    if bool(args.tls_certificate) != bool(args.tls_key):
-        parser.error("--tls-certificate and --tls-key go together")
-    if args.s3_log_api_calls and not args.verbose:
-        parser.error("--s3-log-api-calls logs at the verbose level: it needs --verbose (as in tusd)")
-    if args.enable_h2c and args.tls_certificate:
-        parser.error("--enable-h2c is HTTP/2 without encryption: it cannot be combined with --tls-certificate")
-    if problem := upload_dir_problem(args):  # before --workers forks: one line, not one per worker
-        logging.getLogger("pytusd").error("%s; exiting", problem)
-        return 2
-    if (args.workers or os.cpu_count() or 1) > 1:
-        start_workers(args, parser)  # returns in each worker process, which goes on below; the parent never returns
-
-    from . import ServeOptions, serve, tune_malloc
-
-    if args.malloc_tuning:
-        tune_malloc()
-    try:
-        if args.otel_traces:
-            from ..observe import tracing
-
-            tracing.configure(args.otel_traces)
-        config = config_from_args(args)
-        app = TusApp(config)
-    except (ValueError, OSError, ImportError, AttributeError) as exc:
-        parser.error(str(exc))
-    if code := check_backends(config, args):
-        return code
-    options = ServeOptions(
-        host=args.host,
-        port=args.port,
-        unix_socket=args.unix_sock,
-        tls_certificate=args.tls_certificate,
-        tls_key=args.tls_key,
-        tls_mode=args.tls_mode,
-        network_timeout=config.network_timeout,
-        shutdown_timeout=args.shutdown_timeout,
-        max_header_size=args.max_header_size,
-        enable_h2c=args.enable_h2c,
-    )
-    base = config.base_path if "://" in config.base_path else options.url + config.base_path
-    banner = f"pytusd {__version__} serving uploads at {base} (storage {config.store!r}, locker {config.locker!r})"
-    if isinstance(config.store, FileStore):
-        banner += f"; file I/O {config.store.file_io_reason}"
-    elif isinstance(config.locker, MemoryLocker):
-        # An object store is shared by nature: more processes than this one would write the same uploads unlocked.
-        logging.getLogger("pytusd.startup").warning(
-            "locker memory: uploads are locked within this process only; if more than one pytusd process serves "
-            "this %s, use --locker redis (two PATCHes of one upload in two processes would corrupt it)",
-            type(config.store).__name__,
-        )
-    from . import workers
-
-    if not args.show_startup_logs:
-        banner = ""
-    # Under --workers, the parent prints the upload line once, for its listening socket (workers.start).
-    serve(app, options, banner, upload_line_from_args(args) if workers.current() is None else None)
-    global _served
-    _served = True
-    return 0
