@@ -19,7 +19,7 @@ from ..asgitypes import Receive, Scope, Send
 from ..core import draft, expiration, grammar, limits
 from ..core.config import Config
 from ..core.events import Events
-from ..core.http import INFORMATIONAL_EXTENSION, Request, Response
+from ..core.http import CONNECTIONS_EXTENSION, INFORMATIONAL_EXTENSION, Request, Response
 from ..core.tus import TusFlows
 from ..errors import TusError
 from ..observe import logs, tracing
@@ -178,7 +178,8 @@ class TusApp:
         in_routes = self._counted(request)
         if in_routes:
             metrics.request(request.method)
-        counts_requests = not metrics.server_counts_connections  # else pytusd's server counts connections
+        # pytusd's own server counts connections (and says so in the scope); under another server, requests count
+        counts_requests = CONNECTIONS_EXTENSION not in request.scope.get("extensions", ())
         if counts_requests:
             metrics.connection_opened()
         try:

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..asgitypes import ASGIApp, Receive, Scope, Send
+from ..core import grammar
 
 if TYPE_CHECKING:
     from starlette.responses import Response as StarletteResponse
@@ -201,8 +202,8 @@ class MethodOverrideMiddleware:
         if scope["type"] == "http" and scope.get("method") == "POST":
             for name, value in scope.get("headers", ()):
                 if name.lower() == b"x-http-method-override":
-                    method = value.decode("latin-1").strip().upper()
-                    if method:
+                    method = grammar.method_override("POST", value.decode("latin-1"))
+                    if method != "POST":
                         scope = {**scope, "method": method}
                     break
         await self.app(scope, receive, send)

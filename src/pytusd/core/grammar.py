@@ -210,6 +210,17 @@ def upload_id_from_url(url: str, uploads_path: str) -> str:
     return upload_id
 
 
+# --- methods -------------------------------------------------------------------------------------------------------
+
+
+def method_override(method: str, override: str | None) -> str:
+    """The method a request means: a ``POST`` with ``X-HTTP-Method-Override`` means the method it names (for clients
+    that cannot send PATCH or DELETE, as in tusd); an empty one changes nothing."""
+    if method == "POST" and override and (named := override.strip().upper()):
+        return named
+    return method
+
+
 # --- URLs ----------------------------------------------------------------------------------------------------------
 
 _FORWARDED_HOST = re.compile(r'(?i)(?:^|[;,\s])host="?([^";,\s]+)')

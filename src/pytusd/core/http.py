@@ -23,6 +23,9 @@ SPLICE_EXTENSION = "pytusd.splice"
 # Present in the scope extensions when the server can send interim (1xx) responses before the final one: the app sends
 # {"type": "pytusd.response.informational", "status": 104, "headers": [...]} before "http.response.start".
 INFORMATIONAL_EXTENSION = "pytusd.informational"
+# Present when the server itself counts its connections in the app's metrics (tusd_connections_open): the app then
+# does not count the request as one. A fact of the server that carried the request, so it travels with the request.
+CONNECTIONS_EXTENSION = "pytusd.connections_counted"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -62,11 +65,7 @@ class Request:
         self.scope = scope
         self.receive = receive
         self.headers = _headers(scope)
-        method = scope["method"]
-        # X-HTTP-Method-Override on POST, for clients that cannot send PATCH or DELETE.
-        if method == "POST" and (override := self.headers.get("x-http-method-override")):
-            method = override.strip().upper()
-        self.method: str = method
+        self.method: str = grammar.method_override(scope["method"], self.headers.get("x-http-method-override"))
         path: str = scope.get("path", "/")
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):

@@ -253,8 +253,6 @@ class Metrics:
             self._i = _Instruments()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exposed(self._i, self.multiprocess_dir))
-        # Set by pytusd's server, which counts connections itself; otherwise requests in progress are counted.
-        self.server_counts_connections = False
         self._started: OrderedDict[str, float] = OrderedDict()
 
     def __repr__(self) -> str:

@@ -49,9 +49,7 @@ def serve(app: Any, options: ServeOptions, banner: str,
     worker = workers.current()
     if worker is not None and banner:
         banner += f" [worker {worker.index + 1}/{worker.count}, pid {os.getpid()}]"
-    metrics = getattr(app, "metrics", None)
-    if metrics is not None:
-        metrics.server_counts_connections = True  # connections, not requests, in tusd_connections_open
+    metrics = getattr(app, "metrics", None)  # the server counts connections in it (tusd_connections_open)
 
     def listening(addresses: list[Any]) -> None:
         if banner:

@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..core.http import CONNECTIONS_EXTENSION
+
 log = logging.getLogger("pytusd.server")
 
 ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -93,7 +95,10 @@ def make_scope(
     client: tuple[str, int] | None,
     state: dict[str, Any],
     extensions: dict[str, Any],
+    counts_connections: bool = False,
 ) -> dict[str, Any]:
+    if counts_connections:
+        extensions[CONNECTIONS_EXTENSION] = True
     return {
         "type": "http",
         "asgi": ASGI,

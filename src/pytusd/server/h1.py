@@ -291,6 +291,7 @@ class H1Connection(asyncio.Protocol):
         scope = make_scope(
             http_version=version, method=method, raw_path=target[0], query=target[1], headers=self._headers,
             scheme=self.scheme, server=self.server, client=self.client, state=self.state.app_state,
+            counts_connections=self.state.metrics is not None,
             extensions=extensions,
         )
         cycle = self.cycle = Cycle(self, scope, keep_alive, self._expect and version == "1.1" and self.phase != DONE)

@@ -274,6 +274,7 @@ class H2Connection(asyncio.Protocol):
         scope = make_scope(
             http_version="2", method=method, raw_path=target[0], query=target[1], headers=headers,
             scheme=self.scheme, server=self.server, client=self.client, state=self.state.app_state,
+            counts_connections=self.state.metrics is not None,
             extensions={TRAILERS_EXTENSION: trailers, INFORMATIONAL_EXTENSION: True},
         )
         stream = Stream(self, event.stream_id, scope, trailers)
