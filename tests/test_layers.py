@@ -181,3 +181,20 @@ def test_the_checker_sees_hidden_imports(tmp_path: pathlib.Path) -> None:
                 del GRAPH[name]
     finally:
         del MODULES[name]
+
+
+def test_readme_draws_the_real_tree() -> None:
+    """README's "Architecture in brief" has one line per module, and names no module that is not there."""
+    import re
+
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture in brief", 1)[1]
+    block = section.split("```", 2)[1]
+    listed = {m.group(1) for m in re.finditer(r"^([\w/]+(?:\.py|/))\s", block, re.M)}
+    modules = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+               if "proto" not in p.parts and p.name not in ("__init__.py", "__main__.py")}
+    packages_described = {name for name in listed if name.endswith("/")}
+    missing = sorted(m for m in modules if m not in listed and not any(m.startswith(p) for p in packages_described))
+    assert not missing, f"modules README's architecture section leaves out: {missing}"
+    gone = sorted(name for name in listed if not (ROOT / name).exists())
+    assert not gone, f"README's architecture section names what is not in src/pytusd: {gone}"
