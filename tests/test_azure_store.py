@@ -14,7 +14,7 @@ import pytest
 
 from pytusd import errors
 from pytusd.info import UploadInfo
-from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped
+from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, Timestamped, capabilities
 
 azure_blob = pytest.importorskip("azure.storage.blob")
 
@@ -366,7 +366,7 @@ async def test_a_stale_part_blob_is_not_counted_twice(azure):
 
 async def test_deferred_length_with_the_rest_in_the_part_blob(azure):
     store = store_for(azure)
-    assert isinstance(store, LengthDeferrable)
+    assert capabilities(store).declare_length
     store.plan = BlockPlan(block_size=BLOCK, max_deferred_size=MAX_BLOB_SIZE)  # no margin: remainders wait
     data = os.urandom(BLOCK + 10)
     upload = await store.create(UploadInfo(size_is_deferred=True))
@@ -374,7 +374,8 @@ async def test_deferred_length_with_the_rest_in_the_part_blob(azure):
     assert f"{upload.id}.part" in names(azure)
     fresh = await store.get(upload.id)
     assert (await fresh.info()).size_is_deferred and (await fresh.info()).offset == len(data)
-    await store.declare_length(fresh, len(data))
+    assert isinstance(fresh, LengthDeferrable)
+    await fresh.declare_length(len(data))
     assert (await fresh.info()).is_complete
     await fresh.finish()
     final = await store.get(upload.id)
@@ -408,12 +409,13 @@ async def test_the_default_tier_and_no_filetype(azure):
 
 async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
     store = store_for(azure)
-    assert isinstance(store, Terminatable) and not isinstance(store, Concatenatable)
+    assert capabilities(store).terminate and not capabilities(store).concat
     store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
     upload = await store.create(UploadInfo(size=4 * MIB))
     await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block and a .part blob
     assert names(azure) == {f"{upload.id}.info", f"{upload.id}.part"}
-    await store.terminate(upload)
+    assert isinstance(upload, Terminatable) and not isinstance(upload, Concatenatable)
+    await upload.terminate()
     assert names(azure) == set()
     with pytest.raises(ResourceNotFoundError):
         staged(azure, upload.id)
@@ -424,7 +426,7 @@ async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
     done = await store.create(UploadInfo(size=3))
     await done.write(0, chunks_of(b"abc"))
     await done.finish()
-    await store.terminate(await store.get(done.id))
+    await (await store.get(done.id)).terminate()
     assert names(azure) == set()
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pytusd import FileStore, UploadInfo, errors
-from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
+from pytusd.stores import Concatenatable, Expirable, LengthDeferrable, Terminatable, Verifiable, capabilities
 
 
 async def chunks(*parts: bytes):
@@ -24,9 +24,12 @@ def store(tmp_path):
 
 
 async def test_capabilities(store):
-    assert isinstance(store, Terminatable)
-    assert isinstance(store, LengthDeferrable)
-    assert isinstance(store, Concatenatable)
+    declared = capabilities(store)
+    assert declared.terminate and declared.declare_length and declared.concat
+    assert declared.write_verified and declared.expire and declared.modified_time
+    upload = await store.create(UploadInfo(size=1))
+    for protocol in (Terminatable, LengthDeferrable, Concatenatable, Verifiable, Expirable):
+        assert isinstance(upload, protocol)
 
 
 async def test_create_write_get(store):
@@ -83,13 +86,13 @@ async def test_missing_data_file_is_not_found(store):
 
 async def test_terminate_removes_both_files(store):
     upload = await store.create(UploadInfo(size=1))
-    await store.terminate(upload)
+    await upload.terminate()
     assert os.listdir(store.root) == []
 
 
 async def test_declare_length(store):
     upload = await store.create(UploadInfo(size_is_deferred=True))
-    await store.declare_length(upload, 5)
+    await upload.declare_length(5)
     info = await (await store.get((await upload.info()).id)).info()
     assert info.size == 5 and not info.size_is_deferred
 
@@ -100,7 +103,7 @@ async def test_concat(store):
     await a.write(0, chunks(b"ab"))
     await b.write(0, chunks(b"cde"))
     final = await store.create(UploadInfo(size=5, is_final=True))
-    await store.concat(final, [a, b])
+    await final.concat([a, b])
     assert (await final.info()).offset == 5
     assert open(final.data_path, "rb").read() == b"abcde"
 

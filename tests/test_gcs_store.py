@@ -25,7 +25,7 @@ from google.cloud import storage
 
 from pytusd import errors
 from pytusd.info import UploadInfo
-from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
+from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, capabilities
 from pytusd.stores import gcs as gcs_module
 from pytusd.stores.gcs import GCSStore, GCSUpload, StoredObject, crc32c_combine
 
@@ -127,10 +127,11 @@ def test_crc32c_combine_matches_the_crc_of_the_concatenation():
 
 async def test_one_patch_is_cut_into_chunk_objects_and_a_new_store_derives_the_offset(gcs):
     store = gcs.store(chunk_size=64 * KIB, object_prefix="up")
-    assert isinstance(store, Terminatable) and isinstance(store, LengthDeferrable)
-    assert isinstance(store, Concatenatable)
+    assert capabilities(store).terminate and capabilities(store).declare_length and capabilities(store).concat
     data = os.urandom(300 * KIB + 17)
     upload = await store.create(UploadInfo(size=len(data)))
+    assert isinstance(upload, Terminatable) and isinstance(upload, LengthDeferrable)
+    assert isinstance(upload, Concatenatable)
     info = await upload.info()
     key = f"up/{info.id}"
     assert info.storage == {"Type": "gcsstore", "Bucket": gcs.name, "Key": key}
@@ -328,7 +329,7 @@ async def test_empty_upload_and_deferred_length(gcs):
     deferred = await store.create(UploadInfo(size_is_deferred=True))
     await deferred.write(0, chunks_of(data))
     later = await gcs.store().get(deferred.id)
-    await gcs.store().declare_length(later, len(data))
+    await later.declare_length(len(data))
     stored = json.loads(gcs.blob(f"{deferred.key}.info").download_as_bytes())
     assert stored["Size"] == len(data) and stored["SizeIsDeferred"] is False
     assert (await later.info()).is_complete
@@ -373,7 +374,7 @@ async def test_terminate_removes_every_object_of_the_upload_and_nothing_else(gcs
     gcs.put(f"{upload.key}_7", b"stale")  # after a gap
     gcs.put(f"{upload.key}_tmp_0_0", b"left by a compose")
     gcs.put(upload.key, b"final")
-    await store.terminate(upload)
+    await upload.terminate()
     assert gcs.names() == {f"{keep.key}.info", f"{keep.key}_0"}
     with pytest.raises(errors.TusError) as missing:
         await gcs.store().get(upload.id)
@@ -405,7 +406,7 @@ async def test_ids_that_extend_each_other_stay_apart(gcs):
     await fresh.finish()
     assert await read_all(await gcs.store().get("a")) == b"wxyz"
     assert await read_all(await gcs.store().get("a_1")) == b"abcdef"
-    await store.terminate(await gcs.store().get("a"))
+    await (await gcs.store().get("a")).terminate()
     assert gcs.names() == {"a_1", "a_1.info"}
     assert short.key == "a"
 
@@ -426,7 +427,7 @@ async def test_concatenation_composes_the_partials(gcs):
                    metadata={"filetype": "text/csv", "filename": "all.csv"})
     )
     before = gcs.names()
-    await store.concat(final, partials)
+    await final.concat(partials)
     assert (await final.info()).is_complete
     await final.finish()
     assert gcs.names() == before | {final.key}  # the partials are untouched, no intermediate object is left

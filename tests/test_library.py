@@ -105,7 +105,7 @@ class MemoryStore:
 async def test_user_store_with_only_the_core_protocol(tmp_path, locker):
     store = MemoryStore()
     assert isinstance(store, pytusd.DataStore)
-    assert not isinstance(store, (pytusd.Terminatable, pytusd.Concatenatable, pytusd.LengthDeferrable))
+    assert pytusd.stores.capabilities(store) == pytusd.Capabilities()  # declares nothing: nothing optional
     (tmp_path / "locks").mkdir()  # FileLocker never creates folders itself (IDs come from URLs)
     chosen = MemoryLocker() if locker == "memory" else FileLocker(tmp_path / "locks")
     app = TusApp(Config(store=store, locker=chosen))

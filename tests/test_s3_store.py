@@ -224,7 +224,7 @@ async def test_deferred_length_and_tail_finished_by_finish(s3):
     await upload.write(6 * MIB, chunks_of(data[6 * MIB :]))  # 10 bytes: the tail
     fresh = await store.get((await upload.info()).id)
     assert (await fresh.info()).size_is_deferred and (await fresh.info()).offset == len(data)
-    await store.declare_length(fresh, len(data))
+    await fresh.declare_length(len(data))
     assert (await fresh.info()).is_complete
     await fresh.finish()
     assert await read_all(await store.get(fresh.id)) == data
@@ -242,7 +242,7 @@ async def test_terminate_removes_everything(s3):
     store = store_for(s3)
     upload = await store.create(UploadInfo(size=10 * MIB))
     await upload.write(0, chunks_of(os.urandom(MIB)))
-    await store.terminate(upload)
+    await upload.terminate()
     assert keys(s3) == set()
     with pytest.raises(errors.TusError) as info:
         await store.get(upload.id)
@@ -269,7 +269,7 @@ async def test_concatenation(s3, partial_size):
         await partial.finish()
         partials.append(await store.get(partial.id))
     final = await store.create(UploadInfo(size=sum(map(len, datas)), is_final=True))
-    await store.concat(final, partials)
+    await final.concat(partials)
     assert (await final.info()).is_complete
     await final.finish()
     assert await read_all(await store.get(final.id)) == b"".join(datas)

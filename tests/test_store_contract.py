@@ -18,7 +18,17 @@ import pytest
 
 from pytusd import Config, TusApp, errors
 from pytusd.info import UploadInfo
-from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable
+from pytusd.stores import (
+    Capabilities,
+    Concatenatable,
+    Expirable,
+    Expiring,
+    LengthDeferrable,
+    Terminatable,
+    Timestamped,
+    Verifiable,
+    capabilities,
+)
 
 MIB = 1 << 20
 # Larger than S3's 5 MiB minimum part, so that stores working in parts or blocks cut it into several.
@@ -151,7 +161,7 @@ async def test_a_body_that_breaks_keeps_what_arrived(make_store):
 
 async def test_deferred_length(make_store):
     store = make_store()
-    if not isinstance(store, LengthDeferrable):  # then it must not be advertised
+    if not capabilities(store).declare_length:  # then it must not be advertised
         assert "creation-defer-length" not in TusApp(Config(store=store)).handlers.extensions.split(",")
         return
     data = os.urandom(6 * MIB + 5)
@@ -160,7 +170,8 @@ async def test_deferred_length(make_store):
     await upload.write(0, chunks_of(data))
     later = await make_store().get(upload_id)
     assert (await later.info()).size_is_deferred and (await later.info()).offset == len(data)
-    await store.declare_length(later, len(data))
+    assert isinstance(later, LengthDeferrable)
+    await later.declare_length(len(data))
     assert (await later.info()).is_complete
     await later.finish()
     final = await make_store().get(upload_id)
@@ -177,13 +188,14 @@ async def test_empty_upload(make_store):
 
 async def test_terminate(make_store):
     store = make_store()
-    if not isinstance(store, Terminatable):  # then it must not be advertised
+    if not capabilities(store).terminate:  # then it must not be advertised
         assert "termination" not in TusApp(Config(store=store)).handlers.extensions.split(",")
         return
     upload = await store.create(UploadInfo(size=10))
     upload_id = (await upload.info()).id
     await upload.write(0, chunks_of(b"12345"))
-    await store.terminate(upload)
+    assert isinstance(upload, Terminatable)
+    await upload.terminate()
     with pytest.raises(errors.TusError) as info:
         await make_store().get(upload_id)
     assert info.value.status == 404
@@ -198,7 +210,7 @@ async def test_unknown_id_is_not_found(make_store):
 @pytest.mark.parametrize("sizes", [(6 * MIB, 5 * MIB + 1), (1000, 0, 2000)], ids=["large", "small"])
 async def test_concatenation(make_store, sizes):
     store = make_store()
-    if not isinstance(store, Concatenatable):  # then it must not be advertised
+    if not capabilities(store).concat:  # then it must not be advertised
         assert "concatenation" not in TusApp(Config(store=store)).handlers.extensions.split(",")
         return
     datas = [os.urandom(n) for n in sizes]
@@ -209,7 +221,8 @@ async def test_concatenation(make_store, sizes):
         await partial.finish()
         partials.append(await make_store().get((await partial.info()).id))
     final = await store.create(UploadInfo(size=sum(sizes), is_final=True, partial_uploads=()))
-    await store.concat(final, partials)
+    assert isinstance(final, Concatenatable)
+    await final.concat(partials)
     assert (await final.info()).is_complete
     await final.finish()
     assert await read_all(await make_store().get((await final.info()).id)) == b"".join(datas)
@@ -228,3 +241,47 @@ async def test_listing(make_store):
     rows = await list_uploads(Config(store=make_store()))
     assert {row["id"] for row in rows if row["id"] in ids} == ids
     assert {row["filename"] for row in rows if row["id"] in ids} == {"3.txt", "4.txt"}
+
+
+# What each capability flag promises: the upload-side protocol its uploads implement.
+PROMISES: dict[str, type] = {
+    "terminate": Terminatable,
+    "declare_length": LengthDeferrable,
+    "concat": Concatenatable,
+    "write_verified": Verifiable,
+    "expire": Expirable,
+    "modified_time": Timestamped,
+}
+
+
+async def test_declared_capabilities_match_the_uploads(make_store):
+    """A store's declared capabilities are exactly what its uploads implement: a flag set promises the upload-side
+    protocol, a flag unset means the upload has none of it (else a capability would go unused, or be called on an
+    upload that lacks it); ``expire`` also promises an Expiring store."""
+    store = make_store()
+    declared = capabilities(store)
+    assert isinstance(getattr(store, "capabilities", None), Capabilities)  # every store of ours declares
+    upload = await store.create(UploadInfo(size=3))
+    for reopened in (upload, await make_store().get((await upload.info()).id)):
+        for flag, protocol in PROMISES.items():
+            assert isinstance(reopened, protocol) == getattr(declared, flag), (flag, type(reopened).__name__)
+    if declared.expire:
+        assert isinstance(store, Expiring)
+    extensions = TusApp(Config(store=store)).handlers.extensions.split(",")
+    assert ("termination" in extensions) == declared.terminate
+    assert ("concatenation" in extensions) == declared.concat
+    assert ("creation-defer-length" in extensions) == declared.declare_length
+    assert ("checksum" in extensions) == declared.write_verified
+
+
+async def test_a_data_store_alone_advertises_nothing_optional():
+    """A store that declares no ``capabilities`` (a user's, implementing just DataStore) offers nothing optional."""
+    from tests.test_library import MemoryStore
+
+    store = MemoryStore()
+    assert capabilities(store) == Capabilities()
+    assert not any(getattr(capabilities(store), flag) for flag in PROMISES)
+    assert capabilities(store).readable_while_incomplete  # the core behaviour: what is stored can be read
+    assert TusApp(Config(store=store)).handlers.extensions == "creation,creation-with-upload"
+    upload = await store.create(UploadInfo(size=3))
+    assert not any(isinstance(upload, protocol) for protocol in PROMISES.values())

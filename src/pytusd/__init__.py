@@ -44,6 +44,7 @@ from .info import UploadInfo
 from .lockers import FileLocker, Lock, Locker, MemoryLocker
 from .observe.metrics import Metrics, MetricsSnapshot
 from .stores import (
+    Capabilities,
     Concatenatable,
     DataStore,
     FileStore,
@@ -78,6 +79,7 @@ def __getattr__(name: str) -> Any:
 
 # The lazily imported classes are not in __all__: ``from pytusd import *`` must not need optional packages.
 __all__ = [
+    "Capabilities",
     "Concatenatable",
     "Config",
     "CorsConfig",

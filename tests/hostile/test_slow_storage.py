@@ -258,7 +258,7 @@ def test_store_and_locker_calls_leave_the_loop_in_threads_mode(tmp_path, slow_wr
         upload = await store.create(UploadInfo(size=10, size_is_deferred=False))
         upload_id = (await upload.info()).id
         deferred = await store.create(UploadInfo(size=0, size_is_deferred=True))
-        await store.declare_length(deferred, 5)
+        await deferred.declare_length(5)
         lock = await locker.acquire(upload_id, lambda: None, 5)
 
         async def body():
@@ -269,8 +269,8 @@ def test_store_and_locker_calls_leave_the_loop_in_threads_mode(tmp_path, slow_wr
         await lock.release()
         assert [b async for b in (await store.get(upload_id)).reader()] == [b"helloworld"]
         assert sorted([i async for i in store.upload_ids()]) == sorted([upload_id, (await deferred.info()).id])
-        await store.expire(deferred)
-        await store.terminate(await store.get(upload_id))
+        await deferred.expire()
+        await (await store.get(upload_id)).terminate()
         assert await store.forget_expired(time.time() + 10) == 1
 
     loop_thread = threading.current_thread().name

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
 
 from .. import errors
 from ..asgitypes import Receive, Scope, Send
@@ -25,6 +24,7 @@ from ..errors import TusError
 from ..observe import logs, tracing
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observe.metrics import Metrics
+from ..stores import Ready, base
 from . import routing
 
 log = logging.getLogger("pytusd")
@@ -91,15 +91,13 @@ class TusApp:
             else None
         )
         self.shutting_down = False
+        expiring = base.expiring(config.store)
         self.cleaner = (
             expiration.Cleaner(
-                cast(expiration.ExpiringStore, config.store),  # handlers.expiration: expiration.supported(store)
-                config.locker,
-                self.handlers.expiration,
-                config.expiration_cleanup_interval,
+                expiring, config.locker, self.handlers.expiration, config.expiration_cleanup_interval,
                 metrics=self.metrics,
             )
-            if self.handlers.expiration
+            if expiring is not None and self.handlers.expiration
             else None
         )
         self._background: asyncio.Task[None] | None = None
@@ -325,9 +323,8 @@ class TusApp:
 
     async def _store_ready(self) -> None:
         store = self.config.store
-        ready = getattr(store, "ready", None)
-        if ready is not None:
-            await ready()
+        if isinstance(store, Ready):
+            await store.ready()
             return
         try:
             await store.get(READY_PROBE_ID)

@@ -1,6 +1,6 @@
 """Writing a chunk under a checksum (checksum and checksum-trailer extensions).
 
-The chunk goes to the store all-or-nothing (:class:`~pytusd.stores.Verifiable`): kept only if it arrived whole and
+The chunk goes to the upload all-or-nothing (:class:`~pytusd.stores.Verifiable`): kept only if it arrived whole and
 its digest matches. The header rules (algorithms, parsing) are in :mod:`.protocol`.
 """
 
@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from .. import errors
-from ..stores import Upload, Verifiable
+from ..stores import Verifiable
 from . import grammar
 from .body import RequestBody
 from .http import Request
 
 
-async def write_checked(
-    store: Verifiable, upload: Upload, offset: int, body: RequestBody, checksum: tuple[str, bytes]
-) -> int:
+async def write_checked(upload: Verifiable, offset: int, body: RequestBody, checksum: tuple[str, bytes]) -> int:
     """``Upload-Checksum`` header: the digest is computed while the body streams, no buffering."""
     algorithm, expected = checksum
     hasher = grammar.new_hasher(algorithm)
@@ -36,7 +34,7 @@ async def write_checked(
             return False
         return True
 
-    return await store.write_verified(upload, offset, hashed(), verify)
+    return await upload.write_verified(offset, hashed(), verify)
 
 
 def trailer_announced(request: Request) -> bool:
@@ -45,9 +43,7 @@ def trailer_announced(request: Request) -> bool:
     return "upload-checksum" in [t.strip() for t in announced.split(",")]
 
 
-async def write_trailer_checked(
-    store: Verifiable, request: Request, upload: Upload, offset: int, body: RequestBody
-) -> int:
+async def write_trailer_checked(upload: Verifiable, request: Request, offset: int, body: RequestBody) -> int:
     """``Upload-Checksum`` trailer: the algorithm is only known at the end, so the stored chunk is read back (from
     the page cache, for the file store) and hashed before it is kept."""
 
@@ -71,4 +67,4 @@ async def write_trailer_checked(
             return False
         return True
 
-    return await store.write_verified(upload, offset, body.chunks(), verify)
+    return await upload.write_verified(offset, body.chunks(), verify)

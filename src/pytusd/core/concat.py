@@ -1,16 +1,16 @@
 """Concatenation and concatenation-unfinished: final uploads made of partial ones.
 
-Used by the handler flows (``Handlers.concat``); the store does the byte work (``Concatenatable.concat``).
+Used by the handler flows (``Handlers.concat``); the final upload does the byte work (``Concatenatable.concat``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .. import errors
 from ..info import UploadInfo
-from ..stores import Concatenatable, Upload
+from ..stores import Upload, base
 from . import grammar
 from .http import Request, Response
 
@@ -98,7 +98,7 @@ class Concatenation:
         # after a crash): it never appends on top of what an earlier attempt wrote.
         try:
             with self.handlers.store_operation("concat", info.id):
-                await cast(Concatenatable, store).concat(final, partials)  # a store that has finals concatenates
+                await base.concatenatable(final).concat(partials)  # a store that has finals concatenates
         except errors.TusError as exc:
             if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND):
                 raise

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from .. import errors
 from ..info import UploadInfo
 from ..lockers import Locker
-from ..stores import DataStore, Expiring, Timestamped, Upload
+from ..stores import DataStore, Expiring, Upload, base
 from . import grammar
 
 log = logging.getLogger("pytusd")
@@ -24,15 +24,15 @@ log = logging.getLogger("pytusd")
 REMEMBER_EXPIRED = 86400.0
 
 
-def supported(store: object, expiration: float) -> bool:
-    return expiration > 0 and isinstance(store, Expiring)
+def supported(store: DataStore, expiration: float) -> bool:
+    return expiration > 0 and base.expiring(store) is not None
 
 
-async def expires_at(upload: Upload, info: UploadInfo, expiration: float) -> float | None:
-    """When the upload expires, or None if it never does (finished, or the store cannot tell)."""
-    if info.is_complete or not isinstance(upload, Timestamped):
+async def expires_at(store: DataStore, upload: Upload, info: UploadInfo, expiration: float) -> float | None:
+    """When the upload expires, or None if it never does (finished, or its store cannot tell when it changed)."""
+    if info.is_complete or not base.capabilities(store).modified_time:
         return None
-    return await upload.modified_time() + expiration
+    return await base.timestamped(upload).modified_time() + expiration
 
 
 def expires_header(expiration: float) -> str:
@@ -40,25 +40,21 @@ def expires_header(expiration: float) -> str:
     return grammar.http_date(time.time() + expiration)
 
 
-async def check(store: Expiring, upload: Upload, info: UploadInfo, expiration: float) -> None:
-    """Remove the upload and raise 410 if it has expired (the caller holds its lock)."""
-    deadline = await expires_at(upload, info, expiration)
+async def check(store: DataStore, upload: Upload, info: UploadInfo, expiration: float) -> None:
+    """Remove the upload and raise 410 if it has expired (the caller holds its lock; the store is expiring)."""
+    deadline = await expires_at(store, upload, info, expiration)
     if deadline is not None and deadline <= time.time():
-        await store.expire(upload)
+        await base.expirable(upload).expire()
         log.info("upload %s expired and was removed", info.id,
                  extra={"fields": {"event": "UploadExpired", "upload_id": info.id, "offset": info.offset}})
         raise errors.ERR_UPLOAD_EXPIRED()
-
-
-class ExpiringStore(DataStore, Expiring, Protocol):
-    """What the cleaner works on: a store that looks uploads up and can expire them."""
 
 
 class Cleaner:
     """Removes expired unfinished uploads every ``interval`` seconds."""
 
     def __init__(
-        self, store: ExpiringStore, locker: Locker, expiration: float, interval: float, *, metrics: Any = None
+        self, store: Expiring, locker: Locker, expiration: float, interval: float, *, metrics: Any = None
     ) -> None:
         self.store = store
         self.locker = locker
@@ -78,9 +74,9 @@ class Cleaner:
             try:
                 upload = await self.store.get(upload_id)
                 info = await upload.info()
-                deadline = await expires_at(upload, info, self.expiration)
+                deadline = await expires_at(self.store, upload, info, self.expiration)
                 if deadline is not None and deadline <= now:
-                    await self.store.expire(upload)
+                    await base.expirable(upload).expire()
                     removed += 1
                     log.info("cleaner removed expired upload %s (%d of %s bytes)", upload_id, info.offset,
                              "?" if info.size_is_deferred else info.size,

@@ -8,13 +8,12 @@ rendering are the app's.
 from __future__ import annotations
 
 import logging
-from typing import cast
 
 from .. import errors
 from ..info import UploadInfo, download_headers
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
-from ..stores import Terminatable, Timestamped
+from ..stores import base
 from . import expiration, grammar
 from .config import Config
 from .events import Events
@@ -158,7 +157,7 @@ class TusFlows(Uploads):
                     raise answer.error(errors.ERR_UPLOAD_TERMINATION_REJECTED)
                 merge_hook_response(response, answer)
             with self.store_operation("terminate", upload_id):  # DELETE is routed here only when can_terminate
-                await cast(Terminatable, self.store).terminate(upload)
+                await base.terminatable(upload).terminate()
         self.metrics.upload_terminated(upload_id)
         log.info("upload %s terminated", upload_id,
                  extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))
@@ -171,9 +170,9 @@ class TusFlows(Uploads):
         upload_id = self.upload_id_of(request)
         async with self.locked(request, upload_id):
             upload, info = await self.load(request, upload_id)
-            if not info.is_complete and not getattr(upload, "readable_while_incomplete", True):
+            if not info.is_complete and not self.capabilities.readable_while_incomplete:
                 raise errors.ERR_INCOMPLETE_UPLOAD()
-            mtime = await upload.modified_time() if isinstance(upload, Timestamped) else None
+            mtime = await base.timestamped(upload).modified_time() if self.capabilities.modified_time else None
         content_type, disposition = download_headers(info.metadata)
         size = info.offset
         headers = {"Content-Type": content_type, "Content-Disposition": disposition, "Accept-Ranges": "bytes"}

@@ -17,7 +17,7 @@ from ..hooks import HookResponse, Hooks
 from ..info import UploadInfo, is_valid_upload_id
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
-from ..stores import Concatenatable, Expiring, LengthDeferrable, Terminatable, Upload, Verifiable
+from ..stores import Upload, base
 from . import checksums, expiration, grammar
 from .body import RequestBody
 from .config import Config
@@ -71,9 +71,11 @@ class Uploads:
         # Admission, append and access rules, the same for every path (pytusd.core.policy).
         self.policy = Policy(config, self.store_operation)
         self.locker = config.locker
-        self.can_terminate = isinstance(self.store, Terminatable) and not config.disable_termination
-        self.can_defer_length = isinstance(self.store, LengthDeferrable)
-        self.can_concat = isinstance(self.store, Concatenatable) and not config.disable_concatenation
+        # What the store's uploads can do, as the store declares it (stores.base.capabilities).
+        self.capabilities = base.capabilities(self.store)
+        self.can_terminate = self.capabilities.terminate and not config.disable_termination
+        self.can_defer_length = self.capabilities.declare_length
+        self.can_concat = self.capabilities.concat and not config.disable_concatenation
         extensions = ["creation", "creation-with-upload"]
         if self.can_terminate:
             extensions.append("termination")
@@ -86,7 +88,7 @@ class Uploads:
         self.finals: Finals | None = None
         if self.can_defer_length:
             extensions.append("creation-defer-length")
-        self.can_checksum = isinstance(self.store, Verifiable)
+        self.can_checksum = self.capabilities.write_verified
         self.can_checksum_trailer = self.can_checksum and config.request_trailers
         if self.can_checksum:
             extensions.append("checksum")
@@ -247,7 +249,7 @@ class Uploads:
         if body.error is not None and body.error.is_(errors.ERR_UPLOAD_STOPPED):
             if self.can_terminate:
                 with self.store_operation("terminate", info.id):
-                    await cast(Terminatable, self.store).terminate(upload)
+                    await base.terminatable(upload).terminate()
                 self.metrics.upload_terminated(info.id)
                 log.info(
                     "upload %s stopped by a post-receive hook and terminated", info.id,
@@ -307,9 +309,9 @@ class Uploads:
     async def _write_chunks(self, request: Request, upload: Upload, offset: int, body: RequestBody) -> int:
         checksum = self._checksum(request)
         if checksum is not None:  # only when can_checksum (see _checksum)
-            written = await checksums.write_checked(cast(Verifiable, self.store), upload, offset, body, checksum)
+            written = await checksums.write_checked(base.verifiable(upload), offset, body, checksum)
         elif self.can_checksum_trailer and checksums.trailer_announced(request):
-            written = await checksums.write_trailer_checked(cast(Verifiable, self.store), request, upload, offset, body)
+            written = await checksums.write_trailer_checked(base.verifiable(upload), request, offset, body)
         else:
             written = await upload.write(offset, body.chunks())
         return written
@@ -329,9 +331,9 @@ class Uploads:
             info = await upload.info()
         if complete_finals and info.is_final and not info.is_complete and self.finals is not None:
             info = await self.finals.complete_if_ready(request, upload, info)
-        if self.expiration:  # only when the store is Expiring (expiration.supported)
+        if self.expiration:  # only when the store's uploads expire (expiration.supported)
             try:
-                await expiration.check(cast(Expiring, self.store), upload, info, self.expiration)
+                await expiration.check(self.store, upload, info, self.expiration)
             except errors.TusError as exc:
                 if exc.is_(errors.ERR_UPLOAD_EXPIRED):
                     self.metrics.expired_removed(1)
@@ -394,6 +396,6 @@ class Uploads:
         if length < info.offset:
             raise errors.ERR_INVALID_UPLOAD_LENGTH("the declared length is below the upload's offset")
         self.policy.check_size(length)
-        await cast(LengthDeferrable, self.store).declare_length(upload, length)
+        await base.length_deferrable(upload).declare_length(length)
         return info.replace(size=length, size_is_deferred=False)
 

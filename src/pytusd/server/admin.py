@@ -24,7 +24,7 @@ from ..core import expiration
 from ..core.config import Config
 from ..hooks import Hooks
 from ..info import UploadInfo
-from ..stores import Listable, Terminatable, Upload
+from ..stores import Listable, Upload, base
 
 
 def state_of(info: UploadInfo) -> str:
@@ -41,7 +41,7 @@ async def describe(config: Config, upload: Upload) -> dict[str, Any]:
     info = await upload.info()
     expires = None
     if config.expiration > 0:
-        expires = await expiration.expires_at(upload, info, config.expiration)
+        expires = await expiration.expires_at(config.store, upload, info, config.expiration)
     return {
         "id": info.id,
         "size": None if info.size_is_deferred else info.size,
@@ -78,14 +78,14 @@ async def delete(config: Config, upload_id: str) -> dict[str, Any]:
     """Delete an upload as a ``DELETE`` request would: under its lock (a running server lets go of it), then the
     post-terminate hook, so the application hears of it. pre-terminate is not asked: the operator decides."""
     store = config.store
-    if not isinstance(store, Terminatable):
+    if not base.capabilities(store).terminate:
         raise errors.ERR_NOT_IMPLEMENTED(f"{store!r} cannot delete uploads")
     lock = await config.locker.acquire(upload_id, lambda: None, config.acquire_lock_timeout)
     try:
         upload = await store.get(upload_id)
         info = await upload.info()
         described = await describe(config, upload)
-        await store.terminate(upload)
+        await base.terminatable(upload).terminate()
     finally:
         await lock.release()
     hooks = config.hooks

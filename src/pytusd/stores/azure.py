@@ -57,6 +57,7 @@ from typing import IO, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
+from .base import Capabilities
 from .streaming import Blocking, PieceWriter, contiguous, feed_body
 
 try:
@@ -284,9 +285,6 @@ class _BlockWriter(PieceWriter[Block]):
 class AzureUpload:
     """One upload in an :class:`AzureStore`. Its state is read from Azure once per request (under its lock)."""
 
-    # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
-    readable_while_incomplete = False
-
     def __init__(self, store: AzureStore, upload_id: str, state: _State | None = None) -> None:
         self._store = store
         self.id = upload_id
@@ -413,6 +411,14 @@ class AzureUpload:
         state = await self.state()
         return state.blob_modified if state.completed else state.info_modified
 
+    # -- capabilities (AzureStore.capabilities) -------------------------------------------------------------------
+
+    async def terminate(self) -> None:
+        await self._store._terminate(self)
+
+    async def declare_length(self, length: int) -> None:
+        await self._store._declare_length(self, length)
+
 
 # --- the store -----------------------------------------------------------------------------------------------------
 
@@ -426,6 +432,9 @@ class AzureStore:
     'archive') and the ``filetype`` metadata as Content-Type are set when the block list is committed.
     Capabilities: termination, creation-defer-length.
     """
+
+    # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
+    capabilities = Capabilities(terminate=True, declare_length=True, modified_time=True, readable_while_incomplete=False)
 
     def __init__(
         self,
@@ -741,7 +750,7 @@ class AzureStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
-    async def terminate(self, upload: AzureUpload) -> None:
+    async def _terminate(self, upload: AzureUpload) -> None:
         async def delete(blob: BlobClient) -> None:
             try:
                 await self._call(blob.delete_blob, delete_snapshots="include")
@@ -756,7 +765,7 @@ class AzureStore:
         except Exception as exc:
             raise _storage_error(exc) from exc
 
-    async def declare_length(self, upload: AzureUpload, length: int) -> None:
+    async def _declare_length(self, upload: AzureUpload, length: int) -> None:
         state = await upload.state()
         self.plan.check_fits(length, len(state.blocks) + 1, state.offset)
         info = state.info.replace(size=length, size_is_deferred=False)

@@ -1,15 +1,20 @@
-"""What a store is: the core protocols every store implements, and the optional capabilities beside them.
+"""What a store is: the core protocols every store and upload implement, and the optional capabilities beside them.
 
-A store knows bytes and upload info, nothing about HTTP. The handler flows discover what a store can do with
-``isinstance(store, Terminatable)`` and so on (the protocols are runtime-checkable), and advertise only that in
-``Tus-Extension``; a store written by a user that implements just :class:`DataStore` works as it is.
+A store knows bytes and upload info, nothing about HTTP. What an upload can do beyond :class:`Upload` is a method
+of the upload itself (``await upload.terminate()``, ``await final.concat(partials)``, ...; the protocols below).
+Which of them a store's uploads have is declared once, by the store, as :class:`Capabilities` in its
+``capabilities`` attribute, so that the server knows it before any upload exists (``Tus-Extension`` is advertised
+at start-up). The handler flows read it through :func:`capabilities` only; a store written by a user that implements
+just :class:`DataStore` declares nothing and gets nothing optional, and works as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .. import errors
 from ..info import UploadInfo
 
 
@@ -32,8 +37,8 @@ class Upload(Protocol):
     def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The stored bytes from ``start`` up to ``end`` (exclusive; None for all that is stored).
 
-        An upload class whose bytes cannot be read before it is finished (S3's multipart parts) sets the class
-        attribute ``readable_while_incomplete = False``; GET then answers 400 ``ERR_INCOMPLETE_UPLOAD``.
+        A store whose bytes cannot be read before an upload is finished (S3's multipart parts) declares
+        ``Capabilities(readable_while_incomplete=False)``; GET then answers 400 ``ERR_INCOMPLETE_UPLOAD``.
         """
         ...
 
@@ -55,39 +60,61 @@ class DataStore(Protocol):
         ...
 
 
-@runtime_checkable
-class Terminatable(Protocol):
-    """The store can delete an upload (tus termination extension)."""
-
-    async def terminate(self, upload: Upload) -> None: ...
+# --- what an upload can do beyond the core -------------------------------------------------------------------------
 
 
 @runtime_checkable
-class LengthDeferrable(Protocol):
-    """The store can create an upload whose length is declared later (creation-defer-length)."""
+class Terminatable(Upload, Protocol):
+    """The upload can be deleted (tus termination extension)."""
 
-    async def declare_length(self, upload: Upload, length: int) -> None: ...
-
-
-@runtime_checkable
-class Concatenatable(Protocol):
-    """The store can concatenate finished partial uploads into a final one (concatenation)."""
-
-    async def concat(self, final: Upload, partials: Sequence[Upload]) -> None: ...
+    async def terminate(self) -> None: ...
 
 
 @runtime_checkable
-class Verifiable(Protocol):
-    """The store can write a chunk all-or-nothing: kept only if ``verify`` accepts it (checksum extension).
+class LengthDeferrable(Upload, Protocol):
+    """The upload's length can be declared after it was created (creation-defer-length)."""
+
+    async def declare_length(self, length: int) -> None: ...
+
+
+@runtime_checkable
+class Concatenatable(Upload, Protocol):
+    """The upload, a final one, can be filled with the bytes of finished partial uploads (concatenation).
+
+    All-or-nothing and repeatable: a retry after a failure never appends on top of what an earlier attempt wrote."""
+
+    async def concat(self, partials: Sequence[Upload]) -> None: ...
+
+
+@runtime_checkable
+class Verifiable(Upload, Protocol):
+    """The upload can take a chunk all-or-nothing: kept only if ``verify`` accepts it (checksum extension).
 
     ``await verify(written)`` is called after the chunks end (it may read the written bytes back through
-    ``upload.reader``); when it returns False, or the write fails, every byte of
-    the chunk is discarded and the offset stays where it was, also if the process dies before the decision.
+    :meth:`Upload.reader`); when it returns False, or the write fails, every byte of the chunk is discarded and the
+    offset stays where it was, also if the process dies before the decision.
     """
 
     async def write_verified(
-        self, upload: Upload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
+        self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int: ...
+
+
+@runtime_checkable
+class Expirable(Upload, Protocol):
+    """The upload can be removed as expired and remembered, so that later requests get 410 (expiration)."""
+
+    async def expire(self) -> None: ...
+
+
+@runtime_checkable
+class Timestamped(Upload, Protocol):
+    """The upload knows when its data last changed (Last-Modified, conditional GET, expiration)."""
+
+    async def modified_time(self) -> float: ...
+
+
+# --- what a store can do beyond the core ---------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -100,10 +127,8 @@ class Listable(Protocol):
 
 
 @runtime_checkable
-class Expiring(Protocol):
-    """The store can remove an expired upload and remember it, so that later requests get 410 (expiration)."""
-
-    async def expire(self, upload: Upload) -> None: ...
+class Expiring(DataStore, Protocol):
+    """A store whose uploads expire (their half is :class:`Expirable`): what the cleaner works on."""
 
     def upload_ids(self) -> AsyncIterator[str]:
         """Every upload in the store (for the cleaner)."""
@@ -115,16 +140,91 @@ class Expiring(Protocol):
 
 
 @runtime_checkable
-class Timestamped(Protocol):
-    """The upload knows when its data last changed (used for Last-Modified and conditional GET)."""
-
-    async def modified_time(self) -> float: ...
-
-
-@runtime_checkable
 class Ready(Protocol):
     """The store can tell cheaply whether it is usable (``/ready``): ``ready()`` returns, or raises saying why not.
 
     A store without it is asked for an upload that does not exist instead, which must answer "not found"."""
 
     async def ready(self) -> None: ...
+
+
+# --- declaring and finding the capabilities ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store's uploads can do beyond :class:`Upload`, declared by the store as ``capabilities``.
+
+    Each flag promises that every upload the store returns implements the protocol named beside it (the store
+    contract tests check it). ``expire`` also promises that the store is :class:`Expiring`.
+    ``readable_while_incomplete`` is no extension: False says that an unfinished upload's bytes cannot be read.
+    """
+
+    terminate: bool = False  # Terminatable
+    declare_length: bool = False  # LengthDeferrable
+    concat: bool = False  # Concatenatable
+    write_verified: bool = False  # Verifiable
+    expire: bool = False  # Expirable uploads, an Expiring store
+    modified_time: bool = False  # Timestamped
+    readable_while_incomplete: bool = True
+
+
+NOTHING_OPTIONAL = Capabilities()
+
+
+def capabilities(store: DataStore) -> Capabilities:
+    """What the store's uploads can do: its declared ``capabilities``, or nothing optional when it declares none."""
+    declared = getattr(store, "capabilities", None)
+    return declared if isinstance(declared, Capabilities) else NOTHING_OPTIONAL
+
+
+def expiring(store: DataStore) -> Expiring | None:
+    """The store as one whose uploads expire, or None when it does not declare ``expire``."""
+    if not capabilities(store).expire:
+        return None
+    if not isinstance(store, Expiring):
+        raise TypeError(f"{store!r} declares expire but has no upload_ids() and forget_expired()")
+    return store
+
+
+def _undeclared(upload: Upload, capability: str) -> errors.TusError:
+    return errors.ERR_INTERNAL_SERVER_ERROR(f"{type(upload).__name__} has no {capability}() its store declared")
+
+
+# The typed way to an optional method, once the store's Capabilities said the upload has it.
+
+
+def terminatable(upload: Upload) -> Terminatable:
+    if isinstance(upload, Terminatable):
+        return upload
+    raise _undeclared(upload, "terminate")
+
+
+def length_deferrable(upload: Upload) -> LengthDeferrable:
+    if isinstance(upload, LengthDeferrable):
+        return upload
+    raise _undeclared(upload, "declare_length")
+
+
+def concatenatable(upload: Upload) -> Concatenatable:
+    if isinstance(upload, Concatenatable):
+        return upload
+    raise _undeclared(upload, "concat")
+
+
+def verifiable(upload: Upload) -> Verifiable:
+    if isinstance(upload, Verifiable):
+        return upload
+    raise _undeclared(upload, "write_verified")
+
+
+def expirable(upload: Upload) -> Expirable:
+    if isinstance(upload, Expirable):
+        return upload
+    raise _undeclared(upload, "expire")
+
+
+def timestamped(upload: Upload) -> Timestamped:
+    if isinstance(upload, Timestamped):
+        return upload
+    raise _undeclared(upload, "modified_time")

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from .. import errors, fileio
 from ..info import UploadInfo, is_valid_upload_id, new_upload_id
+from .base import Capabilities, Upload
 
 T = TypeVar("T")
 
@@ -233,6 +234,28 @@ class FileUpload:
     async def modified_time(self) -> float:
         return (await self._store._call(os.stat, self.data_path)).st_mtime
 
+    # -- capabilities (FileStore.capabilities) --------------------------------------------------------------------
+
+    async def terminate(self) -> None:
+        await self._store._terminate(self)
+
+    async def expire(self) -> None:
+        await self._store._expire(self)
+
+    async def declare_length(self, length: int) -> None:
+        await self._store._declare_length(self, length)
+
+    async def write_verified(
+        self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
+    ) -> int:
+        return await self._store._write_verified(self, offset, chunks, verify)
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        files = [p for p in partials if isinstance(p, FileUpload)]
+        if len(files) != len(partials):
+            raise errors.ERR_INTERNAL_SERVER_ERROR("a file store concatenates only its own uploads")
+        await self._store._concat(self, files)
+
 
 class FileStore:
     """Stores uploads as files in ``path``.
@@ -243,6 +266,10 @@ class FileStore:
     ``"inline"`` (on the event loop) or ``"auto"`` (threads on a network or user-space filesystem; see
     :mod:`pytusd.fileio`); :attr:`threaded` and :attr:`file_io_reason` say what was chosen.
     """
+
+    capabilities = Capabilities(
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True
+    )
 
     def __init__(
         self,
@@ -395,7 +422,7 @@ class FileStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
-    async def terminate(self, upload: FileUpload) -> None:
+    async def _terminate(self, upload: FileUpload) -> None:
         paths = [upload.data_path, upload.info_path]
         if upload._info.is_final:  # what a concatenation that died left
             paths.append(upload.data_path + CONCAT_SUFFIX)
@@ -411,7 +438,7 @@ class FileStore:
             except OSError as exc:
                 raise _storage_error(exc) from exc
 
-    async def expire(self, upload: FileUpload) -> None:
+    async def _expire(self, upload: FileUpload) -> None:
         """Remove the upload and leave ``<id>.expired`` (a few bytes) so that it answers 410 from now on."""
         await self._call(self._expire_now, upload.info_path[: -len(".info")] + ".expired", upload)
 
@@ -453,12 +480,12 @@ class FileStore:
                             forgotten += 1
         return forgotten
 
-    async def declare_length(self, upload: FileUpload, length: int) -> None:
+    async def _declare_length(self, upload: FileUpload, length: int) -> None:
         info = (await upload.info()).replace(size=length, size_is_deferred=False)
         await self._write_info(upload.info_path, info)
         upload._info = info
 
-    async def write_verified(
+    async def _write_verified(
         self, upload: FileUpload, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int:
         fd = await self._call(upload._open_at, offset)
@@ -493,7 +520,7 @@ class FileStore:
         if self.fsync:  # else a power loss could bring the marker back and hide an acknowledged chunk
             _fsync_dir_now(os.path.dirname(path))
 
-    async def concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:
+    async def _concat(self, final: FileUpload, partials: Sequence[FileUpload]) -> None:
         """All-or-nothing and repeatable: the partials are copied (by the kernel, ``copy_file_range``) into
         ``<data>.concat`` in a thread, which then replaces the final's data file. A final is empty until its bytes
         are all there; an attempt that failed or died is simply done again from the start (the temporary file is

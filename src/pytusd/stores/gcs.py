@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, download_headers, new_upload_id
+from .base import Capabilities, Upload
 from .streaming import Blocking, PieceWriter, concat_by_streaming, contiguous, feed_body, gather_all
 
 if TYPE_CHECKING:
@@ -226,9 +227,6 @@ def _combined_crc(sources: Sequence[StoredObject]) -> int | None:
 class GCSUpload:
     """One upload in a :class:`GCSStore`. Its state is read from the bucket once per request (under its lock)."""
 
-    # An unfinished upload is read from its chunk objects, in order.
-    readable_while_incomplete = True
-
     def __init__(self, store: GCSStore, upload_id: str, state: _State | None = None) -> None:
         self._store = store
         self.id = upload_id
@@ -372,6 +370,17 @@ class GCSUpload:
             raise errors.ERR_UPLOAD_NOT_FOUND()
         return info_object.updated
 
+    # -- capabilities (GCSStore.capabilities) ---------------------------------------------------------------------
+
+    async def terminate(self) -> None:
+        await self._store._terminate(self)
+
+    async def declare_length(self, length: int) -> None:
+        await self._store._declare_length(self, length)
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        await self._store._concat(self, partials)
+
 
 # --- the store -----------------------------------------------------------------------------------------------------
 
@@ -383,6 +392,9 @@ class GCSStore:
     must exist. Capabilities: termination, creation-defer-length, concatenation (by compose). An unfinished upload
     can be read (GET) from its chunk objects.
     """
+
+    # An unfinished upload is read from its chunk objects, in order (readable_while_incomplete, the default).
+    capabilities = Capabilities(terminate=True, declare_length=True, concat=True, modified_time=True)
 
     def __init__(
         self,
@@ -717,7 +729,7 @@ class GCSStore:
             if name.endswith(".info") and len(name) > len(stem) + len(".info"):
                 yield name[len(stem) : -len(".info")]
 
-    async def terminate(self, upload: GCSUpload) -> None:
+    async def _terminate(self, upload: GCSUpload) -> None:
         """Delete the chunks, intermediate objects and final object, then the .info (last, so that a failure
         leaves an upload that can be terminated again)."""
         try:
@@ -729,7 +741,7 @@ class GCSStore:
             raise _storage_error(exc) from exc
         upload._state = None
 
-    async def declare_length(self, upload: GCSUpload, length: int) -> None:
+    async def _declare_length(self, upload: GCSUpload, length: int) -> None:
         state = await upload.state()
         info = state.info.replace(size=length, size_is_deferred=False)
         try:
@@ -738,15 +750,16 @@ class GCSStore:
             raise _storage_error(exc) from exc
         state.info = info
 
-    async def concat(self, final: GCSUpload, partials: Sequence[GCSUpload]) -> None:
+    async def _concat(self, final: GCSUpload, partials: Sequence[Upload]) -> None:
         """Compose the partials' final objects into the final upload's object (a partial that is complete but not
         finished yet contributes its chunk objects). Partials of another store are streamed instead."""
-        if not all(isinstance(p, GCSUpload) and p._store.bucket == self.bucket for p in partials):
+        own = [p for p in partials if isinstance(p, GCSUpload) and p._store.bucket == self.bucket]
+        if len(own) != len(partials):
             await concat_by_streaming(final, partials)
             return
         state = await final.state()
         sources: list[StoredObject] = []
-        for partial in partials:
+        for partial in own:
             partial_state = await partial.state()
             if partial_state.final is not None:
                 sources.append(partial_state.final)

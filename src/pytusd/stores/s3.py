@@ -46,6 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
 from ..observe import logs
+from .base import Capabilities, Upload
 from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
 
 if TYPE_CHECKING:
@@ -214,9 +215,6 @@ def _storage_error(exc: BaseException) -> errors.TusError:
 class S3Upload:
     """One upload in an :class:`S3Store`. Its state is read from S3 once per request (under the upload's lock)."""
 
-    # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
-    readable_while_incomplete = False
-
     def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
         self._store = store
         self.object_id = object_id
@@ -371,6 +369,17 @@ class S3Upload:
             raise _storage_error(exc) from exc
         return float(head["LastModified"].timestamp())
 
+    # -- capabilities (S3Store.capabilities) ----------------------------------------------------------------------
+
+    async def terminate(self) -> None:
+        await self._store._terminate(self)
+
+    async def declare_length(self, length: int) -> None:
+        await self._store._declare_length(self, length)
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        await self._store._concat(self, partials)
+
 
 # --- the store -----------------------------------------------------------------------------------------------------
 
@@ -381,6 +390,11 @@ class S3Store:
     ``client`` is a boto3 S3 client (see :func:`make_client`). Capabilities: termination, creation-defer-length,
     concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size).
     """
+
+    # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
+    capabilities = Capabilities(
+        terminate=True, declare_length=True, concat=True, modified_time=True, readable_while_incomplete=False
+    )
 
     def __init__(
         self,
@@ -743,7 +757,7 @@ class S3Store:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
-    async def terminate(self, upload: S3Upload) -> None:
+    async def _terminate(self, upload: S3Upload) -> None:
         async def abort() -> None:
             try:
                 await self._call(
@@ -793,7 +807,7 @@ class S3Store:
                 except Exception as exc:  # removed meanwhile, or not one of ours: skip it
                     log.warning("skipping %s: %s", key, exc)
 
-    async def declare_length(self, upload: S3Upload, length: int) -> None:
+    async def _declare_length(self, upload: S3Upload, length: int) -> None:
         self.plan.check_length(length)
         state = await upload.state()
         info = state.info.replace(size=length, size_is_deferred=False)
@@ -803,15 +817,16 @@ class S3Store:
             raise _storage_error(exc) from exc
         state.info = info
 
-    async def concat(self, final: S3Upload, partials: Sequence[S3Upload]) -> None:
-        sizes = [(await p.info()).offset for p in partials]
+    async def _concat(self, final: S3Upload, partials: Sequence[Upload]) -> None:
+        own = [p for p in partials if isinstance(p, S3Upload) and p._store is self]
+        sizes = [(await p.info()).offset for p in own]
         pieces: list[tuple[S3Upload, int, int, bool]] = []  # (partial, first byte, last byte, whole object)
-        for partial, size in zip(partials, sizes, strict=True):
+        for partial, size in zip(own, sizes, strict=True):
             count = max(1, math.ceil(size / self.plan.max_part_size))
             step = max(1, math.ceil(size / count))
             pieces.extend((partial, first, min(size, first + step) - 1, count == 1) for first in range(0, size, step))
         copyable = (
-            all(isinstance(p, S3Upload) and p._store is self for p in partials)
+            len(own) == len(partials)
             and all(size > 0 for size in sizes)
             and all(last - first + 1 >= self.plan.min_part_size for _, first, last, _ in pieces[:-1])
             and len(pieces) <= self.plan.max_parts

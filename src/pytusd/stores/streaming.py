@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any, Generic, Protocol, TypeVar
 
+from .base import Upload
+
 T = TypeVar("T")
 P = TypeVar("P")
 
@@ -209,7 +211,7 @@ class PieceWriter(Generic[P]):
             spool.close()
 
 
-async def concat_by_streaming(final: Any, partials: Sequence[Any]) -> None:
+async def concat_by_streaming(final: Upload, partials: Sequence[Upload]) -> None:
     """Concatenate by reading the partials and writing their bytes into ``final`` like a PATCH would.
 
     Resumable and idempotent: the write starts at the final's stored offset, skipping what an earlier attempt

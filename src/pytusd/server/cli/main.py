@@ -68,16 +68,18 @@ def cleanup(args: argparse.Namespace) -> int:
     """``pytusd cleanup``: remove expired unfinished uploads once (for cron), with the server's flags."""
     import asyncio
 
-    from ...core.expiration import Cleaner, supported
+    from ...core.expiration import Cleaner
+    from ...stores import base
 
     config = config_from_args(args)
-    if not supported(config.store, 1.0):
+    store = base.expiring(config.store)
+    if store is None:
         print(f"pytusd cleanup: {config.store!r} does not support expiration", file=sys.stderr)
         return 2
-    if not supported(config.store, config.expiration):
+    if config.expiration <= 0:
         print("pytusd cleanup: set --expiration (or PYTUSD_EXPIRATION) to say when uploads expire", file=sys.stderr)
         return 2
-    cleaner = Cleaner(config.store, config.locker, config.expiration, 0)  # type: ignore[arg-type]  # supported() above
+    cleaner = Cleaner(store, config.locker, config.expiration, 0)
     removed = asyncio.run(cleaner.run_once())
     print(f"removed {removed} expired upload(s) from {config.store!r}")
     return 0
