@@ -1201,9 +1201,9 @@ def scenario_4(ctx: Ctx) -> dict[str, Any]:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config as BotoConfig
-        from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, ceph_rgw
+        from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY, ceph_rgw
     except ImportError as exc:
-        raise BenchError(f"scenario 4 needs boto3 and the repo's tests/services.py: {exc}") from exc
+        raise BenchError(f"scenario 4 needs boto3 and the repo's testbed/services.py: {exc}") from exc
     args = ctx.args
     size = args.s3_size
     data = ctx.random(size)

@@ -12,7 +12,7 @@ import pytest
 
 from pytusd import FileStore, TusApp, errors, startup
 from pytusd.config import Config
-from tests.services import free_port
+from testbed.services import free_port
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -46,7 +46,7 @@ def test_unreachable_is_recognised_through_the_cause_chain() -> None:
 
 async def test_redis_down_then_up_answers_503_then_serves(tmp_path, caplog) -> None:
     from pytusd import RedisLocker
-    from tests.services import redis_server
+    from testbed.services import redis_server
 
     port = free_port()
     locker = RedisLocker(f"redis://127.0.0.1:{port}/0", ttl=1.0)
@@ -189,7 +189,7 @@ async def test_gcs_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None
 
 async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None:
     from pytusd.stores.azure import AzureStore
-    from tests.services import AZURITE_ACCOUNT, AZURITE_KEY
+    from testbed.services import AZURITE_ACCOUNT, AZURITE_KEY
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
@@ -206,7 +206,7 @@ async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> No
 
 async def test_startup_check_redis_refusing_the_password_is_fatal(tmp_path) -> None:
     from pytusd import RedisLocker
-    from tests.services import redis_server
+    from testbed.services import redis_server
 
     store = FileStore(tmp_path / "data")
     store.ensure_directory()
