@@ -34,7 +34,7 @@ from pytusd.stores.azure import (  # noqa: E402
     marker_id,
     parse_block_id,
 )
-from tests.services import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
+from testbed.services import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
 
 from .conftest import TUS, create, patch  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 from pytusd import FileStore, TusApp, errors
 from pytusd.core.config import Config
 from pytusd.server import startup
-from tests.services import free_port
+from testbed.services import free_port
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -47,7 +47,7 @@ def test_unreachable_is_recognised_through_the_cause_chain() -> None:
 
 async def test_redis_down_then_up_answers_503_then_serves(tmp_path, caplog) -> None:
     from pytusd import RedisLocker
-    from tests.services import redis_server
+    from testbed.services import redis_server
 
     port = free_port()
     locker = RedisLocker(f"redis://127.0.0.1:{port}/0", ttl=1.0)
@@ -190,7 +190,7 @@ async def test_gcs_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None
 
 async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> None:
     from pytusd.stores.azure import AzureStore
-    from tests.services import AZURITE_ACCOUNT, AZURITE_KEY
+    from testbed.services import AZURITE_ACCOUNT, AZURITE_KEY
 
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
@@ -207,7 +207,7 @@ async def test_azure_endpoint_unreachable_answers_503(caplog, monkeypatch) -> No
 
 async def test_startup_check_redis_refusing_the_password_is_fatal(tmp_path) -> None:
     from pytusd import RedisLocker
-    from tests.services import redis_server
+    from testbed.services import redis_server
 
     store = FileStore(tmp_path / "data")
     store.ensure_directory()

@@ -91,7 +91,7 @@ def test_a_length_beyond_what_s3_holds_is_refused():
 
 @pytest.fixture
 def s3(s3_endpoint):
-    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+    from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)

@@ -51,7 +51,7 @@ def build_file_threads(request, tmp_path):
 
 def build_s3(request, tmp_path):
     from pytusd.stores.s3 import S3Store, make_client
-    from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+    from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
     endpoint = request.getfixturevalue("s3_endpoint")
     os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)

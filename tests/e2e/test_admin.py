@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
+from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 from .conftest import RawUpload, tus_patch_headers
 

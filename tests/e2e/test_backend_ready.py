@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.services import free_port
+from testbed.services import free_port
 
 from .conftest import mounted_tmpfs
 
@@ -45,7 +45,7 @@ def run_pytusd(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_redis_down_at_start_then_up(pytusd_factory, tmp_path):
-    from tests.services import redis_server
+    from testbed.services import redis_server
 
     port = free_port()
     server = pytusd_factory("--locker", "redis", "--redis-url", f"redis://127.0.0.1:{port}/0")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, nginx
+from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY, nginx
 
 from .conftest import NODE_DIR, PytusdProcess
 

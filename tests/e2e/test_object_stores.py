@@ -16,7 +16,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.services import AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_SECRET_KEY
+from testbed.services import AZURITE_ACCOUNT, AZURITE_KEY, S3_ACCESS_KEY, S3_SECRET_KEY
 
 from .conftest import RawUpload, tus_patch_headers
 

@@ -1,8 +1,11 @@
-"""Real services the suite runs on 127.0.0.1: redis-server, a single-node Ceph RADOS Gateway (S3) and nginx.
+"""Real services started on 127.0.0.1 for the test suite and the bench: redis-server, a single-node Ceph RADOS
+Gateway (S3), nginx, Azurite and the GCS emulator.
 
-Each one is started by the suite itself, on its own free port and in its own temporary folder, and stopped by its
-own PID. ``scripts/test`` installs their Debian packages. When a service's program is missing, the tests that need it
-are skipped on a developer's machine and fail under ``CI=true``: a missing service must never look like a pass.
+Each one is started by its caller, on its own free port and in its own folder, and stopped by its own PID.
+``scripts/test`` installs their Debian packages and Azurite (npm, into testbed/node). When a service's program is
+missing, its starter raises ServiceMissing before starting anything: the suite skips the tests that need it on a
+developer's machine and fails them under ``CI=true`` (tests/conftest.py), the bench reports its scenario as skipped.
+Nothing here imports pytest or the tests.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 S3_ACCESS_KEY = "PYTUSDACCESS"
 S3_SECRET_KEY = "PYTUSDSECRET"
 # Azurite's fixed development account (documented by Microsoft for the emulator; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-SERVICES_NODE = Path(__file__).resolve().parent / "services_node" / "node_modules" / ".bin"
+SERVICES_NODE = Path(__file__).resolve().parent / "node" / "node_modules" / ".bin"
+# The programs ceph_rgw starts or calls (Debian packages ceph-mon, ceph-osd, radosgw, ceph-common).
+CEPH_PROGRAMS = ("ceph-mon", "ceph-osd", "radosgw", "ceph", "radosgw-admin", "monmaptool", "ceph-authtool")
+
+
+class ServiceMissing(Exception):
+    """A program a service needs is not installed; nothing was started."""
 
 
 def free_port() -> int:
@@ -35,14 +43,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def missing_programs(*programs: str) -> list[str]:
+    """Those of ``programs`` that are not on the PATH."""
+    return [p for p in programs if shutil.which(p) is None]
+
+
 def require(*programs: str) -> None:
-    """Skip (or, under CI=true, fail) unless every program is installed."""
-    missing = [p for p in programs if shutil.which(p) is None]
+    """Raise ServiceMissing unless every program is installed."""
+    missing = missing_programs(*programs)
     if missing:
-        message = f"missing {', '.join(missing)} (scripts/test installs them with apt-get as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        raise ServiceMissing(f"missing {', '.join(missing)} (scripts/test installs them with apt-get as root)")
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "") -> None:
@@ -146,7 +156,7 @@ def ceph_rgw(root: Path, memstore_bytes: int = 3 << 30) -> Iterator[str]:
     The S3 user has the keys ``S3_ACCESS_KEY``/``S3_SECRET_KEY``. Takes about 12 s to start and ~200 MB of memory
     plus what is stored (memstore keeps objects in RAM, bounded by ``memstore_bytes``).
     """
-    require("ceph-mon", "ceph-osd", "radosgw", "ceph", "radosgw-admin", "monmaptool", "ceph-authtool")
+    require(*CEPH_PROGRAMS)
     shutil.rmtree(root, ignore_errors=True)
     for sub in ("run", "log", "mon", "osd/osd.0", "rgw"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -252,8 +262,7 @@ def azurite(folder: Path) -> Iterator[str]:
     require("node")
     program = SERVICES_NODE / "azurite-blob"
     if not program.exists():
-        message = "azurite is missing: scripts/test installs it into tests/services_node"
-        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+        raise ServiceMissing("azurite is missing: scripts/test installs it into testbed/node")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(folder / "azurite.log", "ab")
@@ -278,8 +287,7 @@ def gcs_emulator(folder: Path) -> Iterator[str]:
     """gcp-storage-emulator (a stub of the GCS JSON API, kept in ``folder``); yields its URL."""
     program = Path(sys.executable).parent / "gcp-storage-emulator"
     if not program.exists():
-        message = "gcp-storage-emulator is missing (a test extra: pip install -e '.[test]')"
-        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
+        raise ServiceMissing("gcp-storage-emulator is missing (a test extra: pip install -e '.[test]')")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(folder / "gcs.log", "ab")

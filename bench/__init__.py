@@ -1,0 +1,1 @@
+"""pytusd's benchmark (bench/README.md): ``harness`` measures, ``scenarios`` say what, ``cli`` runs them."""
