@@ -10,7 +10,7 @@ import pytest
 
 from pytusd.hooks import FileHookBackend, HookResponse, Hooks, PythonHookBackend
 
-from .conftest import TUS, create, patch, start_grpc_hook_server
+from tests.conftest import TUS, create, patch, start_grpc_hook_server
 
 ALL = ("pre-create", "post-create", "pre-finish", "post-finish", "pre-terminate", "post-terminate")
 
@@ -354,7 +354,7 @@ async def test_python_hook_objects_and_specs(client_factory):
     url = await create(client, 0)
     await hooks.drain()
     assert url.endswith("/files/from-methods") and target.seen == ["pre-create", "post-finish"]
-    backend = PythonHookBackend.from_spec("tests.test_hooks:EventMethods")
+    backend = PythonHookBackend.from_spec("tests.unit.hooks.test_base:EventMethods")
     assert backend.hook is EventMethods
     with pytest.raises(ValueError):
         PythonHookBackend.from_spec("no-colon")

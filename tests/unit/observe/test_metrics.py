@@ -22,10 +22,10 @@ from pytusd.core.expiration import Cleaner
 from pytusd.hooks import Hooks, HttpHookBackend, PythonHookBackend
 from pytusd.observe import logs, tracing
 
-from .conftest import PATCH_TYPE, TUS, create, make_app, patch
-from .test_expiration import age
-from .test_hooks import HookServer
-from .test_s3_store import s3  # noqa: F401  (the fixture: a bucket on the test S3 service)
+from tests.conftest import PATCH_TYPE, TUS, create, make_app, patch
+from tests.unit.core.test_expiration import age
+from tests.unit.hooks.test_base import HookServer
+from tests.unit.stores.test_s3 import s3  # noqa: F401  (the fixture: a bucket on the test S3 service)
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -17,7 +17,7 @@ from starlette.routing import Mount
 
 from pytusd import Config, FileStore, TusApp
 
-from .conftest import PATCH_TYPE, TUS, create, make_app, patch, raw_request
+from tests.conftest import PATCH_TYPE, TUS, create, make_app, patch, raw_request
 
 
 # -- core -----------------------------------------------------------------------------------------------------------
