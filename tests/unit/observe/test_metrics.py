@@ -24,7 +24,7 @@ from pytusd.observe import logs, tracing
 
 from tests.conftest import PATCH_TYPE, TUS, create, make_app, patch
 from tests.unit.core.test_expiration import age
-from tests.unit.hooks.test_base import HookServer
+from tests.unit.hooks.test_http import HookServer
 from tests.unit.stores.test_s3 import s3  # noqa: F401  (the fixture: a bucket on the test S3 service)
 
 
