@@ -184,3 +184,30 @@ async def test_concatenation_is_timed(client):
     assert r.status_code == 201
     assert value(client.app, "pytusd_store_operation_seconds_count", operation="concat") == 1
     assert value(client.app, "tusd_uploads_finished") == 3
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+
+
+async def test_metrics_snapshot_is_what_prometheus_shows(client_factory):
+    client = client_factory()
+    app: TusApp = client.app
+    url = await create(client, 4)
+    await patch(client, url, 0, b"abcd")
+    await client.head("/files/missing")
+    await patch(client, url, 1, b"x")  # 409
+    other = await create(client, 9)
+    await client.delete(other, headers=TUS)
+    numbers = app.metrics.snapshot()
+    assert numbers.requests == {"GET": 0, "HEAD": 1, "POST": 2, "PATCH": 2, "DELETE": 1, "OPTIONS": 0}
+    assert numbers.requests_total == 6
+    assert numbers.errors == {(404, "ERR_UPLOAD_NOT_FOUND"): 1, (409, "ERR_MISMATCHED_OFFSET"): 1}
+    assert numbers.errors_by_status == {404: 1, 409: 1} and numbers.errors_total == 2
+    assert (numbers.bytes_received, numbers.uploads_created, numbers.uploads_finished,
+            numbers.uploads_terminated) == (4, 2, 1, 1)
+    exposition = (await client.get("/metrics")).text
+    assert 'tusd_requests_total{method="PATCH"} 2.0' in exposition
+    assert "tusd_bytes_received 4.0" in exposition and "tusd_uploads_terminated 1.0" in exposition
+    assert 'tusd_errors_total{code="ERR_MISMATCHED_OFFSET",status="409"} 1.0' in exposition
+    for name in ("tusd_uploads_created", "tusd_uploads_finished"):
+        assert app.metrics.value(name) == getattr(numbers, name.removeprefix("tusd_"))
