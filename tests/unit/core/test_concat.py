@@ -1,5 +1,5 @@
-"""Concatenation and concatenation-unfinished (tus 1.0, section Concatenation) through TusApp: partial and final uploads,
-the order of the parts, the errors."""
+"""Concatenation and concatenation-unfinished (tus 1.0, section Concatenation) through TusApp: partial and final
+uploads, the order of the parts, the errors."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""MemoryLocker and FileLocker: exclusive per upload, handover on request, timeouts, crash safety."""
+"""What every locker must do, on MemoryLocker and FileLocker (inline and in threads): exclusive per upload, handover
+on request, timeouts, an idempotent release. FileLocker's own behaviour is in test_file.py, RedisLocker's in
+test_redis.py."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import pytest
@@ -67,85 +67,3 @@ async def test_release_is_idempotent(locker):
     await lock.release()
     again = await locker.acquire("u3", lambda: None, 1)
     await again.release()
-
-
-async def test_file_lock_leaves_no_files_behind(tmp_path):
-    locker = FileLocker(tmp_path, holder_poll_interval=0.05)
-    lock = await locker.acquire("abc", lambda: None, 1)
-    assert (tmp_path / "abc.lock").exists()
-    await lock.release()
-    assert list(tmp_path.iterdir()) == []
-
-
-async def test_file_lock_refuses_ids_that_could_escape(tmp_path):
-    locker = FileLocker(tmp_path / "locks")
-    (tmp_path / "locks").mkdir()
-    for bad in ("../x", "/etc/passwd", "a/../../b", ".."):
-        with pytest.raises(errors.TusError) as info:
-            await locker.acquire(bad, lambda: None, 0.1)
-        assert info.value.status == 404
-    assert not (tmp_path / "x.lock").exists()
-
-
-HOLD_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(60)
-"""
-
-
-async def test_file_lock_of_a_killed_process_is_free(tmp_path):
-    """Another process holds the lock and dies without unlocking: the kernel frees it, nobody waits forever."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "dead.lock")], stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"locked"
-    locker = FileLocker(tmp_path, acquirer_poll_interval=0.02)
-    with pytest.raises(errors.TusError):
-        await locker.acquire("dead", lambda: None, 0.2)
-    assert (tmp_path / "dead.stop").exists()  # the waiter asked the holder to let go
-    proc.kill()
-    proc.wait()
-    lock = await locker.acquire("dead", lambda: None, 2)
-    assert not (tmp_path / "dead.stop").exists()
-    await lock.release()
-
-
-async def test_file_lock_handover_across_two_lockers(tmp_path):
-    """Two FileLocker objects (as in two processes) on one directory exclude each other and hand over."""
-    a = FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
-    b = FileLocker(tmp_path, holder_poll_interval=0.05, acquirer_poll_interval=0.02)
-    asked = asyncio.Event()
-    held = await a.acquire("shared", asked.set, 1)
-
-    async def let_go_when_asked() -> None:
-        await asked.wait()
-        await held.release()
-
-    task = asyncio.create_task(let_go_when_asked())
-    started = time.monotonic()
-    lock = await b.acquire("shared", lambda: None, 5)
-    assert time.monotonic() - started < 2
-    await task
-    await lock.release()
-
-
-async def test_file_locker_asks_a_holder_in_this_process_at_once(tmp_path):
-    """Within one process the waiter asks the holder directly: no wait for the holder's next look at the .stop file
-    (here 30 s away); other processes still find the .stop file."""
-    locker = FileLocker(tmp_path, holder_poll_interval=30.0, file_io="inline")
-    (tmp_path / "abc.info").write_text("{}")
-    asked = asyncio.Event()
-    first = await locker.acquire("abc", asked.set, 5)
-
-    async def let_go_when_asked() -> None:
-        await asked.wait()
-        await first.release()
-
-    helper = asyncio.create_task(let_go_when_asked())
-    started = time.monotonic()
-    second = await locker.acquire("abc", lambda: None, 5)
-    assert asked.is_set() and time.monotonic() - started < 5
-    await second.release()
-    await helper
-    assert locker._holders == {}  # nothing left behind once released
