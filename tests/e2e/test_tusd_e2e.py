@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ..test_hooks import HookServer
+from tests.unit.hooks.test_http import HookServer
 from .conftest import TUSD_STARTUP_LINE, RawUpload, ThrottlingProxy, listening_tcp_ports
 
 pytestmark = pytest.mark.e2e

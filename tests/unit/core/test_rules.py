@@ -9,7 +9,7 @@ import pytest
 
 from pytusd.core.rules import UploadRules
 
-from .conftest import TUS, create, patch
+from tests.conftest import TUS, create, patch
 
 
 def meta(**values: str) -> str:

@@ -29,7 +29,7 @@ from pytusd.stores import Concatenatable, LengthDeferrable, Terminatable, capabi
 from pytusd.stores import gcs as gcs_module
 from pytusd.stores.gcs import GCSStore, GCSUpload, StoredObject, crc32c_combine
 
-from .conftest import TUS, create, patch
+from tests.conftest import TUS, create, patch
 
 KIB = 1 << 10
 MIB = 1 << 20

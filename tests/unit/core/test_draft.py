@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import TUS
+from tests.conftest import TUS
 
 
 def complete_header(version: int, complete: bool) -> dict[str, str]:

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from pytusd import errors
 from pytusd.lockers import RedisLocker
 
+
 MakeLocker = Callable[..., RedisLocker]
 
 

@@ -16,7 +16,7 @@ import pytest
 from pytusd import Config, FileStore, MemoryLocker, TusApp
 from pytusd.stores.file import FileUpload
 
-from .conftest import TUS
+from tests.conftest import TUS
 
 CHUNK = b"x" * 1000
 

@@ -13,7 +13,7 @@ from pytusd import errors
 from pytusd.info import UploadInfo
 from pytusd.stores.s3 import MAX_OBJECT_SIZE, MIB, PartPlan, S3Store, make_client
 
-from .conftest import TUS, create, patch
+from tests.conftest import TUS, create, patch
 
 PART = 5 * MIB  # Ceph, like AWS, refuses parts under 5 MiB but the last
 

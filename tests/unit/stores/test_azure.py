@@ -36,7 +36,7 @@ from pytusd.stores.azure import (  # noqa: E402
 )
 from testbed.services import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
 
-from .conftest import TUS, create, patch  # noqa: E402
+from tests.conftest import TUS, create, patch  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -11,8 +11,8 @@ import h2.events
 
 from pytusd.server.h2 import MAX_STREAMS, REFUSED_LIMIT
 
-from .conftest import serve_in_thread
-from .e2e.h2client import H2Client
+from tests.conftest import serve_in_thread
+from tests.e2e.h2client import H2Client
 
 
 class SlowApp:

@@ -9,7 +9,7 @@ import time
 from pytusd import Config, FileStore, MemoryLocker
 from pytusd.core.expiration import Cleaner
 
-from .conftest import TUS, create, patch
+from tests.conftest import TUS, create, patch
 
 
 def age(upload_dir, upload_id: str, seconds: float) -> None:

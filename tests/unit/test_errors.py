@@ -19,3 +19,9 @@ def test_every_code_of_the_catalogue_is_told_apart_from_every_other():
     for one in catalogue:
         assert one().is_(one)
         assert [other for other in catalogue if one.is_(other)] == [one], one.code
+
+
+def test_errors_are_fresh_copies():
+    first, second = errors.ERR_UPLOAD_NOT_FOUND(), errors.ERR_UPLOAD_NOT_FOUND("gone")
+    assert first is not second and first.body == "ERR_UPLOAD_NOT_FOUND: no upload at this URL\n"
+    assert second.body == "ERR_UPLOAD_NOT_FOUND: gone\n" and second.status == 404

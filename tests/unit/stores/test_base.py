@@ -74,13 +74,13 @@ def build_s3(request, tmp_path):
 
 
 def build_azure(request, tmp_path):
-    from tests.test_azure_store import contract_builder
+    from tests.unit.stores.test_azure import contract_builder
 
     return contract_builder(request, tmp_path)
 
 
 def build_gcs(request, tmp_path):
-    from tests.test_gcs_store import contract_builder
+    from tests.unit.stores.test_gcs import contract_builder
 
     return contract_builder(request, tmp_path)
 
