@@ -48,7 +48,7 @@ def service_for(endpoint: str) -> BlobServiceClient:
 
 
 def contract_builder(request, tmp_path):
-    """For tests/test_store_contract.py: each ``make()`` is a new store with a new client on the same container."""
+    """For tests/unit/stores/test_base.py: each ``make()`` is a new store with a new client on the same container."""
     endpoint = request.getfixturevalue("azure_endpoint")
     container = f"contract-{uuid.uuid4().hex[:12]}"
 
@@ -468,7 +468,7 @@ async def test_azure_errors_become_internal_server_errors(azure_endpoint):
     unreachable = AzureStore("c", nobody)
     with pytest.raises(errors.TusError) as info:
         await unreachable.get("x")
-    # Cannot be reached: a passing condition, 503 with Retry-After (tests/test_backend_ready.py).
+    # Cannot be reached: a passing condition, 503 with Retry-After (tests/unit/server/test_startup.py).
     assert info.value.status == 503 and info.value.code == "ERR_STORAGE_UNAVAILABLE", str(info.value)
 
 

@@ -57,7 +57,7 @@ def remove_bucket(client: storage.Client, name: str) -> None:
 
 
 def contract_builder(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[Any, Any]:
-    """For tests/test_store_contract.py: a new GCSStore (and client: another process) on one bucket per call."""
+    """For tests/unit/stores/test_base.py: a new GCSStore (and client: another process) on one bucket per call."""
     endpoint = request.getfixturevalue("gcs_endpoint")
     client = emulator_client(endpoint)
     bucket = new_bucket(client)
