@@ -198,3 +198,24 @@ def test_readme_draws_the_real_tree() -> None:
     assert not missing, f"modules README's architecture section leaves out: {missing}"
     gone = sorted(name for name in listed if not (ROOT / name).exists())
     assert not gone, f"README's architecture section names what is not in src/pytusd: {gone}"
+
+
+def test_no_reference_to_a_file_that_is_not_here() -> None:
+    """Docstrings, comments and README cite only files of this repository (a path like ``reference/x.md`` or
+    ``src/pytusd/x.py`` that is not in the checkout would send a reader nowhere)."""
+    import re
+
+    repo = SRC.parent
+    texts = [repo / "README.md", *repo.glob("bench/**/*.md")]
+    for folder in ("src", "tests", "bench", "testbed", "scripts"):
+        texts += [p for p in (repo / folder).rglob("*.py") if "node_modules" not in p.parts]
+    cited = re.compile(r"(?<![\w./-])((?:src|tests|bench|testbed|scripts|reference|docs|examples)/[\w./-]+\.(?:py|md|json|png))")
+    dangling = []
+    for path in texts:
+        for match in cited.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            generated = match.group(1).startswith("bench/results/")  # the bench's own output, gitignored
+            if not generated and path.name != "test_layers.py" and not (repo / match.group(1)).exists():
+                dangling.append(f"{path.relative_to(repo)}: {match.group(1)}")
+        if path.suffix == ".py" and re.search(r"def test_p\d", path.read_text(encoding="utf-8")):
+            dangling.append(f"{path.relative_to(repo)}: a test named by a checklist number (name the behaviour)")
+    assert not dangling, "\n".join(dangling)

@@ -381,7 +381,7 @@ def test_tls(tmp_path, tls_cert):
         proc.wait(10)
 
 
-def test_p40_expect_100_continue(pytusd):
+def test_expect_100_continue(pytusd):
     url = create(pytusd.url, 5)
     path = "/files/" + url.rsplit("/", 1)[1]
     request = RawUpload(pytusd.port, "PATCH", path, {**tus_patch_headers(0, 5), "Expect": "100-continue"})
@@ -393,7 +393,7 @@ def test_p40_expect_100_continue(pytusd):
     request.close()
 
 
-def test_p40_rejected_request_does_not_ask_for_the_body(pytusd):
+def test_rejected_request_does_not_ask_for_the_body(pytusd):
     url = create(pytusd.url, 5)
     path = "/files/" + url.rsplit("/", 1)[1]
     request = RawUpload(pytusd.port, "PATCH", path, {**tus_patch_headers(3, 2), "Expect": "100-continue"})
@@ -403,7 +403,7 @@ def test_p40_rejected_request_does_not_ask_for_the_body(pytusd):
     request.close()
 
 
-def test_p19_client_disconnect_keeps_every_byte_that_arrived(pytusd):
+def test_client_disconnect_keeps_every_byte_that_arrived(pytusd):
     url = create(pytusd.url, 1_000_000)
     upload_id = url.rsplit("/", 1)[1]
     data = os.urandom(300_001)
@@ -416,7 +416,7 @@ def test_p19_client_disconnect_keeps_every_byte_that_arrived(pytusd):
     assert (pytusd.upload_dir / upload_id).read_bytes() == data
 
 
-def test_p50_checksummed_chunk_cut_off_by_a_disconnect_is_discarded(pytusd):
+def test_checksummed_chunk_cut_off_by_a_disconnect_is_discarded(pytusd):
     import base64
 
     data = os.urandom(200_000)
@@ -488,7 +488,7 @@ def _chunked_patch_with_trailer(server, path: str, offset: int, data: bytes, tra
     return response
 
 
-def test_p54_checksum_trailer(pytusd):
+def test_checksum_trailer(pytusd):
     import base64
 
     assert "checksum-trailer" in httpx.options(pytusd.url).headers["tus-extension"].split(",")

@@ -45,7 +45,7 @@ def test_download_type_allow_list(filetype, content_type, disposition):
     assert download_headers({"filetype": filetype}) == (content_type, disposition)
 
 
-def test_p32_filename_cannot_inject_headers():
+def test_filename_cannot_inject_headers():
     ctype, disposition = download_headers({"filename": 'a"b\\c\r\nSet-Cookie: x=1;.txt'})
     assert "\r" not in disposition and "\n" not in disposition
     assert disposition.startswith('attachment; filename="a_b_c__Set-Cookie: x=1;.txt"')

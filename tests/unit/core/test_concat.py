@@ -21,13 +21,13 @@ async def _partial(client, data: bytes, **headers: str) -> str:
     return url
 
 
-async def test_p59_p67_partial_upload(client):
+async def test_partial_upload(client):
     url = await _partial(client, b"abc")
     r = await client.head(url)
     assert r.headers["upload-concat"] == "partial" and r.headers["upload-offset"] == "3"
 
 
-async def test_p60_p64_p66_p69_final_concatenates_in_order_with_reuse(client, upload_dir):
+async def test_final_concatenates_in_order_with_reuse(client, upload_dir):
     a = await _partial(client, b"hello ")
     b = await _partial(client, b"world")
     relative_b = "/files/" + b.rsplit("/", 1)[1]
@@ -43,14 +43,14 @@ async def test_p60_p64_p66_p69_final_concatenates_in_order_with_reuse(client, up
     assert (await client.get(r.headers["location"])).content == b"world"
 
 
-async def test_p63_partial_metadata_does_not_carry_over(client):
+async def test_partial_metadata_does_not_carry_over(client):
     a = await _partial(client, b"x", **{"Upload-Metadata": "filename " + base64.b64encode(b"part").decode()})
     meta = "filename " + base64.b64encode(b"whole.txt").decode()
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}", "Upload-Metadata": meta})
     assert (await client.head(r.headers["location"])).headers["upload-metadata"] == meta
 
 
-async def test_p62_p66_final_of_unfinished_partials_completes_with_the_last_one(client, upload_dir):
+async def test_final_of_unfinished_partials_completes_with_the_last_one(client, upload_dir):
     a = await create(client, 5, **{"Upload-Concat": "partial"})
     b = await create(client, 3, **{"Upload-Concat": "partial"})
     await patch(client, a, 0, b"ab")
@@ -58,8 +58,8 @@ async def test_p62_p66_final_of_unfinished_partials_completes_with_the_last_one(
     assert r.status_code == 201
     final = r.headers["location"]
     head = await client.head(final)
-    assert "upload-offset" not in head.headers  # item 66: no offset until concatenated
-    assert head.headers["upload-length"] == "8"  # item 68: the length is known already
+    assert "upload-offset" not in head.headers  # tus concatenation: a final has no offset until concatenated
+    assert head.headers["upload-length"] == "8"  # the final's length is the sum of its partials', known already
     await patch(client, a, 2, b"cde")
     assert "upload-offset" not in (await client.head(final)).headers
     await patch(client, b, 0, b"xyz")  # the last partial completes the final
@@ -94,7 +94,7 @@ async def test_partials_finishing_together_concatenate_once(client, upload_dir):
     assert (await client.get(final)).content == b"0000111122223333"
 
 
-async def test_p62_without_concatenation_unfinished_unfinished_partials_are_400(client_factory):
+async def test_without_concatenation_unfinished_unfinished_partials_are_400(client_factory):
     client = client_factory(disable_concatenation_unfinished=True)
     extensions = (await client.options("/files/")).headers["tus-extension"].split(",")
     assert "concatenation" in extensions and "concatenation-unfinished" not in extensions
@@ -110,7 +110,7 @@ async def test_deferred_partial_cannot_be_concatenated(client):
     assert r.status_code == 400 and r.text.startswith("ERR_UPLOAD_NOT_FINISHED")
 
 
-async def test_p65_patch_on_final_is_403(client):
+async def test_patch_on_final_is_403(client):
     a = await _partial(client, b"ab")
     r = await client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{a}"})
     final = r.headers["location"]

@@ -1,4 +1,4 @@
-"""IETF "Resumable Uploads for HTTP" draft, interop versions 3-8 (reference/tus-protocol.md, IETF section)."""
+"""IETF "Resumable Uploads for HTTP" draft, interop versions 3-8 (draft-ietf-httpbis-resumable-upload)."""
 
 from __future__ import annotations
 

@@ -19,12 +19,12 @@ def age(upload_dir, upload_id: str, seconds: float) -> None:
         os.utime(upload_dir / name, (past, past))
 
 
-async def test_p41_expiration_advertised_only_when_configured(client_factory):
+async def test_expiration_advertised_only_when_configured(client_factory):
     assert "expiration" not in (await client_factory().options("/files/")).headers["tus-extension"]
     assert "expiration" in (await client_factory(expiration=60).options("/files/")).headers["tus-extension"]
 
 
-async def test_p42_p43_p44_upload_expires_headers(client_factory):
+async def test_upload_expires_headers(client_factory):
     client = client_factory(expiration=3600)
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "4"})
     expires = email.utils.parsedate_to_datetime(r.headers["upload-expires"]).timestamp()
@@ -36,7 +36,7 @@ async def test_p42_p43_p44_upload_expires_headers(client_factory):
     assert "upload-expires" not in r.headers  # finished uploads do not expire
 
 
-async def test_p45_expired_upload_is_410_and_removed(client_factory, upload_dir):
+async def test_expired_upload_is_410_and_removed(client_factory, upload_dir):
     client = client_factory(expiration=60)
     url = await create(client, 10)
     await patch(client, url, 0, b"abc")

@@ -1,4 +1,4 @@
-"""Pure header rules (src/pytusd/grammar.py), named by checklist item where one applies."""
+"""Pure header rules (src/pytusd/core/grammar.py), one test per rule of the tus 1.0 specification and HTTP."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ def b64(text: str) -> str:
 
 
 @pytest.mark.parametrize("value", ["0", "1", "9223372036854775807", "007"])
-def test_p06_non_negative_integers_parse(value):
+def test_non_negative_integers_parse(value):
     assert grammar.parse_non_negative_int(value) == int(value)
 
 
 @pytest.mark.parametrize("value", [None, "", "-1", "+1", "1.5", " 1", "1e3", "9223372036854775808", "0x10", "１"])
-def test_p06_anything_else_is_rejected(value):
+def test_anything_else_is_rejected(value):
     assert grammar.parse_non_negative_int(value) is None
     with pytest.raises(errors.TusError) as info:
         grammar.parse_offset(value)
     assert info.value.code == "ERR_INVALID_OFFSET" and info.value.status == 400
 
 
-def test_p24_creation_length():
+def test_creation_length():
     assert grammar.parse_creation_length("42", None, True) == (42, False)
     assert grammar.parse_creation_length(None, "1", True) == (0, True)
     with pytest.raises(errors.TusError) as info:
@@ -35,40 +35,40 @@ def test_p24_creation_length():
     assert info.value.code == "ERR_INVALID_UPLOAD_LENGTH"
 
 
-def test_p25_defer_length_other_than_1():
+def test_defer_length_other_than_1():
     with pytest.raises(errors.TusError) as info:
         grammar.parse_creation_length(None, "2", True)
     assert info.value.code == "ERR_INVALID_UPLOAD_LENGTH_DEFER" and info.value.status == 400
 
 
-def test_p24_both_length_headers_are_ambiguous():
+def test_both_length_headers_are_ambiguous():
     with pytest.raises(errors.TusError) as info:
         grammar.parse_creation_length("5", "1", True)
     assert info.value.code == "ERR_AMBIGUOUS_UPLOAD_LENGTH"
 
 
-def test_p33_defer_without_store_support_is_501():
+def test_defer_without_store_support_is_501():
     with pytest.raises(errors.TusError) as info:
         grammar.parse_creation_length(None, "1", False)
     assert info.value.status == 501
 
 
-def test_p29_metadata_parsing_follows_tusd():
+def test_metadata_parsing_follows_tusd():
     header = f"filename {b64('a b.txt')}, empty,bad !!!notbase64, dup {b64('1')},dup {b64('2')}, three a b,  , "
     assert grammar.parse_metadata(header) == {"filename": "a b.txt", "empty": "", "dup": "2"}
 
 
-def test_p29_empty_metadata_header_means_none():
+def test_empty_metadata_header_means_none():
     assert grammar.parse_metadata("") == {}
     assert grammar.parse_metadata(None) == {}
 
 
-def test_p29_metadata_value_not_utf8_is_dropped():
+def test_metadata_value_not_utf8_is_dropped():
     raw = base64.b64encode(b"\xff\xfe").decode()
     assert grammar.parse_metadata(f"k {raw},ok {b64('x')}") == {"ok": "x"}
 
 
-def test_p31_metadata_round_trip():
+def test_metadata_round_trip():
     meta = {"filename": "résumé.pdf", "empty": "", "type": "application/pdf"}
     assert grammar.parse_metadata(grammar.serialize_metadata(meta)) == meta
 

@@ -1,6 +1,6 @@
 """tus 1.0 core, creation, creation-defer-length, creation-with-upload and termination through TusApp.
 
-Named by item of reference/tus-protocol.md. The app runs in-process (httpx's ASGI transport); the real server and
+Sections as in the tus 1.0 specification (https://tus.io/protocols/resumable-upload). The app runs in-process (httpx's ASGI transport); the real server and
 real clients are in tests/e2e.
 """
 
@@ -18,7 +18,7 @@ from tests.conftest import PATCH_TYPE, TUS, create, patch
 # -- core -----------------------------------------------------------------------------------------------------------
 
 
-async def test_p01_every_response_carries_tus_resumable(client):
+async def test_every_response_carries_tus_resumable(client):
     url = await create(client)
     for response in (
         await client.options("/files/"),
@@ -31,7 +31,7 @@ async def test_p01_every_response_carries_tus_resumable(client):
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_p02_unsupported_version_is_412_and_not_processed(client, upload_dir):
+async def test_unsupported_version_is_412_and_not_processed(client, upload_dir):
     r = await client.post("/files/", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "5"})
     assert r.status_code == 412
     assert r.text == "ERR_UNSUPPORTED_VERSION: Tus-Resumable must be 1.0.0\n"
@@ -41,13 +41,13 @@ async def test_p02_unsupported_version_is_412_and_not_processed(client, upload_d
     assert not upload_dir.exists() or os.listdir(upload_dir) == []
 
 
-async def test_p02_get_and_head_need_no_tus_resumable(client):
+async def test_get_and_head_need_no_tus_resumable(client):
     url = await create(client, 0)
     assert (await client.head(url)).status_code == 200
     assert (await client.get(url)).status_code == 200
 
 
-async def test_p03_p04_p20_options(client):
+async def test_options(client):
     r = await client.options("/files/")
     assert r.status_code == 200
     assert r.headers["tus-version"] == "1.0.0"
@@ -58,18 +58,18 @@ async def test_p03_p04_p20_options(client):
     assert "tus-max-size" not in r.headers
 
 
-async def test_p05_tus_max_size_when_limited(client_factory):
+async def test_tus_max_size_when_limited(client_factory):
     client = client_factory(max_size=1000)
     r = await client.options("/files/")
     assert r.headers["tus-max-size"] == "1000"
 
 
-async def test_p21_tus_resumable_on_options_is_ignored(client):
+async def test_tus_resumable_on_options_is_ignored(client):
     r = await client.options("/files/", headers={"Tus-Resumable": "9.9.9"})
     assert r.status_code == 200
 
 
-async def test_p07_method_override_on_post(client):
+async def test_method_override_on_post(client):
     url = await create(client)
     r = await client.post(
         url, headers={**TUS, **PATCH_TYPE, "Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"}, content=b"hi"
@@ -83,7 +83,7 @@ async def test_p07_method_override_on_post(client):
 # -- HEAD -----------------------------------------------------------------------------------------------------------
 
 
-async def test_p08_p09_p11_p12_head(client):
+async def test_head(client):
     url = await create(client, 11)
     r = await client.head(url)
     assert r.status_code == 200
@@ -95,7 +95,7 @@ async def test_p08_p09_p11_p12_head(client):
     assert r.headers["upload-offset"] == "11"
 
 
-async def test_p10_head_unknown_is_404_without_offset_or_body(client):
+async def test_head_unknown_is_404_without_offset_or_body(client):
     r = await client.head("/files/0123456789abcdef0123456789abcdef")
     assert r.status_code == 404
     assert "upload-offset" not in r.headers
@@ -105,7 +105,7 @@ async def test_p10_head_unknown_is_404_without_offset_or_body(client):
 # -- PATCH ----------------------------------------------------------------------------------------------------------
 
 
-async def test_p13_p16_patch_appends_and_reports_offset(client, upload_dir):
+async def test_patch_appends_and_reports_offset(client, upload_dir):
     url = await create(client, 11)
     r = await patch(client, url, 0, b"hello ")
     assert r.status_code == 204 and r.headers["upload-offset"] == "6"
@@ -114,13 +114,13 @@ async def test_p13_p16_patch_appends_and_reports_offset(client, upload_dir):
     assert (upload_dir / url.rsplit("/", 1)[1]).read_bytes() == b"hello world"
 
 
-async def test_p14_wrong_content_type_is_400(client):
+async def test_wrong_content_type_is_400(client):
     url = await create(client)
     r = await client.patch(url, headers={**TUS, "Upload-Offset": "0", "Content-Type": "text/plain"}, content=b"x")
     assert r.status_code == 400 and r.text.startswith("ERR_INVALID_CONTENT_TYPE")
 
 
-async def test_p15_offset_mismatch_409_resource_unchanged(client, upload_dir):
+async def test_offset_mismatch_409_resource_unchanged(client, upload_dir):
     url = await create(client, 11)
     await patch(client, url, 0, b"hello")
     r = await patch(client, url, 3, b"XXXX")
@@ -131,13 +131,13 @@ async def test_p15_offset_mismatch_409_resource_unchanged(client, upload_dir):
 
 
 @pytest.mark.parametrize("offset", ["-1", "abc", "", "1.0"])
-async def test_p06_invalid_offset_is_400(client, offset):
+async def test_invalid_offset_is_400(client, offset):
     url = await create(client)
     r = await client.patch(url, headers={**TUS, **PATCH_TYPE, "Upload-Offset": offset}, content=b"x")
     assert r.status_code == 400 and r.text.startswith("ERR_INVALID_OFFSET")
 
 
-async def test_p17_patch_unknown_is_404(client):
+async def test_patch_unknown_is_404(client):
     r = await patch(client, "/files/0123456789abcdef0123456789abcdef", 0, b"x")
     assert r.status_code == 404 and r.text.startswith("ERR_UPLOAD_NOT_FOUND")
 
@@ -156,7 +156,7 @@ async def test_patch_on_complete_upload_is_204_without_reading(client):
     assert r.status_code == 204 and r.headers["upload-offset"] == "2"
 
 
-async def test_p19_chunked_body_over_the_length_keeps_the_allowed_part(client, upload_dir):
+async def test_chunked_body_over_the_length_keeps_the_allowed_part(client, upload_dir):
     url = await create(client, 4)
 
     async def body():
@@ -172,7 +172,7 @@ async def test_p19_chunked_body_over_the_length_keeps_the_allowed_part(client, u
 # -- creation -------------------------------------------------------------------------------------------------------
 
 
-async def test_p28_creation_201_with_absolute_location(client, upload_dir):
+async def test_creation_201_with_absolute_location(client, upload_dir):
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
     assert r.status_code == 201
     location = r.headers["location"]
@@ -188,31 +188,31 @@ async def test_p28_creation_201_with_absolute_location(client, upload_dir):
     }
 
 
-async def test_p24_creation_without_length_is_400(client):
+async def test_creation_without_length_is_400(client):
     r = await client.post("/files/", headers=TUS)
     assert r.status_code == 400 and r.text.startswith("ERR_INVALID_UPLOAD_LENGTH")
 
 
-async def test_p26_zero_length_upload_is_complete_at_once(client):
+async def test_zero_length_upload_is_complete_at_once(client):
     url = await create(client, 0)
     r = await client.head(url)
     assert r.headers["upload-offset"] == "0" and r.headers["upload-length"] == "0"
 
 
-async def test_p27_length_over_max_is_413(client_factory):
+async def test_length_over_max_is_413(client_factory):
     client = client_factory(max_size=10)
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "11"})
     assert r.status_code == 413 and r.text.startswith("ERR_MAX_SIZE_EXCEEDED")
 
 
-async def test_p29_p31_metadata_is_stored_and_echoed(client):
+async def test_metadata_is_stored_and_echoed(client):
     meta = "filename " + base64.b64encode("naïve.txt".encode()).decode() + ",is_confidential"
     url = await create(client, 1, **{"Upload-Metadata": meta})
     r = await client.head(url)
     assert r.headers["upload-metadata"] == meta
 
 
-async def test_p29_empty_metadata_header_is_accepted(client):
+async def test_empty_metadata_header_is_accepted(client):
     url = await create(client, 1, **{"Upload-Metadata": ""})
     r = await client.head(url)
     assert "upload-metadata" not in r.headers
@@ -231,14 +231,14 @@ async def test_repeated_length_header_is_rejected(client):
 # -- creation-defer-length ------------------------------------------------------------------------------------------
 
 
-async def test_p34_p36_deferred_length_head(client):
+async def test_deferred_length_head(client):
     url = await create(client, None, **{"Upload-Defer-Length": "1"})
     r = await client.head(url)
     assert r.headers["upload-defer-length"] == "1"
     assert "upload-length" not in r.headers
 
 
-async def test_p35_length_declared_on_later_patch_once(client, upload_dir):
+async def test_length_declared_on_later_patch_once(client, upload_dir):
     url = await create(client, None, **{"Upload-Defer-Length": "1"})
     r = await patch(client, url, 0, b"abc")
     assert r.status_code == 204 and r.headers["upload-offset"] == "3"
@@ -253,7 +253,7 @@ async def test_p35_length_declared_on_later_patch_once(client, upload_dir):
     assert r.status_code == 400 and r.text.startswith("ERR_INVALID_UPLOAD_LENGTH")
 
 
-async def test_p35_declared_length_below_offset_is_400(client):
+async def test_declared_length_below_offset_is_400(client):
     url = await create(client, None, **{"Upload-Defer-Length": "1"})
     await patch(client, url, 0, b"abcd")
     r = await patch(client, url, 4, b"", **{"Upload-Length": "2"})
@@ -278,7 +278,7 @@ async def test_deferred_upload_cannot_exceed_max_size(client_factory):
 # -- creation-with-upload -------------------------------------------------------------------------------------------
 
 
-async def test_p38_p39_creation_with_upload(client, upload_dir):
+async def test_creation_with_upload(client, upload_dir):
     r = await client.post(
         "/files/", headers={**TUS, **PATCH_TYPE, "Upload-Length": "11"}, content=b"hello world"
     )
@@ -288,7 +288,7 @@ async def test_p38_p39_creation_with_upload(client, upload_dir):
     assert (upload_dir / upload_id).read_bytes() == b"hello world"
 
 
-async def test_p38_creation_with_partial_upload(client):
+async def test_creation_with_partial_upload(client):
     r = await client.post("/files/", headers={**TUS, **PATCH_TYPE, "Upload-Length": "11"}, content=b"hello")
     assert r.status_code == 201 and r.headers["upload-offset"] == "5"
     r = await patch(client, r.headers["location"], 5, b" world")
@@ -303,7 +303,7 @@ async def test_creation_body_without_offset_content_type_is_ignored(client):
 # -- termination ----------------------------------------------------------------------------------------------------
 
 
-async def test_p56_p57_termination(client, upload_dir):
+async def test_termination(client, upload_dir):
     url = await create(client, 5)
     await patch(client, url, 0, b"abc")
     r = await client.delete(url, headers=TUS)
