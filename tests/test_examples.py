@@ -223,8 +223,9 @@ def test_api_reference_builds_from_the_docstrings(tmp_path):
     for name in ("TusApp", "Config", "Events", "Subscription", "UploadEvent", "Endpoints",
                  "MethodOverrideMiddleware", "MetricsSnapshot", "HookResponse", "DataStore", "Locker"):
         assert f'id="{name}"' in main or f">{name}<" in main, name
-    events = (out / "pytusd" / "events.html").read_text()
+    events = (out / "pytusd" / "core" / "events.html").read_text()
     assert "CompleteUploads" in events and "dropped" in events
-    assert "PreUploadCreateCallback" in (out / "pytusd" / "config.html").read_text()
-    assert (out / "pytusd" / "routing.html").exists() and (out / "pytusd" / "metrics.html").exists()
+    assert "PreUploadCreateCallback" in (out / "pytusd" / "core" / "config.html").read_text()
+    assert (out / "pytusd" / "asgi" / "routing.html").exists()
+    assert (out / "pytusd" / "observe" / "metrics.html").exists()
     assert (out / "index.html").exists() and (out / "search.js").exists()
