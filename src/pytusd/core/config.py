@@ -83,8 +83,9 @@ class Config:
       is not advertised). ``disable_concatenation``: refuse ``Upload-Concat``. ``disable_concatenation_unfinished``:
       finals only of finished partials.
     - ``enable_experimental_protocol``: also accept the IETF resumable-upload draft (interop versions 3 to 8).
-    - ``request_trailers``: the ASGI server passes request trailers on (pytusd's own server does), which enables
-      checksum-trailer.
+    - ``request_trailers``: not needed any more, kept so that code setting it still works: a server that passes
+      request trailers on says so in each request's scope (pytusd's own server does), which enables
+      checksum-trailer for that request. True advertises checksum-trailer under any server.
     - ``expiration``: > 0 removes unfinished uploads that many seconds after their last change (checked on access,
       and by a cleaner every ``expiration_cleanup_interval`` seconds); needs a store that can expire uploads.
 

@@ -14,8 +14,10 @@ from ..errors import TusError
 from . import grammar
 from .body import RequestBody
 
-# The scope extension under which pytusd's own server passes request trailers (a list of (name, value) byte pairs,
-# complete once the last body chunk was received). ASGI itself has no event for request trailers.
+# The scope extension under which pytusd's own server passes request trailers (a sequence of (name, value) byte
+# pairs, complete once the last body chunk was received). ASGI itself has no event for request trailers. The server
+# puts it in every request's scope (empty where the request has no trailer section), so its presence says that the
+# server passes trailers on, even on the OPTIONS request that asks which extensions there are.
 TRAILERS_EXTENSION = "pytusd.request_trailers"
 # The scope extension under which pytusd's own server offers to splice a request body into a file
 # (pytusd.server.splice).
@@ -107,6 +109,11 @@ class Request:
         if self.body is not None:
             return self.body.complete
         return not self.has_body
+
+    @property
+    def trailers_passed(self) -> bool:
+        """Whether the server that carried this request passes request trailers on (pytusd's own server does)."""
+        return TRAILERS_EXTENSION in self.scope.get("extensions", ())
 
     def trailer(self, name: str) -> str | None:
         """A request trailer field (after the body was read), where the server passes trailers on."""

@@ -41,7 +41,7 @@ class TusFlows(Uploads):
     # -- flows ----------------------------------------------------------------------------------------------------
 
     def options(self, request: Request) -> Response:
-        headers = {"Tus-Version": grammar.TUS_VERSION, "Tus-Extension": self.extensions}
+        headers = {"Tus-Version": grammar.TUS_VERSION, "Tus-Extension": self.extensions_for(request)}
         if self.can_checksum:
             headers["Tus-Checksum-Algorithm"] = ",".join(grammar.CHECKSUM_ALGORITHMS)
         if self.config.max_size:

@@ -89,17 +89,28 @@ class Uploads:
         if self.can_defer_length:
             extensions.append("creation-defer-length")
         self.can_checksum = self.capabilities.write_verified
-        self.can_checksum_trailer = self.can_checksum and config.request_trailers
         if self.can_checksum:
             extensions.append("checksum")
-        if self.can_checksum_trailer:
-            extensions.append("checksum-trailer")
         self.expiration = config.expiration if expiration.supported(self.store, config.expiration) else 0.0
         if self.expiration:
             extensions.append("expiration")
+        # Tus-Extension: without checksum-trailer, which needs a server that passes request trailers on, a fact of
+        # the request's server (see extensions_for).
         self.extensions = ",".join(extensions)
+        if self.can_checksum:
+            extensions.insert(extensions.index("checksum") + 1, "checksum-trailer")
+        self._extensions_with_trailer = ",".join(extensions)
 
     # -- helpers --------------------------------------------------------------------------------------------------
+
+    def checksum_trailer(self, request: Request) -> bool:
+        """Whether checksum-trailer is served for this request: the store verifies writes and the server that carried
+        the request passes trailers on (``config.request_trailers`` still forces it, for older embeddings)."""
+        return self.can_checksum and (request.trailers_passed or self.config.request_trailers)
+
+    def extensions_for(self, request: Request) -> str:
+        """Tus-Extension, as the server that carried this request can serve it."""
+        return self._extensions_with_trailer if self.checksum_trailer(request) else self.extensions
 
     def upload_url(self, request: Request, upload_id: str) -> str:
         base = self.config.base_path
@@ -310,7 +321,7 @@ class Uploads:
         checksum = self._checksum(request)
         if checksum is not None:  # only when can_checksum (see _checksum)
             written = await checksums.write_checked(base.verifiable(upload), offset, body, checksum)
-        elif self.can_checksum_trailer and checksums.trailer_announced(request):
+        elif self.checksum_trailer(request) and checksums.trailer_announced(request):
             written = await checksums.write_trailer_checked(base.verifiable(upload), request, offset, body)
         else:
             written = await upload.write(offset, body.chunks())

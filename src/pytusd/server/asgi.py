@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..core.http import CONNECTIONS_EXTENSION
+from ..core.http import CONNECTIONS_EXTENSION, TRAILERS_EXTENSION
 
 log = logging.getLogger("pytusd.server")
 
@@ -99,6 +99,8 @@ def make_scope(
 ) -> dict[str, Any]:
     if counts_connections:
         extensions[CONNECTIONS_EXTENSION] = True
+    # This server passes request trailers on: a request without a trailer section has none (see TRAILERS_EXTENSION).
+    extensions.setdefault(TRAILERS_EXTENSION, ())
     return {
         "type": "http",
         "asgi": ASGI,

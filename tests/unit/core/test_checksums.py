@@ -113,3 +113,36 @@ async def test_unverified_bytes_left_by_a_crash_are_not_counted(client, upload_d
     assert r.status_code == 204 and r.headers["upload-offset"] == "6"
     assert (upload_dir / upload_id).read_bytes() == b"012345"
     assert not (upload_dir / f"{upload_id}.pending").exists()
+
+
+# -- checksum-trailer: a fact of the request's server -----------------------------------------------------------------
+
+
+async def _options(app, extensions: dict) -> dict[str, str]:
+    """OPTIONS straight through the ASGI interface, with the scope extensions a server would set."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "OPTIONS", "scheme": "http",
+             "path": "/files/", "raw_path": b"/files/", "root_path": "", "query_string": b"", "client": None,
+             "server": None, "headers": [(b"host", b"example.org")], "extensions": extensions}
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+
+
+async def test_checksum_trailer_is_advertised_where_the_server_passes_trailers(tmp_path):
+    from pytusd import Config, FileStore, TusApp
+    from pytusd.core.http import TRAILERS_EXTENSION
+
+    app = TusApp(Config(store=FileStore(tmp_path)))
+    passed = (await _options(app, {TRAILERS_EXTENSION: ()}))["tus-extension"].split(",")
+    assert passed[passed.index("checksum") + 1] == "checksum-trailer"
+    assert "checksum-trailer" not in (await _options(app, {}))["tus-extension"].split(",")
+    # The old switch still forces it, whatever the server.
+    forced = TusApp(Config(store=FileStore(tmp_path), request_trailers=True))
+    assert "checksum-trailer" in (await _options(forced, {}))["tus-extension"].split(",")

@@ -197,8 +197,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         hooks=hooks_from_args(args),
         rules=rules_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
-        # pytusd's own server passes request trailers on (pytusd.server.h1, h2).
-        request_trailers=True,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
         expose_metrics=args.expose_metrics,
         metrics_path=args.metrics_path,
