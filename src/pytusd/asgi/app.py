@@ -1,14 +1,24 @@
 """TusApp: the ASGI application.
 
-Routing, CORS, X-HTTP-Method-Override, the Tus-Resumable check and error rendering live here, once; the flows in
-:mod:`.handlers` do the work. Mount it in any ASGI app (FastAPI, Starlette, Django, Litestar) or let the ``pytusd``
-command serve it.
+A request to the uploads' routes goes through one chain, each stage a method here, outermost first:
+
+- errors (:meth:`TusApp._errors`): a :class:`pytusd.TusError` raised anywhere below becomes tusd's error response
+  and is counted; anything else is logged and answers 500 ``ERR_INTERNAL_SERVER_ERROR``, never a traceback;
+- resources (:meth:`TusApp._resources`): the upload routes, else the upload page, the greeting or 404;
+- CORS (:meth:`TusApp._cors`): the origin check and the CORS headers, for the upload routes only;
+- router (:meth:`TusApp._router`): pre-access, the protocol (tus 1.0 or the IETF draft), the ``Tus-Resumable``
+  check, shutdown, the upload slots, and the method that picks the endpoint;
+- endpoint: one flow of :class:`pytusd.core.tus.TusFlows` or :class:`pytusd.core.draft.DraftFlows`.
+
+Around it, :meth:`TusApp._http` gives the request its ID, counts it, traces and logs it; ``/health``, ``/ready``
+and ``/metrics`` (:mod:`pytusd.asgi.health`) bypass the chain. Mount it in any ASGI app (FastAPI, Starlette,
+Django, Litestar) or let the ``pytusd`` command serve it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,16 +32,12 @@ from ..core.http import CONNECTIONS_EXTENSION, INFORMATIONAL_EXTENSION, Request,
 from ..core.tus import TusFlows
 from ..errors import TusError
 from ..observe import logs, tracing
-from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observe.metrics import Metrics
-from ..stores import Ready, base
+from ..stores import base
 from . import routing
+from .health import Health
 
 log = logging.getLogger("pytusd")
-
-# /ready: how long the store and the locker may take to answer, and the ID a store without ready() is asked for.
-READY_TIMEOUT = 5.0
-READY_PROBE_ID = "pytusd-readiness-probe"
 
 GREETING = (
     "Welcome to pytusd\n"
@@ -72,15 +78,15 @@ class TusApp:
         if self.handlers.hooks is not None:  # config.hooks, as Config.__post_init__ left it: Hooks or None
             self.handlers.hooks.instrument(self.metrics, self.tracing)
         logs.install_request_id_filter()
-        # Observability endpoints, relative to the mount point like base_path: no CORS, no tus checks, no hooks.
-        endpoints = {config.health_path: "health", config.ready_path: "ready"}
-        if config.expose_metrics:
-            endpoints[config.metrics_path] = "metrics"
-        self._endpoints = {path: kind for path, kind in endpoints.items() if path}
+        # /health, /ready, /metrics: relative to the mount point like base_path, outside the chain.
+        self.health = Health(config, self.metrics, lambda: self.shutting_down)
         self.draft = draft.DraftFlows(self.handlers) if config.enable_experimental_protocol else None
+        # tus 1.0's endpoints, by the method the router picks (the draft's are bound per request to its version).
+        handlers = self.handlers
+        self._tus = _Flows(handlers.options, handlers.create, handlers.head, handlers.patch)
         self._prefix = config.route_prefix
         self._prefix_bare = self._prefix.rstrip("/")
-        self._cors = config.cors
+        self._cors_config = config.cors
         self._origin_re = config.cors.origin_pattern
         self._active: set[Request] = set()
         # --max-concurrent-uploads / --max-uploads-per-client: slots for requests that write (pytusd.core.limits).
@@ -101,7 +107,6 @@ class TusApp:
             else None
         )
         self._background: asyncio.Task[None] | None = None
-        self._not_ready: dict[str, str] = {}  # part -> why, while /ready finds it failing (logged once)
         ensure = getattr(config.store, "ensure_directory", None)
         if ensure is not None:
             ensure()
@@ -155,9 +160,9 @@ class TusApp:
         token = logs.request_id_var.set(request_id)
         try:
             # A request reaching us through one of self.endpoints is an upload route wherever it was routed.
-            endpoint = None if routing.OPERATION_KEY in scope else self._endpoints.get(request.path)
+            endpoint = None if routing.OPERATION_KEY in scope else self.health.endpoint(request.path)
             if endpoint is not None:
-                await self._observability(endpoint, request, send, request_id)
+                await self.health.serve(endpoint, request, send, request_id)
             else:
                 await self._tus_http(request, send, request_id, started)
         finally:
@@ -194,7 +199,7 @@ class TusApp:
             with span_context as span:
                 self._active.add(request)
                 try:
-                    response, error = await self._respond(request)
+                    response, error = await self._errors(request)
                 finally:
                     self._active.discard(request)
                 response.headers["X-Request-ID"] = request_id
@@ -237,12 +242,18 @@ class TusApp:
             return ""
         return location.rsplit(self._prefix, 1)[1]
 
-    async def _respond(self, request: Request) -> tuple[Response, str | None]:
+    async def check_ready(self) -> tuple[bool, dict[str, str]]:
+        """Whether this app can serve uploads, as ``/ready`` answers (:meth:`pytusd.asgi.health.Health.check_ready`)."""
+        return await self.health.check_ready()
+
+    # -- the chain: errors -> resources -> CORS -> router -> endpoint -----------------------------------------------
+
+    async def _errors(self, request: Request) -> tuple[Response, str | None]:
         """The response, and the tus error code when it is an error (counted in tusd_errors_total)."""
         headers: dict[str, str] = {"Tus-Resumable": grammar.TUS_VERSION, "X-Content-Type-Options": "nosniff"}
         error: TusError | None = None
         try:
-            response = await self._route(request, headers)
+            response = await self._resources(request, headers)
         except TusError as exc:
             error = exc
             response = Response.from_error(exc)
@@ -262,90 +273,16 @@ class TusApp:
             self.metrics.error(error.status, error.code)
         return response, error.code if error is not None else None
 
-    # -- observability ----------------------------------------------------------------------------------------------
-
-    async def _observability(self, endpoint: str, request: Request, send: Send, request_id: str) -> None:
-        """/metrics, /health and /ready: cheap, no CORS, no Tus-Resumable, no hooks, not counted as requests."""
-        headers = {"Cache-Control": "no-store", "X-Request-ID": request_id, "X-Content-Type-Options": "nosniff"}
-        if request.method not in ("GET", "HEAD"):
-            headers.update({"Allow": "GET, HEAD", "Content-Type": "text/plain; charset=utf-8"})
-            response = Response(405, headers, b"method not allowed\n")
-        elif endpoint == "metrics":
-            response = Response(200, {**headers, "Content-Type": METRICS_CONTENT_TYPE}, self.metrics.exposition())
-        elif endpoint == "health":
-            response = _json_response(200, headers, {"status": "ok"})
-        else:
-            ready, checks = await self.check_ready()
-            body = {"status": "ok" if ready else "unavailable", "checks": checks}
-            response = _json_response(200 if ready else 503, headers, body)
-        if not request.body_consumed:
-            response.headers["Connection"] = "close"
-        await response.send(send, head_only=request.method == "HEAD")
-        log.debug("%s %s -> %d", request.method, request.path, response.status)
-
-    async def check_ready(self) -> tuple[bool, dict[str, str]]:
-        """Whether this app can serve uploads: its store and its locker each answered within READY_TIMEOUT.
-
-        Returns ``(ready, {"store": "ok" | "error: <type>", "locker": ...})``; why a part failed is logged. A store
-        or locker may offer ``async def ready()`` (raising when it is not); a store without one is asked for an
-        upload that does not exist, which must answer "not found"; a locker without one counts as ready.
-        """
-        if self.shutting_down:
-            return False, {"server": "shutting down"}
-        results = await asyncio.gather(
-            self._probe("store", self._store_ready), self._probe("locker", self._locker_ready)
-        )
-        checks = {"store": results[0], "locker": results[1]}
-        return all(result == "ok" for result in results), checks
-
-    async def _probe(self, part: str, check: Callable[[], Awaitable[None]]) -> str:
-        try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                await check()
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
-            why = f"did not answer within {READY_TIMEOUT:g} s"
-            self._not_ready_now(part, why, f"readiness: the {part} {why}")
-            return "error: timeout"
-        except Exception as exc:
-            self._not_ready_now(part, str(exc), f"readiness: the {part} failed: {errors.one_line(exc)}")
-            return f"error: {type(exc).__name__}"
-        if self._not_ready.pop(part, None) is not None:
-            log.info("readiness: the %s is ready again", part, extra=logs.fields(event="Ready", part=part))
-        return "ok"
-
-    def _not_ready_now(self, part: str, why: str, message: str) -> None:
-        """Log a part's failure once (WARNING) while it lasts; the same failure again at the next poll is DEBUG."""
-        level = logging.DEBUG if self._not_ready.get(part) == why else logging.WARNING
-        self._not_ready[part] = why
-        log.log(level, "%s", message, extra=logs.fields(event="NotReady", part=part))
-
-    async def _store_ready(self) -> None:
-        store = self.config.store
-        if isinstance(store, Ready):
-            await store.ready()
-            return
-        try:
-            await store.get(READY_PROBE_ID)
-        except TusError as exc:
-            if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
-                raise
-
-    async def _locker_ready(self) -> None:
-        ready = getattr(self.config.locker, "ready", None)
-        if ready is not None:
-            await ready()
-
-    async def _route(self, request: Request, headers: dict[str, str]) -> Response:
+    async def _resources(self, request: Request, headers: dict[str, str]) -> Response:
+        """The upload routes (their upload ID in ``request.upload_id``), else the page, the greeting or 404."""
         path = request.path
         operation: routing.Operation | None = request.scope.get(routing.OPERATION_KEY)
         if operation is not None:  # routed by the application to one of self.endpoints
-            upload_id = operation.upload_id(request, self._prefix)
+            request.upload_id = operation.upload_id(request, self._prefix)
         elif path.startswith(self._prefix):
-            upload_id = path[len(self._prefix) :].strip("/")
+            request.upload_id = path[len(self._prefix) :].strip("/")
         elif path == self._prefix_bare:
-            upload_id = ""
+            request.upload_id = ""
         else:
             if self.config.upload_page and request.method in ("GET", "HEAD"):
                 from . import page  # the upload page at / and its files (pytusd.asgi.page)
@@ -357,10 +294,11 @@ class TusApp:
                 body = GREETING.format(url=url).encode()
                 return Response(200, {"Content-Type": "text/plain; charset=utf-8"}, body)
             raise errors.ERR_UPLOAD_NOT_FOUND("nothing here")
-        request.upload_id = upload_id
-        method = request.method
+        return await self._cors(request, headers)
 
-        cors = self._cors
+    async def _cors(self, request: Request, headers: dict[str, str]) -> Response:
+        """CORS for the upload routes: a request with a disallowed Origin goes no further (403)."""
+        cors = self._cors_config
         if not cors.disable and (origin := request.headers.get("origin")):
             # The Origin is reflected in a header: one that is not a serialized origin is never allowed.
             if not grammar.is_origin(origin) or not self._origin_re.search(origin):
@@ -369,46 +307,62 @@ class TusApp:
             headers["Vary"] = "Origin"
             if cors.allow_credentials:
                 headers["Access-Control-Allow-Credentials"] = "true"
-            if method == "OPTIONS":
+            if request.method == "OPTIONS":
                 headers["Access-Control-Allow-Methods"] = cors.methods_header
                 headers["Access-Control-Allow-Headers"] = cors.headers_header
                 headers["Access-Control-Max-Age"] = cors.max_age
             else:
                 headers["Access-Control-Expose-Headers"] = cors.expose_header
+        return await self._router(request, headers)
 
+    async def _router(self, request: Request, headers: dict[str, str]) -> Response:
+        """The checks every upload request passes, in this order, then the endpoint its protocol and method pick."""
+        method, upload_id = request.method, request.upload_id
+        operation: routing.Operation | None = request.scope.get(routing.OPERATION_KEY)
         if operation is not None:
             operation.check_method(method)  # 405 with Allow for a method the endpoint does not serve
         if upload_id and method in ("HEAD", "PATCH", "GET", "DELETE") and self.handlers.policy.checks_access:
             # The access rule (pre-access), for either protocol; concatenation applies it to the partials it reads.
             await self.handlers.policy.access(request, self.handlers.upload_id_of(request))
         version = draft.interop_version(request) if self.draft is not None else None
-        if version is not None:
+        if version is None:
+            flows = self._tus
+        else:
             del headers["Tus-Resumable"]  # the draft has no Tus-Resumable, in requests or responses
-            if self.upload_slots is not None and self.upload_slots.applies(request):
-                with self.upload_slots.slot(request):  # 503/429 with Retry-After when none is free
-                    return await self._route_draft(request, version, upload_id)
-            return await self._route_draft(request, version, upload_id)
+            flows = self._draft_flows(version)
         if method == "OPTIONS":
-            return self.handlers.options(request)
-        if method not in ("GET", "HEAD") and request.headers.get("tus-resumable") != grammar.TUS_VERSION:
-            raise errors.ERR_UNSUPPORTED_VERSION()
+            return flows.options(request)
+        if version is None and method not in ("GET", "HEAD"):
+            if request.headers.get("tus-resumable") != grammar.TUS_VERSION:
+                raise errors.ERR_UNSUPPORTED_VERSION()
         if self.shutting_down:
             raise errors.ERR_SERVER_SHUTDOWN()
         if self.upload_slots is not None and self.upload_slots.applies(request):
             with self.upload_slots.slot(request):  # 503/429 with Retry-After when none is free; the body stays unread
-                return await self._dispatch(request, upload_id)
-        return await self._dispatch(request, upload_id)
+                return await self._endpoint(request, flows)
+        return await self._endpoint(request, flows)
 
-    async def _dispatch(self, request: Request, upload_id: str) -> Response:
+    def _draft_flows(self, version: int) -> _Flows:
+        flows = self.draft
+        assert flows is not None  # only when the draft is enabled (interop_version is None otherwise)
+        return _Flows(
+            lambda request: flows.options(request, version),
+            lambda request: flows.create(request, version),
+            lambda request: flows.head(request, version),
+            lambda request: flows.append(request, version),
+        )
+
+    async def _endpoint(self, request: Request, flows: _Flows) -> Response:
+        """The method picks the endpoint; downloads and termination are the same for both protocols."""
         handlers, method = self.handlers, request.method
-        if not upload_id:
+        if not request.upload_id:
             if method == "POST":
-                return await handlers.create(request)
+                return await flows.create(request)
             raise errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": "POST"})
         if method == "HEAD":
-            return await handlers.head(request)
+            return await flows.head(request)
         if method == "PATCH":
-            return await handlers.patch(request)
+            return await flows.append(request)
         if method == "GET" and not self.config.disable_download:
             return await handlers.get(request)
         if method == "DELETE" and handlers.can_terminate:
@@ -423,31 +377,18 @@ class TusApp:
             allowed.append("DELETE")
         return errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": ", ".join(allowed)})
 
-    async def _route_draft(self, request: Request, version: int, upload_id: str) -> Response:
-        """The IETF resumable-upload draft: same resources, the draft's headers and statuses."""
-        flows, method = self.draft, request.method
-        assert flows is not None
-        if method == "OPTIONS":
-            return flows.options(request, version)
-        if self.shutting_down:
-            raise errors.ERR_SERVER_SHUTDOWN()
-        if not upload_id:
-            if method == "POST":
-                return await flows.create(request, version)
-            raise errors.ERR_METHOD_NOT_ALLOWED(headers={"Allow": "POST"})
-        if method == "HEAD":
-            return await flows.head(request, version)
-        if method == "PATCH":
-            return await flows.append(request, version)
-        if method == "GET" and not self.config.disable_download:
-            return await self.handlers.get(request)
-        if method == "DELETE" and self.handlers.can_terminate:
-            return await self.handlers.delete(request)
-        raise self._not_allowed()
+
+Flow = Callable[[Request], Awaitable[Response]]
 
 
-def _json_response(status: int, headers: dict[str, str], body: object) -> Response:
-    return Response(status, {**headers, "Content-Type": "application/json"}, json.dumps(body).encode() + b"\n")
+@dataclasses.dataclass(frozen=True)
+class _Flows:
+    """The endpoints of one protocol that differ between tus 1.0 and the draft."""
+
+    options: Callable[[Request], Response]
+    create: Flow
+    head: Flow
+    append: Flow
 
 
 def _offset(request: Request, response: Response) -> int | None:

@@ -83,13 +83,13 @@ async def test_ready_probes_a_store_without_ready(client_factory, tmp_path):
 
 
 async def test_ready_times_out(client_factory, monkeypatch):
-    import pytusd.asgi.app
+    import pytusd.asgi.health
 
     class Hanging(MemoryLocker):
         async def ready(self) -> None:
             await asyncio.sleep(60)
 
-    monkeypatch.setattr(pytusd.asgi.app, "READY_TIMEOUT", 0.05)
+    monkeypatch.setattr(pytusd.asgi.health, "READY_TIMEOUT", 0.05)
     r = await client_factory(locker=Hanging()).get("/ready")
     assert r.status_code == 503 and r.json()["checks"]["locker"] == "error: timeout"
 
