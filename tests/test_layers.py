@@ -17,7 +17,11 @@ The package's ``__init__`` (the public names) and ``__main__`` sit above everyth
 from __future__ import annotations
 
 import ast
+import builtins
+import importlib
+import inspect
 import pathlib
+import re
 
 import pytest
 
@@ -219,3 +223,54 @@ def test_no_reference_to_a_file_that_is_not_here() -> None:
         if path.suffix == ".py" and re.search(r"def test_p\d", path.read_text(encoding="utf-8")):
             dangling.append(f"{path.relative_to(repo)}: a test named by a checklist number (name the behaviour)")
     assert not dangling, "\n".join(dangling)
+
+
+# Sphinx-style cross references in the package's docstrings and comments: :mod:`...`, :class:`~...`, ...
+REFERENCE = re.compile(r":(?:mod|class|meth|func|data|attr|exc|obj):`~?([\w.]+)`")
+
+
+def _resolves(module: object, source: str, target: str) -> bool:
+    """Whether a reference written in ``module`` names something that exists (absolute, relative or local)."""
+    package = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0]
+    if target.startswith("."):
+        dots = len(target) - len(target.lstrip("."))
+        base = package.rsplit(".", dots - 1)[0] if dots > 1 else package
+        target = f"{base}.{target.lstrip('.')}"
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        rest = parts[cut:]
+        for i, part in enumerate(rest):
+            if not hasattr(found, part):
+                # The last name may be an attribute the class sets on its instances.
+                last = i == len(rest) - 1 and isinstance(found, type)
+                return last and re.search(rf"self\.{part}\b\s*[:=]", inspect.getsource(found)) is not None
+            found = getattr(found, part)
+        return True
+    try:  # a name of this module (or a builtin), then attributes
+        first = parts[0]
+        found = vars(module)[first] if first in vars(module) else vars(builtins)[first]
+        for part in parts[1:]:
+            found = getattr(found, part)
+        return True
+    except (KeyError, AttributeError):
+        pass
+    # An attribute a class of this module sets on its instances (self.name = ..., or a dataclass field).
+    name = parts[-1]
+    return bool(re.search(rf"(self\.{name}\b\s*[:=]|^\s+{name}\s*:|def {name}\b)", source, re.M))
+
+
+def test_docstring_references_name_what_exists() -> None:
+    """A :mod:/:class:/:meth: reference to a module or name that was renamed or moved fails here."""
+    stale = []
+    for name, (path, _) in MODULES.items():
+        source = path.read_text()
+        targets = set(REFERENCE.findall(source))
+        if not targets:
+            continue
+        module = importlib.import_module(name)
+        stale += [f"{name}: {target}" for target in sorted(targets) if not _resolves(module, source, target)]
+    assert not stale, stale

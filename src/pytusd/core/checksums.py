@@ -1,7 +1,7 @@
 """Writing a chunk under a checksum (checksum and checksum-trailer extensions).
 
 The chunk goes to the upload all-or-nothing (:class:`~pytusd.stores.Verifiable`): kept only if it arrived whole and
-its digest matches. The header rules (algorithms, parsing) are in :mod:`.protocol`.
+its digest matches. The header rules (algorithms, parsing) are in :mod:`.grammar`.
 """
 
 from __future__ import annotations

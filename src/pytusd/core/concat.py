@@ -1,6 +1,7 @@
 """Concatenation and concatenation-unfinished: final uploads made of partial ones.
 
-Used by the handler flows (``Handlers.concat``); the final upload does the byte work (``Concatenatable.concat``).
+Used by the tus flows (:attr:`pytusd.core.tus.TusFlows.concat`); the final upload does the byte work
+(:meth:`pytusd.stores.Concatenatable.concat`).
 """
 
 from __future__ import annotations

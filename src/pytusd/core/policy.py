@@ -10,7 +10,7 @@ Every way into an upload goes through here, whatever protocol or method carried 
   same size rule (:meth:`Policy.check_size`).
 - **Append** (:meth:`Policy.check_append`): every write into an upload - tus ``PATCH``, creation-with-upload, the
   draft's appends - is refused for final uploads (403 ``ERR_MODIFY_FINAL``) and at any offset but the stored one
-  (409 ``ERR_MISMATCHED_OFFSET``). :meth:`pytusd.core.tus.Handlers.write_body`, the one way bytes reach a store,
+  (409 ``ERR_MISMATCHED_OFFSET``). :meth:`pytusd.core.uploads.Uploads.write_body`, the one way bytes reach a store,
   applies it, so no flow can skip it.
 - **Access** (:meth:`Policy.access`): the pre-access hook sees every request that reads or changes an existing
   upload (``HEAD``, ``PATCH``, ``GET``, ``DELETE`` in both protocols) and every partial upload a new final names:

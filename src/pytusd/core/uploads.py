@@ -1,6 +1,6 @@
 """The operations every request flow shares: lock, load, write, finish, create, announce.
 
-lock -> load -> validate -> write -> finish -> respond. Header rules come from :mod:`.protocol`, bytes and info
+lock -> load -> validate -> write -> finish -> respond. Header rules come from :mod:`.grammar`, bytes and info
 from the store, locks from the locker; routing, CORS and error rendering are the app's.
 """
 

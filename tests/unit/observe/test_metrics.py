@@ -1,5 +1,5 @@
 """Prometheus metrics (pytusd.observe.metrics) through TusApp: tusd's names and values after real requests, the
-exposition at /metrics, one registry per app. Health and readiness are in tests/unit/asgi/test_app_health.py, request
+exposition at /metrics, one registry per app. Health and readiness are in tests/unit/asgi/test_health.py, request
 IDs and logs in test_logs.py, tracing in test_tracing.py.
 
 Real requests against the in-process app (httpx's ASGI transport); the real server is in tests/e2e.

@@ -1,4 +1,4 @@
-"""Flags -> objects: the store, locker, hooks and rules they name, composed into one :class:`Config`."""
+"""Flags -> objects: the store, locker, hooks and rules they name, composed into one :class:`pytusd.Config`."""
 
 
 from __future__ import annotations
