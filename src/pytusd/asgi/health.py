@@ -15,17 +15,16 @@ from .. import errors
 from ..asgitypes import Send
 from ..core.config import Config
 from ..core.http import Request, Response
-from ..errors import TusError
+from ..lockers import base as lockers
 from ..observe import logs
 from ..observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..observe.metrics import Metrics
-from ..stores import Ready
+from ..stores import base as stores
 
 log = logging.getLogger("pytusd")
 
-# /ready: how long the store and the locker may take to answer, and the ID a store without ready() is asked for.
+# /ready: how long the store and the locker may take to answer.
 READY_TIMEOUT = 5.0
-READY_PROBE_ID = "pytusd-readiness-probe"
 
 
 class Health:
@@ -67,8 +66,8 @@ class Health:
         """Whether the app can serve uploads: its store and its locker each answered within READY_TIMEOUT.
 
         Returns ``(ready, {"store": "ok" | "error: <type>", "locker": ...})``; why a part failed is logged. A store
-        or locker may offer ``async def ready()`` (raising when it is not); a store without one is asked for an
-        upload that does not exist, which must answer "not found"; a locker without one counts as ready.
+        or locker may offer ``async def ready()`` (raising when it is not); see :func:`pytusd.stores.base.probe` and
+        :func:`pytusd.lockers.base.probe`.
         """
         if self._stopping():
             return False, {"server": "shutting down"}
@@ -102,20 +101,10 @@ class Health:
         log.log(level, "%s", message, extra=logs.fields(event="NotReady", part=part))
 
     async def _store_ready(self) -> None:
-        store = self.config.store
-        if isinstance(store, Ready):
-            await store.ready()
-            return
-        try:
-            await store.get(READY_PROBE_ID)
-        except TusError as exc:
-            if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
-                raise
+        await stores.probe(self.config.store)
 
     async def _locker_ready(self) -> None:
-        ready = getattr(self.config.locker, "ready", None)
-        if ready is not None:
-            await ready()
+        await lockers.probe(self.config.locker)
 
 
 def _json_response(status: int, headers: dict[str, str], body: object) -> Response:

@@ -40,3 +40,9 @@ class ReadyLocker(Protocol):
     A locker without it (MemoryLocker) is always ready."""
 
     async def ready(self) -> None: ...
+
+
+async def probe(locker: Locker) -> None:
+    """Whether the locker works (``/ready``, the start-up checks): its ``ready()``; one without it always does."""
+    if isinstance(locker, ReadyLocker):
+        await locker.ready()

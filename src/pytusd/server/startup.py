@@ -24,6 +24,8 @@ from typing import Any
 
 from .. import errors
 from ..core.config import Config
+from ..lockers import base as lockers
+from ..stores import base as stores
 
 log = logging.getLogger("pytusd")
 
@@ -109,15 +111,7 @@ async def _store(store: Any) -> str:
         return ""
     # Azure and stores of the application's own: what /ready asks.
     try:
-        ready = getattr(store, "ready", None)
-        if ready is not None:
-            await _timed(ready())
-        else:
-            try:
-                await _timed(store.get("pytusd-readiness-probe"))
-            except errors.TusError as exc:
-                if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
-                    raise
+        await _timed(stores.probe(store))
     except Exception as exc:  # noqa: BLE001
         cause = exc.__cause__ if isinstance(exc, errors.TusError) and exc.__cause__ is not None else exc
         log.error("the storage %r cannot be reached: %s; %s", store, _why(cause), NOT_READY)
@@ -133,20 +127,20 @@ def _s3_code(exc: BaseException) -> str:
 
 
 async def _locker(locker: Any, store: Any) -> str:
-    ready = getattr(locker, "ready", None)
-    if ready is None:
-        return ""
+    checks_itself = isinstance(locker, lockers.ReadyLocker)  # (not a narrowing: locker is any locker below)
+    if not checks_itself:
+        return ""  # always ready
     if type(locker).__name__ == "FileLocker":
         if getattr(store, "root", None) == locker.root:
             return ""  # the upload directory's line says it all
         try:
-            await _timed(ready())
+            await _timed(lockers.probe(locker))
         except Exception as exc:  # noqa: BLE001
             log.warning("the lock directory %s cannot take lock files (%s); %s", locker.root, _why(exc), NOT_READY)
             return "locker"
         return ""
     try:
-        await _timed(ready())
+        await _timed(lockers.probe(locker))
     except Exception as exc:  # noqa: BLE001
         text = _why(exc)
         if type(exc).__name__ == "AuthenticationError" or text.startswith(("NOAUTH", "WRONGPASS", "invalid password")):

@@ -148,6 +148,24 @@ class Ready(Protocol):
     async def ready(self) -> None: ...
 
 
+# The upload ID a store without ready() is asked for, which must answer "not found" (a 404 or 410 TusError).
+READY_PROBE_ID = "pytusd-readiness-probe"
+
+
+async def probe(store: DataStore) -> None:
+    """Whether the store is usable (``/ready``, the start-up checks): returns, or raises saying why not.
+
+    Its :class:`Ready` ``ready()`` when it has one, else a ``get`` of an upload that does not exist."""
+    if isinstance(store, Ready):
+        await store.ready()
+        return
+    try:
+        await store.get(READY_PROBE_ID)
+    except errors.TusError as exc:
+        if not exc.is_(errors.ERR_UPLOAD_NOT_FOUND, errors.ERR_UPLOAD_EXPIRED):
+            raise
+
+
 # --- declaring and finding the capabilities ------------------------------------------------------------------------
 
 
