@@ -37,6 +37,18 @@ class ServiceMissing(Exception):
     """A program a service needs is not installed; nothing was started."""
 
 
+# tusd, built by scripts/install-tusd (scripts/test and scripts/bench run it; bench/peers is gitignored).
+TUSD_BINARY = Path(__file__).resolve().parent.parent / "bench" / "peers" / "go" / "bin" / "tusd"
+
+
+def tusd_binary() -> Path:
+    """The tusd binary for side-by-side tests; PYTUSD_TUSD names another one."""
+    binary = Path(os.environ.get("PYTUSD_TUSD") or TUSD_BINARY)
+    if not os.access(binary, os.X_OK):
+        raise ServiceMissing(f"no tusd binary at {binary} (scripts/install-tusd builds it; it needs Go)")
+    return binary
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,9 +27,17 @@ def free_port() -> int:
 
 
 class PytusdProcess:
-    def __init__(self, upload_dir: Path, *args: str, port: int | None = None) -> None:
+    """The server ``command`` (by default ``python -m pytusd``; tusd takes the same flags) on 127.0.0.1."""
+
+    command: tuple[str, ...] = (sys.executable, "-m", "pytusd")
+
+    def __init__(self, upload_dir: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None,
+                 command: tuple[str, ...] | None = None) -> None:
         self.upload_dir = upload_dir
         self.args = args
+        self.env = env
+        if command is not None:
+            self.command = command
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/files/"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -37,9 +45,7 @@ class PytusdProcess:
 
     def start(self) -> PytusdProcess:
         cmd = [
-            sys.executable,
-            "-m",
-            "pytusd",
+            *self.command,
             "--host",
             "127.0.0.1",
             "--port",
@@ -49,11 +55,12 @@ class PytusdProcess:
             *self.args,
         ]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pytusd exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.command[-1]} exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
