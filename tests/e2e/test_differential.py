@@ -48,9 +48,10 @@ TUS_HEADERS = (
     "upload-length", "upload-defer-length", "upload-metadata", "upload-concat", "cache-control",
     "access-control-allow-origin", "access-control-allow-methods", "access-control-allow-headers",
     "access-control-expose-headers", "access-control-max-age", "access-control-allow-credentials", "allow",
+    "upload-complete", "upload-incomplete", "upload-draft-interop-version",
 )
 # The same flags for both: tusd's names. -max-size keeps the size rule testable without big bodies.
-FLAGS = ("-base-path", "/files/", "-max-size", "1000")
+FLAGS = ("-base-path", "/files/", "-max-size", "1000", "-enable-experimental-protocol")
 HOOK_EVENTS = "pre-create,post-create,pre-finish,post-finish,post-terminate"
 
 
@@ -394,6 +395,23 @@ def case_concatenation_of_regular(s: Session) -> None:
     create(s, "create-regular", 1)
     patch(s, "patch-regular", 0, 0, b"z")
     s.request("create-final-of-regular", "POST", "/files/", {**TUS, "Upload-Concat": f"final;{s.url(0)}"})
+
+
+def case_draft(s: Session) -> None:
+    """The IETF resumable-upload draft, at the interop versions both implement."""
+    for version in ("5", "6"):
+        draft = {"Upload-Draft-Interop-Version": version}
+        done = "Upload-Complete"  # the field of interop versions 4 and later
+        at = len(s.ids)
+        s.request(f"draft-{version}-create", "POST", "/files/", {**draft, done: "?0"}, b"abc")
+        s.request(f"draft-{version}-head", "HEAD", s.url(at), draft)
+        s.request(f"draft-{version}-append", "PATCH", s.url(at), {**draft, "Upload-Offset": "3", done: "?1"}, b"de")
+        s.request(f"draft-{version}-head-complete", "HEAD", s.url(at), draft)
+        wrong = {**draft, "Upload-Offset": "1", done: "?1"}
+        s.request(f"draft-{version}-append-wrong-offset", "PATCH", s.url(at), wrong, b"x")
+        s.request(f"draft-{version}-create-complete", "POST", "/files/", {**draft, done: "?1"}, b"whole")
+        s.request(f"draft-{version}-get", "GET", s.url(at + 1), {})
+        s.request(f"draft-{version}-delete", "DELETE", s.url(at), draft)
 
 
 def case_methods_and_paths(s: Session) -> None:
