@@ -49,6 +49,14 @@ def tusd_binary() -> Path:
     return binary
 
 
+def tusd_source() -> Path:
+    """tusd's module source (its docs and examples), which scripts/install-tusd's `go install` downloaded."""
+    versions = sorted((TUSD_BINARY.parent.parent / "modcache" / "github.com" / "tus" / "tusd").glob("v2@v*"))
+    if not versions:
+        raise ServiceMissing("no tusd module source in bench/peers/go/modcache (scripts/install-tusd downloads it)")
+    return versions[-1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

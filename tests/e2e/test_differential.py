@@ -51,7 +51,8 @@ TUS_HEADERS = (
     "upload-complete", "upload-incomplete", "upload-draft-interop-version",
 )
 # The same flags for both: tusd's names. -max-size keeps the size rule testable without big bodies.
-FLAGS = ("-base-path", "/files/", "-max-size", "1000", "-enable-experimental-protocol")
+FLAGS = ("-base-path", "/files/", "-max-size", "1000", "-enable-experimental-protocol",
+         "-cors-allow-origin", r"^https://app\.example$")
 HOOK_EVENTS = "pre-create,post-create,pre-finish,post-finish,post-terminate"
 
 
@@ -246,17 +247,21 @@ def describe(sessions: dict[str, Session], wanted: set[tuple[str, str]]) -> str:
 
 def documented_differences() -> dict[str, set[tuple[str, str]]]:
     """README's table: store ("all", "file", "s3") -> {(case label, field)}. A row's first three cells name the
-    labels, the stores and the fields, each as a list of `code` spans."""
+    labels, the stores and the fields, each as a list of `code` spans. Under "sometimes" go the rows whose tusd
+    cell begins with "sometimes": tusd's answer varies from run to run, so such a row is not stale when it agrees."""
     text = README.read_text()
     section = text.split("### Where pytusd answers differently from tusd", 1)[1].split("\n#", 1)[0]
-    table: dict[str, set[tuple[str, str]]] = {"all": set(), "file": set(), "s3": set()}
+    table: dict[str, set[tuple[str, str]]] = {"all": set(), "file": set(), "s3": set(), "sometimes": set()}
     for line in section.splitlines():
-        cells = line.split("|")[1:4]
-        if len(cells) < 3 or not cells[0].strip().startswith("`"):
+        cells = line.split("|")[1:5]
+        if len(cells) < 4 or not cells[0].strip().startswith("`"):
             continue
-        labels, stores, fields = (re.findall(r"`([\w-]+)`", cell) for cell in cells)
+        labels, stores, fields = (re.findall(r"`([\w-]+)`", cell) for cell in cells[:3])
+        rows = {(label, field) for label in labels for field in fields}
         for store in stores:
-            table[store] |= {(label, field) for label in labels for field in fields}
+            table[store] |= rows
+        if cells[3].strip().startswith("sometimes"):
+            table["sometimes"] |= rows
     assert table["all"], "README's table of differences was not found"
     return table
 
@@ -432,6 +437,8 @@ def case_cors(s: Session) -> None:
               {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Upload-Length"})
     create(s, "create-cors", 5, **origin)
     s.request("head-cors", "HEAD", s.url(0), {**TUS, **origin})
+    s.request("origin-refused", "OPTIONS", "/files/", {**TUS, "Origin": "https://elsewhere.example"})
+    s.request("origin-refused", "POST", "/files/", {**TUS, "Upload-Length": "1", "Origin": "https://elsewhere.example"})
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
@@ -515,7 +522,7 @@ def test_same_answers_as_tusd(pair: Pair) -> None:
             undocumented.append(f"{case.__name__}:\n" + "\n".join(text))
     assert not undocumented, "differences from tusd that README's table does not list:\n" + "\n".join(undocumented)
     assert pair.hook_types_seen == set(HOOK_EVENTS.split(",")), "every hook was compared at least once"
-    stale = expected - found
+    stale = expected - found - documented_differences()["sometimes"]
     assert not stale, f"README's table lists differences that are gone on {pair.store}: {sorted(stale)}"
 
 
