@@ -8,7 +8,7 @@ Nothing of tusd is copied here: its docs and ``examples/`` are read at test time
   start both servers, which then answer ``OPTIONS`` alike;
 - ``examples/hooks/file``: the hook scripts as ``-hooks-dir`` (copied only to make them executable), including
   ``pre-create`` with its ``exit 0`` line removed, as its comment invites;
-- ``examples/hooks/http/server.py`` and ``examples/hooks/grpc/server.py``, started as they are (both on port 8000):
+- the ``server.py`` of tusd's ``examples/hooks/http`` and ``examples/hooks/grpc``, started as they are (port 8000):
   a creation without a filename is refused with their 400 and header, one with a filename gets their ID prefix and
   their metadata;
 - ``-hooks-plugin``: Go plugins cannot be loaded by Python; pytusd says so and exits 2 (README, Hooks).

@@ -107,9 +107,7 @@ class TusApp:
             else None
         )
         self._background: asyncio.Task[None] | None = None
-        ensure = getattr(config.store, "ensure_directory", None)
-        if ensure is not None:
-            ensure()
+        base.prepare(config.store)  # e.g. the file store's directory
 
     def shutdown(self) -> None:
         """Stop taking requests; open uploads store what they have and answer 503 ERR_SERVER_SHUTDOWN."""

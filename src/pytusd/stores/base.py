@@ -148,6 +148,19 @@ class Ready(Protocol):
     async def ready(self) -> None: ...
 
 
+@runtime_checkable
+class Prepared(Protocol):
+    """The store sets itself up, once and synchronously, when an app is made with it (FileStore: its directory)."""
+
+    def prepare(self) -> None: ...
+
+
+def prepare(store: DataStore) -> None:
+    """Let the store set itself up when it is :class:`Prepared`; other stores need nothing."""
+    if isinstance(store, Prepared):
+        store.prepare()
+
+
 # The upload ID a store without ready() is asked for, which must answer "not found" (a 404 or 410 TusError).
 READY_PROBE_ID = "pytusd-readiness-probe"
 

@@ -302,6 +302,10 @@ class FileStore:
     def ensure_directory(self) -> None:
         os.makedirs(self.root, mode=self.dir_perms, exist_ok=True)
 
+    def prepare(self) -> None:
+        """When an app is made with this store (:class:`pytusd.stores.base.Prepared`): the directory exists."""
+        self.ensure_directory()
+
     async def ready(self) -> None:
         """Readiness (``/ready``): an upload can be created and written here, as a probe file shows.
 
