@@ -504,8 +504,8 @@ class AzureStore:
         raw_info, listing, (tail_size, tail_start) = await upload._gather(
             self._call(read_info), self._call(list_blocks), self._call(head_tail)
         )
-        info = upload._parse_info(raw_info[0] if raw_info else None)
-        state = _State(info=info, info_modified=raw_info[1] if raw_info else 0.0)
+        info, modified = upload._parse_info(raw_info)
+        state = _State(info=info, info_modified=modified)
         if listing is not None:
             blocks, headers = listing
             staged = blocks.uncommitted_blocks or []

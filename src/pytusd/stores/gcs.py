@@ -229,9 +229,6 @@ class GCSUpload(PieceUpload[Chunk, _State]):
 
     # -- the engine's backend (PieceUpload) -----------------------------------------------------------------------
 
-    async def _load(self) -> _State:
-        return await self._store._load(self)
-
     async def _put_piece(self, state: _State, number: int, start: int, spool: IO[bytes] | None, size: int) -> Chunk:
         store = self._store
         obj = await store._send(store._upload_chunk, store.chunk_name(self.key, number), spool, size)

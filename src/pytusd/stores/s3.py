@@ -573,8 +573,8 @@ class S3Store:
         raw_info, listed, (tail_size, tail_start) = await upload._gather(
             self._call(read_info), self._call(list_parts), self._call(head_tail)
         )
-        info = upload._parse_info(raw_info[0] if raw_info else None)
-        state = _State(info=info, info_modified=raw_info[1] if raw_info else 0.0)
+        info, modified = upload._parse_info(raw_info)
+        state = _State(info=info, info_modified=modified)
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:

@@ -81,7 +81,7 @@ class StoreNames:
 
     service: str  # "S3"
     piece: str  # "part"
-    tail: str  # "the tail object"
+    tail: str  # "the tail object" ("" for a store without one)
     log: logging.Logger
     summary: Callable[[BaseException], str] = str  # a storage error in one line
 
@@ -202,14 +202,15 @@ class PieceUpload(ABC, Generic[P, S]):
         state = await self.state()
         return state.info.replace(offset=state.offset)
 
-    def _parse_info(self, raw: bytes | None) -> UploadInfo:
-        """The ``.info`` object's upload info; an ``.info`` reached under another upload's name is not this one."""
+    def _parse_info(self, raw: tuple[bytes, float] | None) -> tuple[UploadInfo, float]:
+        """The ``.info`` object's upload info and when it was written, from its bytes and time (None: missing); an
+        ``.info`` reached under another upload's name is not this one."""
         if raw is None:
             raise errors.ERR_UPLOAD_NOT_FOUND()
-        info = UploadInfo.from_json(raw)
+        info = UploadInfo.from_json(raw[0])
         if info.id != self.id:
             raise errors.ERR_UPLOAD_NOT_FOUND()
-        return info
+        return info, raw[1]
 
     async def _gather(self, a: Awaitable[A], b: Awaitable[B], c: Awaitable[C]) -> tuple[A, B, C]:
         """Three storage calls at once (loading the state), their errors as the client is told them."""
