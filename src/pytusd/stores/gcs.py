@@ -150,7 +150,8 @@ class StoredObject:
 
 @dataclass
 class Chunk:
-    """Chunk object ``number - 1`` (``number`` counts from 1, like the pieces of a :class:`PieceWriter`)."""
+    """Chunk object ``number - 1`` (``number`` counts from 1, like every store's pieces in
+    :class:`~.objects.spool.PieceWriter`)."""
 
     number: int
     object: StoredObject
