@@ -28,7 +28,7 @@ The block operations go through the SDK's generated REST layer (``BlobClient._cl
 express tusd's binary IDs (and ``get_block_list`` decodes them back to text where it can). Everything else uses the
 public API.
 
-A PATCH body is cut into blocks while it arrives (:class:`~.streaming.PieceWriter`): each block is spooled to an
+A PATCH body is cut into blocks while it arrives (:mod:`.objects.engine`): each block is spooled to an
 unnamed temporary file and staged from a thread, at most ``max_buffered_blocks`` spools exist per request and at
 most ``concurrent_block_uploads`` blocks upload at once across the store, so memory stays flat. A blob holds at most
 50,000 blocks of at most 4000 MiB: for a known length the block size is ``max(block_size, length / 50000)`` (and
@@ -51,14 +51,16 @@ import logging
 import os
 import re
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
 from .base import Capabilities
-from .streaming import Blocking, PieceWriter, contiguous, feed_body
+from .objects.engine import PieceUpload, State, StoreNames, read_ahead, storage_error
+from .objects.plan import PiecePlan
+from .objects.spool import Blocking
 
 try:
     from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -87,69 +89,31 @@ CONTAINER_ACCESS_TYPES = {"": None, "private": None, "blob": "blob", "container"
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 
 
-# --- block planning (pure) -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """How an upload is cut into blocks; pure arithmetic, so it is tested on its own.
+def BlockPlan(  # noqa: N802 - the name the block plan had before it became a PiecePlan
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_block_size: int = MAX_BLOCK_SIZE,
+    max_blocks: int = MAX_BLOCKS,
+    max_blob_size: int = MAX_BLOB_SIZE,
+    max_deferred_size: int = MAX_DEFERRED_SIZE,
+) -> PiecePlan:
+    """How an upload is cut into blocks: Azure's limits (no minimum block size).
 
     A deferred-length upload is limited to ``max_deferred_size``, well below what 50,000 blocks hold with the
-    doubling sizes (about 150 TiB): the margin is what lets a PATCH end in a short block for a long time.
+    doubling sizes (about 150 TiB): the margin is what lets a PATCH end in a short block for a long time. A known
+    length's blocks grow when the blocks left must hold more (a length declared after many blocks were used).
     """
-
-    block_size: int = DEFAULT_BLOCK_SIZE
-    max_block_size: int = MAX_BLOCK_SIZE
-    max_blocks: int = MAX_BLOCKS
-    max_blob_size: int = MAX_BLOB_SIZE
-    max_deferred_size: int = MAX_DEFERRED_SIZE
-
-    def base_size(self, length: int) -> int:
-        """The block size of an upload of ``length`` bytes: 50,000 of them hold it."""
-        return min(self.max_block_size, max(self.block_size, -(-length // self.max_blocks)))
-
-    def size_of(self, number: int, length: int | None, start: int = 0) -> int:
-        """The size of full block ``number`` (1-based), which starts at byte ``start``, of an upload of ``length``
-        bytes (None: deferred). For a known length it grows beyond :meth:`base_size` when the blocks left must hold
-        more than that (a length declared after many blocks were used)."""
-        if length is None:
-            doublings = min((number - 1) // DEFERRED_DOUBLING, 40)
-            return min(self.max_block_size, self.block_size << doublings)
-        left = max(1, self.max_blocks - number + 1)
-        return min(self.max_block_size, max(self.base_size(length), -(-(length - start) // left)))
-
-    def capacity(self, first: int, length: int | None) -> int:
-        """How many bytes blocks ``first`` up to ``max_blocks`` hold at the planned sizes."""
-        if first > self.max_blocks:
-            return 0
-        if length is not None:
-            return (self.max_blocks - first + 1) * self.base_size(length)
-        total, number = 0, first
-        while number <= self.max_blocks:
-            group_end = min(self.max_blocks, ((number - 1) // DEFERRED_DOUBLING + 1) * DEFERRED_DOUBLING)
-            total += (group_end - number + 1) * self.size_of(number, None)
-            number = group_end + 1
-        return total
-
-    def remainder_is_block(self, number: int, offset_after: int, length: int | None) -> bool:
-        """Where the bytes left at the end of a request go: block ``number`` (True) or the ``.part`` blob. They are
-        a block when they end the upload, or when the blocks after it can still hold the rest of the upload."""
-        if length is not None and offset_after == length:
-            return True
-        remaining = (length if length is not None else self.max_deferred_size) - offset_after
-        return self.capacity(number + 1, length) >= remaining
-
-    def check_length(self, length: int) -> None:
-        if length > self.max_blob_size:
-            raise errors.ERR_MAX_SIZE_EXCEEDED(f"Azure block blobs are at most {self.max_blob_size} bytes")
-
-    def check_fits(self, length: int, next_number: int, offset: int) -> None:
-        """A length declared after ``offset`` bytes went into blocks up to ``next_number - 1``: the blocks left must
-        be able to hold the rest."""
-        self.check_length(length)
-        room = max(0, self.max_blocks - next_number + 1) * self.max_block_size
-        if length - offset > room:
-            raise errors.ERR_MAX_SIZE_EXCEEDED(f"the blob's remaining blocks hold at most {offset + room} bytes")
+    return PiecePlan(
+        preferred_size=block_size,
+        max_size=max_block_size,
+        max_pieces=max_blocks,
+        max_total=max_blob_size,
+        max_deferred=max_deferred_size,
+        doubling=DEFERRED_DOUBLING,
+        grow_to_fit=True,
+        limit_name="Azure block blobs",
+        remaining_name="the blob's remaining blocks",
+    )
 
 
 # --- block IDs -----------------------------------------------------------------------------------------------------
@@ -211,24 +175,9 @@ def chain(listed: list[tuple[int, int | None, int]]) -> list[Block]:
 
 
 @dataclass
-class _State:
-    info: UploadInfo
-    blocks: list[Block] = field(default_factory=list)
+class _State(State[Block]):
     tusd: bool = False  # the blob's blocks use tusd's IDs: go on in its scheme
-    tail_size: int = 0
-    stale_tail: bool = False  # a .part blob exists whose bytes are in a block already
-    completed: bool = False  # the block list is committed
-    completed_size: int = 0
-    info_modified: float = 0.0
     blob_modified: float = 0.0
-
-    @property
-    def blocks_size(self) -> int:
-        return sum(b.size for b in self.blocks)
-
-    @property
-    def offset(self) -> int:
-        return self.completed_size if self.completed else self.blocks_size + self.tail_size
 
 
 def _error_code(exc: BaseException) -> str:
@@ -243,131 +192,63 @@ def _is_missing(exc: BaseException) -> bool:
     return isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404
 
 
-def _storage_error(exc: BaseException) -> errors.TusError:
-    if isinstance(exc, errors.TusError):
-        return exc
-    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
-        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the Azure storage", exc)
+def _summary(exc: BaseException) -> str:
     if isinstance(exc, HttpResponseError):
         lines = str(exc.message or exc.reason or "").splitlines()  # the first line; the rest is request IDs
-        summary = " ".join(filter(None, [_error_code(exc) or str(exc.status_code or ""), lines[0] if lines else ""]))
-        return errors.ERR_INTERNAL_SERVER_ERROR(f"Azure error: {summary}")
-    return errors.ERR_INTERNAL_SERVER_ERROR(f"Azure error: {exc}")
+        return " ".join(filter(None, [_error_code(exc) or str(exc.status_code or ""), lines[0] if lines else ""]))
+    return str(exc)
 
 
-class _BlockWriter(PieceWriter[Block]):
-    """A :class:`PieceWriter` that knows where each block starts (the block's ID says so)."""
-
-    def __init__(
-        self, stage: Callable[[int, int, IO[bytes] | None, int], Awaitable[Block]], *, first_byte: int, **options: Any
-    ) -> None:
-        super().__init__(self._stage_numbered, **options)
-        self._stage = stage
-        self.first_byte = first_byte
-        self._starts: dict[int, int] = {}
-
-    @property
-    def position(self) -> int:
-        """Where the block being filled starts."""
-        return self.first_byte + self.dispatched
-
-    def dispatch(self) -> None:
-        self._starts[self.next_number] = self.position
-        super().dispatch()
-
-    async def _stage_numbered(self, number: int, spool: IO[bytes] | None, size: int) -> Block:
-        return await self._stage(number, self._starts.pop(number), spool, size)
+def _storage_error(exc: BaseException) -> errors.TusError:
+    return storage_error(exc, "Azure", _summary)
 
 
 # --- the upload ----------------------------------------------------------------------------------------------------
 
 
-class AzureUpload:
-    """One upload in an :class:`AzureStore`. Its state is read from Azure once per request (under its lock)."""
+class AzureUpload(PieceUpload[Block, _State]):
+    """One upload in an :class:`AzureStore`: pieces are blocks staged on the blob, the tail is ``.part``."""
+
+    names = StoreNames("Azure", "block", "the .part blob", log, _summary)
+    _store: AzureStore
 
     def __init__(self, store: AzureStore, upload_id: str, state: _State | None = None) -> None:
-        self._store = store
-        self.id = upload_id
-        self._state = state
+        super().__init__(store, upload_id, state, max_buffered=store.max_buffered_blocks)
         self.blob = store.blob_client(upload_id)
         self.info_blob = store.blob_client(upload_id + ".info")
         self.tail_blob = store.blob_client(upload_id + ".part")
 
-    async def state(self) -> _State:
-        if self._state is None:
-            self._state = await self._store._load(self)
-        return self._state
+    # -- the engine's backend (PieceUpload) -----------------------------------------------------------------------
 
-    async def info(self) -> UploadInfo:
-        state = await self.state()
-        return state.info.replace(offset=state.offset)
+    async def _put_piece(self, state: _State, number: int, start: int, spool: IO[bytes] | None, size: int) -> Block:
+        return await self._store._stage_block(self, state.tusd, number, start, spool, size)
 
-    def _writer(self, state: _State, piece_size: Callable[[int], int], max_buffered: int) -> _BlockWriter:
-        return _BlockWriter(
-            functools.partial(self._store._stage_block, self, state.tusd),
-            first_byte=state.blocks_size,
-            first_number=len(state.blocks) + 1,
-            piece_size=piece_size,
-            max_buffered=max_buffered,
-            temp_dir=self._store.temp_dir,
-        )
+    async def _put_info(self, info: UploadInfo) -> None:
+        await self._store._put_info(self, info)
 
-    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        state = await self.state()
-        if offset != state.offset:
-            raise errors.ERR_MISMATCHED_OFFSET()
+    async def _before_pieces(self, state: _State) -> None:
         if state.completed:
             raise errors.ERR_UPLOAD_SIZE_EXCEEDED("the upload is finished")
-        store, plan = self._store, self._store.plan
-        length = None if state.info.size_is_deferred else state.info.size
-        writer = self._writer(
-            state, lambda number: plan.size_of(number, length, writer.position), store.max_buffered_blocks
-        )
-        new_tail = None
-        try:
-            if state.tail_size:
-                await writer.prepend(self._tail_blocks(state.tail_size))
-            body_error = await feed_body(chunks, writer.feed)
-            # The rest: a short block of its own (the upload's end, or while there is room), else the .part blob.
-            remainder = writer.spool_size
-            if remainder:
-                if plan.remainder_is_block(writer.next_number, writer.position + remainder, length):
-                    writer.dispatch()
-                else:
-                    new_tail = writer.detach()
-            blocks = contiguous([*state.blocks, *await writer.settle()])
-            if len(blocks) != writer.next_number - 1:
-                raise errors.ERR_INTERNAL_SERVER_ERROR("a block upload went missing")
-            state.blocks = blocks
-            if new_tail is not None:
-                await store._put_tail(self, new_tail, state.blocks_size)
-                state.tail_size, state.stale_tail = remainder, False
-            elif state.tail_size or state.stale_tail:
-                # The tail's bytes are in a block now (or were already): the .part blob is stale, remove it.
-                state.tail_size, state.stale_tail = 0, True
-                await store._delete_quietly(self.tail_blob)
-                state.stale_tail = False
-        except BaseException as exc:
-            await writer.abandon()
-            self._state = None  # the truth is in Azure: read it again
-            if isinstance(exc, Exception):
-                log.warning("upload %s: Azure write failed: %s", self.id, exc)
-                raise _storage_error(exc) from exc
-            raise
-        finally:
-            if new_tail is not None:
-                new_tail.close()
-        if body_error is not None:
-            raise body_error
-        return state.offset - offset
 
-    async def _tail_blocks(self, expected: int) -> AsyncIterator[bytes]:
-        received = 0
-        async for block in self._store._read(self.tail_blob, 0, expected):
-            received += len(block)
-            yield block
-        if received != expected:
-            raise errors.ERR_INTERNAL_SERVER_ERROR("the .part blob changed while it was read")
+    def _check_length(self, state: _State, length: int) -> None:
+        self.plan.check_fits(length, len(state.pieces) + 1, state.offset)
+
+    async def _commit(self, state: _State, pieces: list[Block]) -> None:
+        size = sum(b.size for b in pieces)
+        if not state.info.size_is_deferred and size != state.info.size:
+            raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
+        await self._store._commit(self, pieces, state.info)
+
+    async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
+        await self._store._put_tail(self, spool, starts_at)
+
+    def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
+        return self._store._read(self.tail_blob, 0, size)
+
+    async def _delete_tail(self) -> None:
+        await self._store._delete_quietly(self.tail_blob)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
@@ -382,42 +263,11 @@ class AzureUpload:
                 raise errors.ERR_INCOMPLETE_UPLOAD() from exc
             raise _storage_error(exc) from exc
 
-    async def finish(self) -> None:
-        state = await self.state()
-        if state.completed:
-            return
-        store = self._store
-        blocks = list(state.blocks)
-        try:
-            if state.tail_size:  # a deferred length declared after the last bytes: the tail is the last block
-                tail_size = state.tail_size
-                writer = self._writer(state, lambda number: tail_size, 1)
-                await writer.prepend(self._tail_blocks(tail_size))
-                writer.dispatch()
-                blocks.extend(await writer.settle())
-            size = sum(b.size for b in blocks)
-            if not state.info.size_is_deferred and size != state.info.size:
-                raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
-            await store._commit(self, blocks, state.info)
-        except Exception as exc:
-            self._state = None
-            raise _storage_error(exc) from exc
-        state.blocks, state.completed, state.completed_size = blocks, True, size
-        if state.tail_size or state.stale_tail:
-            await store._delete_quietly(self.tail_blob)
-            state.tail_size, state.stale_tail = 0, False
-
     async def modified_time(self) -> float:
         state = await self.state()
         return state.blob_modified if state.completed else state.info_modified
 
     # -- capabilities (AzureStore.capabilities) -------------------------------------------------------------------
-
-    async def terminate(self) -> None:
-        await self._store._terminate(self)
-
-    async def declare_length(self, length: int) -> None:
-        await self._store._declare_length(self, length)
 
 
 # --- the store -----------------------------------------------------------------------------------------------------
@@ -560,8 +410,8 @@ class AzureStore:
     async def _stage_block(
         self, upload: AzureUpload, tusd: bool, number: int, start: int, spool: IO[bytes] | None, size: int
     ) -> Block:
-        if number > self.plan.max_blocks or size > self.plan.max_block_size:
-            raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_blocks} blocks")
+        if number > self.plan.max_pieces or size > self.plan.max_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_pieces} blocks")
         if spool is None or size == 0:
             raise errors.ERR_INTERNAL_SERVER_ERROR("Azure refuses empty blocks")
         block = Block(number, start, size, tusd)
@@ -606,33 +456,17 @@ class AzureStore:
             if not _is_missing(exc):
                 log.warning("could not delete %s: %s", blob.blob_name, exc)
 
-    async def _read(self, blob: BlobClient, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes ``start`` up to ``end`` of a committed blob, in ranges of ``READ_RANGE``, the next one fetched while
-        the current one is consumed (the SDK would hold its first 32 MiB in memory)."""
+    def _read(self, blob: BlobClient, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        """Bytes ``start`` up to ``end`` of a blob, in ranges of ``READ_RANGE``, one ahead of the reader (the SDK
+        would hold its first 32 MiB in memory)."""
 
-        def fetch(first: int, count: int) -> bytes:
-            data = blob.download_blob(offset=first, length=count, max_concurrency=1).readall()
-            if len(data) != count:
+        def fetch(first: int, stop: int) -> bytes:
+            data = blob.download_blob(offset=first, length=stop - first, max_concurrency=1).readall()
+            if len(data) != stop - first:
                 raise errors.ERR_INTERNAL_SERVER_ERROR(f"{blob.blob_name} is shorter than expected")
             return data
 
-        def start_fetch(first: int) -> asyncio.Task[bytes] | None:
-            if first >= end:
-                return None
-            return asyncio.ensure_future(self._call(fetch, first, min(READ_RANGE, end - first)))
-
-        pending = start_fetch(start)
-        try:
-            while pending is not None:
-                current = pending
-                data = await current
-                pending = start_fetch(start := start + len(data))
-                yield data
-        finally:  # the reader stopped early (the client went away): drop the range fetched ahead
-            if pending is not None:
-                pending.cancel()
-                if pending.done() and not pending.cancelled():
-                    pending.exception()  # retrieved, so that asyncio does not warn about it
+        return read_ahead(functools.partial(self._call, fetch), start, end, READ_RANGE)
 
     # -- reading the state ----------------------------------------------------------------------------------------
 
@@ -667,18 +501,11 @@ class AzureStore:
             starts_at = (properties.metadata or {}).get(TAIL_OFFSET_KEY, "")
             return int(properties.size), int(starts_at) if starts_at.isdigit() else None
 
-        try:
-            raw_info, listing, (tail_size, tail_start) = await asyncio.gather(
-                self._call(read_info), self._call(list_blocks), self._call(head_tail)
-            )
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        if raw_info is None:
-            raise errors.ERR_UPLOAD_NOT_FOUND()
-        info = UploadInfo.from_json(raw_info[0])
-        if info.id != upload.id:  # an .info reached under another name is not this upload
-            raise errors.ERR_UPLOAD_NOT_FOUND()
-        state = _State(info=info, info_modified=raw_info[1])
+        raw_info, listing, (tail_size, tail_start) = await upload._gather(
+            self._call(read_info), self._call(list_blocks), self._call(head_tail)
+        )
+        info, modified = upload._parse_info(raw_info)
+        state = _State(info=info, info_modified=modified)
         if listing is not None:
             blocks, headers = listing
             staged = blocks.uncommitted_blocks or []
@@ -698,12 +525,9 @@ class AzureStore:
                 state.tusd = parsed[1] is None
                 if parsed[0] != MARKER_INDEX:
                     listed.append((parsed[0], parsed[1], int(block.size)))
-            state.blocks = chain(listed)
-        if tail_size:
-            if tail_start == state.blocks_size:
-                state.tail_size = tail_size
-            else:
-                state.stale_tail = True
+            state.pieces = chain(listed)
+            state.next_number = len(state.pieces) + 1
+        state.adopt_tail(tail_size, tail_start)
         return state
 
     # -- DataStore ------------------------------------------------------------------------------------------------
@@ -764,16 +588,6 @@ class AzureStore:
             await delete(upload.blob)
         except Exception as exc:
             raise _storage_error(exc) from exc
-
-    async def _declare_length(self, upload: AzureUpload, length: int) -> None:
-        state = await upload.state()
-        self.plan.check_fits(length, len(state.blocks) + 1, state.offset)
-        info = state.info.replace(size=length, size_is_deferred=False)
-        try:
-            await self._put_info(upload, info)
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        state.info = info
 
     async def upload_ids(self) -> AsyncIterator[str]:
         """Every upload, from the names of the ``.info`` blobs."""

@@ -32,18 +32,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, download_headers, new_upload_id
 from .base import Capabilities, Upload
-from .streaming import Blocking, PieceWriter, concat_by_streaming, contiguous, feed_body, gather_all
+from .objects.engine import PieceUpload, State, StoreNames, read_ahead, storage_error
+from .objects.plan import PiecePlan
+from .objects.spool import Blocking, concat_by_streaming, contiguous, gather_all
 
 if TYPE_CHECKING:
     from google.cloud.storage import Client
@@ -147,7 +150,8 @@ class StoredObject:
 
 @dataclass
 class Chunk:
-    """Chunk object ``number - 1`` (``number`` counts from 1, like the pieces of a :class:`PieceWriter`)."""
+    """Chunk object ``number - 1`` (``number`` counts from 1, like every store's pieces in
+    :class:`~.objects.spool.PieceWriter`)."""
 
     number: int
     object: StoredObject
@@ -158,20 +162,14 @@ class Chunk:
 
 
 @dataclass
-class _State:
-    info: UploadInfo
-    chunks: list[Chunk] = field(default_factory=list)  # contiguous from number 1
+class _State(State[Chunk]):
     stale: list[str] = field(default_factory=list)  # chunk objects after a gap
     temporaries: list[str] = field(default_factory=list)  # left by a compose that did not end
     final: StoredObject | None = None  # <key>: the upload is finished
 
     @property
-    def chunks_size(self) -> int:
-        return sum(c.size for c in self.chunks)
-
-    @property
     def offset(self) -> int:
-        return self.final.size if self.final is not None else self.chunks_size
+        return self.final.size if self.final is not None else self.pieces_size
 
 
 def _status(exc: BaseException) -> int | None:
@@ -190,11 +188,7 @@ RETRY_TIMEOUT = 20.0  # seconds a GCS request is retried in all (transient error
 
 
 def _storage_error(exc: BaseException) -> errors.TusError:
-    if isinstance(exc, errors.TusError):
-        return exc
-    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
-        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the GCS storage", exc)
-    return errors.ERR_INTERNAL_SERVER_ERROR(f"GCS error: {exc}")
+    return storage_error(exc, "GCS")
 
 
 def _object_of(blob: Any, fallback_size: int = 0) -> StoredObject:
@@ -224,72 +218,41 @@ def _combined_crc(sources: Sequence[StoredObject]) -> int | None:
 # --- the upload ----------------------------------------------------------------------------------------------------
 
 
-class GCSUpload:
-    """One upload in a :class:`GCSStore`. Its state is read from the bucket once per request (under its lock)."""
+class GCSUpload(PieceUpload[Chunk, _State]):
+    """One upload in a :class:`GCSStore`: pieces are the chunk objects; no tail (GCS has no minimum object size)."""
+
+    names = StoreNames("GCS", "chunk", "", log)
+    _store: GCSStore
 
     def __init__(self, store: GCSStore, upload_id: str, state: _State | None = None) -> None:
-        self._store = store
-        self.id = upload_id
+        super().__init__(store, upload_id, state, max_buffered=store.max_buffered_chunks)
         self.key = store.object_key(upload_id)
-        self._state = state
 
-    async def state(self) -> _State:
-        if self._state is None:
-            self._state = await self._store._load(self)
-        return self._state
+    # -- the engine's backend (PieceUpload) -----------------------------------------------------------------------
 
-    async def info(self) -> UploadInfo:
-        state = await self.state()
-        return state.info.replace(offset=state.offset)
+    async def _put_piece(self, state: _State, number: int, start: int, spool: IO[bytes] | None, size: int) -> Chunk:
+        store = self._store
+        obj = await store._send(store._upload_chunk, store.chunk_name(self.key, number), spool, size)
+        return Chunk(number, obj)
 
-    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        state = await self.state()
-        if offset != state.offset:
-            raise errors.ERR_MISMATCHED_OFFSET()
+    async def _put_info(self, info: UploadInfo) -> None:
+        await self._store._call(self._store._put_info, self.key, info)
+
+    def _check_length(self, state: _State, length: int) -> None:
+        pass  # a composed object has no size limit that the chunks could not reach
+
+    async def _before_pieces(self, state: _State) -> None:
         if state.final is not None:
             raise errors.ERR_UPLOAD_SIZE_EXCEEDED("the upload is finished")
-        store = self._store
         if state.stale:  # chunks after a gap go first: a new chunk must never make them contiguous
             try:
-                await store._delete(state.stale)
+                await self._store._delete(state.stale)
             except Exception as exc:
                 self._state = None
                 raise _storage_error(exc) from exc
             state.stale = []
-        writer: PieceWriter[Chunk] = PieceWriter(
-            self._put_chunk,
-            first_number=len(state.chunks) + 1,
-            piece_size=lambda number: store.chunk_size,
-            max_buffered=store.max_buffered_chunks,
-            temp_dir=store.temp_dir,
-        )
-        try:
-            body_error = await feed_body(chunks, writer.feed)
-            if writer.spool_size:
-                writer.dispatch()  # what is left is a short chunk: GCS has no minimum object size
-            else:
-                leftover = writer.detach()
-                if leftover is not None:
-                    leftover.close()
-            stored = contiguous([*state.chunks, *await writer.settle()])
-            if len(stored) != writer.next_number - 1:
-                raise errors.ERR_INTERNAL_SERVER_ERROR("a chunk upload went missing")
-            state.chunks = stored
-        except BaseException as exc:
-            await writer.abandon()
-            self._state = None  # the truth is in the bucket: read it again
-            if isinstance(exc, Exception):
-                log.warning("upload %s: GCS write failed: %s", self.id, exc)
-                raise _storage_error(exc) from exc
-            raise
-        if body_error is not None:
-            raise body_error
-        return state.offset - offset
 
-    async def _put_chunk(self, number: int, spool: IO[bytes] | None, size: int) -> Chunk:
-        store = self._store
-        obj = await store._send(store._upload_chunk, store.chunk_name(self.key, number), spool, size)
-        return Chunk(number, obj)
+    # -- reading ----------------------------------------------------------------------------------------------------
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
@@ -304,7 +267,7 @@ class GCSUpload:
                         yield block
                 return
             position, base = start, 0
-            for chunk in state.chunks:
+            for chunk in state.pieces:
                 chunk_end = base + chunk.size
                 if position < chunk_end and base < stop:
                     try:
@@ -334,15 +297,15 @@ class GCSUpload:
         store = self._store
         if state.final is None:
             info = state.info
-            if info.size_is_deferred or state.chunks_size != info.size:
+            if info.size_is_deferred or state.pieces_size != info.size:
                 raise errors.ERR_INTERNAL_SERVER_ERROR(
-                    f"cannot finish upload {self.id}: {state.chunks_size} of {info.size} bytes are stored"
+                    f"cannot finish upload {self.id}: {state.pieces_size} of {info.size} bytes are stored"
                 )
             content_type, metadata = store.final_attributes(info)
             try:
-                if state.chunks:
+                if state.pieces:
                     state.final = await store._compose(
-                        [c.object for c in state.chunks], self.key, content_type, metadata
+                        [c.object for c in state.pieces], self.key, content_type, metadata
                     )
                 else:
                     state.final = await store._call(store._put_empty, self.key, content_type, metadata)
@@ -350,17 +313,17 @@ class GCSUpload:
                 self._state = None
                 raise _storage_error(exc) from exc
         # Housekeeping: the chunks are in the final object now. Leftovers are removed by a later finish or terminate.
-        leftovers = [c.object.name for c in state.chunks] + state.stale + state.temporaries
+        leftovers = [c.object.name for c in state.pieces] + state.stale + state.temporaries
         if leftovers:
             await store._delete_quietly(leftovers)
-        state.chunks, state.stale, state.temporaries = [], [], []
+        state.pieces, state.stale, state.temporaries = [], [], []
 
     async def modified_time(self) -> float:
         state = await self.state()
         if state.final is not None:
             return state.final.updated
-        if state.chunks:
-            return max(c.object.updated for c in state.chunks)
+        if state.pieces:
+            return max(c.object.updated for c in state.pieces)
         store = self._store
         try:
             info_object = await store._call(store._head, store.info_name(self.key))
@@ -371,12 +334,6 @@ class GCSUpload:
         return info_object.updated
 
     # -- capabilities (GCSStore.capabilities) ---------------------------------------------------------------------
-
-    async def terminate(self) -> None:
-        await self._store._terminate(self)
-
-    async def declare_length(self, length: int) -> None:
-        await self._store._declare_length(self, length)
 
     async def concat(self, partials: Sequence[Upload]) -> None:
         await self._store._concat(self, partials)
@@ -458,6 +415,11 @@ class GCSStore:
     @staticmethod
     def temporary_name(key: str, level: int, index: int) -> str:
         return f"{key}_tmp_{level}_{index}"
+
+    @property
+    def plan(self) -> PiecePlan:
+        """Every chunk is ``chunk_size`` bytes but a request's last; GCS composes any number of them."""
+        return PiecePlan(preferred_size=self.chunk_size, max_size=self.chunk_size, doubling=None)
 
     def final_attributes(self, info: UploadInfo) -> tuple[str, dict[str, str]]:
         """Content-Type and custom metadata of the finished upload's object.
@@ -594,26 +556,10 @@ class GCSStore:
         except Exception as exc:  # housekeeping: what is left is removed by a later finish or terminate
             log.warning("could not delete %d GCS objects (%s...): %s", len(names), names[0], exc)
 
-    async def _download(self, obj: StoredObject, first: int, stop: int) -> AsyncGenerator[bytes, None]:
+    def _download(self, obj: StoredObject, first: int, stop: int) -> AsyncGenerator[bytes, None]:
         """Bytes ``first`` up to ``stop`` of one object (pinned to its generation), one ranged request per block,
         the next block fetched while the current one is passed on."""
-
-        def fetch(block_start: int) -> asyncio.Future[bytes]:
-            block_stop = min(stop, block_start + READ_BLOCK)
-            return asyncio.ensure_future(self._call(self._read_range, obj, block_start, block_stop))
-
-        pending: asyncio.Future[bytes] | None = fetch(first)
-        position = first
-        try:
-            while pending is not None:
-                current = pending
-                position = min(stop, position + READ_BLOCK)
-                pending = fetch(position) if position < stop else None
-                yield await current
-        finally:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+        return read_ahead(functools.partial(self._call, self._read_range, obj), first, stop, READ_BLOCK)
 
     async def _compose(
         self, sources: list[StoredObject], name: str, content_type: str, metadata: dict[str, str]
@@ -655,22 +601,20 @@ class GCSStore:
     # -- reading the state ----------------------------------------------------------------------------------------
 
     async def _load(self, upload: GCSUpload) -> _State:
-        try:
-            raw_info, (chunks, temporaries), final = await asyncio.gather(
-                self._call(self._read_info, upload.key),
-                self._call(self._list, upload.key),
-                self._call(self._head, upload.key),
-            )
-        except Exception as exc:
-            raise _storage_error(exc) from exc
+        raw_info, (chunks, temporaries), final = await upload._gather(
+            self._call(self._read_info, upload.key),
+            self._call(self._list, upload.key),
+            self._call(self._head, upload.key),
+        )
         if raw_info is None:
             raise errors.ERR_UPLOAD_NOT_FOUND()
         info = UploadInfo.from_json(raw_info)
         if info.id != upload.id:
             info = info.replace(id=upload.id)
         state = _State(info=info, final=final, temporaries=temporaries)
-        state.chunks = contiguous(chunks)
-        counted = {c.number for c in state.chunks}
+        state.pieces = contiguous(chunks)
+        state.next_number = len(state.pieces) + 1
+        counted = {c.number for c in state.pieces}
         state.stale = [c.object.name for c in chunks if c.number not in counted]
         return state
 
@@ -741,15 +685,6 @@ class GCSStore:
             raise _storage_error(exc) from exc
         upload._state = None
 
-    async def _declare_length(self, upload: GCSUpload, length: int) -> None:
-        state = await upload.state()
-        info = state.info.replace(size=length, size_is_deferred=False)
-        try:
-            await self._call(self._put_info, upload.key, info)
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        state.info = info
-
     async def _concat(self, final: GCSUpload, partials: Sequence[Upload]) -> None:
         """Compose the partials' final objects into the final upload's object (a partial that is complete but not
         finished yet contributes its chunk objects). Partials of another store are streamed instead."""
@@ -764,7 +699,7 @@ class GCSStore:
             if partial_state.final is not None:
                 sources.append(partial_state.final)
             else:
-                sources.extend(c.object for c in partial_state.chunks)
+                sources.extend(c.object for c in partial_state.pieces)
         sources = [s for s in sources if s.size]  # empty objects add nothing and would take compose slots
         content_type, metadata = self.final_attributes(state.info)
         try:

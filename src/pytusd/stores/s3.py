@@ -39,7 +39,7 @@ import math
 import re
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -47,7 +47,9 @@ from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
 from ..observe import logs
 from .base import Capabilities, Upload
-from .streaming import Blocking, PieceWriter, concat_by_streaming, feed_body, gather_all
+from .objects.engine import PieceUpload, State, StoreNames, storage_error
+from .objects.plan import PiecePlan
+from .objects.spool import Blocking, concat_by_streaming, gather_all
 
 if TYPE_CHECKING:
     from botocore.config import _S3Dict  # botocore-stubs' TypedDict for Config(s3=...)
@@ -70,57 +72,25 @@ _HEADER_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
 
 
 
-# --- part planning (pure) ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartPlan:
-    """How an upload is cut into parts; pure arithmetic, so it is tested on its own."""
-
-    part_size: int = DEFAULT_PART_SIZE
-    min_part_size: int = DEFAULT_MIN_PART_SIZE
-    max_part_size: int = MAX_PART_SIZE
-    max_parts: int = MAX_PARTS
-    max_object_size: int = MAX_OBJECT_SIZE
-
-    def size_of(self, number: int, length: int | None) -> int:
-        """The size of full part ``number`` (1-based) of an upload of ``length`` bytes (None: deferred)."""
-        if length is not None:
-            return min(self.max_part_size, max(self.part_size, self.min_part_size, -(-length // self.max_parts)))
-        doublings = min((number - 1) // DEFERRED_DOUBLING, 40)
-        return min(self.max_part_size, max(self.part_size, self.min_part_size) << doublings)
-
-    def capacity(self, first: int, length: int | None) -> int:
-        """How many bytes full parts ``first`` up to ``max_parts`` hold."""
-        if first > self.max_parts:
-            return 0
-        if length is not None:
-            return (self.max_parts - first + 1) * self.size_of(first, length)
-        total, number = 0, first
-        while number <= self.max_parts:
-            block_end = min(self.max_parts, ((number - 1) // DEFERRED_DOUBLING + 1) * DEFERRED_DOUBLING)
-            total += (block_end - number + 1) * self.size_of(number, None)
-            number = block_end + 1
-        return total
-
-    def short_part_allowed(self, number: int, size: int, offset_after: int, length: int | None) -> bool:
-        """Whether part ``number`` may hold only ``size`` bytes (fewer than a full part) and the upload still fit:
-        it must meet S3's minimum, and the parts after it must be able to hold everything that is left."""
-        if size < self.min_part_size:
-            return False
-        remaining = (length if length is not None else self.max_object_size) - offset_after
-        return self.capacity(number + 1, length) >= remaining
-
-    def remainder_is_part(self, number: int, size: int, offset_after: int, length: int | None) -> bool:
-        """Where the ``size`` bytes left at the end of a request go: part ``number`` (True) or the tail object.
-        The last bytes of an upload are always its last part, whatever their size."""
-        if length is not None and offset_after == length:
-            return True
-        return self.short_part_allowed(number, size, offset_after, length)
-
-    def check_length(self, length: int) -> None:
-        if length > self.max_object_size or self.size_of(1, length) * self.max_parts < length:
-            raise errors.ERR_MAX_SIZE_EXCEEDED(f"S3 objects are at most {self.max_object_size} bytes")
+def PartPlan(  # noqa: N802 - the name the part plan had before it became a PiecePlan
+    *,
+    part_size: int = DEFAULT_PART_SIZE,
+    min_part_size: int = DEFAULT_MIN_PART_SIZE,
+    max_part_size: int = MAX_PART_SIZE,
+    max_parts: int = MAX_PARTS,
+    max_object_size: int = MAX_OBJECT_SIZE,
+) -> PiecePlan:
+    """How an upload is cut into S3 parts: S3's limits; a deferred length may reach the largest object."""
+    return PiecePlan(
+        preferred_size=part_size,
+        min_size=min_part_size,
+        max_size=max_part_size,
+        max_pieces=max_parts,
+        max_total=max_object_size,
+        max_deferred=max_object_size,
+        doubling=DEFERRED_DOUBLING,
+        limit_name="S3 objects",
+    )
 
 
 # --- state derived from S3 -----------------------------------------------------------------------------------------
@@ -170,24 +140,13 @@ def chain(parts: Sequence[Part], skips: Sequence[tuple[int, int]]) -> tuple[list
 
 
 @dataclass
-class _State:
-    info: UploadInfo
-    parts: list[Part] = field(default_factory=list)
+class _State(State[Part]):
     orphans: list[int] = field(default_factory=list)  # numbers of stored parts beyond the run (after a gap)
     leftovers: list[Part] = field(default_factory=list)  # every stored part that is not in the run
-    next_number: int = 1
-    tail_size: int = 0
-    stale_tail: bool = False  # a tail object exists whose bytes are in a part already
-    completed: bool = False  # the multipart upload is gone: completed (or aborted)
-    info_modified: float = 0.0
-
-    @property
-    def parts_size(self) -> int:
-        return sum(p.size for p in self.parts)
 
     @property
     def offset(self) -> int:
-        return self.info.size if self.completed else self.parts_size + self.tail_size
+        return self.info.size if self.completed else self.pieces_size + self.tail_size
 
 
 def _error_code(exc: BaseException) -> str:
@@ -202,108 +161,60 @@ def _is_missing(exc: BaseException) -> bool:
 
 
 def _storage_error(exc: BaseException) -> errors.TusError:
-    if isinstance(exc, errors.TusError):
-        return exc
-    if errors.unreachable(exc):  # 503 ERR_STORAGE_UNAVAILABLE with Retry-After, one log line
-        return errors.unavailable(errors.ERR_STORAGE_UNAVAILABLE, "the S3 storage", exc)
-    return errors.ERR_INTERNAL_SERVER_ERROR(f"S3 error: {exc}")
+    return storage_error(exc, "S3")
 
 
 # --- the upload ----------------------------------------------------------------------------------------------------
 
 
-class S3Upload:
-    """One upload in an :class:`S3Store`. Its state is read from S3 once per request (under the upload's lock)."""
+class S3Upload(PieceUpload[Part, _State]):
+    """One upload in an :class:`S3Store`: pieces are the multipart upload's parts, the tail is ``.part``."""
+
+    names = StoreNames("S3", "part", "the tail object", log)
+    _store: S3Store
 
     def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
-        self._store = store
+        super().__init__(store, f"{object_id}+{multipart_id}", state, max_buffered=store.max_buffered_parts)
         self.object_id = object_id
         self.multipart_id = multipart_id
-        self._state = state
 
-    @property
-    def id(self) -> str:
-        return f"{self.object_id}+{self.multipart_id}"
+    # -- the engine's backend (PieceUpload) -----------------------------------------------------------------------
 
-    async def state(self) -> _State:
-        if self._state is None:
-            self._state = await self._store._load(self)
-        return self._state
+    async def _put_piece(self, state: _State, number: int, start: int, spool: IO[bytes] | None, size: int) -> Part:
+        return await self._store._upload_part(self, number, spool, size)
 
-    async def info(self) -> UploadInfo:
-        state = await self.state()
-        return state.info.replace(offset=state.offset)
+    async def _put_info(self, info: UploadInfo) -> None:
+        await self._store._put_info(self, info)
 
-    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
-        state = await self.state()
-        if offset != state.offset:
-            raise errors.ERR_MISMATCHED_OFFSET()
-        store, plan = self._store, self._store.plan
+    async def _before_pieces(self, state: _State) -> None:
         if state.orphans:
-            await store._skip_orphans(self, state)
-        length = None if state.info.size_is_deferred else state.info.size
-        writer: PieceWriter[Part] = PieceWriter(
-            functools.partial(store._upload_part, self),
-            first_number=state.next_number,
-            piece_size=lambda number: plan.size_of(number, length),
-            max_buffered=store.max_buffered_parts,
-            temp_dir=store.temp_dir,
-        )
-        new_tail = None
-        try:
-            if state.tail_size:
-                await writer.prepend(self._tail_blocks(state.tail_size))
-            body_error = await feed_body(chunks, writer.feed)
-            # The rest: a part of its own (the upload's end, or a short part there is room for), else the tail.
-            remainder = writer.spool_size
-            if remainder:
-                stored = state.parts_size + writer.dispatched + remainder
-                if plan.remainder_is_part(writer.next_number, remainder, stored, length):
-                    writer.dispatch()
-                else:
-                    new_tail = writer.detach()
-            new_parts = await writer.settle()
-            parts, state.next_number = chain([*state.parts, *new_parts], parse_skips(state.info.storage.get(SKIP_KEY, "")))
-            if len(parts) != len(state.parts) + len(new_parts):
-                raise errors.ERR_INTERNAL_SERVER_ERROR("a part upload went missing")
-            state.parts = parts
-            if new_tail is not None:
-                await store._put_tail(self, new_tail, state.parts_size)
-                state.tail_size, state.stale_tail = remainder, False
-            elif state.tail_size or state.stale_tail:
-                # The tail's bytes are in a part now (or were already): the tail object is stale, remove it.
-                state.tail_size, state.stale_tail = 0, True
-                await store._delete_quietly(store.meta_key(self.object_id + ".part"))
-                state.stale_tail = False
-        except BaseException as exc:
-            await writer.abandon()
-            self._state = None  # the truth is in S3: read it again
-            if isinstance(exc, Exception):
-                if not errors.unreachable(exc):  # else _storage_error logs the one line
-                    log.warning("upload %s: S3 write failed: %s", self.id, exc)
-                raise _storage_error(exc) from exc
-            raise
-        finally:
-            if new_tail is not None:
-                new_tail.close()
-        if body_error is not None:
-            raise body_error
-        return state.offset - offset
+            await self._store._skip_orphans(self, state)
 
-    async def _tail_blocks(self, expected: int) -> AsyncIterator[bytes]:
+    def _chain(self, state: _State, pieces: list[Part]) -> tuple[list[Part], int]:
+        return chain(pieces, parse_skips(state.info.storage.get(SKIP_KEY, "")))
+
+    async def _commit(self, state: _State, pieces: list[Part]) -> None:
         store = self._store
-        response = await store._call(
-            store.client.get_object, Bucket=store.bucket, Key=store.meta_key(self.object_id + ".part")
-        )
-        body, received = response["Body"], 0
-        try:
-            while block := await store._call(body.read, READ_BLOCK):
-                received += len(block)
-                yield block
-        finally:
-            body.close()
-        if received != expected:
-            raise errors.ERR_INTERNAL_SERVER_ERROR("the tail object changed while it was read")
+        if not pieces:  # an empty upload still needs one (empty) part
+            pieces.append(await store._upload_part(self, 1, None, 0))
+        if state.leftovers:
+            await store._complete_around_leftovers(self, state, pieces)
+        else:
+            await store._complete(self, self.multipart_id, pieces)
+
+    async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
+        await self._store._put_tail(self, spool, starts_at)
+
+    async def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
+        store = self._store
+        response = await store._call(store.client.get_object, Bucket=store.bucket, Key=store.tail_key(self))
+        async for block in store._blocks(response):
+            yield block
+
+    async def _delete_tail(self) -> None:
+        await self._store._delete_quietly(self._store.tail_key(self))
+
+    # -- reading ----------------------------------------------------------------------------------------------------
 
     async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         store = self._store
@@ -316,47 +227,8 @@ class S3Upload:
             if _is_missing(exc):
                 raise errors.ERR_INCOMPLETE_UPLOAD() from exc
             raise _storage_error(exc) from exc
-        body = response["Body"]
-        try:
-            while block := await store._call(body.read, READ_BLOCK):
-                yield block
-        finally:
-            body.close()
-
-    async def finish(self) -> None:
-        state = await self.state()
-        if state.completed:
-            return
-        store = self._store
-        parts = list(state.parts)
-        try:
-            if state.tail_size:  # a deferred length declared after the last bytes: the tail is the last part
-                if state.orphans:
-                    await store._skip_orphans(self, state)
-                writer: PieceWriter[Part] = PieceWriter(
-                    functools.partial(store._upload_part, self),
-                    first_number=state.next_number,
-                    piece_size=lambda number: state.tail_size,
-                    max_buffered=1,
-                    temp_dir=store.temp_dir,
-                )
-                await writer.prepend(self._tail_blocks(state.tail_size))
-                writer.dispatch()
-                parts.extend(await writer.settle())
-            if not parts:  # an empty upload still needs one (empty) part
-                parts.append(await store._upload_part(self, 1, None, 0))
-            if state.leftovers:
-                await store._complete_around_leftovers(self, state, parts)
-            else:
-                await store._complete(self, self.multipart_id, parts)
-        except Exception as exc:
-            self._state = None
-            raise _storage_error(exc) from exc
-        state.parts = parts
-        state.completed = True
-        if state.tail_size or state.stale_tail:
-            await store._delete_quietly(store.meta_key(self.object_id + ".part"))
-            state.tail_size, state.stale_tail = 0, False
+        async for block in store._blocks(response):
+            yield block
 
     async def modified_time(self) -> float:
         state = await self.state()
@@ -370,12 +242,6 @@ class S3Upload:
         return float(head["LastModified"].timestamp())
 
     # -- capabilities (S3Store.capabilities) ----------------------------------------------------------------------
-
-    async def terminate(self) -> None:
-        await self._store._terminate(self)
-
-    async def declare_length(self, length: int) -> None:
-        await self._store._declare_length(self, length)
 
     async def concat(self, partials: Sequence[Upload]) -> None:
         await self._store._concat(self, partials)
@@ -458,7 +324,22 @@ class S3Store:
     def meta_key(self, name: str) -> str:
         return self._with_prefix(self.metadata_object_prefix or self.object_prefix, name)
 
+    def info_key(self, upload: S3Upload) -> str:
+        return self.meta_key(upload.object_id + ".info")
+
+    def tail_key(self, upload: S3Upload) -> str:
+        return self.meta_key(upload.object_id + ".part")
+
     # -- plumbing -------------------------------------------------------------------------------------------------
+
+    async def _blocks(self, response: Any) -> AsyncIterator[bytes]:
+        """The body of a GetObject answer, read from a thread a block at a time."""
+        body = response["Body"]
+        try:
+            while block := await self._call(body.read, READ_BLOCK):
+                yield block
+        finally:
+            body.close()
 
     async def _upload_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> Part:
         if self._part_slots is None:
@@ -526,7 +407,7 @@ class S3Store:
             spool.seek(0)
             self.client.put_object(
                 Bucket=self.bucket,
-                Key=self.meta_key(upload.object_id + ".part"),
+                Key=self.tail_key(upload),
                 Body=spool,
                 Metadata={TAIL_OFFSET_KEY: str(starts_at)},
             )
@@ -560,16 +441,16 @@ class S3Store:
         if everything[-1].number != parts[-1].number:
             raise errors.ERR_INTERNAL_SERVER_ERROR("a leftover part is numbered after the upload's last part")
         for i, part in enumerate(everything[:-1]):  # every part but the last must meet S3's minimum
-            if part in state.leftovers and part.size < self.plan.min_part_size:
+            if part in state.leftovers and part.size < self.plan.min_size:
                 filler = await self._call(
                     self.client.upload_part,
                     Bucket=self.bucket,
                     Key=self.object_key(upload.object_id),
                     UploadId=upload.multipart_id,
                     PartNumber=part.number,
-                    Body=bytes(self.plan.min_part_size),
+                    Body=bytes(self.plan.min_size),
                 )
-                everything[i] = Part(part.number, self.plan.min_part_size, str(filler["ETag"]))
+                everything[i] = Part(part.number, self.plan.min_size, str(filler["ETag"]))
         ranges: list[list[int]] = []
         position, wanted = 0, {p.number for p in parts}
         for part in everything:
@@ -602,7 +483,7 @@ class S3Store:
                 repair_id = str(created["UploadId"])
                 pieces: list[tuple[int, int]] = []
                 for first, last in ranges:
-                    count = max(1, math.ceil((last - first + 1) / self.plan.max_part_size))
+                    count = max(1, math.ceil((last - first + 1) / self.plan.max_size))
                     step = math.ceil((last - first + 1) / count)
                     pieces.extend((a, min(last, a + step - 1)) for a in range(first, last + 1, step))
                 parts = []
@@ -638,7 +519,7 @@ class S3Store:
         await self._call(
             self.client.put_object,
             Bucket=self.bucket,
-            Key=self.meta_key(upload.object_id + ".info"),
+            Key=self.info_key(upload),
             Body=info.to_json(),
             ContentType="application/json",
         )
@@ -650,7 +531,7 @@ class S3Store:
 
         def read_info() -> tuple[bytes, float] | None:
             try:
-                response = client.get_object(Bucket=bucket, Key=self.meta_key(upload.object_id + ".info"))
+                response = client.get_object(Bucket=bucket, Key=self.info_key(upload))
             except Exception as exc:
                 if _is_missing(exc):
                     return None
@@ -681,7 +562,7 @@ class S3Store:
 
         def head_tail() -> tuple[int, int | None]:
             try:
-                head = client.head_object(Bucket=bucket, Key=self.meta_key(upload.object_id + ".part"))
+                head = client.head_object(Bucket=bucket, Key=self.tail_key(upload))
             except Exception as exc:
                 if _is_missing(exc) or _error_code(exc) in ("403", "AccessDenied", "Forbidden"):
                     return 0, None
@@ -689,32 +570,22 @@ class S3Store:
             starts_at = head.get("Metadata", {}).get(TAIL_OFFSET_KEY)
             return int(head["ContentLength"]), int(starts_at) if starts_at and starts_at.isdigit() else None
 
-        try:
-            raw_info, listed, (tail_size, tail_start) = await asyncio.gather(
-                self._call(read_info), self._call(list_parts), self._call(head_tail)
-            )
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        if raw_info is None:
-            raise errors.ERR_UPLOAD_NOT_FOUND()
-        info = UploadInfo.from_json(raw_info[0])
-        if info.id != upload.id:  # an .info reached through another multipart ID is not this upload
-            raise errors.ERR_UPLOAD_NOT_FOUND()
-        state = _State(info=info, info_modified=raw_info[1])
+        raw_info, listed, (tail_size, tail_start) = await upload._gather(
+            self._call(read_info), self._call(list_parts), self._call(head_tail)
+        )
+        info, modified = upload._parse_info(raw_info)
+        state = _State(info=info, info_modified=modified)
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:
                 await self._finish_repair(upload, state)
             return state
-        state.parts, state.next_number = chain(listed, parse_skips(info.storage.get(SKIP_KEY, "")))
+        state.pieces, state.next_number = chain(listed, parse_skips(info.storage.get(SKIP_KEY, "")))
         state.orphans = sorted(p.number for p in listed if p.number >= state.next_number)
-        in_run = {p.number for p in state.parts}
+        in_run = {p.number for p in state.pieces}
         state.leftovers = [p for p in listed if p.number not in in_run]
-        if tail_size:
-            if tail_start is None or tail_start == state.parts_size:
-                state.tail_size = tail_size
-            else:
-                state.stale_tail = True
+        # tusd's .part objects do not record where they start: they count as they are.
+        state.adopt_tail(tail_size, tail_start, unmarked_counts=True)
         return state
 
     # -- DataStore ------------------------------------------------------------------------------------------------
@@ -773,8 +644,8 @@ class S3Store:
         async def delete() -> None:
             keys = [
                 self.object_key(upload.object_id),
-                self.meta_key(upload.object_id + ".part"),
-                self.meta_key(upload.object_id + ".info"),
+                self.tail_key(upload),
+                self.info_key(upload),
             ]
             response = await self._call(
                 self.client.delete_objects,
@@ -807,29 +678,19 @@ class S3Store:
                 except Exception as exc:  # removed meanwhile, or not one of ours: skip it
                     log.warning("skipping %s: %s", key, exc)
 
-    async def _declare_length(self, upload: S3Upload, length: int) -> None:
-        self.plan.check_length(length)
-        state = await upload.state()
-        info = state.info.replace(size=length, size_is_deferred=False)
-        try:
-            await self._put_info(upload, info)
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        state.info = info
-
     async def _concat(self, final: S3Upload, partials: Sequence[Upload]) -> None:
         own = [p for p in partials if isinstance(p, S3Upload) and p._store is self]
         sizes = [(await p.info()).offset for p in own]
         pieces: list[tuple[S3Upload, int, int, bool]] = []  # (partial, first byte, last byte, whole object)
         for partial, size in zip(own, sizes, strict=True):
-            count = max(1, math.ceil(size / self.plan.max_part_size))
+            count = max(1, math.ceil(size / self.plan.max_size))
             step = max(1, math.ceil(size / count))
             pieces.extend((partial, first, min(size, first + step) - 1, count == 1) for first in range(0, size, step))
         copyable = (
             len(own) == len(partials)
             and all(size > 0 for size in sizes)
-            and all(last - first + 1 >= self.plan.min_part_size for _, first, last, _ in pieces[:-1])
-            and len(pieces) <= self.plan.max_parts
+            and all(last - first + 1 >= self.plan.min_size for _, first, last, _ in pieces[:-1])
+            and len(pieces) <= self.plan.max_pieces
         )
         if not copyable:
             await concat_by_streaming(final, partials)
@@ -854,7 +715,7 @@ class S3Store:
         if self._part_slots is None:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         try:
-            state.parts = await gather_all(copy(n, *piece) for n, piece in enumerate(pieces, 1))
+            state.pieces = await gather_all(copy(n, *piece) for n, piece in enumerate(pieces, 1))
         except Exception as exc:
             final._state = None
             raise _storage_error(exc) from exc

@@ -81,7 +81,7 @@ def simulate(plan: BlockPlan, length: int | None, patches: list[int], declared: 
             stored += full
             blocks += 1
         tail = 0
-        if pending and plan.remainder_is_block(blocks + 1, stored + pending, length):
+        if pending and plan.remainder_is_piece(blocks + 1, pending, stored + pending, length):
             blocks += 1
             stored += pending
         else:
@@ -107,13 +107,13 @@ def test_a_known_length_never_needs_more_than_50000_blocks():
     for length in (1, 16 * MIB, 781 * GIB, 10 * 1024 * GIB, MAX_BLOB_SIZE):
         assert plan.size_of(1, length) * MAX_BLOCKS >= length
         assert plan.size_of(1, length) <= MAX_BLOCK_SIZE
-    assert plan.size_of(1, 100 * MIB) == plan.block_size  # small uploads keep the configured block size
+    assert plan.size_of(1, 100 * MIB) == plan.preferred_size  # small uploads keep the configured block size
 
 
 def test_a_deferred_length_doubles_the_block_size_and_keeps_a_margin():
     plan = BlockPlan()
-    assert plan.size_of(1, None) == plan.block_size
-    assert plan.size_of(1001, None) == 2 * plan.block_size
+    assert plan.size_of(1, None) == plan.preferred_size
+    assert plan.size_of(1001, None) == 2 * plan.preferred_size
     assert plan.size_of(50_000, None) == MAX_BLOCK_SIZE
     # The margin above the deferred limit is what lets PATCHes end in short blocks; it holds for small blocks too.
     for block_size in (1 * MIB, 4 * MIB, 16 * MIB, 100 * MIB):
@@ -147,11 +147,11 @@ def test_a_length_declared_after_many_blocks_still_fits():
 
 def test_short_blocks_are_used_while_there_is_room():
     plan = BlockPlan()
-    assert plan.remainder_is_block(1, 3 * MIB, 100 * MIB)  # Azure has no minimum block size
-    assert plan.remainder_is_block(1, 1, 1)  # the last bytes are the last block
+    assert plan.remainder_is_piece(1, 3 * MIB, 3 * MIB, 100 * MIB)  # Azure has no minimum block size
+    assert plan.remainder_is_piece(1, 1, 1, 1)  # the last bytes are the last block
     full = BlockPlan(block_size=10, max_block_size=10, max_blocks=10, max_blob_size=100)
-    assert not full.remainder_is_block(1, 5, 100)  # 9 blocks of 10 cannot hold the other 95 bytes
-    assert full.remainder_is_block(1, 10, 100)
+    assert not full.remainder_is_piece(1, 5, 5, 100)  # 9 blocks of 10 cannot hold the other 95 bytes
+    assert full.remainder_is_piece(1, 10, 10, 100)
 
 
 def test_a_length_beyond_what_azure_holds_is_refused():

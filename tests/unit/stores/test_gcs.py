@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import unittest.mock
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -120,6 +121,13 @@ def test_crc32c_combine_matches_the_crc_of_the_concatenation():
         a, b = os.urandom(sizes[0]), os.urandom(sizes[1])
         combined = crc32c_combine(google_crc32c.value(a), google_crc32c.value(b), len(b))
         assert combined == google_crc32c.value(a + b), sizes
+
+
+def test_chunks_keep_their_size_and_a_remainder_is_always_a_chunk():
+    # GCS composes any number of chunks: no doubling for a deferred length, no tail object.
+    plan = GCSStore("b", unittest.mock.Mock(), chunk_size=KIB).plan  # the plan needs no client
+    assert plan.size_of(1, None) == plan.size_of(5_000, None) == plan.size_of(1, 10**12) == KIB
+    assert plan.remainder_is_piece(10**6, 1, 10**9 + 1, None) and plan.remainder_is_piece(1, 1, 1, 100)
 
 
 # --- writing, resuming, finishing -------------------------------------------------------------------------------------

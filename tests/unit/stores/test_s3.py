@@ -31,7 +31,7 @@ def simulate(plan: PartPlan, length: int | None, patches: list[int]) -> int:
             offset += plan.size_of(parts + 1, length)
             parts += 1
         tail = 0
-        if pending and plan.remainder_is_part(parts + 1, pending, offset + pending, length):
+        if pending and plan.remainder_is_piece(parts + 1, pending, offset + pending, length):
             parts += 1
             offset += pending
         else:
@@ -44,16 +44,16 @@ def simulate(plan: PartPlan, length: int | None, patches: list[int]) -> int:
 def test_known_length_never_needs_more_than_10000_parts():
     plan = PartPlan()
     for length in (1, 50 * MIB, 500 * 1024 * MIB, MAX_OBJECT_SIZE):
-        assert plan.size_of(1, length) * plan.max_parts >= length
-        assert plan.size_of(1, length) >= plan.min_part_size
+        assert plan.size_of(1, length) * plan.max_pieces >= length
+        assert plan.size_of(1, length) >= plan.min_size
 
 
 def test_deferred_length_capacity_reaches_the_largest_object():
     plan = PartPlan()
     assert plan.capacity(1, None) >= MAX_OBJECT_SIZE
-    assert plan.size_of(1, None) == plan.part_size
-    assert plan.size_of(1001, None) == 2 * plan.part_size
-    assert plan.size_of(10_000, None) <= plan.max_part_size
+    assert plan.size_of(1, None) == plan.preferred_size
+    assert plan.size_of(1001, None) == 2 * plan.preferred_size
+    assert plan.size_of(10_000, None) <= plan.max_size
 
 
 def test_many_small_patches_stay_under_the_part_limit():
@@ -61,7 +61,7 @@ def test_many_small_patches_stay_under_the_part_limit():
     plan = PartPlan()
     length = 60 * 1024 * MIB
     patches = [5 * MIB] * (length // (5 * MIB))
-    assert simulate(plan, length, patches) <= plan.max_parts
+    assert simulate(plan, length, patches) <= plan.max_pieces
     # Scaled down so that it runs fast: 100-part limit, 1 KiB minimum, PATCHes at exactly the minimum.
     small = PartPlan(part_size=10_240, min_part_size=1024, max_parts=100, max_object_size=10**7)
     length = 500 * 1024
@@ -73,11 +73,11 @@ def test_many_small_patches_stay_under_the_part_limit():
 
 def test_short_parts_are_used_while_there_is_room():
     plan = PartPlan()
-    assert plan.remainder_is_part(1, 5 * MIB, 5 * MIB, 100 * MIB)
-    assert not plan.remainder_is_part(1, 4 * MIB, 4 * MIB, 100 * MIB)  # below S3's minimum
-    assert plan.remainder_is_part(1, 1, 1, 1)  # the last bytes are the last part, whatever their size
+    assert plan.remainder_is_piece(1, 5 * MIB, 5 * MIB, 100 * MIB)
+    assert not plan.remainder_is_piece(1, 4 * MIB, 4 * MIB, 100 * MIB)  # below S3's minimum
+    assert plan.remainder_is_piece(1, 1, 1, 1)  # the last bytes are the last part, whatever their size
     full = PartPlan(part_size=10, min_part_size=5, max_parts=10, max_object_size=1000)
-    assert not full.remainder_is_part(1, 5, 5, 100)  # 9 parts of 10 cannot hold the other 95 bytes
+    assert not full.remainder_is_piece(1, 5, 5, 100)  # 9 parts of 10 cannot hold the other 95 bytes
 
 
 def test_a_length_beyond_what_s3_holds_is_refused():
@@ -343,7 +343,7 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
     store = config.store
     assert isinstance(store, S3Store) and isinstance(config.locker, MemoryLocker)
     assert store.bucket == "b" and store.object_key("x") == "up/x" and store.meta_key("x.info") == "up/x.info"
-    assert store.plan.part_size == 8 * MIB and store.max_buffered_parts == 3 and store.concurrent_part_uploads == 2
+    assert store.plan.preferred_size == 8 * MIB and store.max_buffered_parts == 3 and store.concurrent_part_uploads == 2
     assert store.disable_content_hashes
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
     assert store.client.meta.config.s3["addressing_style"] == "path"

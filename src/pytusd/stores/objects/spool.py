@@ -1,4 +1,4 @@
-"""What the object-storage stores share: blocking SDK calls off the event loop, and request bodies cut into pieces.
+"""Request bodies cut into spooled pieces, and blocking SDK calls off the event loop.
 
 Object stores (S3, Azure Blob, GCS) receive an upload as numbered pieces (parts, blocks, chunk objects). A
 :class:`PieceWriter` cuts a request body into such pieces while it arrives: each piece is spooled to an unnamed
@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any, Generic, Protocol, TypeVar
 
-from .base import Upload
+from ..base import Upload
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -110,18 +110,20 @@ def first_failure(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
 class PieceWriter(Generic[P]):
     """Cuts one request's bytes into numbered pieces and uploads them in the background.
 
-    ``upload(number, spool, size)`` stores one piece (``spool`` is a file positioned anywhere; None for an empty
-    piece) and returns what the store needs to remember about it. ``piece_size(number)`` is the size of full piece
-    ``number``. Full pieces are dispatched as they fill; what is left when the body ends is the caller's to place
-    (:meth:`dispatch` it as a short piece, or :meth:`detach` it).
+    ``upload(number, start, spool, size)`` stores one piece, whose first byte is byte ``start`` of the upload
+    (``spool`` is a file positioned anywhere; None for an empty piece), and returns what the store needs to remember
+    about it. ``piece_size(number, start)`` is the size of full piece ``number``. Full pieces are dispatched as they
+    fill; what is left when the body ends is the caller's to place (:meth:`dispatch` it as a short piece, or
+    :meth:`detach` it).
     """
 
     def __init__(
         self,
-        upload: Callable[[int, IO[bytes] | None, int], Awaitable[P]],
+        upload: Callable[[int, int, IO[bytes] | None, int], Awaitable[P]],
         *,
         first_number: int,
-        piece_size: Callable[[int], int],
+        first_byte: int,
+        piece_size: Callable[[int, int], int],
         max_buffered: int,
         temp_dir: str | None = None,
     ) -> None:
@@ -131,9 +133,15 @@ class PieceWriter(Generic[P]):
         self._slots = asyncio.Semaphore(max(1, max_buffered))
         self._tasks: list[asyncio.Task[P]] = []
         self.next_number = first_number
+        self.first_byte = first_byte
         self.dispatched = 0  # bytes handed to piece uploads by this writer
         self.spool: IO[bytes] | None = None
         self.spool_size = 0
+
+    @property
+    def position(self) -> int:
+        """Where the piece being filled starts in the upload."""
+        return self.first_byte + self.dispatched
 
     async def _new_spool(self) -> None:
         await self._slots.acquire()
@@ -148,7 +156,7 @@ class PieceWriter(Generic[P]):
         self.spool_size += len(data)
 
     async def prepend(self, blocks: AsyncIterable[bytes]) -> int:
-        """Start the next piece with these bytes (S3's tail object); returns how many there were."""
+        """Start the next piece with these bytes (the tail object's); returns how many there were."""
         if self.spool is None:
             await self._new_spool()
         async for block in blocks:
@@ -163,7 +171,7 @@ class PieceWriter(Generic[P]):
                 raise failure
             if self.spool is None:
                 await self._new_spool()
-            full = self._piece_size(self.next_number)
+            full = self._piece_size(self.next_number, self.position)
             room = full - self.spool_size
             self._spool_write(view[:room])
             view = view[room:]
@@ -172,7 +180,7 @@ class PieceWriter(Generic[P]):
 
     def dispatch(self) -> None:
         """Hand the current spool to a background upload as the next piece."""
-        spool, size, number = self.spool, self.spool_size, self.next_number
+        spool, size, number, start = self.spool, self.spool_size, self.next_number, self.position
         assert spool is not None
         self.spool, self.spool_size = None, 0
         self.next_number += 1
@@ -180,7 +188,7 @@ class PieceWriter(Generic[P]):
 
         async def run() -> P:
             try:
-                return await self._upload(number, spool, size)
+                return await self._upload(number, start, spool, size)
             finally:
                 spool.close()
                 self._slots.release()
