@@ -30,15 +30,16 @@ from bench.scenarios import SCENARIO_NAMES, SCENARIOS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark pytusd against tusd (Go), @tus/server (Node), the raw sink, boto3 and itself on this machine;"
-        " every comparison is measured in the same run, alternating, and reported as medians and ratios.",
+        description="Benchmark pytusd against tusd (Go), rustus (Rust), @tus/server (Node), the raw sink, boto3 and"
+        " itself on this machine; every comparison is measured in the same run, alternating, and reported as medians"
+        " and ratios.",
     )
     p.add_argument("scenario_name", nargs="?", default="", metavar="SCENARIO",
                    help="a scenario by name (upload-1g, small-uploads, slow-uploads, s3, workers); see --scenario")
     p.add_argument("--scenario", default="", help="comma-separated scenario numbers or names (default: all: 1,2,3,4,5)")
     p.add_argument("--list", action="store_true", help="list scenarios and exit")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 1 round, small sizes and short durations (~3 min instead of ~9; no verdicts)")
+                   help="smoke test: 1 round, small sizes and short durations (~3 min instead of ~14; no verdicts)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     g = p.add_argument_group("scenario 1 (upload-1g)")
     g.add_argument("--size", type=parse_size, default=None, help="upload size (default 1GiB; e.g. 64MiB)")

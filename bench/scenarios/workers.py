@@ -178,7 +178,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
         f" {counts[-1]}-worker row; its 'vs 1 worker' is its default over GOMAXPROCS=1.")] + ratios
     out += skipped_notes(ctx, "workers_servers")
     return {
-        "title": f"Scenario 5: --workers {counts[-1]} vs --workers 1 on {cores} cores",
+        "title": f"Scenario 5: --workers {counts[-1]} vs --workers 1 on {cores} cores"
+        + (", beside tusd" if "tusd" in args.workers_servers else ""),
         "table": out,
         "summary": summary,
         "verdicts": verdicts,
