@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.harness import loadclient
 from bench.harness.context import Ctx
+from bench.harness.errors import ScenarioSkipped
 from bench.harness.machine import wait_for_quiet
 from bench.harness.proc import fd_count, memory_kib, proc_counters
 from bench.harness.report import skipped_notes, verdict
@@ -58,6 +59,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
     args = ctx.args
     loadclient.raise_nofile(4 * args.slow_uploads + 1024)  # the servers inherit it
     specs = [SERVERS[s] for s in args.slow_servers]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "slow_servers")))
     rows = []
     for r in range(1, args.rounds + 1):
         for spec in rotate(specs, r - 1):

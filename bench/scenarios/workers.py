@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.harness.client import RawHTTPClient, create_upload, patch_all
 from bench.harness.context import Ctx
-from bench.harness.errors import BenchError
+from bench.harness.errors import BenchError, ScenarioSkipped
 from bench.harness.machine import prefault_memory, wait_for_quiet
 from bench.harness.proc import (
     connections_by_worker,
@@ -98,6 +98,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
                          f"{SERVERS[base].label} --workers {n}", "--workers", str(n), base=base))
             for base in args.workers_servers for n in counts]
     specs = [spec for _, _, spec in runs]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "workers_servers")))
     rows_big: list[dict[str, Any]] = []
     rows_small: list[dict[str, Any]] = []
     for r in range(1, args.rounds + 1):
