@@ -19,10 +19,10 @@ from typing import Any
 from bench.harness.context import Ctx
 from bench.harness.errors import BenchError, ScenarioSkipped
 from bench.harness.machine import QUIET, machine_info
-from bench.harness.paths import REPO_DIR, TUSD_BIN
+from bench.harness.paths import REPO_DIR
 from bench.harness.proc import mount_of
 from bench.harness.report import format_verdict, report_scenario, write_json
-from bench.harness.servers import BASELINE, PYTUSD_INSTALLS, SERVERS, stop_all_servers
+from bench.harness.servers import BASELINE, PEER_BINARIES, PYTUSD_INSTALLS, SERVERS, stop_all_servers
 from bench.harness.units import GiB, KiB, MiB, parse_size
 from bench.scenarios import SCENARIO_NAMES, SCENARIOS
 
@@ -30,15 +30,16 @@ from bench.scenarios import SCENARIO_NAMES, SCENARIOS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark pytusd against tusd (Go), @tus/server (Node), the raw sink, boto3 and itself on this machine;"
-        " every comparison is measured in the same run, alternating, and reported as medians and ratios.",
+        description="Benchmark pytusd against tusd (Go), rustus (Rust), @tus/server (Node), the raw sink, boto3 and"
+        " itself on this machine; every comparison is measured in the same run, alternating, and reported as medians"
+        " and ratios.",
     )
     p.add_argument("scenario_name", nargs="?", default="", metavar="SCENARIO",
                    help="a scenario by name (upload-1g, small-uploads, slow-uploads, s3, workers); see --scenario")
     p.add_argument("--scenario", default="", help="comma-separated scenario numbers or names (default: all: 1,2,3,4,5)")
     p.add_argument("--list", action="store_true", help="list scenarios and exit")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 1 round, small sizes and short durations (~3 min instead of ~9; no verdicts)")
+                   help="smoke test: 1 round, small sizes and short durations (~3 min instead of ~14; no verdicts)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     g = p.add_argument_group("scenario 1 (upload-1g)")
     g.add_argument("--size", type=parse_size, default=None, help="upload size (default 1GiB; e.g. 64MiB)")
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", default="", help="comma-separated subset: patch-16MiB (a, chunked), patch-single (b, single)"
     )
     g.add_argument(
-        "--servers", default="pytusd,tusd,tus-node,raw-sink", help="comma-separated subset of: " + ", ".join(SERVERS)
+        "--servers", default="pytusd,tusd,rustus-tuned,tus-node,raw-sink",
+        help="comma-separated subset of: " + ", ".join(SERVERS) + " (rustus-tuned: rustus refuses PATCHes > 256 KiB)"
     )
     g.add_argument("--warmup-size", type=parse_size, default=8 * MiB, help="warm-up upload per server (default 8MiB)")
     g.add_argument("--no-warmup", dest="warmup_size", action="store_const", const=0, help="skip the warm-up upload")
@@ -65,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--body-size", type=parse_size, default=256 * KiB, help="bytes per upload (default 256KiB)")
     g.add_argument("--duration", type=float, default=6.0, help="measured seconds per server and round (default 6)")
     g.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before that (default 2)")
-    g.add_argument("--small-servers", default="pytusd,tusd,tus-node,raw-sink",
-                   help="comma-separated subset of the --servers list (default: pytusd,tusd,tus-node,raw-sink)")
+    g.add_argument("--small-servers", default="pytusd,tusd,rustus,tus-node,raw-sink",
+                   help="comma-separated subset of the --servers list (default: pytusd,tusd,rustus,tus-node,raw-sink)")
+    g.add_argument("--head-servers", default="pytusd,tusd",
+                   help="the servers of the HEAD load (HEAD of existing uploads under the same load; any of --servers"
+                   " but the raw sink; default: pytusd,tusd; empty: skip it)")
     g.add_argument("--small-work-dir", default="",
                    help="where these uploads go (default: /dev/shm when it has 8 GiB free, else --work-dir; see README)")
     g = p.add_argument_group("scenario 3 (slow-uploads)")
@@ -75,19 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slow-chunks", type=int, default=15, help="chunks per upload (default 15)")
     g.add_argument("--slow-interval", type=float, default=1.0, help="seconds between chunks (default 1)")
     g.add_argument("--slow-ramp", type=float, default=5.0, help="seconds over which the uploads open (default 5)")
-    g.add_argument("--slow-servers", default="pytusd,tus-node",
-                   help="comma-separated subset of: pytusd, pytusd-baseline, tus-node (default: pytusd,tus-node)")
+    g.add_argument("--slow-servers", default="pytusd,tusd,rustus,tus-node",
+                   help="comma-separated subset of: pytusd, pytusd-baseline, tusd, rustus, tus-node"
+                   " (default: pytusd,tusd,rustus,tus-node)")
     g = p.add_argument_group("scenario 4 (s3)")
     g.add_argument("--s3-size", type=parse_size, default=GiB, help="upload size (default 1GiB)")
     g.add_argument("--memstore", type=parse_size, default=4 * GiB, help="Ceph memstore OSD size (default 4GiB)")
-    g.add_argument("--s3-servers", default="pytusd",
-                   help="the pytusd installs sending to RGW: pytusd and/or pytusd-baseline (default: pytusd)")
+    g.add_argument("--s3-servers", default="pytusd,tusd",
+                   help="the servers sending to RGW, each with and without content hashes: pytusd, pytusd-baseline,"
+                   " tusd (default: pytusd,tusd)")
     g = p.add_argument_group("scenario 5 (workers)")
     g.add_argument("--parallel-uploads", type=int, default=8, help="uploads at once in the 'big' load (default 8)")
     g.add_argument("--parallel-size", type=parse_size, default=GiB, help="their total size (default 1GiB)")
     g.add_argument("--max-workers", type=int, default=0, help="workers compared with 1 (default: the core count)")
-    g.add_argument("--workers-servers", default="pytusd",
-                   help="the pytusd installs compared: pytusd and/or pytusd-baseline (default: pytusd)")
+    g.add_argument("--workers-servers", default="pytusd,tusd",
+                   help="the servers compared: pytusd, pytusd-baseline (each with 1 and N workers), tusd (its default"
+                   " and GOMAXPROCS=1; default: pytusd,tusd)")
     g = p.add_argument_group("all scenarios")
     g.add_argument("--work-dir", default=tempfile.gettempdir(), help="where upload dirs go (default: the temp dir)")
     g.add_argument("--settle", type=float, default=1.0, help="seconds to pause between measurements (default 1)")
@@ -144,12 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.servers = [s for s in args.servers.split(",") if s]
     args.small_servers = [s for s in args.small_servers.split(",") if s]
-    for s in args.servers + args.small_servers:
+    args.head_servers = [s for s in args.head_servers.split(",") if s and s != "raw-sink"]
+    for s in args.servers + args.small_servers + args.head_servers:
         if s not in SERVERS:
             print(f"unknown server {s!r}; known: {', '.join(SERVERS)}", file=sys.stderr)
             return 2
-    for key, allowed in (("slow_servers", (*PYTUSD_INSTALLS, "tus-node")), ("s3_servers", PYTUSD_INSTALLS),
-                         ("workers_servers", PYTUSD_INSTALLS)):
+    for key, allowed in (("slow_servers", (*PYTUSD_INSTALLS, "tusd", "rustus", "tus-node")),
+                         ("s3_servers", (*PYTUSD_INSTALLS, "tusd")), ("workers_servers", (*PYTUSD_INSTALLS, "tusd"))):
         setattr(args, key, [s for s in getattr(args, key).split(",") if s])
         for s in getattr(args, key):
             if s not in allowed:
@@ -162,15 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pytusd-baseline needs --baseline-python PATH (a python with another pytusd installed; got"
                   f" {args.baseline_python!r}); scripts/bench-baseline [REF] builds one", file=sys.stderr)
             return 2
-    # A peer that is not installed (tusd without Go) is left out and reported as skipped by the scenarios naming it.
+    # A peer that is not installed (tusd without Go, rustus without cargo) is left out and reported as skipped by the
+    # scenarios naming it.
     missing = {}
-    if not os.access(TUSD_BIN, os.X_OK):
-        missing["tusd"] = (f"not installed ({os.path.relpath(TUSD_BIN, REPO_DIR)} missing; scripts/bench builds it"
-                           " with Go, which is missing or failed)")
-    args.skipped = {key: {n: missing[n] for n in getattr(args, key) if n in missing}
-                    for key in ("servers", "small_servers")}
-    args.servers = [s for s in args.servers if s not in missing]
-    args.small_servers = [s for s in args.small_servers if s not in missing]
+    for name, binary in PEER_BINARIES.items():
+        if not os.access(binary, os.X_OK):
+            how = "with Go" if name.startswith("tusd") else "with cargo (scripts/install-rustus)"
+            missing[name] = (f"not installed ({os.path.relpath(binary, REPO_DIR)} missing; scripts/bench builds it"
+                             f" {how}, which is missing or failed)")
+    keys = ("servers", "small_servers", "head_servers", "slow_servers", "s3_servers", "workers_servers")
+    args.skipped = {key: {n: missing[n] for n in getattr(args, key) if n in missing} for key in keys}
+    for key in keys:
+        setattr(args, key, [s for s in getattr(args, key) if s not in missing])
     if args.rounds < 1:
         print("--rounds must be >= 1", file=sys.stderr)
         return 2

@@ -69,6 +69,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        self.bodyless = False  # the response in flight answers a HEAD: no body, whatever Content-Length says
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -116,7 +117,9 @@ class Connection(asyncio.Protocol):
         status = int(head[9:12])
         low = head.lower()
         pos = end + 4
-        if b"transfer-encoding: chunked" in low:
+        if self.bodyless:
+            body = b""
+        elif b"transfer-encoding: chunked" in low:
             chunks = []
             while True:
                 line_end = buf.find(b"\r\n", pos)
@@ -164,6 +167,7 @@ class Connection(asyncio.Protocol):
         return self.waiter
 
     async def request(self, head: bytes, body: bytes | memoryview | None = None) -> Reply:
+        self.bodyless = head.startswith(b"HEAD ")
         waiter = self.expect_reply()
         await self.send(head)
         if body is not None and len(body):
@@ -203,7 +207,10 @@ async def _creation_with_upload_load(
     warmup_s: float,
     duration_s: float,
     on_window: Any = None,
+    head_mode: bool = False,
 ) -> dict[str, Any]:
+    """``head_mode``: each client creates one upload (its body in the POST) and then sends HEAD requests for it,
+    each to be answered 200 with the full Upload-Offset; only the HEADs are counted."""
     host = f"127.0.0.1:{port}"
     size = len(body)
     head = request_head(
@@ -218,22 +225,31 @@ async def _creation_with_upload_load(
     state = {"phase": "warmup"}
     window: dict[str, float] = {}
     latencies: list[float] = []
-    counts = {"ok": 0, "errors": 0, "warmup": 0}
+    counts = {"ok": 0, "errors": 0, "warmup": 0, "created": 0}
     errors: list[str] = []
 
     async def client(i: int) -> None:
         conn: Connection | None = None
         # Spread the first requests over 50 ms so that the clients do not march in lock step.
         await asyncio.sleep(random.random() * 0.05)
+        head_req = b""
         while state["phase"] != "stop":
             try:
                 if conn is None or conn.closed:
                     conn = await Connection.open("127.0.0.1", port)
+                if head_mode and not head_req:
+                    reply = await conn.request(head, body)
+                    location = reply.header("location")
+                    if reply.status != 201 or reply.header("upload-offset") != expect_offset or not location:
+                        raise HTTPError(f"{reply.status} {reply.head[:200]!r} {reply.body[:200]!r}")
+                    counts["created"] += 1
+                    head_req = request_head("HEAD", location_target(location, host, base_path), host, [TUS], 0)
+                    continue
                 phase = state["phase"]
                 t0 = loop.time()
-                reply = await conn.request(head, body)
+                reply = await (conn.request(head_req) if head_mode else conn.request(head, body))
                 t1 = loop.time()
-                if reply.status != 201 or reply.header("upload-offset") != expect_offset:
+                if reply.status != (200 if head_mode else 201) or reply.header("upload-offset") != expect_offset:
                     raise HTTPError(f"{reply.status} {reply.head[:200]!r} {reply.body[:200]!r}")
                 if (reply.header("connection") or "").lower() == "close":
                     conn.close()
@@ -281,6 +297,7 @@ async def _creation_with_upload_load(
     return {
         "requests": counts["ok"],
         "warmup_requests": counts["warmup"],
+        "created": counts["created"] if head_mode else counts["ok"] + counts["warmup"],
         "errors": counts["errors"],
         "error_samples": errors,
         "window_s": elapsed,
@@ -295,12 +312,13 @@ async def _creation_with_upload_load(
 
 
 def creation_with_upload_load(
-    port: int, base_path: str, clients: int, body: memoryview, warmup_s: float, duration_s: float, on_window: Any = None
+    port: int, base_path: str, clients: int, body: memoryview, warmup_s: float, duration_s: float,
+    on_window: Any = None, head_mode: bool = False,
 ) -> dict[str, Any]:
     loop = new_loop()
     try:
         return loop.run_until_complete(
-            _creation_with_upload_load(port, base_path, clients, body, warmup_s, duration_s, on_window)
+            _creation_with_upload_load(port, base_path, clients, body, warmup_s, duration_s, on_window, head_mode)
         )
     finally:
         loop.close()

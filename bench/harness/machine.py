@@ -11,7 +11,7 @@ import subprocess
 import time
 from typing import Any
 
-from bench.harness.paths import PEERS_DIR, REPO_DIR, TUSD_BIN, VENV_BIN
+from bench.harness.paths import PEERS_DIR, REPO_DIR, RUSTUS_BIN, TUSD_BIN, VENV_BIN
 from bench.harness.proc import machine_busy_seconds, mount_of, status_line
 from bench.harness.servers import BASELINE
 from bench.harness.units import KiB, MiB
@@ -109,6 +109,7 @@ def machine_info(work_dir: str) -> dict[str, Any]:
         "node": _run(["node", "--version"]),
         "pytusd": _run([py, "-c", "import pytusd; print(pytusd.__version__)"]),
         "tusd": tusd_version(),
+        "rustus": _run([RUSTUS_BIN, "--version"]) if os.access(RUSTUS_BIN, os.X_OK) else "",  # "Rustus 0.5.10"
         "tus_server": pkg_version("@tus/server"),
         "tus_file_store": pkg_version("@tus/file-store"),
         "git_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR),

@@ -12,3 +12,5 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 VENV_BIN = os.path.join(REPO_DIR, ".venv", "bin")
 # tusd, built by scripts/bench with `go install` (bench/README.md, "Peers"); absent when Go is not installed.
 TUSD_BIN = os.path.join(PEERS_DIR, "go", "bin", "tusd")
+# rustus, built by scripts/install-rustus with `cargo install` (bench/README.md, "The rustus peer"); may be absent.
+RUSTUS_BIN = os.path.join(PEERS_DIR, "cargo", "bin", "rustus")

@@ -14,19 +14,34 @@ from bench.harness.paths import RESULTS_DIR
 from bench.harness.servers import SERVERS
 
 
-def verdict(what: str, value: float, target: float, higher_is_better: bool = True, unit: str = "x") -> dict[str, Any]:
-    ok = value >= target if higher_is_better else value < target
+def verdict(what: str, value: float, target: float, higher_is_better: bool = True, unit: str = "x",
+            or_equal: bool = False) -> dict[str, Any]:
+    """``value`` against ``target``: >= when higher is better, else < (<= with ``or_equal``: "no worse than")."""
+    if higher_is_better:
+        ok = value >= target
+    else:
+        ok = value <= target if or_equal else value < target
     return {"what": what, "value": value, "target": target, "unit": unit,
-            "higher_is_better": higher_is_better, "met": bool(ok)}
+            "higher_is_better": higher_is_better, "or_equal": or_equal, "met": bool(ok)}
+
+
+def shortfall(v: dict[str, Any]) -> str:
+    """How far a missed target is: ' by 12% (needs 1.14x)', relative to the value ('' when met or not a number)."""
+    value, target = v["value"], v["target"]
+    if v["met"] or v["unit"] == "" or not value or value != value or not target:
+        return ""
+    if v["higher_is_better"]:
+        return f" by {(1 - value / target) * 100:.0f}% (needs {target / value:.2f}x)"
+    return f" by {(value / target - 1) * 100:.0f}% (needs {target / value:.2f}x)"
 
 
 def format_verdict(v: dict[str, Any]) -> str:
     if v["unit"] == "":
         return f"{v['what']} = **{v['value']}** -> {'PASS' if v['met'] else 'MISS'} (target {v['target']})"
-    op = ">=" if v["higher_is_better"] else "<"
+    op = ">=" if v["higher_is_better"] else ("<=" if v.get("or_equal") else "<")
     value = f"{v['value']:.2f}{v['unit']}" if v["unit"] == "x" else f"{v['value']:.0f} {v['unit']}"
     target = f"{v['target']:g}{v['unit']}" if v["unit"] == "x" else f"{v['target']:g} {v['unit']}"
-    return f"{v['what']} = **{value}** -> {'PASS' if v['met'] else 'MISS'} (target {op} {target})"
+    return f"{v['what']} = **{value}** -> {'PASS' if v['met'] else 'MISS' + shortfall(v)} (target {op} {target})"
 
 
 def skipped_notes(ctx: Ctx, key: str) -> list[str]:

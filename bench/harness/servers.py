@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from bench.harness.context import Ctx
 from bench.harness.errors import BenchError
-from bench.harness.paths import PEERS_DIR, TUSD_BIN, VENV_BIN
+from bench.harness.paths import PEERS_DIR, RUSTUS_BIN, TUSD_BIN, VENV_BIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,20 @@ SERVERS: dict[str, ServerSpec] = {
             "-base-path", "/files/",
             "-verbose=false",
         ],
+    ),
+    # rustus (Rust, actix): its file store with its defaults (an actix worker per core). Its default
+    # --max-body-size is 256 KiB: a larger PATCH is refused with 413, so scenario 1 measures "rustus-tuned" (below).
+    "rustus": ServerSpec(
+        name="rustus",
+        label="rustus",
+        argv=lambda port, d: [
+            RUSTUS_BIN,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--data-dir", d,
+            "--info-dir", d,
+        ],
+        base_path="/files",
     ),
     # Opt-in: the ceiling of this machine (bare asyncio Protocol writing in data_received; not a real server).
     "raw-sink": ServerSpec(
@@ -193,6 +207,17 @@ SERVERS["pytusd-baseline"] = ServerSpec(
     argv=lambda port, d: [BASELINE["python"], "-m", "pytusd"] + SERVERS["pytusd"].argv(port, d)[1:],
 )
 PYTUSD_INSTALLS = ("pytusd", "pytusd-baseline")  # the servers scenarios 3-5 can take (--slow-servers etc.)
+
+# tusd on one core (GOMAXPROCS=1): scenario 5's peer of pytusd --workers 1 (same resources; bench/README.md).
+SERVERS["tusd-1cpu"] = dataclasses.replace(SERVERS["tusd"], name="tusd-1cpu", label="tusd GOMAXPROCS=1",
+                                           env={"GOMAXPROCS": "1"})
+# rustus as its configuration docs tune it for big bodies: --max-body-size above the largest PATCH (the body is held in
+# memory: rustus reads a whole request body before writing it).
+SERVERS["rustus-tuned"] = dataclasses.replace(
+    SERVERS["rustus"], name="rustus-tuned", label="rustus --max-body-size 2GiB",
+    argv=lambda port, d: SERVERS["rustus"].argv(port, d) + ["--max-body-size", str(2 << 30)],
+)
+PEER_BINARIES = {"tusd": TUSD_BIN, "tusd-1cpu": TUSD_BIN, "rustus": RUSTUS_BIN, "rustus-tuned": RUSTUS_BIN}
 
 
 # Opt-in, for scenario 1: the cost of --fsync, measured in the same run (--servers pytusd,pytusd-fsync).

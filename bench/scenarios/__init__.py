@@ -26,13 +26,15 @@ SCENARIOS: dict[int, Scenario] = {
     s.number: s
     for s in (
         Scenario(1, "upload-1g", "one 1 GiB upload (POST + 16 MiB PATCHes; POST + one PATCH): pytusd vs tusd"
-                 " vs @tus/server vs the raw sink", upload_1g.run, "~1.5"),
+                 " vs rustus vs @tus/server vs the raw sink", upload_1g.run, "~2"),
         Scenario(2, "small-uploads", "200 concurrent clients, each creating 256 KiB uploads with the body in the POST:"
-                 " req/s, p50/p99", small_uploads.run, "~1.5"),
-        Scenario(3, "slow-uploads", "1,000 slow uploads held open: RSS and failures", slow_uploads.run, "~2"),
-        Scenario(4, "s3", "one 1 GiB upload into Ceph RGW through pytusd vs boto3's upload_file", s3.run, "~2"),
-        Scenario(5, "workers", "--workers 2 vs --workers 1 (file locker): parallel large uploads and scenario 2's"
-                 " load", workers.run, "~1.5"),
+                 " req/s, p50/p99; then HEAD of an existing upload under the same load", small_uploads.run, "~2.5"),
+        Scenario(3, "slow-uploads", "1,000 slow uploads held open: RSS and failures, pytusd vs tusd vs rustus vs"
+                 " @tus/server", slow_uploads.run, "~4"),
+        Scenario(4, "s3", "one 1 GiB upload into Ceph RGW through pytusd vs tusd's S3 store vs boto3's upload_file",
+                 s3.run, "~3"),
+        Scenario(5, "workers", "--workers N vs --workers 1 (file locker), against tusd on every core and on one:"
+                 " parallel large uploads and scenario 2's load", workers.run, "~2.5"),
     )
 }
 SCENARIO_NAMES = {s.name: s.number for s in SCENARIOS.values()}

@@ -1,4 +1,5 @@
-"""Scenario 4, s3: one large upload into Ceph RADOS Gateway through pytusd, against boto3's upload_file directly.
+"""Scenario 4, s3: one large upload into Ceph RADOS Gateway through pytusd, against tusd's S3 store and boto3's
+upload_file directly.
 
 Ceph is started by testbed.services.ceph_rgw, the starter the test suite uses too."""
 
@@ -17,11 +18,12 @@ from bench.harness.context import Ctx
 from bench.harness.errors import BenchError, ScenarioSkipped
 from bench.harness.machine import prefault_memory, wait_for_quiet
 from bench.harness.proc import machine_busy_seconds, memory_kib, proc_counters, steal_seconds
-from bench.harness.report import verdict
-from bench.harness.servers import finish_server, fresh_server, pytusd_spec
+from bench.harness.paths import TUSD_BIN
+from bench.harness.report import skipped_notes, verdict
+from bench.harness.servers import ServerSpec, finish_server, fresh_server, pytusd_spec
 from bench.harness.stats import median_of, new_over_old, rotate
 from bench.harness.units import GiB, KiB, MB, MiB, fmt_size
-from bench.scenarios.targets import TARGET_S3_RATIO
+from bench.scenarios.targets import TARGET_S3_RATIO, TARGET_TUSD_S3
 from testbed.services import CEPH_PROGRAMS, S3_ACCESS_KEY, S3_SECRET_KEY, ceph_rgw, missing_programs
 
 
@@ -104,10 +106,25 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 return {"client_cpu_s": cpu, "server_cpu_s": 0.0, "wall_s": wall, "ceph_cpu_s": ceph_s,
                         "steal_s": steal, "other_cores": other, **quiet, "peak_rss_mb": None, "sha256_ok": None}
 
-            def via_pytusd(r: int, variant: str) -> dict[str, Any]:
-                extra = ["--s3-disable-content-hashes"] if variant.endswith("-nohash") else []
-                spec = pytusd_spec("pytusd-s3", "pytusd -> S3", "--s3-bucket", bucket, "--s3-endpoint", endpoint,
-                                   *extra, env=creds, base=variant.removesuffix("-nohash"))
+            def via_server(r: int, variant: str) -> dict[str, Any]:
+                nohash = variant.endswith("-nohash")
+                base = variant.removesuffix("-nohash")
+                if base == "tusd":
+                    # tusd's S3 store, its defaults (50 MiB parts, 10 part uploads at once, 20 buffered parts):
+                    # the same as pytusd's; -s3-disable-content-hashes is the one throughput flag its docs name.
+                    spec = ServerSpec(
+                        name="tusd-s3", label="tusd -> S3",
+                        argv=lambda port, d: [
+                            TUSD_BIN, "-host", "127.0.0.1", "-port", str(port), "-base-path", "/files/",
+                            "-s3-bucket", bucket, "-s3-endpoint", endpoint, "-verbose=false",
+                            *(["-s3-disable-content-hashes"] if nohash else []),
+                        ],
+                        env={**creds, "AWS_REGION": "us-east-1"},
+                    )
+                else:
+                    extra = ["--s3-disable-content-hashes"] if nohash else []
+                    spec = pytusd_spec("pytusd-s3", "pytusd -> S3", "--s3-bucket", bucket, "--s3-endpoint", endpoint,
+                                       *extra, env=creds, base=base)
                 server = fresh_server(ctx, spec, f"s4-r{r}-{variant}")
                 try:
                     clean()
@@ -131,7 +148,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
                     key = upload_id.split("+", 1)[0]
                     stored = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
                     if stored != size:
-                        raise BenchError(f"pytusd: object {key} has {stored} bytes, expected {size}")
+                        raise BenchError(f"{variant}: object {key} has {stored} bytes, expected {size}")
                     sha_ok = None
                     if r == 1 and args.sha256:
                         h = hashlib.sha256()
@@ -139,14 +156,14 @@ def run(ctx: Ctx) -> dict[str, Any]:
                             h.update(block)
                         sha_ok = h.hexdigest() == ctx.sha256(size)
                         if not sha_ok:
-                            raise BenchError("pytusd: the object's sha256 differs from the bytes sent")
+                            raise BenchError(f"{variant}: the object's sha256 differs from the bytes sent")
                 finally:
                     finish_server(ctx, server)
                 return {"client_cpu_s": cpu, "server_cpu_s": counters.cpu_s, "wall_s": wall, "ceph_cpu_s": ceph_s,
                         "steal_s": steal, "other_cores": other, **quiet, "peak_rss_mb": hwm * KiB / MB,
                         "sha256_ok": sha_ok}
 
-            # --s3-servers (pytusd, pytusd-baseline): each with and without hashes, alternating with boto3.
+            # --s3-servers (pytusd, pytusd-baseline, tusd): each with and without hashes, alternating with boto3.
             variants = [*args.s3_servers, "boto3", *(f"{n}-nohash" for n in args.s3_servers), "boto3-tuned"]
             # Warm-up of boto3 (imports, connection pool) outside the measurement.
             boto_default.upload_file(payload, bucket, "warmup", Config=TransferConfig(multipart_threshold=size * 2)) \
@@ -154,11 +171,11 @@ def run(ctx: Ctx) -> dict[str, Any]:
             for r in range(1, args.rounds + 1):
                 for variant in rotate(variants, r - 1):
                     clean()
-                    res = via_pytusd(r, variant) if variant.startswith("pytusd") else via_boto(variant, r)
+                    res = via_boto(variant, r) if variant.startswith("boto3") else via_server(r, variant)
                     res.update(round=r, variant=variant, size=size, mb_per_s=size / res["wall_s"] / MB)
                     rows.append(res)
                     print(
-                        f"  round {r}/{args.rounds} {variant:<12} {res['mb_per_s']:7.0f} MB/s  pytusd cpu"
+                        f"  round {r}/{args.rounds} {variant:<12} {res['mb_per_s']:7.0f} MB/s  server cpu"
                         f" {res['server_cpu_s']:.2f} s  client cpu {res['client_cpu_s']:.2f} s  ceph cpu"
                         f" {res['ceph_cpu_s']:.2f} s  others {res['other_cores']:.2f} cores  steal {res['steal_s']:.2f} s",
                         flush=True,
@@ -169,12 +186,15 @@ def run(ctx: Ctx) -> dict[str, Any]:
             os.unlink(payload)
     gib = size / GiB
     out = [
-        "| path | MB/s median (min-max) | pytusd CPU-s/GiB | bench client CPU-s/GiB | Ceph CPU-s/GiB | pytusd peak RSS MB |",
+        "| path | MB/s median (min-max) | server CPU-s/GiB | bench client CPU-s/GiB | Ceph CPU-s/GiB"
+        " | server peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {}
     labels = {"pytusd": "client -> pytusd -> RGW",
               "pytusd-nohash": "client -> pytusd --s3-disable-content-hashes -> RGW",
+              "tusd": "client -> tusd -> RGW",
+              "tusd-nohash": "client -> tusd -s3-disable-content-hashes -> RGW",
               "boto3": "boto3 upload_file (defaults) -> RGW",
               "boto3-tuned": "boto3 upload_file (pytusd's settings) -> RGW",
               "pytusd-baseline": "client -> pytusd (baseline) -> RGW",
@@ -183,7 +203,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
         mine = [x for x in rows if x["variant"] == variant]
         mbs = [x["mb_per_s"] for x in mine]
         entry = {k: median_of(mine, k) for k in ("mb_per_s", "server_cpu_s", "client_cpu_s", "ceph_cpu_s")}
-        entry["peak_rss_mb"] = median_of(mine, "peak_rss_mb") if variant.startswith("pytusd") else None
+        entry["peak_rss_mb"] = None if variant.startswith("boto3") else median_of(mine, "peak_rss_mb")
         summary[variant] = entry
         rss = f"{entry['peak_rss_mb']:.0f}" if entry["peak_rss_mb"] is not None else "-"
         out.append(
@@ -196,9 +216,11 @@ def run(ctx: Ctx) -> dict[str, Any]:
         f" uploads at once, each part's SHA-256 signed unless --s3-disable-content-hashes (then presigned URLs);"
         f" boto3: upload_file of the same bytes from a file in the page cache), Ceph RGW 16 with a"
         f" {fmt_size(args.memstore)} memstore OSD on this machine, objects deleted and RGW's gc run between uploads;"
-        f" medians of {args.rounds} round(s). CPU: the pytusd process / the bench process (the client; for boto3,"
-        " boto3 itself) / radosgw + ceph-osd + ceph-mon.")]
+        f" medians of {args.rounds} round(s). CPU: the server process / the bench process (the client; for boto3,"
+        " boto3 itself) / radosgw + ceph-osd + ceph-mon. tusd: its S3 store with its defaults (the same part size"
+        " and concurrency as pytusd's), and with -s3-disable-content-hashes.")]
     out += new_over_old(summary, lambda e: e["mb_per_s"], "MB/s")
+    out += skipped_notes(ctx, "s3_servers")
     if "pytusd-nohash" in summary:
         out += new_over_old({k.removesuffix("-nohash"): v for k, v in summary.items() if k.endswith("-nohash")},
                             lambda e: e["mb_per_s"], "--s3-disable-content-hashes MB/s")
@@ -208,6 +230,14 @@ def run(ctx: Ctx) -> dict[str, Any]:
     ratio = summary["pytusd"]["mb_per_s"] / summary["boto3"]["mb_per_s"]
     ratio_tuned = summary["pytusd"]["mb_per_s"] / summary["boto3-tuned"]["mb_per_s"]
     ratio_nohash = summary["pytusd-nohash"]["mb_per_s"] / summary["boto3-tuned"]["mb_per_s"]
+    tusd_verdicts = []
+    if "tusd" in summary:
+        tusd_verdicts = [
+            verdict("4: pytusd / tusd S3 store MB/s (defaults)", summary["pytusd"]["mb_per_s"]
+                    / summary["tusd"]["mb_per_s"], TARGET_TUSD_S3),
+            verdict("4: pytusd / tusd S3 store MB/s (both --s3-disable-content-hashes)",
+                    summary["pytusd-nohash"]["mb_per_s"] / summary["tusd-nohash"]["mb_per_s"], TARGET_TUSD_S3),
+        ]
     return {
         "title": f"Scenario 4: one {fmt_size(size)} upload into Ceph RGW (S3)",
         "table": out,
@@ -217,6 +247,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
             verdict("4: pytusd / boto3 upload_file (pytusd's settings) MB/s", ratio_tuned, TARGET_S3_RATIO),
             verdict("4: pytusd --s3-disable-content-hashes / boto3 upload_file (pytusd's settings) MB/s",
                     ratio_nohash, TARGET_S3_RATIO),
+            *tusd_verdicts,
         ],
         "runs": rows,
     }

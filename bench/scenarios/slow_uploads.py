@@ -7,13 +7,14 @@ from typing import Any
 
 from bench.harness import loadclient
 from bench.harness.context import Ctx
+from bench.harness.errors import ScenarioSkipped
 from bench.harness.machine import wait_for_quiet
 from bench.harness.proc import fd_count, memory_kib, proc_counters
-from bench.harness.report import verdict
+from bench.harness.report import skipped_notes, verdict
 from bench.harness.servers import SERVERS, ServerSpec, finish_server, fresh_server
 from bench.harness.stats import median_of, new_over_old, rotate
 from bench.harness.units import KiB, MB, fmt_size
-from bench.scenarios.targets import TARGET_SLOW_RSS_MB
+from bench.scenarios.targets import TARGET_SLOW_RSS_MB, TARGET_TUSD_SLOW_RSS
 
 
 def measure_slow(ctx: Ctx, spec: ServerSpec, round_no: int) -> dict[str, Any]:
@@ -58,6 +59,8 @@ def run(ctx: Ctx) -> dict[str, Any]:
     args = ctx.args
     loadclient.raise_nofile(4 * args.slow_uploads + 1024)  # the servers inherit it
     specs = [SERVERS[s] for s in args.slow_servers]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "slow_servers")))
     rows = []
     for r in range(1, args.rounds + 1):
         for spec in rotate(specs, r - 1):
@@ -97,6 +100,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
         f" open; medians of {args.rounds} round(s), ok/errors summed.")]
     out += new_over_old(summary, lambda e: e["peak_rss_max_mb"], "peak RSS (max)", " MB")
     out += new_over_old(summary, lambda e: e["server_cpu_s"], "server CPU-s", " s")
+    out += skipped_notes(ctx, "slow_servers")
     if "pytusd" not in summary:
         return {"title": f"Scenario 3: {args.slow_uploads} slow uploads held open", "table": out,
                 "summary": summary, "verdicts": [], "runs": rows}
@@ -107,6 +111,12 @@ def run(ctx: Ctx) -> dict[str, Any]:
         {"what": "3: pytusd failed requests", "value": p["errors"], "target": 0, "unit": "",
          "higher_is_better": False, "met": p["errors"] == 0 and p["ok"] == p["uploads"]},
     ]
+    # Issue 17: no more memory than the compiled peers (the max over rounds of each, as above).
+    for peer in ("tusd", "rustus"):
+        if peer in summary:
+            verdicts.append(verdict(f"3: pytusd / {peer} peak RSS with {args.slow_uploads:,} open uploads",
+                                    p["peak_rss_max_mb"] / summary[peer]["peak_rss_max_mb"], TARGET_TUSD_SLOW_RSS,
+                                    higher_is_better=False, or_equal=True))
     return {
         "title": f"Scenario 3: {args.slow_uploads} slow uploads held open",
         "table": out,

@@ -17,12 +17,13 @@ from bench.harness.report import skipped_notes, verdict
 from bench.harness.servers import SERVERS, ServerSpec, finish_server, fresh_server
 from bench.harness.stats import median_of, new_over_old, rotate
 from bench.harness.units import KiB, MB, fmt_size
-from bench.scenarios.targets import TARGET_SMALL_RATIO, TARGET_TUSD_RATIO
+from bench.scenarios.targets import TARGET_SMALL_RATIO, TARGET_TUSD_HEAD, TARGET_TUSD_P99, TARGET_TUSD_SMALL
 
 
-def measure_small(ctx: Ctx, spec: ServerSpec, round_no: int, tag: str) -> dict[str, Any]:
+def measure_small(ctx: Ctx, spec: ServerSpec, round_no: int, tag: str, head_mode: bool = False) -> dict[str, Any]:
     """``--clients`` connections, each POSTing ``--body-size`` uploads with their body (creation-with-upload) one
-    after the other for ``--duration`` seconds after a ``--warmup`` of the same."""
+    after the other for ``--duration`` seconds after a ``--warmup`` of the same; ``head_mode``: each creates one
+    such upload and then sends HEAD requests for it (the HEAD load)."""
     args = ctx.args
     body = ctx.random(args.body_size)
     server = fresh_server(ctx, spec, tag, ctx.small_dir)
@@ -37,7 +38,7 @@ def measure_small(ctx: Ctx, spec: ServerSpec, round_no: int, tag: str) -> dict[s
         quiet = wait_for_quiet()
 
         res = loadclient.creation_with_upload_load(
-            server.port, spec.base_path, args.clients, body, args.warmup, args.duration, on_window
+            server.port, spec.base_path, args.clients, body, args.warmup, args.duration, on_window, head_mode
         )
         counters = snaps["end"][0] - snaps["start"][0]
         steal = snaps["end"][1] - snaps["start"][1]
@@ -50,7 +51,7 @@ def measure_small(ctx: Ctx, spec: ServerSpec, round_no: int, tag: str) -> dict[s
         )
     finally:
         finish_server(ctx, server)
-    acknowledged = res["requests"] + res["warmup_requests"]
+    acknowledged = res["created"]
     if full < acknowledged:
         raise BenchError(f"{spec.label}: {acknowledged} uploads acknowledged, only {full} stored complete")
     window = res["window_s"]
@@ -85,7 +86,9 @@ def print_small_row(r: int, rounds: int, label: str, res: dict[str, Any]) -> Non
     )
 
 
-def small_table(rows: list[dict[str, Any]], specs: Sequence[ServerSpec]) -> tuple[list[str], dict[str, Any]]:
+def small_table(
+    rows: list[dict[str, Any]], specs: Sequence[ServerSpec], bodyless: bool = False
+) -> tuple[list[str], dict[str, Any]]:
     out = [
         "| server | req/s median (min-max) | MB/s | p50 ms | p99 ms | errors | server cores | server CPU ms/req"
         " | client cores | client CPU ms/req | peak RSS MB |",
@@ -104,12 +107,27 @@ def small_table(rows: list[dict[str, Any]], specs: Sequence[ServerSpec]) -> tupl
         entry["n"] = len(mine)
         summary[spec.name] = entry
         out.append(
-            f"| {spec.label} | {entry['req_per_s']:.0f} ({min(rps):.0f}-{max(rps):.0f}) | {entry['mb_per_s']:.0f}"
+            f"| {spec.label} | {entry['req_per_s']:.0f} ({min(rps):.0f}-{max(rps):.0f})"
+            f" | {'-' if bodyless else format(entry['mb_per_s'], '.0f')}"
             f" | {entry['p50_ms']:.1f} | {entry['p99_ms']:.1f} | {entry['errors']} | {entry['server_cores']:.2f}"
             f" | {entry['server_cpu_ms_per_req']:.2f} | {entry['client_cores']:.2f}"
             f" | {entry['client_cpu_ms_per_req']:.2f} | {entry['peak_rss_mb']:.0f} |"
         )
     return out, summary
+
+
+def peer_verdicts(prefix: str, summary: dict[str, Any], unit: str, target: float) -> list[dict[str, Any]]:
+    """pytusd against tusd and rustus (whichever were measured): the rate against ``target``, p99 no worse."""
+    out = []
+    for peer in ("tusd", "rustus"):
+        if "pytusd" in summary and peer in summary:
+            p, t = summary["pytusd"], summary[peer]
+            out += [
+                verdict(f"{prefix}: pytusd / {peer} {unit}", p["req_per_s"] / t["req_per_s"], target),
+                verdict(f"{prefix}: pytusd p99 / {peer} p99", p["p99_ms"] / t["p99_ms"], TARGET_TUSD_P99,
+                        higher_is_better=False, or_equal=True),
+            ]
+    return out
 
 
 def run(ctx: Ctx) -> dict[str, Any]:
@@ -137,12 +155,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
             verdict("2: pytusd / @tus/server req/s", ratio, TARGET_SMALL_RATIO),
             verdict("2: pytusd p99 / @tus/server p99", p["p99_ms"] / t["p99_ms"], 1.0, higher_is_better=False),
         ]
-    if "pytusd" in summary and "tusd" in summary:
-        p, t = summary["pytusd"], summary["tusd"]
-        verdicts += [
-            verdict("2: pytusd / tusd req/s", p["req_per_s"] / t["req_per_s"], TARGET_TUSD_RATIO),
-            verdict("2: pytusd p99 / tusd p99", p["p99_ms"] / t["p99_ms"], 1.0, higher_is_better=False),
-        ]
+    verdicts += peer_verdicts("2", summary, "req/s", TARGET_TUSD_SMALL)
     notes += new_over_old(summary, lambda e: e["req_per_s"], "req/s")
     notes += new_over_old(summary, lambda e: e["p99_ms"], "p99", " ms")
     notes += new_over_old(summary, lambda e: e["server_cpu_ms_per_req"], "server CPU per request", " ms")
@@ -155,9 +168,27 @@ def run(ctx: Ctx) -> dict[str, Any]:
             f" {p['client_cpu_ms_per_req']:.2f} ms CPU per request against pytusd's"
             f" {p['server_cpu_ms_per_req']:.2f} ms."
         )
+    head_table: list[str] = []
+    head_summary: dict[str, Any] = {}
+    head_rows: list[dict[str, Any]] = []
+    head_specs = [SERVERS[s] for s in args.head_servers]
+    if head_specs:
+        for r in range(1, args.rounds + 1):
+            for spec in rotate(head_specs, r - 1):
+                res = measure_small(ctx, spec, r, f"s2h-r{r}-{spec.name}", head_mode=True)
+                head_rows.append(res)
+                print_small_row(r, args.rounds, f"{spec.label} HEAD", res)
+        head_table, head_summary = small_table(head_rows, head_specs, bodyless=True)
+        head_table = ["", f"HEAD of an existing upload: each of the {args.clients} clients creates one upload as"
+                      " above, then sends HEAD requests for it one after the other (200 with the full Upload-Offset);"
+                      " only the HEADs are counted.", ""] + head_table
+        verdicts += peer_verdicts("2 HEAD", head_summary, "req/s", TARGET_TUSD_HEAD)
+        notes += skipped_notes(ctx, "head_servers")
     return {
         "title": f"Scenario 2: {args.clients} concurrent clients, {fmt_size(args.body_size)} creation-with-upload",
-        "table": table + [""] + notes,
+        "table": table + head_table + [""] + notes,
+        "head_summary": head_summary,
+        "head_runs": head_rows,
         "summary": summary,
         "verdicts": verdicts,
         "runs": rows,

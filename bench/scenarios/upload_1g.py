@@ -20,7 +20,7 @@ from bench.harness.report import skipped_notes, verdict
 from bench.harness.servers import SERVERS, RunningServer, ServerSpec
 from bench.harness.stats import new_over_old, rotate
 from bench.harness.units import GiB, KiB, MB, MiB, fmt_size
-from bench.scenarios.targets import TARGET_RATIO, TARGET_RAW_SINK, TARGET_TUSD_RATIO
+from bench.scenarios.targets import TARGET_RATIO, TARGET_RAW_SINK, TARGET_TUSD_BIG
 
 
 def measure_upload(
@@ -160,7 +160,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
             verdicts.append(verdict(f"1 {v}: pytusd / @tus/server MB/s", entry["ratio_pytusd_over_tus_node"],
                                     TARGET_RATIO))
         if "ratio_pytusd_over_tusd" in entry:
-            verdicts.append(verdict(f"1 {v}: pytusd / tusd MB/s", entry["ratio_pytusd_over_tusd"], TARGET_TUSD_RATIO))
+            verdicts.append(verdict(f"1 {v}: pytusd / tusd MB/s", entry["ratio_pytusd_over_tusd"], TARGET_TUSD_BIG))
+        if "ratio_pytusd_over_rustus" in entry:
+            verdicts.append(verdict(f"1 {v}: pytusd / rustus (--max-body-size 2GiB) MB/s",
+                                    entry["ratio_pytusd_over_rustus"], TARGET_TUSD_BIG))
         if "ratio_pytusd_over_raw_sink" in entry:
             verdicts.append(verdict(f"1 {v}: pytusd / raw sink MB/s", entry["ratio_pytusd_over_raw_sink"],
                                     TARGET_RAW_SINK))
@@ -212,6 +215,10 @@ def summarize(uploads: list[dict[str, Any]], servers: Sequence[str], variants: S
         if "pytusd" in per and "tusd" in per:
             summary[v]["ratio_pytusd_over_tusd"] = (
                 per["pytusd"]["mb_per_s"]["median"] / per["tusd"]["mb_per_s"]["median"]
+            )
+        if "pytusd" in per and "rustus-tuned" in per:
+            summary[v]["ratio_pytusd_over_rustus"] = (
+                per["pytusd"]["mb_per_s"]["median"] / per["rustus-tuned"]["mb_per_s"]["median"]
             )
         if "pytusd" in per and "raw-sink" in per:
             summary[v]["ratio_pytusd_over_raw_sink"] = (

@@ -1,4 +1,5 @@
-"""Scenario 5, workers: pytusd --workers N against --workers 1, with parallel large uploads and scenario 2's load."""
+"""Scenario 5, workers: pytusd --workers N against --workers 1, and both against tusd on as many cores (its default
+and GOMAXPROCS=1), with parallel large uploads and scenario 2's load."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from bench.harness.client import RawHTTPClient, create_upload, patch_all
 from bench.harness.context import Ctx
-from bench.harness.errors import BenchError
+from bench.harness.errors import BenchError, ScenarioSkipped
 from bench.harness.machine import prefault_memory, wait_for_quiet
 from bench.harness.proc import (
     connections_by_worker,
@@ -19,12 +20,12 @@ from bench.harness.proc import (
     steal_seconds,
     worker_pids,
 )
-from bench.harness.report import verdict
+from bench.harness.report import skipped_notes, verdict
 from bench.harness.servers import SERVERS, ServerSpec, finish_server, fresh_server, pytusd_spec
 from bench.harness.stats import median_of, new_over_old, rotate
 from bench.harness.units import GiB, KiB, MB, MiB, fmt_size
 from bench.scenarios.small_uploads import measure_small, print_small_row
-from bench.scenarios.targets import TARGET_SCALING
+from bench.scenarios.targets import TARGET_SCALING, TARGET_TUSD_WORKERS
 
 
 def measure_parallel_uploads(ctx: Ctx, spec: ServerSpec, round_no: int, tag: str) -> dict[str, Any]:
@@ -91,10 +92,14 @@ def run(ctx: Ctx) -> dict[str, Any]:
     counts = sorted({1, min(args.max_workers or cores, cores)})
     # --workers-servers: the installs compared (pytusd, pytusd-baseline), each with every count of workers;
     # this checkout's pytusd keeps the names workers-N (and its summary the keys N).
-    runs = [(base, n, pytusd_spec(f"workers-{n}" if base == "pytusd" else f"{base}-workers-{n}",
-                                  f"{SERVERS[base].label} --workers {n}", "--workers", str(n), base=base))
+    # tusd: GOMAXPROCS=1 beside one worker, its default (every core) beside N workers (bench/README.md).
+    runs = [(base, n, (SERVERS["tusd-1cpu"] if n == 1 else SERVERS["tusd"]) if base == "tusd" else
+             pytusd_spec(f"workers-{n}" if base == "pytusd" else f"{base}-workers-{n}",
+                         f"{SERVERS[base].label} --workers {n}", "--workers", str(n), base=base))
             for base in args.workers_servers for n in counts]
     specs = [spec for _, _, spec in runs]
+    if not specs:
+        raise ScenarioSkipped("no server left to measure: " + "; ".join(skipped_notes(ctx, "workers_servers")))
     rows_big: list[dict[str, Any]] = []
     rows_small: list[dict[str, Any]] = []
     for r in range(1, args.rounds + 1):
@@ -144,7 +149,7 @@ def run(ctx: Ctx) -> dict[str, Any]:
             cpu_unit = "CPU-s/GiB" if load == "big" else "CPU ms/req"
             what = (f"{args.parallel_uploads} x {fmt_size(args.parallel_size // args.parallel_uploads)} uploads"
                     if load == "big" else f"{args.clients} clients x {fmt_size(args.body_size)} POST")
-            who = "" if args.workers_servers == ["pytusd"] else f" ({SERVERS[install].label})"
+            who = "" if args.workers_servers == ["pytusd"] else f" ({spec.label})"
             out.append(
                 f"| {what} | {n}{who} | {entry[key]:.0f} {unit} ({min(vals):.0f}-{max(vals):.0f}) | {entry['speedup']:.2f}x"
                 f" | {entry['cpu_ceiling']:.2f}x | {entry['server_cores']:.2f} | {entry['client_cores']:.2f}"
@@ -157,6 +162,10 @@ def run(ctx: Ctx) -> dict[str, Any]:
                 verdicts.append(verdict(f"5 {load}: speed-up / this machine's CPU ceiling ({entry['cpu_ceiling']:.2f}x)",
                                         entry["speedup"] / entry["cpu_ceiling"], TARGET_SCALING))
         for n in counts:
+            if "pytusd" in by_install[n] and "tusd" in by_install[n]:
+                peer = "tusd GOMAXPROCS=1" if n == 1 else "tusd (default, every core)"
+                verdicts.append(verdict(f"5 {load}: pytusd --workers {n} / {peer} {unit}",
+                                        by_install[n]["pytusd"][key] / by_install[n]["tusd"][key], TARGET_TUSD_WORKERS))
             ratios += new_over_old(by_install[n], lambda e, k=key: e[k], f"{load} --workers {n} {unit}")
             ratios += new_over_old(by_install[n], lambda e, k=cpu_key: e[k],
                                    f"{load} --workers {n} {'CPU-s/GiB' if load == 'big' else 'CPU ms/req'}")
@@ -167,9 +176,12 @@ def run(ctx: Ctx) -> dict[str, Any]:
         " the 'big' connections over the workers (one entry per round, from /proc). CPU ceiling: the speed-up the"
         " cores allow, min(N, cores / (server + client cores of the 1-worker run)), as the client needs its CPU too."
         f" Medians of {args.rounds} round(s); the first verdict divides the speed-up by the number of workers, the"
-        " second by the CPU ceiling.")] + ratios
+        " second by the CPU ceiling. tusd: GOMAXPROCS=1 in the 1-worker row, its default (Go uses every core) in the"
+        f" {counts[-1]}-worker row; its 'vs 1 worker' is its default over GOMAXPROCS=1.")] + ratios
+    out += skipped_notes(ctx, "workers_servers")
     return {
-        "title": f"Scenario 5: --workers {counts[-1]} vs --workers 1 on {cores} cores",
+        "title": f"Scenario 5: --workers {counts[-1]} vs --workers 1 on {cores} cores"
+        + (", beside tusd" if "tusd" in args.workers_servers else ""),
         "table": out,
         "summary": summary,
         "verdicts": verdicts,
