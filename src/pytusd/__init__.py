@@ -37,7 +37,7 @@ from .core.events import (
     Subscription,
     UploadEvent,
 )
-from .core.rules import UploadRules
+from .core.rules import UploadProfiles, UploadRules
 from .errors import TusError
 from .hooks import HookResponse, Hooks
 from .info import UploadInfo
@@ -110,6 +110,7 @@ __all__ = [
     "Upload",
     "UploadEvent",
     "UploadInfo",
+    "UploadProfiles",
     "UploadRules",
     "Verifiable",
     "__version__",

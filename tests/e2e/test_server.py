@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -586,3 +587,27 @@ def test_upload_rules_from_flags_and_file(pytusd_factory, tmp_path):
     assert r.status_code == 400 and "required_metadata" in r.text
     r = post(10, filename="a.txt", filetype="image/png")
     assert r.status_code == 400 and "allowed_types" in r.text
+
+
+def test_upload_profiles_from_the_example_file(pytusd_factory):
+    """examples/upload-profiles.json through the command: the client's field, the default, an unknown name."""
+    import base64
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "upload-profiles.json"
+    server = pytusd_factory("--upload-rules", str(example))
+
+    def post(length: int, **meta: str):
+        header = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
+        return httpx.post(server.url, headers={**TUS, "Upload-Length": str(length), "Upload-Metadata": header})
+
+    assert post(10, profile="avatars", filename="me.png", filetype="image/png").status_code == 201
+    r = post(3 << 20, profile="avatars", filename="me.png", filetype="image/png")
+    assert r.status_code == 413 and "max_size" in r.text
+    assert post(10, filename="cv.pdf", filetype="application/pdf", owner="ann").status_code == 201  # documents
+    r = post(10, filename="cv.pdf", filetype="application/pdf")
+    assert r.status_code == 400 and "required_metadata" in r.text
+    r = post(10, profile="music", filename="a.mp3")
+    assert r.status_code == 400 and r.text.startswith("ERR_UNKNOWN_UPLOAD_PROFILE")
+    done = subprocess.run([sys.executable, "-m", "pytusd", "--upload-rules", str(example), "--allowed-types", "x/*",
+                           "--port", "0"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "cannot apply to upload profiles" in done.stderr

@@ -12,7 +12,7 @@ from ..lockers import Locker, MemoryLocker
 from ..stores import DataStore
 from . import grammar
 from .events import PreCreateCallback, PreFinishCallback
-from .rules import UploadRules
+from .rules import UploadProfiles, UploadRules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,8 @@ class Config:
     - ``max_size``: the largest upload in bytes (``Tus-Max-Size``); 0 means no limit.
     - ``max_metadata_size``, ``max_metadata_pairs``: limits of ``Upload-Metadata`` (0: none).
     - ``max_concat_partials``: how many partial uploads a final may name (0: no limit).
-    - ``rules``: :class:`~pytusd.core.rules.UploadRules` checked at creation (size, metadata, file types).
+    - ``rules``: :class:`~pytusd.core.rules.UploadRules` checked at creation (size, metadata, file types), or
+      :class:`~pytusd.core.rules.UploadProfiles`, named rule sets of which each upload gets one.
 
     Protocol switches:
 
@@ -166,7 +167,7 @@ class Config:
     # Library callbacks (pytusd.core.events): async callables run after the pre-create / pre-finish hooks.
     pre_create: PreCreateCallback | None = None
     pre_finish: PreFinishCallback | None = None
-    rules: UploadRules | None = None
+    rules: UploadRules | UploadProfiles | None = None
     expiration_cleanup_interval: float = 60.0
     # Observability (README "Operating pytusd"): paths are relative to where the app is mounted; "" turns one off.
     expose_metrics: bool = True
@@ -199,6 +200,9 @@ class Config:
             # A plain (async) callable: it sees every event but pre-access, which stays opt-in.
             events = [e for e in HOOK_TYPES if e != "pre-access"]
             self.hooks = Hooks(PythonHookBackend(self.hooks), events)
+        if isinstance(self.rules, UploadProfiles) and isinstance(self.hooks, Hooks):
+            # A profile names the hooks of its uploads: for every path that runs hooks (the app, admin commands).
+            self.hooks.allows = self.rules.allows_hook
 
     @property
     def route_prefix(self) -> str:

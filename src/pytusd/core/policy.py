@@ -30,8 +30,10 @@ from ..hooks import HookResponse, Hooks
 from ..info import MAX_ID_LENGTH, RESERVED_ID_SUFFIXES, UploadInfo, is_valid_upload_id
 from ..observe import logs
 from . import grammar
+from . import rules as rules_module
 from .config import Config
 from .events import HTTPRequestInfo, run_callback
+from .rules import UploadProfiles, UploadRules
 
 if TYPE_CHECKING:
     from .http import Request
@@ -81,17 +83,31 @@ class Policy:
         # is what tusd (and any reader of the .info) can represent.
         limits = [config.max_size, config.rules.max_size if config.rules else 0]
         self.size_limit = min((x for x in limits if x), default=grammar.INT64_MAX)
+        # Named profiles: each upload's rules are its profile's (and its hooks, which Config wires into Hooks).
+        self.profiles = config.rules if isinstance(config.rules, UploadProfiles) else None
+
+    def rules_of(self, info: UploadInfo | None) -> UploadRules | None:
+        """The upload rules that apply to an upload: the server's one set, or the profile stored with the upload
+        (None before a profile is known: at creation, :meth:`admit` chooses it)."""
+        rules = self.config.rules
+        if isinstance(rules, UploadProfiles):
+            return rules.of(info) if info is not None else None
+        return rules
 
     # -- admission ------------------------------------------------------------------------------------------------
 
-    def check_size(self, size: int) -> None:
-        """An upload's length, known at creation or declared later: 413 ERR_MAX_SIZE_EXCEEDED past the limits."""
+    def check_size(self, size: int, info: UploadInfo | None = None) -> None:
+        """An upload's length, known at creation or declared later for ``info``: 413 ERR_MAX_SIZE_EXCEEDED past
+        the limits (with profiles, the upload's profile's; before one is chosen, the largest any admits)."""
         if size > grammar.INT64_MAX:
             raise errors.ERR_MAX_SIZE_EXCEEDED("the upload would be longer than 2^63-1 bytes")
         if self.config.max_size and size > self.config.max_size:
             raise errors.ERR_MAX_SIZE_EXCEEDED()
-        if self.config.rules is not None:
-            self.config.rules.check_size(size)
+        rules = self.rules_of(info)
+        if rules is not None:
+            rules.check_size(size)
+        elif self.profiles is not None and self.profiles.max_size and size > self.profiles.max_size:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"no upload profile admits more than {self.profiles.max_size} bytes")
 
     def check_metadata(self, metadata: Mapping[str, str]) -> None:
         """The metadata limits, on the metadata as its ``Upload-Metadata`` header would be (431)."""
@@ -106,10 +122,19 @@ class Policy:
 
         Returns the info as the hook and callback changed it, and their merged answer (for the 201 response)."""
         if not info.size_is_deferred:
-            self.check_size(info.size)
+            self.check_size(info.size)  # the server's limits (with profiles, the largest any profile admits)
         self.check_metadata(info.metadata)
-        if self.config.rules is not None:
-            self.config.rules.check(info)
+        profile = ""
+        if self.profiles is not None:
+            # The profile as the path, the client's metadata or the default name it; stored with the upload.
+            profile = self.profiles.choose(info.metadata, request.mount_prefix + request.path)
+            if profile:
+                info = info.replace(metadata={**info.metadata, self.profiles.metadata_key: profile})
+                if not info.size_is_deferred:
+                    self.check_size(info.size, info)
+        rules = self.profiles.named(profile) if self.profiles is not None and profile else self.rules_of(None)
+        if rules is not None:
+            rules.check(info)
         answer = None
         if self.hooks is not None and self.hooks.wants("pre-create"):
             answer = await self.hooks.call("pre-create", info, request.hook_http())
@@ -121,7 +146,25 @@ class Policy:
                 answer = extra
             else:
                 answer.merge(extra)
+        if self.profiles is not None:
+            info = self._profile_after_hooks(info, profile)
         return info, answer
+
+    def _profile_after_hooks(self, info: UploadInfo, before: str) -> UploadInfo:
+        """The pre-create hook or callback may choose another profile (by the metadata field): the upload must then
+        pass that profile's rules too. One whose answer drops the field keeps the profile chosen before."""
+        assert self.profiles is not None
+        key = self.profiles.metadata_key
+        chosen = info.metadata.get(key) or before
+        if not chosen:
+            raise rules_module.ERR_UNKNOWN_UPLOAD_PROFILE(f"the upload names no upload profile (metadata {key!r})")
+        if info.metadata.get(key) != chosen:
+            info = info.replace(metadata={**info.metadata, key: chosen})
+        if chosen != before:
+            if not info.size_is_deferred:
+                self.check_size(info.size, info)
+            self.profiles.named(chosen).check(info)
+        return info
 
     def check_concat(self, urls: list[str]) -> None:
         """A final's list of partials, before any is looked up: at most ``max_concat_partials`` (400)."""
@@ -131,9 +174,11 @@ class Policy:
 
     # -- append ---------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def check_append(info: UploadInfo, offset: int) -> None:
-        """Whether a request may write into ``info`` at ``offset``: never into a final, only at the stored offset."""
+    def check_append(self, info: UploadInfo, offset: int) -> None:
+        """Whether a request may write into ``info`` at ``offset``: never into a final, only at the stored offset,
+        and, with profiles, only under a profile that is still defined."""
+        if self.profiles is not None:
+            self.profiles.of(info)
         if info.is_final:
             raise errors.ERR_MODIFY_FINAL()
         if offset != info.offset:

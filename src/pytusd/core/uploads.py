@@ -406,7 +406,7 @@ class Uploads:
             raise errors.ERR_INVALID_UPLOAD_LENGTH("the upload's length is already known")
         if length < info.offset:
             raise errors.ERR_INVALID_UPLOAD_LENGTH("the declared length is below the upload's offset")
-        self.policy.check_size(length)
+        self.policy.check_size(length, info)
         await base.length_deferrable(upload).declare_length(length)
         return info.replace(size=length, size_is_deferred=False)
 

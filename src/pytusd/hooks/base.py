@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .. import errors
@@ -226,6 +226,9 @@ class Hooks:
         self._metrics: Metrics | None = None  # the app's (see instrument), else one of its own
         self._tracing: tracing.Tracing | None = None
         self._background: set[asyncio.Task[HookResponse | None]] = set()
+        # Whether a hook runs for an upload, beyond being enabled (an app with upload profiles sets it: a profile
+        # names the hooks of its uploads); None: every enabled hook runs.
+        self.allows: Callable[[str, UploadInfo], bool] | None = None
 
     def instrument(self, metrics: Metrics, tracer: tracing.Tracing | None = None) -> None:
         """Count invocations and failures in ``metrics`` (a :class:`pytusd.observe.metrics.Metrics`) and trace hook calls
@@ -255,6 +258,8 @@ class Hooks:
         return hook_type in self.enabled
 
     async def _run(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
+        if self.allows is not None and not self.allows(hook_type, info):
+            return HookResponse()  # the upload's rules leave this hook out (pytusd.core.rules, "hooks")
         request = hook_request(hook_type, info, http)
         request_id = logs.request_id_var.get()
         if request_id is not None:

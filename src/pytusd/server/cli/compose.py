@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 from ...core.config import Config, CorsConfig
-from ...core.rules import UploadRules
+from ...core import rules as rules_module
+from ...core.rules import UploadProfiles, UploadRules
 from ...hooks import (
     DEFAULT_ENABLED_HOOKS,
     FileHookBackend,
@@ -74,9 +75,19 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)
 
 
-def rules_from_args(args: argparse.Namespace) -> UploadRules | None:
-    """Upload rules from --upload-rules, with the single-rule flags overriding the file's entries."""
-    rules = UploadRules.from_file(args.upload_rules) if args.upload_rules else UploadRules()
+def rules_from_args(args: argparse.Namespace) -> UploadRules | UploadProfiles | None:
+    """Upload rules from --upload-rules (one set, or named profiles), with the single-rule flags overriding the
+    entries of a file of one set."""
+    loaded = rules_module.from_file(args.upload_rules) if args.upload_rules else UploadRules()
+    single = [flag for flag, value in (("--allowed-types", args.allowed_types),
+                                       ("--allowed-extensions", args.allowed_extensions),
+                                       ("--required-metadata", args.required_metadata)) if value]
+    if isinstance(loaded, UploadProfiles):
+        if single:
+            raise ValueError(f"{', '.join(single)} cannot apply to upload profiles: put the rule in each profile of "
+                             f"{args.upload_rules}")
+        return loaded
+    rules = loaded
 
     def listed(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
