@@ -55,13 +55,12 @@ def documented_command_lines() -> list[list[str]]:
         for number, line in enumerate(text):
             if not re.match(r"^\$ tusd( |$)", line):
                 continue
-            words = line[2:]
-            while words.endswith("\\") and number + 1 < len(text):  # continued; comment lines between flags skipped
-                number += 1
-                words = words[:-1] + ("" if text[number].strip().startswith("#") else " " + text[number].strip())
-                if text[number].strip().startswith("#"):
-                    words += " \\"
-            lines.append(shlex.split(words)[1:])
+            words, rest = [line[2:]], iter(text[number + 1:])
+            while words[-1].endswith("\\"):  # a continued line; comment lines between the flags are skipped
+                words[-1] = words[-1][:-1]
+                following = next(rest, "").strip()
+                words.append(following + " \\" if following.startswith("#") else following)
+            lines.append(shlex.split(" ".join(w for w in words if not w.startswith("#")))[1:])
     assert len(lines) >= 20, "tusd's docs should hold its command lines"
     return lines
 
