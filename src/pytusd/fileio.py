@@ -249,6 +249,23 @@ async def call(threaded: bool, fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
+def read_file(path: str) -> bytes:
+    """The whole of a small file (an ``.info``, a marker) in as few system calls as the kernel allows: open, one
+    read per 64 KiB, the read that finds the end, close (Python's buffered ``open`` adds five more: a terminal
+    check, two seeks and two stats)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b""
+        parts = [chunk]
+        while chunk := os.read(fd, 65536):
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
 def pwrite_all(fd: int, chunks: list[bytes], offset: int) -> tuple[int, OSError | None]:
     """Write ``chunks`` one after the other into ``fd`` from ``offset``: (bytes written, the error that stopped
     it or None). The count is exact even when it fails halfway, so the caller knows what reached the file."""

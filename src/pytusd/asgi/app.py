@@ -156,6 +156,7 @@ class TusApp:
         # The request's ID: in its response, its log lines and its hooks' payloads.
         request_id = logs.request_id_from(request.headers.get("x-request-id"))
         token = logs.request_id_var.set(request_id)
+        traced = self.tracing.for_request()
         try:
             # A request reaching us through one of self.endpoints is an upload route wherever it was routed.
             endpoint = None if routing.OPERATION_KEY in scope else self.health.endpoint(request.path)
@@ -164,6 +165,7 @@ class TusApp:
             else:
                 await self._tus_http(request, send, request_id, started)
         finally:
+            self.tracing.request_done(traced)
             logs.request_id_var.reset(token)
 
     def _in_routes(self, path: str) -> bool:

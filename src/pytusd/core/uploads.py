@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Protocol, cast
 
 from .. import errors
 from ..hooks import HookResponse, Hooks
 from ..info import UploadInfo, is_valid_upload_id
+from ..lockers.base import Lock
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
 from ..stores import Upload, base
@@ -47,6 +48,33 @@ class Finals(Protocol):
     ) -> UploadInfo: ...
 
     async def partial_completed(self, request: Request, partial_id: str) -> None: ...
+
+
+class Locked:
+    """``async with uploads.locked(request, upload_id)``: the upload's lock, held for the block (a class rather
+    than a generator's manager: every request for an upload goes through it)."""
+
+    __slots__ = ("_uploads", "_request", "_upload_id", "_lock")
+
+    def __init__(self, uploads: Uploads, request: Request, upload_id: str) -> None:
+        self._uploads = uploads
+        self._request = request
+        self._upload_id = upload_id
+        self._lock: Lock | None = None
+
+    async def __aenter__(self) -> None:
+        uploads, request = self._uploads, self._request
+        with uploads.metrics.lock_wait(), uploads.tracing.span("lock.acquire", {"tus.upload_id": self._upload_id}):
+            self._lock = await uploads.locker.acquire(
+                self._upload_id,
+                lambda: request.interrupt(errors.ERR_UPLOAD_INTERRUPTED()),
+                uploads.config.acquire_lock_timeout,
+            )
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            await lock.release()
 
 
 class Uploads:
@@ -155,32 +183,28 @@ class Uploads:
             if response is not None:
                 merge_hook_response(response, answer)
 
-    @contextlib.contextmanager
-    def store_operation(self, operation: str, upload_id: str | None = None) -> Iterator[None]:
+    def store_operation(
+        self, operation: str, upload_id: str | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Time a store operation (``pytusd_store_operation_seconds``) and trace it as a child span."""
+        timed = self.metrics.store_operation(operation)
         if not self.tracing.active:
-            with self.metrics.store_operation(operation):
-                yield
-            return
+            return timed
+        return self._traced_store_operation(timed, operation, upload_id)
+
+    @contextlib.contextmanager
+    def _traced_store_operation(
+        self, timed: contextlib.AbstractContextManager[None], operation: str, upload_id: str | None
+    ) -> Iterator[None]:
         attributes = {"tus.store.operation": operation}
         if upload_id:
             attributes["tus.upload_id"] = upload_id
-        with self.metrics.store_operation(operation), self.tracing.span(f"store.{operation}", attributes):
+        with timed, self.tracing.span(f"store.{operation}", attributes):
             yield
 
-    @contextlib.asynccontextmanager
-    async def locked(self, request: Request, upload_id: str) -> AsyncIterator[None]:
-        """Hold the upload's lock; a newer request for the same upload interrupts this one."""
-        with self.metrics.lock_wait(), self.tracing.span("lock.acquire", {"tus.upload_id": upload_id}):
-            lock = await self.locker.acquire(
-                upload_id,
-                lambda: request.interrupt(errors.ERR_UPLOAD_INTERRUPTED()),
-                self.config.acquire_lock_timeout,
-            )
-        try:
-            yield
-        finally:
-            await lock.release()
+    def locked(self, request: Request, upload_id: str) -> Locked:
+        """Hold the upload's lock (``async with``); a newer request for the same upload interrupts this one."""
+        return Locked(self, request, upload_id)
 
     async def write_body(
         self, request: Request, upload: Upload, info: UploadInfo, response: Response, offset: int

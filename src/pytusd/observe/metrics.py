@@ -59,6 +59,7 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 # Creation times kept for pytusd_upload_duration_seconds: uploads created by this process, unfinished, at most.
 _MAX_TRACKED = 65536
+_MAX_CHILDREN = 4096  # labelled children remembered by Metrics._child
 
 
 def multiprocess_dir() -> str | None:
@@ -177,6 +178,22 @@ class _Exposed:
             yield _tusd_shape(family)
 
 
+class _Timed:
+    """Observes the seconds its ``with`` block took (a class: cheaper per request than a generator's manager)."""
+
+    __slots__ = ("_histogram", "_started")
+
+    def __init__(self, histogram: Any) -> None:
+        self._histogram = histogram
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._histogram.observe(time.perf_counter() - self._started)
+
+
 @dataclasses.dataclass(frozen=True)
 class MetricsSnapshot:
     """The numbers of an app at one moment, read from its registry: what its Prometheus endpoint shows (tusd's
@@ -254,6 +271,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exposed(self._i, self.multiprocess_dir))
         self._started: OrderedDict[str, float] = OrderedDict()
+        # Labelled children by (instrument, label values): prometheus_client checks and looks up the labels on every
+        # labels() call; a request costs a few of them, so each child is looked up once (bounded: error codes from
+        # hooks are open-ended, and past the bound labels() answers as before).
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def __repr__(self) -> str:
         mode = f"multiprocess {self.multiprocess_dir!r}" if self.multiprocess_dir else "this process"
@@ -328,12 +349,21 @@ class Metrics:
 
     # -- recording --------------------------------------------------------------------------------------------------
 
+    def _child(self, instrument: Any, *labels: str) -> Any:
+        key = (instrument, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = instrument.labels(*labels)
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = child
+        return child
+
     def request(self, method: str) -> None:
         if method in METHODS:
-            self._i.requests.labels(method).inc()
+            self._child(self._i.requests, method).inc()
 
     def error(self, status: int, code: str) -> None:
-        self._i.errors.labels(str(status), code).inc()
+        self._child(self._i.errors, str(status), code).inc()
 
     def bytes_received(self, count: int) -> None:
         if count > 0:
@@ -358,10 +388,10 @@ class Metrics:
         self._started.pop(upload_id, None)
 
     def hook_invoked(self, hook_type: str) -> None:
-        self._i.hook_invocations.labels(hook_type).inc()
+        self._child(self._i.hook_invocations, hook_type).inc()
 
     def hook_failed(self, hook_type: str) -> None:
-        self._i.hook_errors.labels(hook_type).inc()
+        self._child(self._i.hook_errors, hook_type).inc()
 
     def hook_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Invocations and failures per hook type, as counted by this process."""
@@ -394,21 +424,13 @@ class Metrics:
         finally:
             gauge.dec()
 
-    @contextlib.contextmanager
-    def lock_wait(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._i.lock_wait.observe(time.perf_counter() - started)
+    def lock_wait(self) -> _Timed:
+        """Time the wait for an upload's lock (a context manager)."""
+        return _Timed(self._i.lock_wait)
 
-    @contextlib.contextmanager
-    def store_operation(self, operation: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._i.store_operation.labels(operation).observe(time.perf_counter() - started)
+    def store_operation(self, operation: str) -> _Timed:
+        """Time one store operation (a context manager)."""
+        return _Timed(self._child(self._i.store_operation, operation))
 
     def process_exited(self) -> None:
         """Multiprocess mode: drop this process's live gauges (connections, active uploads) from the sums."""

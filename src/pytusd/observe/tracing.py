@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -28,6 +29,12 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 _UNCONFIGURED: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
+# The tracer a request resolved when it began (:meth:`Tracing.for_request`): (the Tracing, its tracer or None). Its
+# store operations, lock waits and hook calls use that one instead of asking for the global provider each time (an
+# unset global provider costs an environment lookup per question).
+_request_tracer: contextvars.ContextVar[tuple[Tracing, Any] | None] = contextvars.ContextVar(
+    "pytusd_request_tracer", default=None
+)
 
 
 class Tracing:
@@ -41,9 +48,16 @@ class Tracing:
         self._tracer_of: Any = None
 
     def tracer(self) -> Any:
-        """The tracer to use now, or None when no spans are to be made."""
+        """The tracer to use now, or None when no spans are to be made: the one the current request resolved
+        when it began, else the provider's."""
         if trace is None:
             return None
+        current = _request_tracer.get()
+        if current is not None and current[0] is self:
+            return current[1]
+        return self._resolve()
+
+    def _resolve(self) -> Any:
         provider = self.provider if self.provider is not None else trace.get_tracer_provider()
         if isinstance(provider, _UNCONFIGURED):
             return None
@@ -57,6 +71,18 @@ class Tracing:
     @property
     def active(self) -> bool:
         return self.tracer() is not None
+
+    def for_request(self) -> contextvars.Token[tuple[Tracing, Any] | None] | None:
+        """Resolve the tracer once for the request beginning in this context (undo with :meth:`request_done`).
+        A tracer provider set while the request runs is used from the next request on."""
+        if trace is None:
+            return None
+        return _request_tracer.set((self, self._resolve()))
+
+    @staticmethod
+    def request_done(token: contextvars.Token[tuple[Tracing, Any] | None] | None) -> None:
+        if token is not None:
+            _request_tracer.reset(token)
 
     async def flush(self, timeout: float = 2.0) -> None:
         """Export the spans still buffered (at shutdown: the process may end by its signal, skipping atexit)."""

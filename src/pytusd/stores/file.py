@@ -396,8 +396,7 @@ class FileStore:
     def _load(self, upload_id: str, base: str) -> FileUpload:
         info_path = base + ".info"
         try:
-            with open(info_path, "rb") as f:
-                raw = f.read()
+            raw = fileio.read_file(info_path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             if os.path.exists(base + ".expired"):
                 raise errors.ERR_UPLOAD_EXPIRED() from None
@@ -419,8 +418,7 @@ class FileStore:
     def _pending_offset(path: str, default: int) -> int:
         """Where an unverified chunk started, if one is being written (or was, when a process died)."""
         try:
-            with open(path, "rb") as f:
-                return int(f.read().strip() or default)
+            return int(fileio.read_file(path).strip() or default)
         except (FileNotFoundError, ValueError):
             return default
 
