@@ -4,6 +4,7 @@ metadata says about the content."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import secrets
@@ -12,6 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ERR_INTERNAL_SERVER_ERROR
+
+
+# The FileInfo JSON's field names as Go writes them.
+_CANONICAL_FIELDS = frozenset(
+    ("ID", "Size", "SizeIsDeferred", "Offset", "MetaData", "IsPartial", "IsFinal", "PartialUploads", "Storage")
+)
+_CANONICAL_OF = {name.lower(): name for name in _CANONICAL_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,7 +68,11 @@ class UploadInfo:
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> UploadInfo:
         """Read tusd's FileInfo JSON. Field names are matched case-insensitively, as Go's decoder does."""
-        fields = {str(k).lower(): v for k, v in data.items()}
+        # What pytusd and tusd write has exactly the canonical names; other spellings are matched without regard to
+        # case, and the last of two spellings wins.
+        fields: Mapping[Any, Any] = data
+        if not _CANONICAL_FIELDS.issuperset(data):
+            fields = {_CANONICAL_OF.get(str(k).lower(), k): v for k, v in data.items()}
 
         def text_map(value: Any) -> dict[str, str]:
             if not value:
@@ -69,20 +81,20 @@ class UploadInfo:
                 raise ValueError("expected an object")
             return {str(k): str(v) for k, v in value.items()}
 
-        size = fields.get("size") or 0
-        offset = fields.get("offset") or 0
+        size = fields.get("Size") or 0
+        offset = fields.get("Offset") or 0
         if not isinstance(size, int) or not isinstance(offset, int) or size < 0 or offset < 0:
             raise ValueError("Size and Offset must be non-negative integers")
         return cls(
-            id=str(fields.get("id") or ""),
+            id=str(fields.get("ID") or ""),
             size=size,
-            size_is_deferred=bool(fields.get("sizeisdeferred")),
+            size_is_deferred=bool(fields.get("SizeIsDeferred")),
             offset=offset,
-            metadata=text_map(fields.get("metadata")),
-            is_partial=bool(fields.get("ispartial")),
-            is_final=bool(fields.get("isfinal")),
-            partial_uploads=tuple(str(p) for p in (fields.get("partialuploads") or ())),
-            storage=text_map(fields.get("storage")),
+            metadata=text_map(fields.get("MetaData")),
+            is_partial=bool(fields.get("IsPartial")),
+            is_final=bool(fields.get("IsFinal")),
+            partial_uploads=tuple(str(p) for p in (fields.get("PartialUploads") or ())),
+            storage=text_map(fields.get("Storage")),
         )
 
     @classmethod
@@ -111,6 +123,7 @@ def new_upload_id() -> str:
     return secrets.token_hex(16)
 
 
+@functools.lru_cache(maxsize=4096)  # asked by the app, the locker and the store for every request's ID
 def is_valid_upload_id(upload_id: str) -> bool:
     """Whether an ID may name an upload: URL-safe characters (tusd's set), segments separated by ``/``, no empty,
     ``.`` or ``..`` segment, no leading or trailing ``/``, bounded length. Anything else never reaches a store, so

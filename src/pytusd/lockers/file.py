@@ -68,12 +68,11 @@ def _let_go(fd: int, lock_path: str) -> None:
 
 
 class FileLock:
-    __slots__ = ("_fd", "_lock_path", "_poll", "_threaded", "_holders", "_upload_id")
+    __slots__ = ("_fd", "_lock_path", "_threaded", "_holders", "_upload_id")
 
-    def __init__(self, fd: int, lock_path: str, poll: asyncio.TimerHandle | None, threaded: bool = False) -> None:
+    def __init__(self, fd: int, lock_path: str, threaded: bool = False) -> None:
         self._fd = fd
         self._lock_path = lock_path
-        self._poll = poll
         self._threaded = threaded
         self._holders: dict[str, Callable[[], None]] | None = None  # the locker's, while this lock is in it
         self._upload_id = ""
@@ -84,34 +83,13 @@ class FileLock:
         if self._holders is not None:
             self._holders.pop(self._upload_id, None)
             self._holders = None
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
         fd, self._fd = self._fd, -1
         await fileio.call(self._threaded, _let_go, fd, self._lock_path)
 
-    def _watch(self, stop_path: str, interval: float, on_release_request: Callable[[], None]) -> None:
-        """Look for a release request every ``interval`` seconds while held."""
-        loop = asyncio.get_running_loop()
 
-        def seen(asked: bool) -> None:
-            if self._fd < 0:
-                return  # released meanwhile
-            if asked:
-                self._poll = None
-                on_release_request()
-            else:
-                self._poll = loop.call_later(interval, poll)
-
-        def poll() -> None:
-            self._poll = None
-            if not self._threaded:
-                seen(os.path.exists(stop_path))
-                return
-            job = fileio.start(os.path.exists, stop_path)
-            job.future.add_done_callback(lambda f: seen(not f.cancelled() and f.exception() is None and f.result()))
-
-        self._poll = loop.call_later(interval, poll)
+def _asked(paths: list[tuple[str, str]]) -> list[str]:
+    """The upload IDs among ``(upload_id, stop_path)`` whose release request file exists."""
+    return [upload_id for upload_id, stop_path in paths if os.path.exists(stop_path)]
 
 
 class FileLocker:
@@ -128,9 +106,14 @@ class FileLocker:
         self.acquirer_poll_interval = acquirer_poll_interval
         self.file_io = file_io
         self.threaded, self.file_io_reason = fileio.resolve(file_io, self.root)
-        # Locks this process holds: a request here that wants one asks its holder at once, instead of waiting for
-        # the holder's next look at the .stop file (which other processes still need).
+        # Locks this process holds, by upload ID, with what to call when asked to let go: a request here that wants
+        # one asks its holder at once; other processes leave a .stop file, which one timer of this locker looks for
+        # every holder_poll_interval seconds while any lock is held (no timer per lock: most are held for
+        # milliseconds).
         self._holders: dict[str, Callable[[], None]] = {}
+        self._poll: asyncio.TimerHandle | None = None
+        self._poll_loop: asyncio.AbstractEventLoop | None = None
+        self._polling = False  # a threaded look is under way
 
     def __repr__(self) -> str:
         return f"FileLocker({self.root!r})"
@@ -180,11 +163,48 @@ class FileLocker:
                 raise errors.ERR_LOCK_TIMEOUT()
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self.acquirer_poll_interval)
-        lock = FileLock(fd, lock_path, None, self.threaded)
-        lock._watch(stop_path, self.holder_poll_interval, on_release_request)
+        lock = FileLock(fd, lock_path, self.threaded)
         self._holders[upload_id] = on_release_request
         lock._holders, lock._upload_id = self._holders, upload_id
+        if self._poll is None or self._poll_loop is not loop:
+            self._schedule_poll(loop)
         return lock
+
+    def _schedule_poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._poll_loop = loop
+        self._poll = loop.call_later(self.holder_poll_interval, self._look)
+
+    def _look(self) -> None:
+        """The timer: ask the holders whose upload has a release request to let go; again later while any is held."""
+        self._poll = None
+        loop = self._poll_loop
+        if not self._holders or loop is None:
+            return
+        paths = [(upload_id, os.path.join(self.root, upload_id) + ".stop") for upload_id in self._holders]
+        if not self.threaded:
+            self._ask(_asked(paths))
+            self._schedule_poll(loop)
+            return
+        if self._polling:  # the last look still waits for the filesystem
+            self._schedule_poll(loop)
+            return
+        self._polling = True
+        job = fileio.start(_asked, paths)
+
+        def seen(future: asyncio.Future[list[str]]) -> None:
+            self._polling = False
+            if not future.cancelled() and future.exception() is None:
+                self._ask(future.result())
+            if self._holders and self._poll is None and not loop.is_closed():
+                self._schedule_poll(loop)
+
+        job.future.add_done_callback(seen)
+
+    def _ask(self, upload_ids: list[str]) -> None:
+        for upload_id in upload_ids:
+            holder = self._holders.pop(upload_id, None)
+            if holder is not None:  # asked once; the lock stays held until its request lets go
+                holder()
 
     async def try_acquire(self, upload_id: str) -> FileLock | None:
         if not is_valid_upload_id(upload_id):
@@ -194,4 +214,4 @@ class FileLocker:
             fd = await self._attempt(_try_flock, lock_path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return None if fd is None else FileLock(fd, lock_path, None, self.threaded)
+        return None if fd is None else FileLock(fd, lock_path, self.threaded)

@@ -27,6 +27,7 @@ import contextlib
 import errno
 import itertools
 import os
+import random
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -37,6 +38,11 @@ from ..info import UploadInfo, is_valid_upload_id, new_upload_id
 from .base import Capabilities, Upload
 
 T = TypeVar("T")
+
+# Names of temporary files (an .info being replaced): unique by O_EXCL, this generator only spreads them.
+_names = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_names.seed)
 
 DEFAULT_DIR_PERMS = 0o775
 DEFAULT_FILE_PERMS = 0o664
@@ -346,13 +352,12 @@ class FileStore:
     # -- paths ----------------------------------------------------------------------------------------------------
 
     def _path_for(self, upload_id: str) -> str:
-        """``<root>/<id>``; IDs that could leave the root are not found (a second guard behind the app's check)."""
+        """``<root>/<id>``; IDs that could leave the root are not found (a second guard behind the app's check:
+        a valid ID has no empty, ``.`` or ``..`` segment and no leading ``/``, so the joined path is already
+        normal and inside the root)."""
         if not is_valid_upload_id(upload_id):
             raise errors.ERR_UPLOAD_NOT_FOUND()
-        path = os.path.join(self.root, upload_id)
-        if os.path.commonpath([self.root, os.path.normpath(path)]) != self.root:
-            raise errors.ERR_UPLOAD_NOT_FOUND()
-        return path
+        return self.root + os.sep + upload_id
 
     def _data_path(self, info: UploadInfo, default: str) -> str:
         chosen = info.storage.get("Path") if info.storage else None
@@ -382,8 +387,14 @@ class FileStore:
 
     def _create_files(self, data_path: str, info_path: str, info: UploadInfo) -> None:
         for path in {os.path.dirname(data_path), os.path.dirname(info_path)}:
-            os.makedirs(path, mode=self.dir_perms, exist_ok=True)
-        fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
+            if path != self.root:  # an ID with segments, or a data path a hook chose
+                os.makedirs(path, mode=self.dir_perms, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(data_path, flags, self.file_perms)
+        except FileNotFoundError:  # the root itself was removed while serving: made again, as at start
+            self.ensure_directory()
+            fd = os.open(data_path, flags, self.file_perms)
         os.close(fd)
         self._write_info_now(info_path, info)  # with fsync: also syncs the info's folder
         if self.fsync and os.path.dirname(data_path) != os.path.dirname(info_path):
@@ -575,8 +586,13 @@ class FileStore:
 
     def _write_info_now(self, info_path: str, info: UploadInfo) -> None:
         data = info.to_json()
-        tmp = f"{info_path}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
+        while True:  # O_EXCL keeps names apart, so the name needs no strong randomness (and no system call)
+            tmp = f"{info_path}.{_names.getrandbits(32):08x}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_perms)
+                break
+            except FileExistsError:
+                continue
         try:
             view = memoryview(data)
             while view:
