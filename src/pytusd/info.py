@@ -47,7 +47,15 @@ class UploadInfo:
         return not self.size_is_deferred and self.offset == self.size
 
     def replace(self, **changes: Any) -> UploadInfo:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (as :func:`dataclasses.replace`, spelled out: a request makes a few)."""
+        if not _FIELD_NAMES.issuperset(changes):
+            raise TypeError(f"UploadInfo has no field {sorted(set(changes) - _FIELD_NAMES)}")
+        get = changes.get
+        return UploadInfo(
+            get("id", self.id), get("size", self.size), get("size_is_deferred", self.size_is_deferred),
+            get("offset", self.offset), get("metadata", self.metadata), get("is_partial", self.is_partial),
+            get("is_final", self.is_final), get("partial_uploads", self.partial_uploads), get("storage", self.storage),
+        )
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +114,9 @@ class UploadInfo:
             return cls.from_json_dict(data)
         except (ValueError, TypeError) as exc:
             raise ERR_INTERNAL_SERVER_ERROR(f"stored upload info is unreadable: {exc}") from exc
+
+
+_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(UploadInfo))
 
 
 # --- upload IDs ----------------------------------------------------------------------------------------------------

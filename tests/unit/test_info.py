@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytusd.info import download_headers, is_valid_upload_id, new_upload_id
+from pytusd.info import UploadInfo, download_headers, is_valid_upload_id, new_upload_id
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,19 @@ def test_unicode_filename_gets_rfc5987_form():
     _, disposition = download_headers({"filename": "résumé.pdf"})
     assert disposition == "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
     disposition.encode("latin-1")
+
+
+def test_replace_changes_each_field_as_dataclasses_replace_does():
+    """UploadInfo.replace is spelled out for speed: every field, in order, changes alone and nothing else."""
+    import dataclasses
+
+    base = UploadInfo(id="a", size=10, offset=1, metadata={"k": "v"}, storage={"Type": "filestore"})
+    values = {
+        "id": "b", "size": 20, "size_is_deferred": True, "offset": 5, "metadata": {"x": "y"}, "is_partial": True,
+        "is_final": True, "partial_uploads": ("p1",), "storage": {"Type": "s3store"},
+    }
+    assert set(values) == {field.name for field in dataclasses.fields(UploadInfo)}
+    for name, value in values.items():
+        assert base.replace(**{name: value}) == dataclasses.replace(base, **{name: value})
+    with pytest.raises(TypeError):
+        base.replace(bogus=1)
