@@ -27,6 +27,27 @@ async def test_request_id_is_taken_or_made_and_sent_back(client):
     assert r.status_code == 404 and len(r.headers["x-request-id"]) == 32  # unusable IDs are replaced
 
 
+def test_made_request_ids_differ_in_forked_workers():
+    """Made IDs come from a generator of the process's own, seeded afresh in a forked worker: a worker never
+    repeats the IDs its parent (or a sibling) makes."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next IDs, then out
+        os.close(read)
+        os.write(write, " ".join(logs.new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = [logs.new_request_id() for _ in range(3)]
+    with os.fdopen(read) as f:
+        child = f.read().split()
+    os.waitpid(pid, 0)
+    assert len(child) == 3 and all(len(i) == 32 and int(i, 16) >= 0 for i in child + parent)
+    assert not set(child) & set(parent)
+    assert len({logs.new_request_id() for _ in range(10_000)}) == 10_000
+
+
 async def test_request_id_reaches_http_hooks(client_factory):
     server = HookServer()
     try:

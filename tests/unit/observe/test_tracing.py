@@ -94,3 +94,28 @@ async def test_no_spans_without_a_provider(client, monkeypatch):
     headers: dict[str, str] = {}
     tracing.inject(headers)
     assert headers == {}
+
+
+def test_a_request_resolves_its_tracer_once_and_only_for_its_own_tracing(spans, monkeypatch):
+    """for_request resolves the tracer once for the request's context: the request's spans use it, another
+    Tracing in the same context still asks its own provider, and after request_done nothing is left behind."""
+    provider, _ = spans
+    traced, untraced = tracing.Tracing(provider), tracing.Tracing()
+    assert untraced.tracer() is None and traced.tracer() is not None
+
+    calls = []
+    resolve = tracing.Tracing._resolve
+
+    def counting(self):
+        calls.append(self)
+        return resolve(self)
+
+    monkeypatch.setattr(tracing.Tracing, "_resolve", counting)
+    token = traced.for_request()
+    for _ in range(5):
+        assert traced.tracer() is not None
+    assert calls == [traced]  # once, at the start of the request
+    assert untraced.tracer() is None and calls == [traced, untraced]  # not the request's Tracing: its own
+    traced.request_done(token)
+    traced.tracer()
+    assert calls == [traced, untraced, traced]  # outside the request: asked again
