@@ -177,3 +177,42 @@ def test_a_bodyless_request_without_connection_header_stays_open_and_http_1_0_cl
 def test_responses_carry_a_date_and_no_server_header(pytusd):
     r = httpx.options(pytusd.url)
     assert "date" in r.headers and "server" not in r.headers
+
+
+def _closed_after(sock: socket.socket) -> float:
+    """Seconds until the server closes ``sock`` (reading and dropping anything it sends)."""
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+def test_the_network_timeout_moves_with_each_request_and_ends_an_idle_connection(pytusd_factory):
+    """One deadline per connection, moved by every request (``--network-timeout``, here 1 s): a connection that
+    sends a request every 0.4 s for 3 s stays open, then is closed about 1 s after its last response; a head that
+    trickles in is cut 1 s after its first byte, however often a byte comes."""
+    server = pytusd_factory("--network-timeout", "1s")
+    options = b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        rest = b""
+        for _ in range(8):  # 3.2 s of requests 0.4 s apart: longer than the timeout, never idle that long
+            sock.sendall(options)
+            status, _, _, rest = read_response(sock, rest)
+            assert status in (200, 204)
+            time.sleep(0.4)
+        sock.sendall(options)
+        read_response(sock, rest)
+        assert 0.7 < _closed_after(sock) < 3
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        try:
+            for byte in options[:-4]:  # never the blank line: the head is never complete
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        took = time.monotonic() - started + _closed_after(sock)
+        assert 0.7 < took < 3, f"a trickled head was held {took:.1f} s with --network-timeout 1s"

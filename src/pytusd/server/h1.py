@@ -75,7 +75,11 @@ class H1Connection(asyncio.Protocol):
         self.reading = True
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
+        # The network timeout's deadline (None: none runs) and the one timer that watches it: re-armed per request by
+        # moving the deadline, the timer itself rescheduled only when it fires early (no timer made per request).
+        self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.linger: asyncio.TimerHandle | None = None  # closes a lingering connection (_close)
         self.idle = True  # waiting for a request's first byte (the timer is the idle one)
         self.splicing: Any = None  # the running splice (pytusd.server.splice), which owns the socket meanwhile
         self.closing = False  # no further request on this connection
@@ -124,7 +128,7 @@ class H1Connection(asyncio.Protocol):
         """Hand the connection to HTTP/2 (ALPN chose it, or the h2c preface came)."""
         from .h2 import H2Connection
 
-        self._cancel_timer()
+        self._stop_timers()
         self.phase = CLOSED
         conn = H2Connection(self.state)
         self.state.replace(self, conn)
@@ -135,7 +139,7 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED
-        self._cancel_timer()
+        self._stop_timers()
         if self.splicing is not None:
             self.splicing.finish(False)
         cycle = self.cycle
@@ -422,17 +426,35 @@ class H1Connection(asyncio.Protocol):
                 transport.pause_reading()
 
     def _arm_timer(self) -> None:
-        self._cancel_timer()
-        if self.transport is not None and not self.transport.is_closing():
-            self.timer = self.loop.call_later(self.options.network_timeout, self._timed_out)
+        if self.transport is None or self.transport.is_closing():
+            self.deadline = None
+            return
+        self.deadline = self.loop.time() + self.options.network_timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None  # the timer, if one runs, finds no deadline and ends
+
+    def _stop_timers(self) -> None:
+        self.deadline = None
+        for handle in (self.timer, self.linger):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.linger = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:  # re-armed since it was set: wait for the deadline as it is now
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self.deadline = None
+        self._timed_out()
 
     def _timed_out(self) -> None:
-        self.timer = None
         if self.phase == HEAD and self.cycle is None and not self.transport.is_closing():
             self.transport.close()  # silent between requests, or a head that did not complete in time
 
@@ -456,7 +478,7 @@ class H1Connection(asyncio.Protocol):
             return
         if self.phase == CLOSED:  # the framing failed meanwhile (the app's answer went out instead): close
             self.cycle = None
-            if not self.transport.is_closing() and self.timer is None:
+            if not self.transport.is_closing() and self.linger is None:
                 self.transport.close()
             return
         if not cycle.keep_alive or self.closing or self.phase != DONE or self.splicing is not None:
@@ -485,7 +507,7 @@ class H1Connection(asyncio.Protocol):
             if not self.reading:
                 self.reading = True
                 transport.resume_reading()
-            self.timer = self.loop.call_later(LINGER, transport.close)
+            self.linger = self.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
 
