@@ -14,7 +14,6 @@ from pytusd.hooks import Hooks, PythonHookBackend
 from pytusd.hooks.outbox import FolderOutbox, Outbox, RedisOutbox
 from pytusd.info import UploadInfo
 from pytusd.observe.metrics import Metrics
-
 from tests.conftest import create, patch
 
 
