@@ -481,11 +481,12 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     if sub is None:
         parser = argparse.ArgumentParser(
             prog="pytusd",
-            usage="pytusd [cleanup | list | info ID | delete ID] [flags]",
+            usage="pytusd [cleanup | list | info ID | delete ID | hooks pending|retry|drop] [flags]",
             description="pytusd: a tus resumable-upload server. Admin commands take the same flags and work on the "
             "store they name: 'pytusd list' (uploads: ID, size, offset, state, filename, expiry; --json), "
             "'pytusd info ID', 'pytusd delete ID' (takes the upload's lock, then deletes it) and 'pytusd cleanup' "
-            "(removes expired uploads once, for cron); 'pytusd COMMAND --help' shows each one's flags. Every flag "
+            "(removes expired uploads once, for cron), 'pytusd hooks pending | retry [ID] | drop ID' (the outbox of "
+            "--hooks-durable); 'pytusd COMMAND --help' shows each one's flags. Every flag "
             "can also be set as PYTUSD_<NAME> in the environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, "
             "--flag=true and --flag=false.",
             formatter_class=argparse.RawDescriptionHelpFormatter,
