@@ -166,3 +166,24 @@ async def test_the_app_records_before_answering(client_factory, tmp_path):
     await deliver_all(outbox)
     assert [h for h, _, _ in hook.delivered] == ["post-create", "post-finish"]
     assert len({event_id for _, _, event_id in hook.delivered}) == 2
+
+
+async def test_file_hooks_get_the_event_id(tmp_path):
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    script = hooks_dir / "post-finish"
+    script.write_text('#!/bin/sh\nfirst=$(cat)\nprintf "%s %s" "$TUS_EVENT_ID" "$first" >> seen.txt\n'
+                      '[ -e ok ] || exit 1\n')
+    script.chmod(0o755)
+    from pytusd.hooks import FileHookBackend
+
+    hooks = Hooks(FileHookBackend(hooks_dir), ("post-finish",))
+    outbox = Outbox(FolderOutbox(tmp_path / "outbox"), backoff=0.01, max_backoff=0.02)
+    hooks.use_outbox(outbox)
+    await hooks.notify("post-finish", info("a", 10), HTTP)
+    await outbox.deliver_once()  # the script fails: no "ok" file yet
+    (hooks_dir / "ok").touch()
+    await deliver_all(outbox)
+    [event_id, *_] = (hooks_dir / "seen.txt").read_text().split(" ", 1)
+    seen = (hooks_dir / "seen.txt").read_text()
+    assert len(event_id) == 32 and seen.count(f'"EventID": "{event_id}"') == 2 and seen.count(event_id + " ") == 2
