@@ -222,6 +222,13 @@ PEER_BINARIES = {"tusd": TUSD_BIN, "tusd-1cpu": TUSD_BIN, "rustus": RUSTUS_BIN, 
 
 # Opt-in, for scenario 1: the cost of --fsync, measured in the same run (--servers pytusd,pytusd-fsync).
 SERVERS["pytusd-fsync"] = pytusd_spec("pytusd-fsync", "pytusd --fsync", "--fsync")
+# Opt-in: the cost of --hooks-durable (post-create and post-finish recorded in the outbox before each answer, then
+# delivered), measured in the same run. The hooks folder has no scripts (never created), so a delivery is a no-op:
+# what is measured is the outbox, not a hook server.
+SERVERS["pytusd-durable"] = pytusd_spec(
+    "pytusd-durable", "pytusd --hooks-durable", "--hooks-durable", "--hooks-dir", "/nonexistent/pytusd-bench-hooks",
+    "--hooks-enabled-events", "post-create,post-finish",
+)
 # Opt-in, for scenario 1: pytusd without splice(2) (every body byte through Python), measured in the same run.
 SERVERS["pytusd-nosplice"] = pytusd_spec("pytusd-nosplice", "pytusd (no splice)", env={"PYTUSD_NO_SPLICE": "1"})
 # Opt-in, for scenarios 1 and 2: the cost of --file-io threads against inline, with and without splice(2).

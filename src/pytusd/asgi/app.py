@@ -107,6 +107,9 @@ class TusApp:
             else None
         )
         self._background: asyncio.Task[None] | None = None
+        # --hooks-durable: every app delivers the outbox's events (pytusd.hooks.outbox), whoever recorded them.
+        self.outbox = self.handlers.hooks.outbox if self.handlers.hooks is not None else None
+        self._delivery: asyncio.Task[None] | None = None
         base.prepare(config.store)  # e.g. the file store's directory
 
     def shutdown(self) -> None:
@@ -115,6 +118,9 @@ class TusApp:
         if self._background is not None:
             self._background.cancel()
             self._background = None
+        if self._delivery is not None:
+            self._delivery.cancel()  # an event being delivered stays in the outbox: delivered again later
+            self._delivery = None
         for request in list(self._active):
             request.interrupt(errors.ERR_SERVER_SHUTDOWN())
 
@@ -126,9 +132,13 @@ class TusApp:
         # Started by the first lifespan event or request: a mounted sub-app may never see lifespan events.
         if self.cleaner is not None and self._background is None and not self.shutting_down:
             self._background = asyncio.get_running_loop().create_task(self.cleaner.run())
+        if self.outbox is not None and self._delivery is None and not self.shutting_down:
+            self._delivery = asyncio.get_running_loop().create_task(self.outbox.run())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.cleaner is not None and self._background is None:
+        if (self.cleaner is not None and self._background is None) or (
+            self.outbox is not None and self._delivery is None
+        ):
             self._start_background()
         kind = scope["type"]
         if kind == "http":

@@ -105,7 +105,7 @@ class DraftFlows:
         response = Response(201, {"Location": url, **self._base_headers(version)})
         if hook_answer is not None:
             merge_hook_response(response, hook_answer)
-        handlers.announce("created", info, request)  # the post-create hook and the created event, as in tus 1.0
+        await handlers.announce("created", info, request)  # the post-create hook and the created event, as in tus 1.0
         try:
             async with handlers.locked(request, info.id):
                 info = await handlers.write_body(request, upload, info, response, 0)

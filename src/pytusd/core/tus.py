@@ -92,7 +92,7 @@ class TusFlows(Uploads):
         response = Response(201, {"Location": url})
         if hook_answer is not None:
             merge_hook_response(response, hook_answer)
-        self.announce("created", info, request)
+        await self.announce("created", info, request)
         if self.expiration and not info.is_complete and kind != "final":
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         try:
@@ -161,7 +161,7 @@ class TusFlows(Uploads):
         self.metrics.upload_terminated(upload_id)
         log.info("upload %s terminated", upload_id,
                  extra=logs.fields(event="UploadTerminated", upload_id=upload_id, offset=info.offset))
-        self.announce("terminated", info, request)
+        await self.announce("terminated", info, request)
         return response
 
     async def get(self, request: Request) -> Response:

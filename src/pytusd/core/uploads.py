@@ -157,14 +157,15 @@ class Uploads:
         """The request as events and callbacks see it (what hooks get as ``HTTPRequest``)."""
         return event_request(request, http)
 
-    def announce(self, kind: EventKind, info: UploadInfo, request: Request) -> None:
-        """A notification: the matching post-* hook fires (in the background) and the event goes to the
-        subscribers of ``app.events``; neither ever delays or fails the request."""
+    async def announce(self, kind: EventKind, info: UploadInfo, request: Request) -> None:
+        """A notification: the matching post-* hook fires in the background (with ``--hooks-durable`` it is first
+        recorded in the outbox, which this waits for) and the event goes to the subscribers of ``app.events``;
+        neither ever fails the request."""
         hook_type = HOOK_OF_EVENT[kind]
         http = None
         if self.hooks is not None and self.hooks.wants(hook_type):
             http = request.hook_http()
-            self.hooks.fire(hook_type, info, http)
+            await self.hooks.notify(hook_type, info, http)
         if self.events.wants(kind):
             self.events.publish(UploadEvent(kind, info, self.event_request(request, http)))
 
@@ -291,7 +292,7 @@ class Uploads:
                     extra=logs.fields(event="UploadTerminated", upload_id=info.id, offset=info.offset,
                                       reason="stopped"),
                 )
-                self.announce("terminated", info, request)  # as tusd: a stopped upload is a terminated one
+                await self.announce("terminated", info, request)  # as tusd: a stopped upload is a terminated one
             raise body.error
         if body.error is not None:
             log.info(
@@ -300,7 +301,7 @@ class Uploads:
                                   received=written, reason=body.error.code),
             )
         if written:
-            self.announce("progress", info, request)
+            await self.announce("progress", info, request)
         response.headers["Upload-Offset"] = str(info.offset)
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
@@ -384,7 +385,7 @@ class Uploads:
         log.info("upload %s finished (%d bytes)", info.id, info.size,
                  extra=logs.fields(event="UploadFinished", upload_id=info.id, size=info.size))
         await self.pre_finish(request, info, response)
-        self.announce("completed", info, request)
+        await self.announce("completed", info, request)
 
     async def create_upload(self, request: Request, info: UploadInfo) -> tuple[Upload, UploadInfo]:
         """Create the upload in the store; count and log it."""

@@ -9,13 +9,14 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .. import errors
 from ..hooktypes import HOOK_TYPES
 from ..info import UploadInfo
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
+from .outbox import DURABLE_HOOKS, Event, Outbox
 
 log = logging.getLogger("pytusd.hooks")
 
@@ -229,12 +230,15 @@ class Hooks:
         # Whether a hook runs for an upload, beyond being enabled (an app with upload profiles sets it: a profile
         # names the hooks of its uploads); None: every enabled hook runs.
         self.allows: Callable[[str, UploadInfo], bool] | None = None
+        self.outbox: Outbox | None = None  # --hooks-durable (use_outbox)
 
     def instrument(self, metrics: Metrics, tracer: tracing.Tracing | None = None) -> None:
         """Count invocations and failures in ``metrics`` (a :class:`pytusd.observe.metrics.Metrics`) and trace hook calls
         with ``tracer``; a TusApp does this with its own. A Hooks object shared by two apps counts in the last."""
         self._metrics = metrics
         self._tracing = tracer
+        if self.outbox is not None:
+            self.outbox.metrics = metrics
 
     @property
     def counters(self) -> Metrics:
@@ -257,38 +261,45 @@ class Hooks:
     def wants(self, hook_type: str) -> bool:
         return hook_type in self.enabled
 
-    async def _run(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
-        if self.allows is not None and not self.allows(hook_type, info):
-            return HookResponse()  # the upload's rules leave this hook out (pytusd.core.rules, "hooks")
+    def _request(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> dict[str, Any]:
         request = hook_request(hook_type, info, http)
         request_id = logs.request_id_var.get()
         if request_id is not None:
             # The request's ID (the client's X-Request-ID, or the one pytusd made) travels in the payload.
             header = request["Event"]["HTTPRequest"]
             header["Header"] = {**(header.get("Header") or {}), "X-Request-Id": [request_id]}
+        return request
+
+    async def _invoke(self, backend: HookBackend, hook_type: str, request: dict[str, Any], upload_id: str) -> Any:
+        """One backend's call, counted and traced; a failure is logged and raised as HookFailed."""
         counters = self.counters
         tracer = self._tracing
+        counters.hook_invoked(hook_type)
+        span = _NO_SPAN
+        if tracer is not None and tracer.active:
+            attributes = {"tus.hook.type": hook_type, "tus.hook.backend": type(backend).__name__}
+            if upload_id:
+                attributes["tus.upload_id"] = upload_id
+            span = tracer.span(f"hook {hook_type}", attributes, client=True)
+        try:
+            with span:
+                return HookResponse.from_json(await backend.invoke(hook_type, request))
+        except Exception as exc:
+            counters.hook_failed(hook_type)
+            log.error(
+                "%s hook (%r) failed for upload %s: %s", hook_type, backend, upload_id or "(new)", exc,
+                extra=logs.fields(event="HookInvocationError", hook=hook_type, upload_id=upload_id or None),
+            )
+            raise HookFailed(hook_type) from exc
+
+    async def _run(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
+        if self.allows is not None and not self.allows(hook_type, info):
+            return HookResponse()  # the upload's rules leave this hook out (pytusd.core.rules, "hooks")
+        request = self._request(hook_type, info, http)
         merged = HookResponse()
         for backend, events in self.bindings:
-            if hook_type not in events:
-                continue
-            counters.hook_invoked(hook_type)
-            span = _NO_SPAN
-            if tracer is not None and tracer.active:
-                attributes = {"tus.hook.type": hook_type, "tus.hook.backend": type(backend).__name__}
-                if info.id:
-                    attributes["tus.upload_id"] = info.id
-                span = tracer.span(f"hook {hook_type}", attributes, client=True)
-            try:
-                with span:
-                    merged.merge(HookResponse.from_json(await backend.invoke(hook_type, request)))
-            except Exception as exc:
-                counters.hook_failed(hook_type)
-                log.error(
-                    "%s hook (%r) failed for upload %s: %s", hook_type, backend, info.id or "(new)", exc,
-                    extra=logs.fields(event="HookInvocationError", hook=hook_type, upload_id=info.id or None),
-                )
-                raise HookFailed(hook_type) from exc
+            if hook_type in events:
+                merged.merge(await self._invoke(backend, hook_type, request, info.id))
         return merged
 
     async def call(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> HookResponse:
@@ -316,6 +327,40 @@ class Hooks:
         task = asyncio.get_running_loop().create_task(self.observe(hook_type, info, http))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def use_outbox(self, outbox: Outbox) -> None:
+        """Deliver post-create, post-finish and post-terminate through ``outbox`` (``--hooks-durable``): recorded by
+        :meth:`notify` before the request answers, delivered by ``outbox.run()`` until acknowledged."""
+        self.outbox = outbox
+        outbox.deliver = self._deliver_event
+        outbox.metrics = self.counters
+
+    async def _deliver_event(self, event: Event) -> None:
+        for backend, events in self.bindings:
+            if repr(backend) == event.backend and event.hook_type in events:
+                await self._invoke(backend, event.hook_type, event.request, event.upload_id)
+                return
+        raise LookupError(f"no {event.hook_type} hook {event.backend} is configured in this process")
+
+    async def notify(self, hook_type: str, info: UploadInfo, http: Mapping[str, Any]) -> None:
+        """A notification hook: recorded in the outbox when there is one (durable events), else :meth:`fire`. An
+        outbox that cannot record it is logged and the hook fired once, as without the outbox."""
+        if hook_type not in self.enabled:
+            return
+        if self.outbox is None or hook_type not in DURABLE_HOOKS:
+            self.fire(hook_type, info, http)
+            return
+        if self.allows is not None and not self.allows(hook_type, info):
+            return
+        request = self._request(hook_type, info, http)
+        backends = [repr(backend) for backend, events in self.bindings if hook_type in events]
+        try:
+            await self.outbox.record(hook_type, info.id, request, backends)
+        except Exception as exc:
+            log.error("%s event of upload %s could not be recorded in %r (%s); delivered once, not durably",
+                      hook_type, info.id, self.outbox, exc,
+                      extra=logs.fields(event="HookOutboxError", hook=hook_type, upload_id=info.id))
+            self.fire(hook_type, info, http)
 
     def metrics(self) -> dict[str, dict[str, int]]:
         """The counters under tusd's metric names, per hook type (read from the Prometheus counters)."""

@@ -1,7 +1,8 @@
 """File hooks: an executable per event in a directory, as tusd's ``-hooks-dir``.
 
 ``<dir>/<event>`` (e.g. ``pre-create``) runs with the HookRequest JSON on stdin, the upload's ``TUS_ID``,
-``TUS_SIZE`` and ``TUS_OFFSET`` in its environment and the hooks directory as working directory. It is executed
+``TUS_SIZE`` and ``TUS_OFFSET`` (and a durable event's ``TUS_EVENT_ID``) in its environment and the hooks
+directory as working directory. It is executed
 directly, never through a shell. Exit status 0 with JSON (or nothing) on stdout is its answer; any other status, or
 output that is not JSON, is a hook failure, and so is running longer than ``timeout`` (the script is killed). A
 missing script means the hook does nothing.
@@ -38,6 +39,8 @@ class FileHookBackend:
             "TUS_SIZE": str(upload.get("Size", 0)),
             "TUS_OFFSET": str(upload.get("Offset", 0)),
         }
+        if request.get("EventID"):
+            env["TUS_EVENT_ID"] = str(request["EventID"])  # --hooks-durable: the same on every delivery
         process = await asyncio.create_subprocess_exec(
             path,
             stdin=asyncio.subprocess.PIPE,

@@ -48,7 +48,10 @@ class FireboomHookBackend:
         header is forwarded, the client's headers travel in the JSON body."""
         header = request["Event"]["HTTPRequest"].get("Header") or {}
         request_id = (header.get("X-Request-Id") or [secrets.token_hex(16)])[0]
-        return {"X-Request-Id": request_id[:64]}
+        own = {"X-Request-Id": request_id[:64]}
+        if request.get("EventID"):
+            own["Idempotency-Key"] = str(request["EventID"])  # --hooks-durable: the same on every delivery
+        return own
 
     async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
         upload = request["Event"]["Upload"]

@@ -7,7 +7,8 @@ The client's headers travel inside the message, as data. Only the ones named in 
 ``-hooks-grpc-forward-headers``) are also sent as call metadata, as tusd does: by the rule every hook backend
 follows (:func:`pytusd.hooks.base.hook_request_headers`), with lowercase keys, and never a key gRPC reserves
 (``grpc-*``, ``-bin``, ``user-agent``; ``content-type`` and ``te`` are never forwarded anyway) nor a value gRPC
-cannot carry (anything but visible ASCII and spaces), which is dropped.
+cannot carry (anything but visible ASCII and spaces), which is dropped. A durable event's ``EventID``
+(``--hooks-durable``) travels as the ``idempotency-key`` metadata.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ class GrpcHookBackend:
     async def invoke(self, hook_type: str, request: dict[str, Any]) -> Any:
         message = to_message(hook_type, request)
         metadata = call_metadata(request, self.forward_headers) if self.forward_headers else None
+        if request.get("EventID"):  # --hooks-durable: tusd's messages have no field for it, the metadata carries it
+            metadata = [*(metadata or []), ("idempotency-key", str(request["EventID"]))]
         attempt = 0
         while True:
             try:

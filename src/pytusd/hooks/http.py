@@ -2,7 +2,8 @@
 
 Network errors and 5xx answers are retried ``retry`` times, ``backoff`` seconds apart; any other non-2xx answer is
 a hook failure, as is a body larger than ``size_limit`` or one that is not JSON. Notification events carry an
-``Idempotency-Key`` (the same on every retry) so a receiver can drop duplicates. Every call carries the
+``Idempotency-Key`` (the same on every retry; with ``--hooks-durable`` the event's ``EventID``, the same on every
+delivery) so a receiver can drop duplicates. Every call carries the
 request's ``X-Request-ID`` (and, when tracing, a ``traceparent``). Client headers named in ``forward_headers`` are
 added as :func:`~pytusd.hooks.base.hook_request_headers` allows: never over pytusd's own or the request's framing.
 """
@@ -100,7 +101,8 @@ class HttpHookBackend:
         """pytusd's own header fields of a hook call (the forwarded ones are added by JsonPoster.post)."""
         headers = {"Hook-Name": hook_type}
         if hook_type not in BLOCKING_HOOKS:
-            headers["Idempotency-Key"] = secrets.token_hex(16)
+            # The outbox's event ID (--hooks-durable: the same on every delivery), else one per call.
+            headers["Idempotency-Key"] = str(request.get("EventID") or secrets.token_hex(16))
         incoming = request["Event"]["HTTPRequest"].get("Header", {})
         request_id = {k.lower(): v for k, v in incoming.items()}.get("x-request-id")
         if request_id:

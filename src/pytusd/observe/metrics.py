@@ -17,7 +17,9 @@ it at ``config.metrics_path``. tusd's metrics keep tusd's names, types and label
 
 and pytusd adds ``pytusd_upload_duration_seconds`` and ``pytusd_upload_size_bytes`` (histograms, at finish),
 ``pytusd_active_uploads`` (gauge: request bodies being written), ``pytusd_lock_wait_seconds`` (histogram),
-``pytusd_store_operation_seconds{operation}`` (histogram) and ``pytusd_expired_uploads_removed_total`` (counter).
+``pytusd_store_operation_seconds{operation}`` (histogram), ``pytusd_expired_uploads_removed_total`` (counter) and,
+with ``--hooks-durable``, ``pytusd_hook_outbox_pending`` and ``pytusd_hook_outbox_oldest_seconds`` (gauges),
+``pytusd_hook_delivery_attempts_total{hooktype,result}`` and ``pytusd_hook_dead_letters_total{hooktype}``.
 
 ``tusd_connections_open`` counts open HTTP connections when pytusd's own server runs the app (``pytusd``); an
 app served by another ASGI server counts the requests in progress instead.
@@ -118,6 +120,23 @@ class _Instruments:
         self.expired_removed = counter(
             "pytusd_expired_uploads_removed_total",
             "Expired unfinished uploads removed (by the background cleaner, or when a request found them expired).",
+        )
+        # --hooks-durable: the outbox, as every process sees it (the same shared outbox: the largest, not the sum).
+        self.outbox_pending = Gauge(
+            "pytusd_hook_outbox_pending", "Durable hook events waiting for delivery (counted up to the outbox's batch).",
+
+            registry=None, multiprocess_mode="livemax",
+        )
+        self.outbox_oldest = Gauge(
+            "pytusd_hook_outbox_oldest_seconds", "Age of the oldest durable hook event waiting for delivery.",
+            registry=None, multiprocess_mode="livemax",
+        )
+        self.hook_deliveries = counter(
+            "pytusd_hook_delivery_attempts_total", "Delivery attempts of durable hook events per hook type and result.",
+            ["hooktype", "result"],
+        )
+        self.hook_dead_letters = counter(
+            "pytusd_hook_dead_letters_total", "Durable hook events given up (dead letters) per hook type.", ["hooktype"]
         )
         # Label values known in advance appear at 0, as in tusd.
         for method in METHODS:
@@ -404,6 +423,16 @@ class Metrics:
             return counts
 
         return read(self._i.hook_invocations), read(self._i.hook_errors)
+
+    def hook_outbox(self, pending: int, oldest: float) -> None:
+        self._i.outbox_pending.set(pending)
+        self._i.outbox_oldest.set(oldest)
+
+    def hook_delivery(self, hook_type: str, ok: bool) -> None:
+        self._i.hook_deliveries.labels(hook_type, "ok" if ok else "failed").inc()
+
+    def hook_dead_letter(self, hook_type: str) -> None:
+        self._i.hook_dead_letters.labels(hook_type).inc()
 
     def connection_opened(self) -> None:
         self._i.connections_open.inc()

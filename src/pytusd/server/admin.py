@@ -1,4 +1,4 @@
-"""Admin commands: ``pytusd list``, ``pytusd info ID``, ``pytusd delete ID``, ``pytusd cleanup``.
+"""Admin commands: ``pytusd list``, ``pytusd info ID``, ``pytusd delete ID``, ``pytusd cleanup``, ``pytusd hooks``.
 
 They take the server's flags, so they reach the same store and locker as the server they sit next to (any
 store: disk, S3, GCS, Azure). ``delete`` takes the upload's lock first, asking a running server to let go of it,
@@ -23,6 +23,7 @@ from .. import errors
 from ..core import expiration
 from ..core.config import Config
 from ..hooks import Hooks
+from ..hooks import outbox as outbox_module
 from ..info import UploadInfo
 from ..stores import Listable, Upload, base
 
@@ -91,7 +92,8 @@ async def delete(config: Config, upload_id: str) -> dict[str, Any]:
     hooks = config.hooks
     if isinstance(hooks, Hooks) and hooks.wants("post-terminate"):
         path = config.route_prefix + upload_id
-        hooks.fire("post-terminate", info, {"Method": "DELETE", "URI": path, "RemoteAddr": "", "Header": {}})
+        # Recorded in the outbox with --hooks-durable (a running server delivers it), else fired and waited for.
+        await hooks.notify("post-terminate", info, {"Method": "DELETE", "URI": path, "RemoteAddr": "", "Header": {}})
         await hooks.drain()
     return described
 
@@ -144,8 +146,64 @@ def print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def run_hooks(config: Config, arguments: list[str], as_json: bool, out: TextIO = sys.stdout) -> int:
+    """``pytusd hooks pending | retry [ID] | drop ID``: the durable hooks' outbox. Exit status 0, 1 (no such event,
+    or it is being delivered now) or 2 (usage: no --hooks-durable, a wrong action or ID)."""
+    hooks = config.hooks
+    outbox = hooks.outbox if isinstance(hooks, Hooks) else None
+    action, rest = (arguments[0], arguments[1:]) if arguments else ("", [])
+    wanted = {"pending": (0,), "retry": (0, 1), "drop": (1,)}
+    if action not in wanted or len(rest) not in wanted[action]:
+        print("pytusd hooks: give 'pending', 'retry [EVENT-ID]' or 'drop EVENT-ID'", file=sys.stderr)
+        return 2
+    if outbox is None:
+        print("pytusd hooks: the outbox is used with --hooks-durable and a hook backend; give the server's flags",
+              file=sys.stderr)
+        return 2
+
+    async def act() -> Any:
+        try:
+            if action == "pending":
+                now = time.time()
+                return [event.summary(now) for event in await outbox.listing()]
+            if action == "retry":
+                return await outbox.retry(rest[0] if rest else None)
+            return await outbox.drop(rest[0])
+        finally:
+            await outbox.store.aclose()
+
+    if rest and not outbox_module.EVENT_ID.fullmatch(rest[0]):
+        print(printable(f"pytusd hooks: {rest[0][:40]!r} is not an event ID (32 hex digits)"), file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(act())
+    except Exception as exc:  # the outbox cannot be reached, or the event is being delivered
+        print(f"pytusd hooks {action}: {printable(exc)}", file=sys.stderr)
+        return 1
+    if action == "pending":
+        if as_json:
+            json.dump(result, out, indent=2)
+            out.write("\n")
+        else:
+            for row in result:
+                out.write(printable(f"{row['id']}  {row['state']}  {row['hook']}  {row['upload_id']}  "
+                                    f"age {row['age']:.0f}s  attempts {row['attempts']}  {row['last_error']}") + "\n")
+            out.write(f"{len(result)} event(s)\n")
+        return 0
+    if action == "retry":
+        out.write(f"{result} event(s) due now\n")
+        return 0 if result or not rest else 1
+    if not result:
+        print(printable(f"pytusd hooks drop: no event {rest[0]} in {outbox.store!r}"), file=sys.stderr)
+        return 1
+    out.write(f"dropped {rest[0]}\n")
+    return 0
+
+
 def run(command: str, config: Config, arguments: list[str], as_json: bool, out: TextIO = sys.stdout) -> int:
     """Run one admin command; the exit status is 0, 1 (the upload is not there, or the store cannot) or 2."""
+    if command == "hooks":
+        return run_hooks(config, arguments, as_json, out)
     actions: dict[str, Callable[[], Any]] = {
         "list": lambda: list_uploads(config),
         "info": lambda: info(config, arguments[0]),

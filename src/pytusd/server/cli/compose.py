@@ -8,8 +8,8 @@ import dataclasses
 import os
 from typing import Any
 
-from ...core.config import Config, CorsConfig
 from ...core import rules as rules_module
+from ...core.config import Config, CorsConfig
 from ...core.rules import UploadProfiles, UploadRules
 from ...hooks import (
     DEFAULT_ENABLED_HOOKS,
@@ -20,6 +20,7 @@ from ...hooks import (
     HttpHookBackend,
     PythonHookBackend,
 )
+from ...hooks.outbox import FolderOutbox, Outbox, RedisOutbox
 from ...lockers import FileLocker, Locker, MemoryLocker
 from ...stores import DataStore, FileStore
 
@@ -73,6 +74,27 @@ def hooks_from_args(args: argparse.Namespace) -> Hooks | None:
     if not bindings:
         return None
     return Hooks(bindings=bindings, progress_interval=args.progress_hooks_interval or 1.0)
+
+
+def outbox_from_args(args: argparse.Namespace) -> Outbox | None:
+    """--hooks-durable's outbox, where the deployment already shares state: an explicit --hooks-durable-dir, else
+    Redis when the locker is Redis (every host sees it), else a folder in --upload-dir (where the file store and the
+    file locker already are)."""
+    if not args.hooks_durable:
+        return None
+    store: FolderOutbox | RedisOutbox
+    if args.hooks_durable_dir:
+        store = FolderOutbox(args.hooks_durable_dir)
+    elif args.locker == "redis":
+        store = RedisOutbox(args.redis_url)
+    else:
+        store = FolderOutbox(os.path.join(args.upload_dir, ".hooks-outbox"))
+    return Outbox(
+        store, max_attempts=args.hooks_durable_max_attempts, max_age=args.hooks_durable_max_age,
+        backoff=args.hooks_durable_backoff or 1.0, max_backoff=max(args.hooks_durable_max_backoff,
+                                                                  args.hooks_durable_backoff or 1.0),
+        lease=args.hooks_durable_lease or 30.0, poll_interval=args.hooks_durable_poll_interval or 1.0,
+    )
 
 
 def rules_from_args(args: argparse.Namespace) -> UploadRules | UploadProfiles | None:
@@ -173,6 +195,12 @@ def locker_from_args(args: argparse.Namespace, store: DataStore) -> Locker:
 def config_from_args(args: argparse.Namespace) -> Config:
     store = store_from_args(args)
     locker = locker_from_args(args, store)
+    hooks = hooks_from_args(args)
+    outbox = outbox_from_args(args)
+    if outbox is not None:
+        if hooks is None:
+            raise ValueError("--hooks-durable needs a hook backend (--hooks-http, --hooks-dir, ...)")
+        hooks.use_outbox(outbox)
     return Config(
         store=store,
         locker=locker,
@@ -205,7 +233,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         show_greeting=args.show_greeting,
         upload_page=args.upload_page,
         expiration=args.expiration,
-        hooks=hooks_from_args(args),
+        hooks=hooks,
         rules=rules_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,

@@ -241,6 +241,23 @@ FLAGS = [
     Flag("hooks-fireboom", str, "", "URL of a Fireboom-style hook server (preUpload/postUpload)", "Hooks"),
     Flag("hooks-fireboom-storage", str, "tus", "Storage name in Fireboom hook URLs", "Hooks"),
     Flag("hooks-fireboom-profile", str, "default", "Upload profile name in Fireboom hook URLs", "Hooks"),
+    Flag("hooks-durable", parse_bool, False, "Record post-create, post-finish and post-terminate in an outbox before "
+         "answering and deliver them until the hook acknowledges (at least once, in order per upload; README "
+         "'Durable delivery')", "Hooks"),
+    Flag("hooks-durable-dir", str, "", "Folder of the durable hooks' outbox (default: Redis with --locker redis, "
+         "else <upload-dir>/.hooks-outbox)", "Hooks"),
+    Flag("hooks-durable-max-attempts", parse_non_negative_int, 0, "Delivery attempts before a durable event becomes "
+         "a dead letter (0: no limit)", "Hooks"),
+    Flag("hooks-durable-max-age", parse_duration, 86400.0, "Age at which an undelivered durable event becomes a dead "
+         "letter (0: no limit)", "Hooks"),
+    Flag("hooks-durable-backoff", parse_duration, 1.0, "Pause after a durable event's first failed delivery, doubled "
+         "after each further failure", "Hooks"),
+    Flag("hooks-durable-max-backoff", parse_duration, 300.0, "Longest pause between deliveries of a durable event",
+         "Hooks"),
+    Flag("hooks-durable-lease", parse_duration, 30.0, "TTL of a delivery lease in Redis (renewed every third)",
+         "Hooks"),
+    Flag("hooks-durable-poll-interval", parse_duration, 1.0, "How often each process looks for durable events to "
+         "deliver (besides right after recording one)", "Hooks"),
     Flag("progress-hooks-interval", parse_duration, 1.0, "Interval of post-receive hooks while data arrives", "Hooks"),
     # upload rules
     Flag("upload-rules", str, "", "JSON file of upload rules (max_size, allowed_types, ...; see README)", "Upload rules"),
@@ -413,7 +430,7 @@ def normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser | None =
     return out
 
 
-ADMIN_COMMANDS = ("cleanup", "list", "info", "delete")
+ADMIN_COMMANDS = ("cleanup", "list", "info", "delete", "hooks")
 
 # What each admin command's --help shows: the flags that choose its store (and locker, hooks, expiry where it uses
 # them). It still accepts every server flag, so a server's command line works with the command put in front of it.
@@ -442,6 +459,13 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, tuple[str, ...], frozenset[str]]] =
         frozenset({"acquire-lock-timeout", "log-format", "hooks-dir", "hooks-http", "hooks-grpc", "hooks-python",
                    "hooks-enabled-events"}),
     ),
+    "hooks": (
+        "pytusd hooks pending | retry [ID] | drop ID [--json] [flags]",
+        "The durable hooks' outbox (--hooks-durable): 'pending' lists the events not yet delivered and the dead "
+        "letters; 'retry' makes one (or every) dead or waiting event due now; 'drop' removes one.",
+        "pytusd hooks pending --hooks-durable --upload-dir ./data --hooks-http http://127.0.0.1:8000/",
+        ("File storage", "Locks", "Hooks"), frozenset({"log-format"}),
+    ),
     "cleanup": (
         "pytusd cleanup --expiration DURATION [flags]",
         "Removes, once, the unfinished uploads that have not changed for --expiration, and exits: for cron or a "
@@ -457,11 +481,12 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     if sub is None:
         parser = argparse.ArgumentParser(
             prog="pytusd",
-            usage="pytusd [cleanup | list | info ID | delete ID] [flags]",
+            usage="pytusd [cleanup | list | info ID | delete ID | hooks pending|retry|drop] [flags]",
             description="pytusd: a tus resumable-upload server. Admin commands take the same flags and work on the "
             "store they name: 'pytusd list' (uploads: ID, size, offset, state, filename, expiry; --json), "
             "'pytusd info ID', 'pytusd delete ID' (takes the upload's lock, then deletes it) and 'pytusd cleanup' "
-            "(removes expired uploads once, for cron); 'pytusd COMMAND --help' shows each one's flags. Every flag "
+            "(removes expired uploads once, for cron), 'pytusd hooks pending | retry [ID] | drop ID' (the outbox of "
+            "--hooks-durable); 'pytusd COMMAND --help' shows each one's flags. Every flag "
             "can also be set as PYTUSD_<NAME> in the environment (e.g. PYTUSD_UPLOAD_DIR); booleans accept --flag, "
             "--flag=true and --flag=false.",
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -476,8 +501,9 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-    if command in ("list", "info", "delete"):
-        parser.add_argument("ids", nargs="*", metavar="ID", help="upload ID (info, delete)")
+    if command in ("list", "info", "delete", "hooks"):
+        parser.add_argument("ids", nargs="*", metavar="ID", help="upload ID (info, delete); for hooks: pending, "
+                            "retry [EVENT-ID] or drop EVENT-ID")
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in FLAGS:
