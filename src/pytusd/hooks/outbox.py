@@ -112,6 +112,26 @@ class OutboxStore(Protocol):
 # -- a folder ---------------------------------------------------------------------------------------------------------
 
 
+class _Moves:
+    """What both stores do the same way: a dead letter and a revived one are moves between their two states, and a
+    dropped event is removed as a delivered one is."""
+
+    async def ack(self, event: Event) -> None:
+        raise NotImplementedError
+
+    async def _move(self, event: Event, dead: bool) -> None:
+        raise NotImplementedError
+
+    async def bury(self, event: Event) -> None:
+        await self._move(event, True)
+
+    async def revive(self, event: Event) -> None:
+        await self._move(event, False)
+
+    async def drop(self, event: Event) -> None:
+        await self.ack(event)
+
+
 class _FileLease:
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -125,7 +145,7 @@ class _FileLease:
             self.fd = -1
 
 
-class FolderOutbox:
+class FolderOutbox(_Moves):
     """Events as files in a folder: ``pending/<time>.<id>.json`` (written once, to a temporary name, flushed and
     renamed), ``<same>.state`` beside it for the delivery state, ``dead/`` for dead letters. The lease is an
     exclusive ``flock`` of the event file: the processes of one host (or one folder) never both hold it, and the
@@ -267,15 +287,6 @@ class FolderOutbox:
         await asyncio.to_thread(move)
         event.dead = dead
 
-    async def bury(self, event: Event) -> None:
-        await self._move(event, True)
-
-    async def revive(self, event: Event) -> None:
-        await self._move(event, False)
-
-    async def drop(self, event: Event) -> None:
-        await self.ack(event)
-
     async def aclose(self) -> None:
         return None
 
@@ -305,7 +316,7 @@ class _RedisLease:
             await self.outbox.client().eval(_RELEASE, 1, self.key, self.token)
 
 
-class RedisOutbox:
+class RedisOutbox(_Moves):
     """Events in Redis (for deployments that share a Redis locker): ``<prefix>event:<id>`` holds the event as JSON,
     the sorted sets ``<prefix>pending`` and ``<prefix>dead`` order the IDs by a sequence number every process draws
     from ``<prefix>seq``, and ``<prefix>lease:<upload>`` (``SET NX PX``, renewed every third of its TTL, deleted
@@ -388,15 +399,6 @@ class RedisOutbox:
             pipe.zadd(self.prefix + target, {event.id: score if score is not None else 0})
             pipe.set(self._key(event.id), event.to_json())
             await pipe.execute()
-
-    async def bury(self, event: Event) -> None:
-        await self._move(event, True)
-
-    async def revive(self, event: Event) -> None:
-        await self._move(event, False)
-
-    async def drop(self, event: Event) -> None:
-        await self.ack(event)
 
     async def aclose(self) -> None:
         if self._client is not None:
