@@ -187,3 +187,58 @@ async def test_file_hooks_get_the_event_id(tmp_path):
     [event_id, *_] = (hooks_dir / "seen.txt").read_text().split(" ", 1)
     seen = (hooks_dir / "seen.txt").read_text()
     assert len(event_id) == 32 and seen.count(f'"EventID": "{event_id}"') == 2 and seen.count(event_id + " ") == 2
+
+
+async def test_grpc_hooks_get_the_event_id_as_metadata(tmp_path):
+    """tusd's gRPC messages have no field for it: the EventID travels as ``idempotency-key`` call metadata, the
+    same on the repeat after a refused call."""
+    import grpc
+
+    from pytusd.hooks.grpc import GrpcHookBackend
+    from pytusd.hooks.proto import hook_pb2, hook_pb2_grpc
+    from tests.conftest import start_grpc_hook_server
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(hook_pb2_grpc.HookHandlerServicer):
+        async def InvokeHook(self, request, context):
+            metadata = dict(context.invocation_metadata())
+            seen.append((request.type, metadata.get("idempotency-key", "")))
+            if len(seen) == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "down for a moment")
+            return hook_pb2.HookResponse()
+
+    server, port = await start_grpc_hook_server(Handler())
+    backend = GrpcHookBackend(f"127.0.0.1:{port}", retry=0, backoff=0.01, timeout=5)
+    try:
+        hooks = Hooks(backend, ("post-finish",))
+        outbox = Outbox(FolderOutbox(tmp_path / "outbox"), backoff=0.01, max_backoff=0.02)
+        hooks.use_outbox(outbox)
+        await hooks.notify("post-finish", info("a", 10), HTTP)
+        [event] = await outbox.store.events(False, 10)
+        await deliver_all(outbox)
+        assert seen == [("post-finish", event.id), ("post-finish", event.id)]
+    finally:
+        await backend.aclose()
+        await server.stop(None)
+
+
+async def test_fireboom_post_upload_gets_the_event_id_as_idempotency_key(tmp_path):
+    """Fireboom's postUpload (a post-finish) is durable too: its Idempotency-Key is the EventID, the same on the
+    repeat after the hook server answered 500."""
+    from pytusd.hooks import FireboomHookBackend
+    from tests.unit.hooks.test_http import HookServer
+
+    server = HookServer(answers=[(500, "down"), (200, {})])
+    try:
+        backend = FireboomHookBackend(server.url.rsplit("/", 1)[0], "files", "avatars")
+        hooks = Hooks(backend, ("post-finish",))
+        outbox = Outbox(FolderOutbox(tmp_path / "outbox"), backoff=0.01, max_backoff=0.02)
+        hooks.use_outbox(outbox)
+        await hooks.notify("post-finish", info("a", 10), HTTP)
+        [event] = await outbox.store.events(False, 10)
+        await deliver_all(outbox)
+        keys = [(h["path"], h.get("Idempotency-Key")) for h, _ in server.requests]
+        assert keys == [("/upload/files/avatars/postUpload", event.id)] * 2
+    finally:
+        server.close()
