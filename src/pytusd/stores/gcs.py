@@ -346,12 +346,14 @@ class GCSStore:
     """Stores uploads in a Google Cloud Storage bucket, in tusd's gcsstore layout.
 
     ``client`` is a ``google.cloud.storage.Client`` (see :func:`make_client` and :meth:`from_options`); the bucket
-    must exist. Capabilities: termination, creation-defer-length, concatenation (by compose). An unfinished upload
-    can be read (GET) from its chunk objects.
+    must exist. Capabilities: termination, creation-defer-length, concatenation (by compose), checksum
+    (:meth:`PieceUpload.write_verified`). An unfinished upload can be read (GET) from its chunk objects.
     """
 
     # An unfinished upload is read from its chunk objects, in order (readable_while_incomplete, the default).
-    capabilities = Capabilities(terminate=True, declare_length=True, concat=True, modified_time=True)
+    capabilities = Capabilities(
+        terminate=True, declare_length=True, concat=True, write_verified=True, modified_time=True
+    )
 
     def __init__(
         self,

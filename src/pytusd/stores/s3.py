@@ -254,12 +254,18 @@ class S3Store:
     """Stores uploads in an S3 bucket (AWS or compatible: Ceph RADOS Gateway, MinIO, ...).
 
     ``client`` is a boto3 S3 client (see :func:`make_client`). Capabilities: termination, creation-defer-length,
-    concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size).
+    concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size), checksum
+    (a chunk is verified before any of it is stored: :meth:`PieceUpload.write_verified`).
     """
 
     # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
     capabilities = Capabilities(
-        terminate=True, declare_length=True, concat=True, modified_time=True, readable_while_incomplete=False
+        terminate=True,
+        declare_length=True,
+        concat=True,
+        write_verified=True,
+        modified_time=True,
+        readable_while_incomplete=False,
     )
 
     def __init__(

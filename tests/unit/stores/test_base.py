@@ -285,3 +285,129 @@ async def test_a_data_store_alone_advertises_nothing_optional():
     assert TusApp(Config(store=store)).handlers.extensions == "creation,creation-with-upload"
     upload = await store.create(UploadInfo(size=3))
     assert not any(isinstance(upload, protocol) for protocol in PROMISES.values())
+
+
+# --- checksum: a chunk is kept only when it is verified (Verifiable) -----------------------------------------------
+
+
+def _checksum_header(algorithm: str, data: bytes) -> str:
+    import base64
+    import hashlib
+    import zlib
+
+    raw = zlib.crc32(data).to_bytes(4, "big") if algorithm == "crc32" else hashlib.new(algorithm, data).digest()
+    return f"{algorithm} {base64.b64encode(raw).decode()}"
+
+
+def _checksum_app_client(store):
+    import httpx
+
+    app = TusApp(Config(store=store))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tus.test")
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "sha512", "crc32"])
+async def test_checksum_keeps_a_match_and_refuses_a_mismatch(make_store, algorithm):
+    """Through the app: a chunk whose Upload-Checksum matches is stored, one that does not is 460 and not counted,
+    as a new store object (another process) sees it; the stored bytes read back exactly."""
+    store = make_store()
+    if not capabilities(store).write_verified:  # then it must not be advertised
+        assert "checksum" not in TusApp(Config(store=store)).handlers.extensions.split(",")
+        return
+    tus = {"Tus-Resumable": "1.0.0"}
+    patch_headers = {**tus, "Content-Type": "application/offset+octet-stream"}
+    data = os.urandom(SIZE)
+    first = 6 * MIB + 3
+    async with _checksum_app_client(store) as client:
+        r = await client.post("/files/", headers={**tus, "Upload-Length": str(SIZE)})
+        assert r.status_code == 201
+        url = r.headers["location"]
+        r = await client.patch(url, content=data[:first], headers={
+            **patch_headers, "Upload-Offset": "0", "Upload-Checksum": _checksum_header(algorithm, data[:first])})
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(first)
+        bad = bytearray(data[first:])
+        bad[-1] ^= 1
+        r = await client.patch(url, content=bytes(bad), headers={
+            **patch_headers, "Upload-Offset": str(first), "Upload-Checksum": _checksum_header(algorithm, data[first:])})
+        assert r.status_code == 460 and r.text.startswith("ERR_CHECKSUM_MISMATCH")
+    async with _checksum_app_client(make_store()) as other:
+        assert (await other.head(url, headers=tus)).headers["upload-offset"] == str(first)
+        r = await other.patch(url, content=data[first:], headers={
+            **patch_headers, "Upload-Offset": str(first), "Upload-Checksum": _checksum_header(algorithm, data[first:])})
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(SIZE)
+        r = await other.get(url, headers=tus)
+        assert r.status_code == 200 and r.content == data
+
+
+async def test_verified_write_reads_the_chunk_back_before_the_decision(make_store):
+    """What checksum-trailer does: ``verify`` reads the chunk back through the upload's reader (the digest is only
+    known at the end); a refused chunk is not counted, an accepted one is, the bytes before it unchanged."""
+    import hashlib
+
+    store = make_store()
+    if not capabilities(store).write_verified:
+        return
+    data = os.urandom(SIZE)
+    upload = await store.create(UploadInfo(size=SIZE))
+    upload_id = (await upload.info()).id
+    first = 5 * MIB + 11
+    assert isinstance(upload, Verifiable)
+
+    def checker(start: int, end: int, expected: bytes | None = None):
+        expected = hashlib.sha256(data[start:end]).digest() if expected is None else expected
+
+        async def verify(written: int) -> bool:
+            assert written == end - start
+            return hashlib.sha256(await read_all(upload, start, end)).digest() == expected
+
+        return verify
+
+    assert await upload.write_verified(0, chunks_of(data[:first]), checker(0, first)) == first
+    wrong = hashlib.sha256(b"something else").digest()
+    assert await upload.write_verified(first, chunks_of(data[first:]), checker(first, SIZE, wrong)) == 0
+    upload = await make_store().get(upload_id)
+    assert (await upload.info()).offset == first
+    assert isinstance(upload, Verifiable)
+    assert await upload.write_verified(first, chunks_of(data[first:]), checker(first, SIZE)) == SIZE - first
+    await upload.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
+
+
+async def test_a_verified_chunk_abandoned_midway_is_not_counted(make_store):
+    """A process that dies in the middle of a checksummed chunk (here: its write hangs after more than a piece's
+    worth of bytes, another store object looks, then the write is killed) leaves nothing counted: another process
+    resumes at the chunk's start, and the finished upload is exactly the data."""
+    import asyncio
+
+    store = make_store()
+    if not capabilities(store).write_verified:
+        return
+    data = os.urandom(SIZE)
+    upload = await store.create(UploadInfo(size=SIZE))
+    upload_id = (await upload.info()).id
+    assert isinstance(upload, Verifiable)
+    await upload.write(0, chunks_of(data[: MIB]))
+    arrived = asyncio.Event()
+
+    async def dying() -> AsyncIterator[bytes]:
+        async for block in chunks_of(data[MIB : 8 * MIB]):
+            yield block
+        arrived.set()
+        await asyncio.Event().wait()  # the client and the process are gone: nothing more ever comes
+
+    async def accept(written: int) -> bool:
+        return True
+
+    task = asyncio.ensure_future(upload.write_verified(MIB, dying(), accept))
+    await asyncio.wait_for(arrived.wait(), 60)
+    await asyncio.sleep(0.5)  # time for any piece upload that the write might (wrongly) have started
+    assert (await (await make_store().get(upload_id)).info()).offset == MIB
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    resumed = await make_store().get(upload_id)
+    assert (await resumed.info()).offset == MIB
+    assert isinstance(resumed, Verifiable)
+    assert await resumed.write_verified(MIB, chunks_of(data[MIB:]), accept) == SIZE - MIB
+    await resumed.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
