@@ -336,7 +336,7 @@ class PieceUpload(ABC, Generic[P, S]):
         state = await self.state()
         if offset != state.offset:
             raise errors.ERR_MISMATCHED_OFFSET()
-        with tempfile.TemporaryFile(dir=self._store.temp_dir) as spool:
+        with tempfile.TemporaryFile(dir=self._store.temp_dir, prefix="pytusd-") as spool:
             received = 0
             async for chunk in chunks:  # an exception here leaves nothing stored: it propagates
                 spool.write(chunk)
