@@ -411,3 +411,69 @@ async def test_a_verified_chunk_abandoned_midway_is_not_counted(make_store):
     assert await resumed.write_verified(MIB, chunks_of(data[MIB:]), accept) == SIZE - MIB
     await resumed.finish()
     assert await read_all(await make_store().get(upload_id)) == data
+
+
+# --- expiration: the cleaner removes an expired unfinished upload completely ----------------------------------------
+
+
+def _stored_names(store) -> list[str]:
+    """Everything the store's backend holds, listed by the backend itself (not through the store's own idea)."""
+    from pytusd import FileStore
+
+    if isinstance(store, FileStore):
+        return sorted(
+            os.path.relpath(os.path.join(folder, name), store.root)
+            for folder, _dirs, files in os.walk(store.root) for name in files
+        )
+    from pytusd.stores.gcs import GCSStore
+
+    if isinstance(store, GCSStore):
+        return sorted(str(blob.name) for blob in store.client.list_blobs(store.bucket))
+    raise NotImplementedError(f"{type(store).__name__} declares expire: list its backend here to prove it")
+
+
+async def test_expiration_removes_every_object_of_an_expired_upload(make_store):
+    """The cleaner (what ``pytusd cleanup`` runs once) removes an expired unfinished upload: afterwards the backend,
+    listed, holds nothing of it but the note that it expired, and it answers 410, later (forgotten) 404. A fresh
+    unfinished upload and a finished one are left as they were."""
+    import asyncio
+    import time
+
+    from pytusd.core.expiration import Cleaner
+    from pytusd.lockers.memory import MemoryLocker
+
+    store = make_store()
+    if not capabilities(store).expire:  # then it must not be advertised
+        assert "expiration" not in TusApp(Config(store=store, expiration=60)).handlers.extensions.split(",")
+        return
+    data = os.urandom(SIZE)
+    old = await store.create(UploadInfo(size=SIZE))
+    old_id = (await old.info()).id
+    await old.write(0, chunks_of(data[: 6 * MIB + 3]))
+    done = await store.create(UploadInfo(size=5))
+    done_id = (await done.info()).id
+    await done.write(0, chunks_of(b"hello"))
+    await done.finish()
+    assert any(old_id in name for name in _stored_names(store))
+    await asyncio.sleep(3)
+    fresh = await store.create(UploadInfo(size=SIZE))
+    fresh_id = (await fresh.info()).id
+    await fresh.write(0, chunks_of(data[:1000]))
+    others = [name for name in _stored_names(store) if old_id not in name]
+
+    cleaner = Cleaner(make_store(), MemoryLocker(), expiration=2.0, interval=60)
+    assert await cleaner.run_once() == 1
+    left = [name for name in _stored_names(store) if old_id in name]
+    assert len(left) == 1 and left[0].endswith(".expired"), left
+    assert [name for name in _stored_names(store) if old_id not in name] == others
+    with pytest.raises(errors.TusError) as gone:
+        await make_store().get(old_id)
+    assert gone.value.status == 410
+    assert (await (await make_store().get(fresh_id)).info()).offset == 1000
+    assert await read_all(await make_store().get(done_id)) == b"hello"
+
+    assert await make_store().forget_expired(time.time() + 1) == 1
+    assert not [name for name in _stored_names(store) if old_id in name]
+    with pytest.raises(errors.TusError) as forgotten:
+        await make_store().get(old_id)
+    assert forgotten.value.status == 404
