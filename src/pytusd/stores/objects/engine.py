@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -135,6 +136,19 @@ async def read_ahead(
         if pending is not None:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
+
+
+SPOOL_BLOCK = 1 << 20  # bytes per read from a local spool file
+
+
+async def _blocks_of(spool: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes from the spool's current position, a block at a time."""
+    while size > 0:
+        block = spool.read(min(SPOOL_BLOCK, size))
+        if not block:
+            break
+        size -= len(block)
+        yield block
 
 
 class PieceUpload(ABC, Generic[P, S]):
@@ -309,6 +323,49 @@ class PieceUpload(ABC, Generic[P, S]):
         if state.tail_size or state.stale_tail:
             await self._delete_tail()
             state.tail_size, state.stale_tail = 0, False
+
+    async def write_verified(
+        self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
+    ) -> int:
+        """A chunk all-or-nothing (checksum extension): it is spooled to a local temporary file first and nothing
+        of it reaches the storage before ``verify`` accepted it, so a chunk that fails, or whose process dies before
+        the decision, leaves no piece or tail that a later load could count. While ``verify`` runs, the upload's
+        ``reader`` serves the chunk's range from the spool (checksum-trailer hashes it from there: an unfinished
+        upload's parts cannot be read back on every service). The accepted chunk is then written as :meth:`write`
+        does; should the storage fail in the middle, only verified bytes that were stored are counted."""
+        state = await self.state()
+        if offset != state.offset:
+            raise errors.ERR_MISMATCHED_OFFSET()
+        with tempfile.TemporaryFile(dir=self._store.temp_dir, prefix="pytusd-") as spool:
+            received = 0
+            async for chunk in chunks:  # an exception here leaves nothing stored: it propagates
+                spool.write(chunk)
+                received += len(chunk)
+            if not await self._verify_spooled(spool, offset, received, verify):
+                return 0
+            spool.seek(0)
+            return await self.write(offset, _blocks_of(spool, received))
+
+    async def _verify_spooled(
+        self, spool: IO[bytes], offset: int, size: int, verify: Callable[[int], Awaitable[bool]]
+    ) -> bool:
+        stored = getattr(type(self), "reader")  # the store's own, not this instance's
+
+        async def spooled(start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+            stop = offset + size if end is None else min(end, offset + size)
+            if start < offset:  # bytes before the chunk: from the storage
+                async for block in stored(self, start, min(stop, offset)):
+                    yield block
+                start = offset
+            spool.seek(start - offset)
+            async for block in _blocks_of(spool, max(0, stop - start)):
+                yield block
+
+        setattr(self, "reader", spooled)  # noqa: B010 - this instance's reader, for the time of the decision
+        try:
+            return await verify(size)
+        finally:
+            delattr(self, "reader")
 
     async def terminate(self) -> None:
         await self._store._terminate(self)
