@@ -250,7 +250,7 @@ class AzureUpload(PieceUpload[Block, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
         if not state.completed:
             raise errors.ERR_INCOMPLETE_UPLOAD()

@@ -255,7 +255,7 @@ class GCSUpload(PieceUpload[Chunk, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
         stop = state.offset if end is None else min(end, state.offset)
         if start >= stop:

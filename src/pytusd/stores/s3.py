@@ -217,7 +217,7 @@ class S3Upload(PieceUpload[Part, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         store = self._store
         kwargs: dict[str, Any] = {"Bucket": store.bucket, "Key": store.object_key(self.object_id)}
         if start or end is not None:

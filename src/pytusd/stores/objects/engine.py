@@ -164,6 +164,7 @@ class PieceUpload(ABC, Generic[P, S]):
         self.id = upload_id
         self._state = state
         self._max_buffered = max(1, max_buffered)
+        self._verifying: tuple[IO[bytes], int, int] | None = None  # (spool, offset, size) of a chunk being verified
 
     # -- what a store implements -----------------------------------------------------------------------------------
 
@@ -349,23 +350,34 @@ class PieceUpload(ABC, Generic[P, S]):
     async def _verify_spooled(
         self, spool: IO[bytes], offset: int, size: int, verify: Callable[[int], Awaitable[bool]]
     ) -> bool:
-        stored = getattr(type(self), "reader")  # the store's own, not this instance's
-
-        async def spooled(start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-            stop = offset + size if end is None else min(end, offset + size)
-            if start < offset:  # bytes before the chunk: from the storage
-                async for block in stored(self, start, min(stop, offset)):
-                    yield block
-                start = offset
-            spool.seek(start - offset)
-            async for block in _blocks_of(spool, max(0, stop - start)):
-                yield block
-
-        setattr(self, "reader", spooled)  # noqa: B010 - this instance's reader, for the time of the decision
+        self._verifying = (spool, offset, size)
         try:
             return await verify(size)
         finally:
-            delattr(self, "reader")
+            self._verifying = None
+
+    def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The upload's bytes from ``start`` to ``end``: from the storage (:meth:`stored_reader`), and while a
+        verified chunk awaits its decision, that chunk's range from its local spool."""
+        if self._verifying is None:
+            return self.stored_reader(start, end)
+        return self._spooled_reader(*self._verifying, start, end)
+
+    async def _spooled_reader(
+        self, spool: IO[bytes], offset: int, size: int, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        stop = offset + size if end is None else min(end, offset + size)
+        if start < offset:  # bytes before the chunk: from the storage
+            async for block in self.stored_reader(start, min(stop, offset)):
+                yield block
+            start = offset
+        spool.seek(start - offset)
+        async for block in _blocks_of(spool, max(0, stop - start)):
+            yield block
+
+    @abstractmethod
+    def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The stored bytes from ``start`` to ``end`` (each store's own reads)."""
 
     async def terminate(self) -> None:
         await self._store._terminate(self)
