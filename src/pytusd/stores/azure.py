@@ -250,7 +250,7 @@ class AzureUpload(PieceUpload[Block, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
         if not state.completed:
             raise errors.ERR_INCOMPLETE_UPLOAD()
@@ -280,11 +280,13 @@ class AzureStore:
     in thread pools. The container is created on first use when it is missing (``container_access_type``: '' for
     private, 'blob' or 'container'). ``blob_access_tier`` ('' for the account's default, 'hot', 'cool', 'cold',
     'archive') and the ``filetype`` metadata as Content-Type are set when the block list is committed.
-    Capabilities: termination, creation-defer-length.
+    Capabilities: termination, creation-defer-length, checksum (:meth:`PieceUpload.write_verified`).
     """
 
     # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
-    capabilities = Capabilities(terminate=True, declare_length=True, modified_time=True, readable_while_incomplete=False)
+    capabilities = Capabilities(
+        terminate=True, declare_length=True, write_verified=True, modified_time=True, readable_while_incomplete=False
+    )
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ import importlib
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -254,7 +255,7 @@ class GCSUpload(PieceUpload[Chunk, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         state = await self.state()
         stop = state.offset if end is None else min(end, state.offset)
         if start >= stop:
@@ -335,6 +336,9 @@ class GCSUpload(PieceUpload[Chunk, _State]):
 
     # -- capabilities (GCSStore.capabilities) ---------------------------------------------------------------------
 
+    async def expire(self) -> None:
+        await self._store._expire(self)
+
     async def concat(self, partials: Sequence[Upload]) -> None:
         await self._store._concat(self, partials)
 
@@ -346,12 +350,14 @@ class GCSStore:
     """Stores uploads in a Google Cloud Storage bucket, in tusd's gcsstore layout.
 
     ``client`` is a ``google.cloud.storage.Client`` (see :func:`make_client` and :meth:`from_options`); the bucket
-    must exist. Capabilities: termination, creation-defer-length, concatenation (by compose). An unfinished upload
-    can be read (GET) from its chunk objects.
+    must exist. Capabilities: termination, creation-defer-length, concatenation (by compose), checksum
+    (:meth:`PieceUpload.write_verified`). An unfinished upload can be read (GET) from its chunk objects.
     """
 
     # An unfinished upload is read from its chunk objects, in order (readable_while_incomplete, the default).
-    capabilities = Capabilities(terminate=True, declare_length=True, concat=True, modified_time=True)
+    capabilities = Capabilities(
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True
+    )
 
     def __init__(
         self,
@@ -407,6 +413,11 @@ class GCSStore:
     @staticmethod
     def info_name(key: str) -> str:
         return key + ".info"
+
+    @staticmethod
+    def expired_name(key: str) -> str:
+        """``<key>.expired``: what an expired upload leaves (a few bytes), so that it answers 410 for a while."""
+        return key + ".expired"
 
     @staticmethod
     def chunk_name(key: str, number: int) -> str:
@@ -607,6 +618,12 @@ class GCSStore:
             self._call(self._head, upload.key),
         )
         if raw_info is None:
+            try:
+                tombstone = await self._call(self._head, self.expired_name(upload.key))
+            except Exception as exc:
+                raise _storage_error(exc) from exc
+            if tombstone is not None:
+                raise errors.ERR_UPLOAD_EXPIRED()
             raise errors.ERR_UPLOAD_NOT_FOUND()
         info = UploadInfo.from_json(raw_info)
         if info.id != upload.id:
@@ -684,6 +701,37 @@ class GCSStore:
             upload._state = None
             raise _storage_error(exc) from exc
         upload._state = None
+
+    async def _expire(self, upload: GCSUpload) -> None:
+        """Leave ``<key>.expired`` (so that the upload answers 410 from now on), then remove every object of the
+        upload as termination does: chunks, intermediate objects, final object, ``.info``."""
+        blob = self._blob(self.expired_name(upload.key))
+        try:
+            await self._call(
+                functools.partial(blob.upload_from_string, str(int(time.time())).encode(), retry=self._retry)
+            )
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        await self._terminate(upload)
+
+    async def forget_expired(self, older_than: float) -> int:
+        """Remove the ``.expired`` objects written before ``older_than`` (those uploads answer 404 then)."""
+        stem = self.object_key("")
+
+        def old() -> list[str]:
+            return [
+                str(b.name)
+                for b in self.client.list_blobs(self.bucket, prefix=stem, retry=self._retry)
+                if str(b.name).endswith(".expired") and _object_of(b).updated < older_than
+            ]
+
+        try:
+            names = await self._call(old)
+            if names:
+                await self._delete(names)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        return len(names)
 
     async def _concat(self, final: GCSUpload, partials: Sequence[Upload]) -> None:
         """Compose the partials' final objects into the final upload's object (a partial that is complete but not

@@ -143,6 +143,7 @@ def chain(parts: Sequence[Part], skips: Sequence[tuple[int, int]]) -> tuple[list
 class _State(State[Part]):
     orphans: list[int] = field(default_factory=list)  # numbers of stored parts beyond the run (after a gap)
     leftovers: list[Part] = field(default_factory=list)  # every stored part that is not in the run
+    data_modified: float = 0.0  # when the newest part or the tail object was stored
 
     @property
     def offset(self) -> int:
@@ -216,7 +217,7 @@ class S3Upload(PieceUpload[Part, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         store = self._store
         kwargs: dict[str, Any] = {"Bucket": store.bucket, "Key": store.object_key(self.object_id)}
         if start or end is not None:
@@ -233,7 +234,7 @@ class S3Upload(PieceUpload[Part, _State]):
     async def modified_time(self) -> float:
         state = await self.state()
         if not state.completed:
-            return state.info_modified
+            return max(state.info_modified, state.data_modified)
         store = self._store
         try:
             head = await store._call(store.client.head_object, Bucket=store.bucket, Key=store.object_key(self.object_id))
@@ -246,6 +247,9 @@ class S3Upload(PieceUpload[Part, _State]):
     async def concat(self, partials: Sequence[Upload]) -> None:
         await self._store._concat(self, partials)
 
+    async def expire(self) -> None:
+        await self._store._expire(self)
+
 
 # --- the store -----------------------------------------------------------------------------------------------------
 
@@ -254,12 +258,19 @@ class S3Store:
     """Stores uploads in an S3 bucket (AWS or compatible: Ceph RADOS Gateway, MinIO, ...).
 
     ``client`` is a boto3 S3 client (see :func:`make_client`). Capabilities: termination, creation-defer-length,
-    concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size).
+    concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size), checksum
+    (a chunk is verified before any of it is stored: :meth:`PieceUpload.write_verified`).
     """
 
     # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
     capabilities = Capabilities(
-        terminate=True, declare_length=True, concat=True, modified_time=True, readable_while_incomplete=False
+        terminate=True,
+        declare_length=True,
+        concat=True,
+        write_verified=True,
+        expire=True,
+        modified_time=True,
+        readable_while_incomplete=False,
     )
 
     def __init__(
@@ -326,6 +337,10 @@ class S3Store:
 
     def info_key(self, upload: S3Upload) -> str:
         return self.meta_key(upload.object_id + ".info")
+
+    def expired_key(self, object_id: str) -> str:
+        """What an expired upload leaves (a few bytes), so that it answers 410 for a while."""
+        return self.meta_key(object_id + ".expired")
 
     def tail_key(self, upload: S3Upload) -> str:
         return self.meta_key(upload.object_id + ".part")
@@ -539,6 +554,8 @@ class S3Store:
             with contextlib.closing(response["Body"]) as body:
                 return body.read(), response["LastModified"].timestamp()
 
+        stored: list[float] = []  # when the parts and the tail were written
+
         def list_parts() -> list[Part] | None:
             parts: list[Part] = []
             marker = 0
@@ -556,6 +573,9 @@ class S3Store:
                         return None
                     raise
                 parts.extend(Part(p["PartNumber"], p["Size"], p["ETag"]) for p in page.get("Parts", ()))
+                for p in page.get("Parts", ()):
+                    if "LastModified" in p:
+                        stored.append(p["LastModified"].timestamp())
                 if not page.get("IsTruncated"):
                     return parts
                 marker = int(page["NextPartNumberMarker"])
@@ -568,13 +588,15 @@ class S3Store:
                     return 0, None
                 raise
             starts_at = head.get("Metadata", {}).get(TAIL_OFFSET_KEY)
+            if "LastModified" in head:
+                stored.append(head["LastModified"].timestamp())
             return int(head["ContentLength"]), int(starts_at) if starts_at and starts_at.isdigit() else None
 
         raw_info, listed, (tail_size, tail_start) = await upload._gather(
             self._call(read_info), self._call(list_parts), self._call(head_tail)
         )
         info, modified = upload._parse_info(raw_info)
-        state = _State(info=info, info_modified=modified)
+        state = _State(info=info, info_modified=modified, data_modified=max(stored, default=0.0))
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:
@@ -623,8 +645,22 @@ class S3Store:
         if not object_id or not multipart_id:
             raise errors.ERR_UPLOAD_NOT_FOUND()
         upload = S3Upload(self, object_id, multipart_id)
-        await upload.state()
+        try:
+            await upload.state()
+        except errors.TusError as exc:
+            if exc.is_(errors.ERR_UPLOAD_NOT_FOUND) and await self._exists(self.expired_key(object_id)):
+                raise errors.ERR_UPLOAD_EXPIRED() from None
+            raise
         return upload
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self._call(self.client.head_object, Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise _storage_error(exc) from exc
+        return True
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
@@ -660,6 +696,37 @@ class S3Store:
             await asyncio.gather(abort(), delete())
         except Exception as exc:
             raise _storage_error(exc) from exc
+
+    async def _expire(self, upload: S3Upload) -> None:
+        """Leave ``<id>.expired`` (the upload answers 410 from now on), then remove it as termination does: abort
+        the multipart upload (its parts go with it) and delete the object, the tail and the ``.info``."""
+        try:
+            await self._call(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self.expired_key(upload.object_id),
+                Body=str(int(time.time())).encode(),
+            )
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        await self._terminate(upload)
+
+    async def forget_expired(self, older_than: float) -> int:
+        """Delete the ``.expired`` objects written before ``older_than`` (those uploads answer 404 then)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            pages = await self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self.meta_key(""))))
+            keys = [
+                obj["Key"]
+                for page in pages
+                for obj in page.get("Contents", ())
+                if obj["Key"].endswith(".expired") and obj["LastModified"].timestamp() < older_than
+            ]
+            for key in keys:
+                await self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        return len(keys)
 
     async def upload_ids(self) -> AsyncIterator[str]:
         """Every upload, from its ``.info`` object (whose ID names the multipart upload)."""

@@ -285,3 +285,202 @@ async def test_a_data_store_alone_advertises_nothing_optional():
     assert TusApp(Config(store=store)).handlers.extensions == "creation,creation-with-upload"
     upload = await store.create(UploadInfo(size=3))
     assert not any(isinstance(upload, protocol) for protocol in PROMISES.values())
+
+
+# --- checksum: a chunk is kept only when it is verified (Verifiable) -----------------------------------------------
+
+
+def _checksum_header(algorithm: str, data: bytes) -> str:
+    import base64
+    import hashlib
+    import zlib
+
+    raw = zlib.crc32(data).to_bytes(4, "big") if algorithm == "crc32" else hashlib.new(algorithm, data).digest()
+    return f"{algorithm} {base64.b64encode(raw).decode()}"
+
+
+def _checksum_app_client(store):
+    import httpx
+
+    app = TusApp(Config(store=store))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tus.test")
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "sha512", "crc32"])
+async def test_checksum_keeps_a_match_and_refuses_a_mismatch(make_store, algorithm):
+    """Through the app: a chunk whose Upload-Checksum matches is stored, one that does not is 460 and not counted,
+    as a new store object (another process) sees it; the stored bytes read back exactly."""
+    store = make_store()
+    if not capabilities(store).write_verified:  # then it must not be advertised
+        assert "checksum" not in TusApp(Config(store=store)).handlers.extensions.split(",")
+        return
+    tus = {"Tus-Resumable": "1.0.0"}
+    patch_headers = {**tus, "Content-Type": "application/offset+octet-stream"}
+    data = os.urandom(SIZE)
+    first = 6 * MIB + 3
+    async with _checksum_app_client(store) as client:
+        r = await client.post("/files/", headers={**tus, "Upload-Length": str(SIZE)})
+        assert r.status_code == 201
+        url = r.headers["location"]
+        r = await client.patch(url, content=data[:first], headers={
+            **patch_headers, "Upload-Offset": "0", "Upload-Checksum": _checksum_header(algorithm, data[:first])})
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(first)
+        bad = bytearray(data[first:])
+        bad[-1] ^= 1
+        r = await client.patch(url, content=bytes(bad), headers={
+            **patch_headers, "Upload-Offset": str(first), "Upload-Checksum": _checksum_header(algorithm, data[first:])})
+        assert r.status_code == 460 and r.text.startswith("ERR_CHECKSUM_MISMATCH")
+    async with _checksum_app_client(make_store()) as other:
+        assert (await other.head(url, headers=tus)).headers["upload-offset"] == str(first)
+        r = await other.patch(url, content=data[first:], headers={
+            **patch_headers, "Upload-Offset": str(first), "Upload-Checksum": _checksum_header(algorithm, data[first:])})
+        assert r.status_code == 204 and r.headers["upload-offset"] == str(SIZE)
+        r = await other.get(url, headers=tus)
+        assert r.status_code == 200 and r.content == data
+
+
+async def test_verified_write_reads_the_chunk_back_before_the_decision(make_store):
+    """What checksum-trailer does: ``verify`` reads the chunk back through the upload's reader (the digest is only
+    known at the end); a refused chunk is not counted, an accepted one is, the bytes before it unchanged."""
+    import hashlib
+
+    store = make_store()
+    if not capabilities(store).write_verified:
+        return
+    data = os.urandom(SIZE)
+    upload = await store.create(UploadInfo(size=SIZE))
+    upload_id = (await upload.info()).id
+    first = 5 * MIB + 11
+    assert isinstance(upload, Verifiable)
+
+    def checker(start: int, end: int, expected: bytes | None = None):
+        expected = hashlib.sha256(data[start:end]).digest() if expected is None else expected
+
+        async def verify(written: int) -> bool:
+            assert written == end - start
+            return hashlib.sha256(await read_all(upload, start, end)).digest() == expected
+
+        return verify
+
+    assert await upload.write_verified(0, chunks_of(data[:first]), checker(0, first)) == first
+    wrong = hashlib.sha256(b"something else").digest()
+    assert await upload.write_verified(first, chunks_of(data[first:]), checker(first, SIZE, wrong)) == 0
+    upload = await make_store().get(upload_id)
+    assert (await upload.info()).offset == first
+    assert isinstance(upload, Verifiable)
+    assert await upload.write_verified(first, chunks_of(data[first:]), checker(first, SIZE)) == SIZE - first
+    await upload.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
+
+
+async def test_a_verified_chunk_abandoned_midway_is_not_counted(make_store):
+    """A process that dies in the middle of a checksummed chunk (here: its write hangs after more than a piece's
+    worth of bytes, another store object looks, then the write is killed) leaves nothing counted: another process
+    resumes at the chunk's start, and the finished upload is exactly the data."""
+    import asyncio
+
+    store = make_store()
+    if not capabilities(store).write_verified:
+        return
+    data = os.urandom(SIZE)
+    upload = await store.create(UploadInfo(size=SIZE))
+    upload_id = (await upload.info()).id
+    assert isinstance(upload, Verifiable)
+    await upload.write(0, chunks_of(data[: MIB]))
+    arrived = asyncio.Event()
+
+    async def dying() -> AsyncIterator[bytes]:
+        async for block in chunks_of(data[MIB : 8 * MIB]):
+            yield block
+        arrived.set()
+        await asyncio.Event().wait()  # the client and the process are gone: nothing more ever comes
+
+    async def accept(written: int) -> bool:
+        return True
+
+    task = asyncio.ensure_future(upload.write_verified(MIB, dying(), accept))
+    await asyncio.wait_for(arrived.wait(), 60)
+    await asyncio.sleep(0.5)  # time for any piece upload that the write might (wrongly) have started
+    assert (await (await make_store().get(upload_id)).info()).offset == MIB
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    resumed = await make_store().get(upload_id)
+    assert (await resumed.info()).offset == MIB
+    assert isinstance(resumed, Verifiable)
+    assert await resumed.write_verified(MIB, chunks_of(data[MIB:]), accept) == SIZE - MIB
+    await resumed.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
+
+
+# --- expiration: the cleaner removes an expired unfinished upload completely ----------------------------------------
+
+
+def _stored_names(store) -> list[str]:
+    """Everything the store's backend holds, listed by the backend itself (not through the store's own idea)."""
+    from pytusd import FileStore
+
+    if isinstance(store, FileStore):
+        return sorted(
+            os.path.relpath(os.path.join(folder, name), store.root)
+            for folder, _dirs, files in os.walk(store.root) for name in files
+        )
+    from pytusd.stores.gcs import GCSStore
+
+    if isinstance(store, GCSStore):
+        return sorted(str(blob.name) for blob in store.client.list_blobs(store.bucket))
+    from pytusd.stores.s3 import S3Store
+
+    if isinstance(store, S3Store):  # the objects and the multipart uploads (their parts go with them)
+        keys = [obj["Key"] for obj in store.client.list_objects_v2(Bucket=store.bucket).get("Contents", [])]
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+        return sorted(keys + [f"multipart upload {u['Key']} {u['UploadId']}" for u in uploads])
+    raise NotImplementedError(f"{type(store).__name__} declares expire: list its backend here to prove it")
+
+
+async def test_expiration_removes_every_object_of_an_expired_upload(make_store):
+    """The cleaner (what ``pytusd cleanup`` runs once) removes an expired unfinished upload: afterwards the backend,
+    listed, holds nothing of it but the note that it expired, and it answers 410, later (forgotten) 404. A fresh
+    unfinished upload and a finished one are left as they were."""
+    import asyncio
+    import time
+
+    from pytusd.core.expiration import Cleaner
+    from pytusd.lockers.memory import MemoryLocker
+
+    store = make_store()
+    if not capabilities(store).expire:  # then it must not be advertised
+        assert "expiration" not in TusApp(Config(store=store, expiration=60)).handlers.extensions.split(",")
+        return
+    data = os.urandom(SIZE)
+    old = await store.create(UploadInfo(size=SIZE))
+    old_id = (await old.info()).id
+    stem = old_id.split("+")[0]  # S3's ID is <object>+<multipart upload>; its objects are named by the first
+    await old.write(0, chunks_of(data[: 6 * MIB + 3]))
+    done = await store.create(UploadInfo(size=5))
+    done_id = (await done.info()).id
+    await done.write(0, chunks_of(b"hello"))
+    await done.finish()
+    assert any(stem in name for name in _stored_names(store))
+    await asyncio.sleep(3)
+    fresh = await store.create(UploadInfo(size=SIZE))
+    fresh_id = (await fresh.info()).id
+    await fresh.write(0, chunks_of(data[:1000]))
+    others = [name for name in _stored_names(store) if stem not in name]
+
+    cleaner = Cleaner(make_store(), MemoryLocker(), expiration=2.0, interval=60)
+    assert await cleaner.run_once() == 1
+    left = [name for name in _stored_names(store) if stem in name]
+    assert len(left) == 1 and left[0].endswith(".expired"), left
+    assert [name for name in _stored_names(store) if stem not in name] == others
+    with pytest.raises(errors.TusError) as gone:
+        await make_store().get(old_id)
+    assert gone.value.status == 410
+    assert (await (await make_store().get(fresh_id)).info()).offset == 1000
+    assert await read_all(await make_store().get(done_id)) == b"hello"
+
+    assert await make_store().forget_expired(time.time() + 1) == 1
+    assert not [name for name in _stored_names(store) if stem in name]
+    with pytest.raises(errors.TusError) as forgotten:
+        await make_store().get(old_id)
+    assert forgotten.value.status == 404

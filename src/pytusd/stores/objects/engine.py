@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,19 @@ async def read_ahead(
             await asyncio.gather(pending, return_exceptions=True)
 
 
+SPOOL_BLOCK = 1 << 20  # bytes per read from a local spool file
+
+
+async def _blocks_of(spool: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes from the spool's current position, a block at a time."""
+    while size > 0:
+        block = spool.read(min(SPOOL_BLOCK, size))
+        if not block:
+            break
+        size -= len(block)
+        yield block
+
+
 class PieceUpload(ABC, Generic[P, S]):
     """One upload in an object store; its state is read from the storage once per request (under its lock).
 
@@ -150,6 +164,7 @@ class PieceUpload(ABC, Generic[P, S]):
         self.id = upload_id
         self._state = state
         self._max_buffered = max(1, max_buffered)
+        self._verifying: tuple[IO[bytes], int, int] | None = None  # (spool, offset, size) of a chunk being verified
 
     # -- what a store implements -----------------------------------------------------------------------------------
 
@@ -309,6 +324,60 @@ class PieceUpload(ABC, Generic[P, S]):
         if state.tail_size or state.stale_tail:
             await self._delete_tail()
             state.tail_size, state.stale_tail = 0, False
+
+    async def write_verified(
+        self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
+    ) -> int:
+        """A chunk all-or-nothing (checksum extension): it is spooled to a local temporary file first and nothing
+        of it reaches the storage before ``verify`` accepted it, so a chunk that fails, or whose process dies before
+        the decision, leaves no piece or tail that a later load could count. While ``verify`` runs, the upload's
+        ``reader`` serves the chunk's range from the spool (checksum-trailer hashes it from there: an unfinished
+        upload's parts cannot be read back on every service). The accepted chunk is then written as :meth:`write`
+        does; should the storage fail in the middle, only verified bytes that were stored are counted."""
+        state = await self.state()
+        if offset != state.offset:
+            raise errors.ERR_MISMATCHED_OFFSET()
+        with tempfile.TemporaryFile(dir=self._store.temp_dir, prefix="pytusd-") as spool:
+            received = 0
+            async for chunk in chunks:  # an exception here leaves nothing stored: it propagates
+                spool.write(chunk)
+                received += len(chunk)
+            if not await self._verify_spooled(spool, offset, received, verify):
+                return 0
+            spool.seek(0)
+            return await self.write(offset, _blocks_of(spool, received))
+
+    async def _verify_spooled(
+        self, spool: IO[bytes], offset: int, size: int, verify: Callable[[int], Awaitable[bool]]
+    ) -> bool:
+        self._verifying = (spool, offset, size)
+        try:
+            return await verify(size)
+        finally:
+            self._verifying = None
+
+    def reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The upload's bytes from ``start`` to ``end``: from the storage (:meth:`stored_reader`), and while a
+        verified chunk awaits its decision, that chunk's range from its local spool."""
+        if self._verifying is None:
+            return self.stored_reader(start, end)
+        return self._spooled_reader(*self._verifying, start, end)
+
+    async def _spooled_reader(
+        self, spool: IO[bytes], offset: int, size: int, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        stop = offset + size if end is None else min(end, offset + size)
+        if start < offset:  # bytes before the chunk: from the storage
+            async for block in self.stored_reader(start, min(stop, offset)):
+                yield block
+            start = offset
+        spool.seek(start - offset)
+        async for block in _blocks_of(spool, max(0, stop - start)):
+            yield block
+
+    @abstractmethod
+    def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The stored bytes from ``start`` to ``end`` (each store's own reads)."""
 
     async def terminate(self) -> None:
         await self._store._terminate(self)
