@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from .. import fileio
 from ..observe import logs
 from ..observe.metrics import Metrics
 
@@ -59,7 +60,8 @@ class Event:
     key: str = ""  # where the store keeps it (FolderOutbox: the file's name)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        # The fields as they are (dataclasses.asdict would deep-copy the hook request first, for nothing).
+        return json.dumps({f: getattr(self, f) for f in _EVENT_FIELDS}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
@@ -74,6 +76,9 @@ class Event:
                 "state": "dead" if self.dead else "pending", "age": round(now - self.created, 3),
                 "attempts": self.attempts, "next_attempt_in": round(max(0.0, self.next_at - now), 3),
                 "last_error": self.last_error}
+
+
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
 
 
 class Lease(Protocol):
@@ -151,8 +156,11 @@ class FolderOutbox(_Moves):
     exclusive ``flock`` of the event file: the processes of one host (or one folder) never both hold it, and the
     kernel releases it the moment its holder dies."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, file_io: str = "auto") -> None:
         self.directory = os.path.abspath(os.fspath(directory))
+        # Where the calls that do not flush run, as the file store's (pytusd.fileio): on the loop for a local disk,
+        # in threads on a network filesystem. Recording an event flushes it to the device: always in a thread.
+        self.threaded, self.file_io_reason = fileio.resolve(file_io, self.directory)
         self.pending_dir = os.path.join(self.directory, "pending")
         self.dead_dir = os.path.join(self.directory, "dead")
         self._last_ns = 0
@@ -193,7 +201,7 @@ class FolderOutbox(_Moves):
             self.prepare()
             self._write(os.path.join(self.pending_dir, event.key), event.to_json(), True)
 
-        await asyncio.to_thread(write)
+        await fileio.call(True, write)
 
     def _read(self, folder: str, name: str, dead: bool) -> Event | None:
         path = os.path.join(folder, name)
@@ -231,7 +239,7 @@ class FolderOutbox(_Moves):
                     found.append(event)
             return found
 
-        return await asyncio.to_thread(scan)
+        return await fileio.call(self.threaded, scan)
 
     async def claim(self, event: Event, ttl: float) -> tuple[Lease, Event] | None:
         path = self._path(event)
@@ -253,12 +261,12 @@ class FolderOutbox(_Moves):
                 return None
             return _FileLease(fd), fresh
 
-        return await asyncio.to_thread(take)
+        return await fileio.call(self.threaded, take)
 
     async def save(self, event: Event) -> None:
         state = {"attempts": event.attempts, "next_at": event.next_at, "last_error": event.last_error}
         path = self._path(event)[: -len(".json")] + ".state"
-        await asyncio.to_thread(self._write, path, json.dumps(state), False)
+        await fileio.call(self.threaded, self._write, path, json.dumps(state), False)
 
     async def ack(self, event: Event) -> None:
         path = self._path(event)
@@ -268,7 +276,7 @@ class FolderOutbox(_Moves):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)
 
-        await asyncio.to_thread(remove)
+        await fileio.call(self.threaded, remove)
 
     async def _move(self, event: Event, dead: bool) -> None:
         source = self._path(event)
@@ -284,7 +292,7 @@ class FolderOutbox(_Moves):
                     os.unlink(source[: -len(".json")] + ".state")  # a revived event starts afresh
             os.replace(source, target)
 
-        await asyncio.to_thread(move)
+        await fileio.call(self.threaded, move)
         event.dead = dead
 
     async def aclose(self) -> None:

@@ -84,11 +84,11 @@ def outbox_from_args(args: argparse.Namespace) -> Outbox | None:
         return None
     store: FolderOutbox | RedisOutbox
     if args.hooks_durable_dir:
-        store = FolderOutbox(args.hooks_durable_dir)
+        store = FolderOutbox(args.hooks_durable_dir, file_io=args.file_io)
     elif args.locker == "redis":
         store = RedisOutbox(args.redis_url)
     else:
-        store = FolderOutbox(os.path.join(args.upload_dir, ".hooks-outbox"))
+        store = FolderOutbox(os.path.join(args.upload_dir, ".hooks-outbox"), file_io=args.file_io)
     return Outbox(
         store, max_attempts=args.hooks_durable_max_attempts, max_age=args.hooks_durable_max_age,
         backoff=args.hooks_durable_backoff or 1.0, max_backoff=max(args.hooks_durable_max_backoff,
