@@ -3,7 +3,7 @@
 Read from the source with ``ast`` (every import counts: module level, inside functions, under ``TYPE_CHECKING``),
 so a cycle cannot hide behind a lazy import. The order, lowest first:
 
-0. leaves (``errors``, ``info``, ``asgitypes``, ``hooktypes``, ``extras``, ``fileio``, ``version``)
+0. leaves (``errors``, ``info``, ``asgitypes``, ``hooktypes``, ``extras``, ``fileio``, ``hashstate``, ``version``)
 1. ``observe/`` (metrics, tracing, logs)
 2. ``hooks/``, ``lockers/``, ``stores/``: side by side, none imports another
 3. ``core/``: tus semantics, no sockets
@@ -29,7 +29,7 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
 ROOT = SRC / "pytusd"
 
-LEAVES = {"errors", "info", "asgitypes", "hooktypes", "extras", "fileio", "version"}
+LEAVES = {"errors", "info", "asgitypes", "hooktypes", "extras", "fileio", "hashstate", "version"}
 RANKS = {"observe": 1, "hooks": 2, "lockers": 2, "stores": 2, "core": 3, "asgi": 4, "server": 5}
 TOP = {"pytusd", "pytusd.__main__"}
 

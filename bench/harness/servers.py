@@ -230,6 +230,8 @@ SERVERS["pytusd-durable"] = pytusd_spec(
     "--hooks-enabled-events", "post-create,post-finish",
 )
 # Opt-in, for scenario 1: pytusd without splice(2) (every body byte through Python), measured in the same run.
+# --digest: every byte hashed as it arrives (and so no splice); the cost of the whole-upload digest.
+SERVERS["pytusd-digest"] = pytusd_spec("pytusd-digest", "pytusd --digest sha256", "--digest", "sha256")
 SERVERS["pytusd-nosplice"] = pytusd_spec("pytusd-nosplice", "pytusd (no splice)", env={"PYTUSD_NO_SPLICE": "1"})
 # Opt-in, for scenarios 1 and 2: the cost of --file-io threads against inline, with and without splice(2).
 for _mode in ("inline", "threads"):

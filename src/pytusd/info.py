@@ -57,6 +57,12 @@ class UploadInfo:
             get("is_final", self.is_final), get("partial_uploads", self.partial_uploads), get("storage", self.storage),
         )
 
+    def with_storage(self, changes: Mapping[str, str | None]) -> UploadInfo:
+        """A copy whose ``storage`` has ``changes``: a value sets its key, None removes it."""
+        merged = {k: v for k, v in self.storage.items() if k not in changes}
+        merged.update({k: v for k, v in changes.items() if v is not None})
+        return self.replace(storage=merged)
+
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "ID": self.id,

@@ -6,7 +6,7 @@ its digest matches. The header rules (algorithms, parsing) are in :mod:`.grammar
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from .. import errors
 from ..stores import Verifiable
@@ -15,13 +15,16 @@ from .body import RequestBody
 from .http import Request
 
 
-async def write_checked(upload: Verifiable, offset: int, body: RequestBody, checksum: tuple[str, bytes]) -> int:
-    """``Upload-Checksum`` header: the digest is computed while the body streams, no buffering."""
+async def write_checked(
+    upload: Verifiable, offset: int, body: RequestBody, chunks: AsyncIterable[bytes], checksum: tuple[str, bytes]
+) -> int:
+    """``Upload-Checksum`` header: the digest of ``chunks`` (the body's) is computed while they stream, no
+    buffering."""
     algorithm, expected = checksum
     hasher = grammar.new_hasher(algorithm)
 
     async def hashed() -> AsyncIterator[bytes]:
-        async for chunk in body.chunks():
+        async for chunk in chunks:
             hasher.update(chunk)
             yield chunk
 
@@ -43,7 +46,9 @@ def trailer_announced(request: Request) -> bool:
     return "upload-checksum" in [t.strip() for t in announced.split(",")]
 
 
-async def write_trailer_checked(upload: Verifiable, request: Request, offset: int, body: RequestBody) -> int:
+async def write_trailer_checked(
+    upload: Verifiable, request: Request, offset: int, body: RequestBody, chunks: AsyncIterable[bytes]
+) -> int:
     """``Upload-Checksum`` trailer: the algorithm is only known at the end, so the stored chunk is read back (from
     the page cache, for the file store) and hashed before it is kept."""
 
@@ -67,4 +72,4 @@ async def write_trailer_checked(upload: Verifiable, request: Request, offset: in
             return False
         return True
 
-    return await upload.write_verified(offset, body.chunks(), verify)
+    return await upload.write_verified(offset, chunks, verify)

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..hooks import HOOK_TYPES, Hooks, PythonHookBackend
 from ..lockers import Locker, MemoryLocker
-from ..stores import DataStore
-from . import grammar
+from ..stores import DataStore, capabilities
+from . import digests, grammar
 from .events import PreCreateCallback, PreFinishCallback
 from .rules import UploadProfiles, UploadRules
 
@@ -169,6 +169,10 @@ class Config:
     pre_finish: PreFinishCallback | None = None
     rules: UploadRules | UploadProfiles | None = None
     expiration_cleanup_interval: float = 60.0
+    # Whole-upload digests (pytusd.core.digests): "sha256", "sha512" or both ("sha256,sha512" or a tuple); each
+    # upload's digest of its full content, computed as its bytes arrive, stored in Storage["Repr-Digest"] and sent
+    # as Repr-Digest on HEAD and GET. Needs a store that can annotate its uploads (every built-in one can).
+    digest: str | tuple[str, ...] = ()
     # Observability (README "Operating pytusd"): paths are relative to where the app is mounted; "" turns one off.
     expose_metrics: bool = True
     metrics_path: str = "/metrics"
@@ -196,6 +200,9 @@ class Config:
         if self.min_body_rate < 0 or self.max_concurrent_uploads < 0 or self.max_uploads_per_client < 0:
             raise ValueError("min_body_rate, max_concurrent_uploads and max_uploads_per_client must be >= 0")
         re.compile(self.cors.allow_origin)
+        self.digest = digests.parse_algorithms(self.digest)
+        if self.digest and not capabilities(self.store).annotate:
+            raise ValueError(f"digest needs a store whose uploads can be annotated; {self.store!r} declares none")
         if self.hooks is not None and not isinstance(self.hooks, Hooks):
             # A plain (async) callable: it sees every event but pre-access, which stays opt-in.
             events = [e for e in HOOK_TYPES if e != "pre-access"]

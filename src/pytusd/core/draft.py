@@ -12,7 +12,7 @@ import json
 from .. import errors
 from ..info import UploadInfo
 from ..stores import Upload
-from . import grammar
+from . import digests, grammar
 from .http import Request, Response
 from .uploads import Uploads, merge_hook_response
 
@@ -123,6 +123,8 @@ class DraftFlows:
         headers = {"Cache-Control": "no-store", "Upload-Offset": str(info.offset), **self._base_headers(version)}
         if not info.size_is_deferred:
             headers["Upload-Length"] = str(info.size)
+        if (digest := digests.header_value(info)) is not None:
+            headers["Repr-Digest"] = digest
         self._set_complete(headers, version, info.is_complete)
         return Response(204, headers)
 

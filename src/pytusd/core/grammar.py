@@ -320,7 +320,7 @@ CORS_ALLOW_HEADERS = (
 CORS_EXPOSE_HEADERS = (
     "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, "
     "Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Incomplete, Upload-Complete, "
-    "Upload-Draft-Interop-Version, Tus-Checksum-Algorithm, X-Request-ID"
+    "Upload-Draft-Interop-Version, Tus-Checksum-Algorithm, X-Request-ID, Repr-Digest"
 )
 
 

@@ -14,7 +14,7 @@ from ..info import UploadInfo, download_headers
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
 from ..stores import base
-from . import expiration, grammar
+from . import digests, expiration, grammar
 from .config import Config
 from .events import Events
 from .http import Request, Response
@@ -131,6 +131,8 @@ class TusFlows(Uploads):
         else:
             headers["Upload-Length"] = str(info.size)
             headers["Content-Length"] = str(info.size)
+        if (digest := digests.header_value(info)) is not None:
+            headers["Repr-Digest"] = digest
         return Response(200, headers)
 
     async def patch(self, request: Request) -> Response:
@@ -176,6 +178,8 @@ class TusFlows(Uploads):
         content_type, disposition = download_headers(info.metadata)
         size = info.offset
         headers = {"Content-Type": content_type, "Content-Disposition": disposition, "Accept-Ranges": "bytes"}
+        if (digest := digests.header_value(info)) is not None:  # of the whole upload, also for a range of it
+            headers["Repr-Digest"] = digest
         ranged = True
         if mtime is not None:
             etag = grammar.entity_tag(size, mtime)

@@ -19,7 +19,7 @@ from ..lockers.base import Lock
 from ..observe import logs, tracing
 from ..observe.metrics import Metrics
 from ..stores import Upload, base
-from . import checksums, expiration, grammar
+from . import checksums, digests, expiration, grammar
 from .body import RequestBody
 from .config import Config
 from .events import HOOK_OF_EVENT, EventKind, Events, HTTPRequestInfo, UploadEvent, rejection, run_callback
@@ -119,6 +119,12 @@ class Uploads:
         self.can_checksum = self.capabilities.write_verified
         if self.can_checksum:
             extensions.append("checksum")
+        # --digest: each upload's whole-content digest, computed as its bytes arrive (pytusd.core.digests).
+        self.digests = (
+            digests.Digests(digests.parse_algorithms(config.digest), self.capabilities.readable_while_incomplete)
+            if config.digest
+            else None
+        )
         self.expiration = config.expiration if expiration.supported(self.store, config.expiration) else 0.0
         if self.expiration:
             extensions.append("expiration")
@@ -261,9 +267,10 @@ class Uploads:
         hook_progress = self.hooks is not None and self.hooks.wants("post-receive")
         reports_progress = hook_progress or self.events.wants("progress")
         progress = self._report_progress(request, info, body, hook_progress) if reports_progress else None
+        running = await self.digests.before_write(upload, info) if self.digests is not None else None
         try:
             with self.metrics.active_upload(), self.store_operation("write", info.id):
-                written = await self._write_chunks(request, upload, offset, body)
+                written = await self._write_chunks(request, upload, offset, body, running)
         except errors.TusError as exc:
             if not exc.is_(errors.ERR_STORAGE_FULL, errors.ERR_STORAGE_READ_ONLY):
                 raise
@@ -294,6 +301,8 @@ class Uploads:
                 )
                 await self.announce("terminated", info, request)  # as tusd: a stopped upload is a terminated one
             raise body.error
+        if self.digests is not None:
+            info = await self.digests.after_write(upload, info, running, written)
         if body.error is not None:
             log.info(
                 "upload %s interrupted at offset %d: %s", info.id, info.offset, body.error.code,
@@ -342,14 +351,18 @@ class Uploads:
 
         return asyncio.get_running_loop().create_task(report())
 
-    async def _write_chunks(self, request: Request, upload: Upload, offset: int, body: RequestBody) -> int:
+    async def _write_chunks(
+        self, request: Request, upload: Upload, offset: int, body: RequestBody, running: digests.Running | None
+    ) -> int:
+        # With --digest the chunks are hashed on their way (and so not spliced: the bytes must pass through here).
+        chunks = body.chunks() if running is None else running.feed(body.chunks())
         checksum = self._checksum(request)
         if checksum is not None:  # only when can_checksum (see _checksum)
-            written = await checksums.write_checked(base.verifiable(upload), offset, body, checksum)
+            written = await checksums.write_checked(base.verifiable(upload), offset, body, chunks, checksum)
         elif self.checksum_trailer(request) and checksums.trailer_announced(request):
-            written = await checksums.write_trailer_checked(base.verifiable(upload), request, offset, body)
+            written = await checksums.write_trailer_checked(base.verifiable(upload), request, offset, body, chunks)
         else:
-            written = await upload.write(offset, body.chunks())
+            written = await upload.write(offset, chunks)
         return written
 
     def _checksum(self, request: Request) -> tuple[str, bytes] | None:
@@ -381,6 +394,8 @@ class Uploads:
         announce post-finish."""
         with self.store_operation("finish", info.id):
             await upload.finish()
+            if self.digests is not None:
+                info = await self.digests.finish(upload, info)
         self.metrics.upload_finished(info.id, info.size)
         log.info("upload %s finished (%d bytes)", info.id, info.size,
                  extra=logs.fields(event="UploadFinished", upload_id=info.id, size=info.size))
@@ -389,6 +404,7 @@ class Uploads:
 
     async def create_upload(self, request: Request, info: UploadInfo) -> tuple[Upload, UploadInfo]:
         """Create the upload in the store; count and log it."""
+        info = digests.without_reserved(info)
         with self.store_operation("create", info.id or None):
             upload = await self.store.create(info)
             info = await upload.info()

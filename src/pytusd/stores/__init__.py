@@ -1,6 +1,7 @@
 """Where upload bytes live. Each store is its own module; the protocols in :mod:`.base` say what a store is."""
 
 from .base import (
+    Annotatable,
     Capabilities,
     Concatenatable,
     DataStore,
@@ -20,6 +21,7 @@ from .file import FileStore, FileUpload
 from .s3 import S3Store, S3Upload
 
 __all__ = [
+    "Annotatable",
     "Capabilities",
     "Concatenatable",
     "DataStore",

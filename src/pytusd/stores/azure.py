@@ -285,7 +285,8 @@ class AzureStore:
 
     # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
     capabilities = Capabilities(
-        terminate=True, declare_length=True, write_verified=True, modified_time=True, readable_while_incomplete=False
+        terminate=True, declare_length=True, write_verified=True, modified_time=True, readable_while_incomplete=False,
+        annotate=True,
     )
 
     def __init__(

@@ -10,7 +10,7 @@ just :class:`DataStore` declares nothing and gets nothing optional, and works as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -98,6 +98,15 @@ class Verifiable(Upload, Protocol):
     async def write_verified(
         self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int: ...
+
+
+@runtime_checkable
+class Annotatable(Upload, Protocol):
+    """The upload's info can carry notes of the server's beside the bytes (``--digest``'s running state and
+    result): ``annotate`` sets (or, for None, removes) keys of its ``storage`` and stores the info, under the upload's
+    lock. What :meth:`Upload.info` returns afterwards has them."""
+
+    async def annotate(self, changes: Mapping[str, str | None]) -> None: ...
 
 
 @runtime_checkable
@@ -197,6 +206,7 @@ class Capabilities:
     write_verified: bool = False  # Verifiable
     expire: bool = False  # Expirable uploads, an Expiring store
     modified_time: bool = False  # Timestamped
+    annotate: bool = False  # Annotatable
     readable_while_incomplete: bool = True
 
 
@@ -247,6 +257,12 @@ def verifiable(upload: Upload) -> Verifiable:
     if isinstance(upload, Verifiable):
         return upload
     raise _undeclared(upload, "write_verified")
+
+
+def annotatable(upload: Upload) -> Annotatable:
+    if isinstance(upload, Annotatable):
+        return upload
+    raise _undeclared(upload, "annotate")
 
 
 def expirable(upload: Upload) -> Expirable:

@@ -30,7 +30,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import errors, fileio
@@ -251,6 +251,11 @@ class FileUpload:
     async def declare_length(self, length: int) -> None:
         await self._store._declare_length(self, length)
 
+    async def annotate(self, changes: Mapping[str, str | None]) -> None:
+        info = self._info.with_storage(changes)
+        await self._store._write_info(self.info_path, info)
+        self._info = info
+
     async def write_verified(
         self, offset: int, chunks: AsyncIterable[bytes], verify: Callable[[int], Awaitable[bool]]
     ) -> int:
@@ -274,7 +279,8 @@ class FileStore:
     """
 
     capabilities = Capabilities(
-        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True,
+        annotate=True,
     )
 
     def __init__(

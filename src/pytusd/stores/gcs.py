@@ -356,7 +356,8 @@ class GCSStore:
 
     # An unfinished upload is read from its chunk objects, in order (readable_while_incomplete, the default).
     capabilities = Capabilities(
-        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True,
+        annotate=True,
     )
 
     def __init__(

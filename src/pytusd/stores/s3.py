@@ -264,6 +264,7 @@ class S3Store:
 
     # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
     capabilities = Capabilities(
+        annotate=True,
         terminate=True,
         declare_length=True,
         concat=True,

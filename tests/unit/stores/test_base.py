@@ -19,6 +19,7 @@ import pytest
 from pytusd import Config, TusApp, errors
 from pytusd.info import UploadInfo
 from pytusd.stores import (
+    Annotatable,
     Capabilities,
     Concatenatable,
     Expirable,
@@ -88,13 +89,6 @@ def build_gcs(request, tmp_path):
 BUILDERS: dict[str, Builder] = {
     "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "azure": build_azure, "gcs": build_gcs,
 }
-
-
-@pytest.fixture(params=sorted(BUILDERS))
-def make_store(request, tmp_path):
-    make, cleanup = BUILDERS[request.param](request, tmp_path)
-    yield make
-    cleanup()
 
 
 async def chunks_of(data: bytes, size: int = MIB) -> AsyncIterator[bytes]:
@@ -251,6 +245,7 @@ PROMISES: dict[str, type] = {
     "write_verified": Verifiable,
     "expire": Expirable,
     "modified_time": Timestamped,
+    "annotate": Annotatable,
 }
 
 

@@ -237,6 +237,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         rules=rules_from_args(args),
         enable_experimental_protocol=args.enable_experimental_protocol,
         expiration_cleanup_interval=args.expiration_cleanup_interval or 60.0,
+        digest=args.digest,
         expose_metrics=args.expose_metrics,
         metrics_path=args.metrics_path,
         health_path=args.health_path,

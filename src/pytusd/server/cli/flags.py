@@ -201,6 +201,14 @@ FLAGS = [
         "Protocol",
     ),
     Flag(
+        "digest",
+        str,
+        "",
+        "Compute each upload's digest of its whole content while it arrives, sent as Repr-Digest: sha256, sha512 or "
+        "both (comma-separated)",
+        "Protocol",
+    ),
+    Flag(
         "expiration-cleanup-interval",
         parse_duration,
         60.0,

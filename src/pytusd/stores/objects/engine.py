@@ -16,7 +16,7 @@ import functools
 import logging
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -385,7 +385,13 @@ class PieceUpload(ABC, Generic[P, S]):
     async def declare_length(self, length: int) -> None:
         state = await self.state()
         self._check_length(state, length)
-        info = state.info.replace(size=length, size_is_deferred=False)
+        await self._save_info(state, state.info.replace(size=length, size_is_deferred=False))
+
+    async def annotate(self, changes: Mapping[str, str | None]) -> None:
+        state = await self.state()
+        await self._save_info(state, state.info.with_storage(changes))
+
+    async def _save_info(self, state: S, info: UploadInfo) -> None:
         try:
             await self._put_info(info)
         except Exception as exc:
