@@ -32,8 +32,10 @@ upload (5 TiB for a deferred length), else as the tail object (tusd #1247).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -49,7 +51,7 @@ from ..observe import logs
 from .base import Capabilities, Upload
 from .objects.engine import PieceUpload, State, StoreNames, storage_error
 from .objects.plan import PiecePlan
-from .objects.spool import Blocking, concat_by_streaming, gather_all
+from .objects.spool import Blocking, concat_by_streaming, gather_all, spool_md5
 
 if TYPE_CHECKING:
     from botocore.config import _S3Dict  # botocore-stubs' TypedDict for Config(s3=...)
@@ -150,6 +152,16 @@ class _State(State[Part]):
         return self.info.size if self.completed else self.pieces_size + self.tail_size
 
 
+_EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).digest()
+
+
+def content_md5(spool: IO[bytes] | None) -> str | None:
+    """The Content-MD5 header of a piece (base64 of the MD5 computed while it was spooled), so that S3 refuses
+    the bytes with BadDigest should they be damaged on the way; None when the spool was not hashed."""
+    digest = _EMPTY_MD5 if spool is None else spool_md5(spool)
+    return None if digest is None else base64.b64encode(digest).decode()
+
+
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -172,6 +184,7 @@ class S3Upload(PieceUpload[Part, _State]):
     """One upload in an :class:`S3Store`: pieces are the multipart upload's parts, the tail is ``.part``."""
 
     names = StoreNames("S3", "part", "the tail object", log)
+    spool_md5 = True  # sent as each part's and the tail's Content-MD5
     _store: S3Store
 
     def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
@@ -237,7 +250,8 @@ class S3Upload(PieceUpload[Part, _State]):
             return max(state.info_modified, state.data_modified)
         store = self._store
         try:
-            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=store.object_key(self.object_id))
+            key = store.object_key(self.object_id)
+            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=key)
         except Exception as exc:
             raise _storage_error(exc) from exc
         return float(head["LastModified"].timestamp())
@@ -370,6 +384,10 @@ class S3Store:
         if spool is not None:
             spool.seek(0)
             body = spool
+        kwargs: dict[str, Any] = {}
+        md5 = content_md5(spool)
+        if md5 is not None:
+            kwargs["ContentMD5"] = md5
         response = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.object_key(upload.object_id),
@@ -377,6 +395,7 @@ class S3Store:
             PartNumber=number,
             Body=body,
             ContentLength=size,
+            **kwargs,
         )
         return str(response["ETag"])
 
@@ -401,9 +420,13 @@ class S3Store:
         if spool is not None:
             spool.seek(0)
             content = iter(functools.partial(spool.read, READ_BLOCK), b"")
+        headers = {"Content-Length": str(size)}
+        md5 = content_md5(spool)
+        if md5 is not None:  # not part of the URL's signature, still checked by S3
+            headers["Content-MD5"] = md5
         started = time.perf_counter()
         try:
-            response = self._http.put(url, content=content, headers={"Content-Length": str(size)})
+            response = self._http.put(url, content=content, headers=headers)
         except Exception as exc:
             if self.log_api_calls:
                 _log_call("UploadPart", started, key=self.object_key(upload.object_id), part=number,
@@ -421,11 +444,16 @@ class S3Store:
     async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> None:
         def put() -> None:
             spool.seek(0)
+            kwargs: dict[str, Any] = {}
+            md5 = content_md5(spool)
+            if md5 is not None:
+                kwargs["ContentMD5"] = md5
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=self.tail_key(upload),
                 Body=spool,
                 Metadata={TAIL_OFFSET_KEY: str(starts_at)},
+                **kwargs,
             )
 
         await self._call(put)

@@ -492,3 +492,73 @@ async def test_an_orphan_part_never_joins_the_upload_later(s3):
     await again.write(11 * MIB, chunks_of(data[11 * MIB :]))
     await again.finish()
     assert await read_all(await store.get(upload_id)) == data
+
+
+# --- Content-MD5: S3 refuses a part or tail damaged on the way ------------------------------------------------------
+
+
+def test_each_spooled_piece_carries_the_md5_of_its_bytes():
+    import asyncio
+    import base64
+
+    from pytusd.stores.objects.spool import PieceWriter
+    from pytusd.stores.s3 import content_md5
+
+    seen: list[tuple[int, str | None]] = []
+
+    async def upload(number, start, spool, size):
+        seen.append((number, content_md5(spool)))
+        return number
+
+    async def run() -> str | None:
+        writer = PieceWriter(upload, first_number=1, first_byte=0, piece_size=lambda n, s: 1000, max_buffered=2,
+                             md5=True)
+        await writer.feed(bytes(range(256)) * 10)  # 2560 bytes: two pieces of 1000, a remainder of 560
+        tail = writer.detach()
+        await writer.settle()
+        assert tail is not None
+        return content_md5(tail)
+
+    tail_md5 = asyncio.run(run())
+    data = bytes(range(256)) * 10
+
+    def b64md5(b: bytes) -> str:
+        return base64.b64encode(hashlib.md5(b).digest()).decode()
+
+    assert seen == [(1, b64md5(data[:1000])), (2, b64md5(data[1000:2000]))]
+    assert tail_md5 == b64md5(data[2000:])
+    assert content_md5(None) == b64md5(b"")
+
+
+@pytest.mark.parametrize("presigned", [False, True], ids=["signed", "presigned"])
+@pytest.mark.parametrize("where", ["part", "tail"])
+async def test_a_wrong_content_md5_is_refused_with_bad_digest_and_not_counted(s3, monkeypatch, presigned, where):
+    """Bytes that do not match their Content-MD5 (as if damaged between pytusd and S3; here the digest is the one
+    that is wrong) are refused by Ceph with BadDigest: the PATCH fails with a tus error and the offset, as another
+    process loads it, has not moved; sent again with the right digest, the same bytes are kept."""
+    import pytusd.stores.s3 as s3_module
+
+    store = store_for(s3, disable_content_hashes=presigned)
+    data = os.urandom(2 * PART + 1000)
+    upload = await store.create(UploadInfo(size=len(data)))
+    # part: 1000 bytes wait in the tail, then a PATCH of a part's size makes part 1; tail: a full part, then 1000
+    # bytes that go to the tail object.
+    first = PART if where == "tail" else 1000
+    assert await upload.write(0, chunks_of(data[:first])) == first
+    right = s3_module.content_md5
+    monkeypatch.setattr(s3_module, "content_md5", lambda spool: base64_md5(b"not these bytes"))
+    second = data[first : first + (1000 if where == "tail" else PART)]
+    with pytest.raises(errors.TusError) as refused:
+        await (await store.get(upload.id)).write(first, chunks_of(second))
+    assert refused.value.status == 500 and "BadDigest" in str(refused.value), refused.value
+    again = await store_for(s3, client=make_client(endpoint=s3.meta.endpoint_url)).get(upload.id)
+    assert (await again.info()).offset == first
+    monkeypatch.setattr(s3_module, "content_md5", right)
+    assert await again.write(first, chunks_of(second)) == len(second)
+    assert (await (await store_for(s3).get(upload.id)).info()).offset == first + len(second)
+
+
+def base64_md5(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
