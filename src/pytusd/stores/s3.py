@@ -250,11 +250,11 @@ class S3Upload(PieceUpload[Part, _State]):
             raise errors.ERR_INCOMPLETE_UPLOAD()
         return self._stored_bytes(start, end)
 
-    async def _stored_bytes(self, start: int, end: int | None) -> AsyncIterator[bytes]:
+    async def _stored_bytes(self, start: int, end: int | None, attempts: int = 3) -> AsyncIterator[bytes]:
         store = self._store
         state = await self.state()
         if state.piece_objects and not state.completed:
-            async for block in store._read_unfinished(self, state, start, end):
+            async for block in store._read_unfinished(self, state, start, end, attempts):
                 yield block
             return
         kwargs: dict[str, Any] = {"Bucket": store.bucket, "Key": store.object_key(self.object_id)}
@@ -630,7 +630,7 @@ class S3Store:
                 if not moved or attempts <= 1:
                     raise _storage_error(exc) from exc
                 again = S3Upload(self, upload.object_id, upload.multipart_id)
-                async for block in again.stored_reader(at, stop):
+                async for block in again._stored_bytes(at, stop, attempts - 1):
                     yield block
                 return
             async for block in self._blocks(response):

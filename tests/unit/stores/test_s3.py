@@ -624,15 +624,17 @@ async def test_readable_layout_a_reader_follows_bytes_that_moved_meanwhile(s3):
     early = await store_for(s3).get(upload.id)
     await early.state()  # loaded: part 1 and the tail
     writer = await store_for(s3, readable_uploads=True).get(upload.id)
-    await writer.write(PART + MIB, chunks_of(data[PART + MIB : 2 * PART]))  # the tail's bytes go into part 2
-    assert upload.object_id + ".part" not in keys(s3)
+    tail_etag = s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id + ".part")["ETag"]
+    # The tail's bytes go into part 2, and a new tail of 7 bytes takes the old one's key.
+    await writer.write(PART + MIB, chunks_of(data[PART + MIB : 2 * PART + 7]))
+    assert s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id + ".part")["ETag"] != tail_etag
     assert await read_all(early, PART - 3, PART + MIB) == data[PART - 3 : PART + MIB]
     later = await store_for(s3).get(upload.id)
-    await later.state()  # loaded: parts 1 and 2
-    await writer.write(2 * PART, chunks_of(data[2 * PART :]))
+    await later.state()  # loaded: parts 1 and 2, the new tail
+    await writer.write(2 * PART + 7, chunks_of(data[2 * PART + 7 :]))
     await writer.finish()
     assert upload.object_id + ".p1" not in keys(s3)
-    assert await read_all(later, 10, 2 * PART) == data[10 : 2 * PART]
+    assert await read_all(later, 10, 2 * PART + 7) == data[10 : 2 * PART + 7]
 
 
 async def test_readable_layout_orphan_pieces_and_stale_tails_are_not_counted(s3):
