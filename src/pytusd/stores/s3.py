@@ -229,7 +229,9 @@ class S3Upload(PieceUpload[Part, _State]):
             await store._complete(self, self.multipart_id, pieces)
 
     async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
-        await self._store._put_tail(self, spool, starts_at)
+        etag = await self._store._put_tail(self, spool, starts_at)
+        if self._state is not None:  # a read of the tail by this object checks that it is still this one
+            self._state.tail_etag = etag
 
     async def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
         store = self._store
@@ -507,22 +509,23 @@ class S3Store:
             )
         return str(response.headers.get("etag", ""))
 
-    async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> None:
-        def put() -> None:
+    async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> str:
+        def put() -> str:
             spool.seek(0)
             kwargs: dict[str, Any] = {}
             md5 = content_md5(spool)
             if md5 is not None:
                 kwargs["ContentMD5"] = md5
-            self.client.put_object(
+            response = self.client.put_object(
                 Bucket=self.bucket,
                 Key=self.tail_key(upload),
                 Body=spool,
                 Metadata={TAIL_OFFSET_KEY: str(starts_at)},
                 **kwargs,
             )
+            return str(response.get("ETag", ""))
 
-        await self._call(put)
+        return await self._call(put)
 
     async def _delete_quietly(self, key: str) -> None:
         try:
