@@ -73,6 +73,7 @@ LAYOUT_KEY = "PytusdLayout"  # in the .info's Storage: how the upload's bytes ar
 PIECE_OBJECTS = "piece-objects"  # the readable layout: each part is its own object <objectId>.p<N> until finished
 
 _NON_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_PIECE_SUFFIX = re.compile(r"\.p[0-9]+\Z")  # <objectId>.p<N>: an ID ending so would name another upload's piece
 _HEADER_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
 
 
@@ -829,6 +830,11 @@ class S3Store:
         if not info.size_is_deferred:
             self.plan.check_length(info.size)
         object_id = info.id or new_upload_id()
+        if _PIECE_SUFFIX.search(object_id):  # (whatever this store's layout: another process's may be readable)
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                "the pre-create hook chose an ID ending in .p<number>, which names a piece object of another upload "
+                "in S3's readable layout"
+            )
         metadata = {
             _HEADER_TOKEN.sub("_", key): _NON_PRINTABLE.sub("?", value) for key, value in info.metadata.items() if key
         }

@@ -685,6 +685,20 @@ async def test_readable_layout_an_interrupted_finish_is_finished_again(s3, monke
     assert keys(s3) == {upload.object_id, upload.object_id + ".info"}
 
 
+async def test_an_id_that_would_name_another_uploads_piece_is_refused(s3):
+    """A pre-create hook's ID ``<other>.p<N>`` would make the upload's object the piece N of upload ``<other>`` (and
+    overwrite it at finish): refused with a tus error before anything is stored."""
+    store = store_for(s3, readable_uploads=True)
+    victim = await store.create(UploadInfo(id="victim", size=2 * PART))
+    await victim.write(0, chunks_of(b"v" * PART))
+    for chosen in ("victim.p1", "x.p22"):
+        with pytest.raises(errors.TusError) as refused:
+            await store_for(s3).create(UploadInfo(id=chosen, size=10))
+        assert refused.value.status == 500 and ".p<number>" in refused.value.message
+    assert keys(s3) == {"victim.info", "victim.p1"}
+    assert (await store.create(UploadInfo(id="x.p", size=1))).object_id == "x.p"  # not a piece's name
+
+
 @pytest.mark.parametrize("presigned", [False, True], ids=["signed", "presigned"])
 async def test_readable_layout_terminate_and_presigned_pieces(s3, presigned):
     store = store_for(s3, readable_uploads=True, disable_content_hashes=presigned)
