@@ -51,6 +51,7 @@ import logging
 import os
 import re
 import struct
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -63,9 +64,10 @@ from .objects.plan import PiecePlan
 from .objects.spool import Blocking
 
 try:
+    from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
     from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
-    from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList
+    from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList, ModifiedAccessConditions
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(extras.missing("the Azure store needs azure-storage-blob", "azure")) from exc
 
@@ -81,6 +83,7 @@ MAX_DEFERRED_SIZE = 64 * TIB  # what a deferred-length upload may grow to (see B
 DEFERRED_DOUBLING = 1_000  # a deferred-length upload's block size doubles every this many blocks
 READ_RANGE = 4 * MIB  # a download is fetched in ranges of this size, one ahead of the reader
 TAIL_OFFSET_KEY = "pytusd_tail_offset"  # Azure metadata names must be C# identifiers: no hyphens
+UNFINISHED_KEY = "pytusd_unfinished"  # metadata of a blob committed while its upload goes on
 MARKER_INDEX = 0x7FFFFFFF  # tusd's sentinel block: staged at creation so that "no uncommitted blocks" means finished
 BLOB_CLIENT_CACHE = 3 * 1024  # blob clients kept per store (three per upload)
 ACCESS_TIERS = {"": None, "hot": "Hot", "cool": "Cool", "cold": "Cold", "archive": "Archive"}
@@ -177,7 +180,11 @@ def chain(listed: list[tuple[int, int | None, int]]) -> list[Block]:
 @dataclass
 class _State(State[Block]):
     tusd: bool = False  # the blob's blocks use tusd's IDs: go on in its scheme
-    blob_modified: float = 0.0
+    blob_modified: float = 0.0  # the committed blob's Last-Modified (0: none committed)
+    committed_size: int = 0  # bytes of the committed blob while the upload goes on (the first pieces)
+    blob_etag: str | None = None  # the committed blob's ETag, None while nothing is committed
+    tail_etag: str | None = None
+    tail_modified: float = 0.0
 
 
 def _error_code(exc: BaseException) -> str:
@@ -239,8 +246,14 @@ class AzureUpload(PieceUpload[Block, _State]):
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
         await self._store._commit(self, pieces, state.info)
 
+    async def _pieces_stored(self, state: _State) -> None:
+        if state.pieces_size > state.committed_size:  # new blocks (or ones left by a request that failed)
+            await self._store._commit_progress(self, state)
+
     async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
-        await self._store._put_tail(self, spool, starts_at)
+        etag = await self._store._put_tail(self, spool, starts_at)
+        if self._state is not None:  # a reader of this request reads this version of it
+            self._state.tail_etag = etag
 
     def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
         return self._store._read(self.tail_blob, 0, size)
@@ -251,21 +264,55 @@ class AzureUpload(PieceUpload[Block, _State]):
     # -- reading ----------------------------------------------------------------------------------------------------
 
     async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """A finished upload's bytes from its blob; an unfinished one's from the committed blob (blocks that count
+        but are not committed yet, left by a request that failed, are committed first), then from ``.part``."""
         state = await self.state()
-        if not state.completed:
-            raise errors.ERR_INCOMPLETE_UPLOAD()
-        end = state.completed_size if end is None else min(end, state.completed_size)
+        stop = state.offset if end is None else min(end, state.offset)
+        if start >= stop:
+            return
+        store = self._store
         try:
-            async for block in self._store._read(self.blob, start, end):
-                yield block
+            if state.completed:
+                async for block in store._read(self.blob, start, stop):
+                    yield block
+                return
+            pieces_end = state.pieces_size
+            if min(stop, pieces_end) > state.committed_size:
+                await store._commit_progress(self, state, lazily=True)
+            position = start
+            if position < pieces_end:
+                async for block in store._read(self.blob, position, min(stop, pieces_end)):
+                    position += len(block)
+                    yield block
+            if position < stop:
+                try:
+                    async for block in store._read(self.tail_blob, position - pieces_end, stop - pieces_end,
+                                                   state.tail_etag):
+                        position += len(block)
+                        yield block
+                except Exception as exc:
+                    if not (_is_missing(exc) or getattr(exc, "status_code", None) == 412):
+                        raise
+                    # The .part blob changed under the reader: a request went on meanwhile and committed its
+                    # bytes before it removed or replaced the .part. They are in the blob now.
+                    async for block in store._read(self.blob, position, stop):
+                        position += len(block)
+                        yield block
         except Exception as exc:
-            if _is_missing(exc):
+            if _is_missing(exc) and state.completed:
                 raise errors.ERR_INCOMPLETE_UPLOAD() from exc
             raise _storage_error(exc) from exc
 
+    async def expire(self) -> None:
+        await self._store._expire(self)
+
     async def modified_time(self) -> float:
+        """When the upload last changed: a finished one's blob; else the newest of ``.info``, the committed blob
+        (every request commits what it stored) and ``.part``. Uncommitted blocks carry no time."""
         state = await self.state()
-        return state.blob_modified if state.completed else state.info_modified
+        if state.completed:
+            return state.blob_modified
+        return max(state.info_modified, state.blob_modified, state.tail_modified)
 
     # -- capabilities (AzureStore.capabilities) -------------------------------------------------------------------
 
@@ -283,10 +330,9 @@ class AzureStore:
     Capabilities: termination, creation-defer-length, checksum (:meth:`PieceUpload.write_verified`).
     """
 
-    # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
+    # An unfinished upload is read from the blocks committed so far and .part (readable_while_incomplete).
     capabilities = Capabilities(
-        terminate=True, declare_length=True, write_verified=True, modified_time=True, readable_while_incomplete=False,
-        annotate=True,
+        terminate=True, declare_length=True, write_verified=True, expire=True, modified_time=True, annotate=True
     )
 
     def __init__(
@@ -425,24 +471,57 @@ class AzureStore:
         return block
 
     async def _commit(self, upload: AzureUpload, blocks: list[Block], info: UploadInfo) -> None:
-        filetype = info.metadata.get("filetype", "")
-        headers = BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
+        """The finishing commit: the blocks (committed before or not) become the blob, with its Content-Type and
+        access tier and without the unfinished mark (a Put Block List replaces the blob's metadata)."""
         await self._call(
             upload.blob._client.block_blob.commit_block_list,
-            blocks=BlockLookupList(uncommitted=[b.id for b in blocks]),
+            blocks=BlockLookupList(latest=[b.id for b in blocks]),
             tier=self.blob_access_tier,
-            blob_http_headers=headers,
+            blob_http_headers=_content_headers(info),
         )
 
-    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> None:
-        def put() -> None:
+    async def _commit_progress(self, upload: AzureUpload, state: _State, lazily: bool = False) -> None:
+        """Commit the blocks that count so far, marked unfinished: the blob then holds the bytes stored so far and
+        can be read. Uncommitted blocks not among them (staged after a gap, the marker) are dropped by Azure.
+        ``lazily``: a reader found blocks a failed request left uncommitted; the commit is conditional on the blob
+        being as loaded, and losing to another commit is fine (that one holds at least these blocks)."""
+        conditions = None
+        if lazily:
+            conditions = (
+                ModifiedAccessConditions(if_match=state.blob_etag)
+                if state.blob_etag
+                else ModifiedAccessConditions(if_none_match="*")
+            )
+        try:
+            headers = await self._call(
+                upload.blob._client.block_blob.commit_block_list,
+                blocks=BlockLookupList(latest=[b.id for b in state.pieces]),
+                blob_http_headers=_content_headers(state.info),
+                headers={f"x-ms-meta-{UNFINISHED_KEY}": "1"},
+                modified_access_conditions=conditions,
+                cls=lambda _response, _body, headers: headers,
+            )
+        except HttpResponseError as exc:
+            if lazily and exc.status_code in (409, 412):
+                return
+            raise
+        state.committed_size = state.pieces_size
+        state.blob_etag = headers.get("ETag")
+        modified = headers.get("Last-Modified")
+        if modified is not None:
+            state.blob_modified = modified.timestamp()
+
+    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> str | None:
+        def put() -> str | None:
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
-            upload.tail_blob.upload_blob(
+            written = upload.tail_blob.upload_blob(
                 spool, length=size, overwrite=True, metadata={TAIL_OFFSET_KEY: str(starts_at)}, max_concurrency=1
             )
+            etag = written.get("etag")
+            return str(etag) if etag else None
 
-        await self._call(put)
+        return await self._call(put)
 
     async def _put_info(self, upload: AzureUpload, info: UploadInfo) -> None:
         await self._call(
@@ -459,12 +538,14 @@ class AzureStore:
             if not _is_missing(exc):
                 log.warning("could not delete %s: %s", blob.blob_name, exc)
 
-    def _read(self, blob: BlobClient, start: int, end: int) -> AsyncGenerator[bytes, None]:
+    def _read(self, blob: BlobClient, start: int, end: int, etag: str | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes ``start`` up to ``end`` of a blob, in ranges of ``READ_RANGE``, one ahead of the reader (the SDK
-        would hold its first 32 MiB in memory)."""
+        would hold its first 32 MiB in memory); with ``etag``, only of that version of the blob (else 412)."""
+        condition: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
 
         def fetch(first: int, stop: int) -> bytes:
-            data = blob.download_blob(offset=first, length=stop - first, max_concurrency=1).readall()
+            downloader = blob.download_blob(offset=first, length=stop - first, max_concurrency=1, **condition)
+            data: bytes = downloader.readall()
             if len(data) != stop - first:
                 raise errors.ERR_INTERNAL_SERVER_ERROR(f"{blob.blob_name} is shorter than expected")
             return data
@@ -483,54 +564,69 @@ class AzureStore:
                     return None
                 raise
 
-        def list_blocks() -> tuple[Any, Any] | None:
+        def list_blocks() -> Any:
             try:
-                blocks: tuple[Any, Any] = upload.blob._client.block_blob.get_block_list(
-                    list_type="all", cls=lambda _response, listing, headers: (listing, headers)
-                )
-                return blocks
+                return upload.blob._client.block_blob.get_block_list(list_type="all")
             except Exception as exc:
                 if _is_missing(exc):  # neither committed nor staged blocks: a new upload (or blocks expired)
                     return None
                 raise
 
-        def head_tail() -> tuple[int, int | None]:
+        def head_blob() -> Any:
             try:
-                properties = upload.tail_blob.get_blob_properties()
+                return upload.blob.get_blob_properties()
+            except Exception as exc:
+                if _is_missing(exc):  # nothing committed (yet)
+                    return None
+                raise
+
+        def head_tail() -> Any:
+            try:
+                return upload.tail_blob.get_blob_properties()
             except Exception as exc:
                 if _is_missing(exc):
-                    return 0, None
+                    return None
                 raise
-            starts_at = (properties.metadata or {}).get(TAIL_OFFSET_KEY, "")
-            return int(properties.size), int(starts_at) if starts_at.isdigit() else None
 
-        raw_info, listing, (tail_size, tail_start) = await upload._gather(
-            self._call(read_info), self._call(list_blocks), self._call(head_tail)
+        async def the_blob() -> tuple[Any, Any]:
+            listing, properties = await asyncio.gather(self._call(list_blocks), self._call(head_blob))
+            return listing, properties
+
+        raw_info, (listing, blob), tail = await upload._gather(
+            self._call(read_info), the_blob(), self._call(head_tail)
         )
+        if raw_info is None and await self._expired(upload):
+            raise errors.ERR_UPLOAD_EXPIRED()
         info, modified = upload._parse_info(raw_info)
         state = _State(info=info, info_modified=modified)
-        if listing is not None:
-            blocks, headers = listing
-            staged = blocks.uncommitted_blocks or []
-            if not staged:  # committed, nothing staged any more: finished
+        committed = (listing.committed_blocks or []) if listing is not None else []
+        staged = (listing.uncommitted_blocks or []) if listing is not None else []
+        if blob is not None:
+            state.blob_modified = blob.last_modified.timestamp()
+            if UNFINISHED_KEY not in (blob.metadata or {}) and not staged:  # committed by finish
                 state.completed = True
-                state.completed_size = int(headers.get("x-ms-blob-content-length") or 0)
-                modified = headers.get("Last-Modified")
-                state.blob_modified = modified.timestamp() if modified is not None else state.info_modified
-                state.stale_tail = bool(tail_size)
+                state.completed_size = int(blob.size)
+                state.stale_tail = tail is not None and bool(tail.size)
                 return state
-            listed: list[tuple[int, int | None, int]] = []
-            for block in staged:
-                parsed = parse_block_id(block.name)
-                if parsed is None:
-                    log.warning("upload %s: ignoring a block with a foreign ID %r", upload.id, block.name)
-                    continue
-                state.tusd = parsed[1] is None
-                if parsed[0] != MARKER_INDEX:
-                    listed.append((parsed[0], parsed[1], int(block.size)))
-            state.pieces = chain(listed)
-            state.next_number = len(state.pieces) + 1
-        state.adopt_tail(tail_size, tail_start)
+            state.committed_size = int(blob.size)
+            state.blob_etag = blob.etag
+        listed: list[tuple[int, int | None, int]] = []
+        for block in [*staged, *committed]:  # committed last: where an ID is in both, the committed block counts
+            parsed = parse_block_id(block.name)
+            if parsed is None:
+                log.warning("upload %s: ignoring a block with a foreign ID %r", upload.id, block.name)
+                continue
+            state.tusd = parsed[1] is None
+            if parsed[0] != MARKER_INDEX:
+                listed.append((parsed[0], parsed[1], int(block.size)))
+        state.pieces = chain(listed)
+        state.next_number = len(state.pieces) + 1
+        if tail is not None:
+            starts_at = (tail.metadata or {}).get(TAIL_OFFSET_KEY, "")
+            state.adopt_tail(int(tail.size), int(starts_at) if starts_at.isdigit() else None)
+            if state.tail_size:
+                state.tail_etag = tail.etag
+                state.tail_modified = tail.last_modified.timestamp()
         return state
 
     # -- DataStore ------------------------------------------------------------------------------------------------
@@ -547,8 +643,8 @@ class AzureStore:
             storage={"Type": "azurestore", "Container": self.container, "Key": self.blob_name(upload.id)},
         )
         try:
-            if chosen:  # an ID chosen by a hook may have been used before: drop what was staged for it
-                await self._discard_staged(upload)
+            if chosen:  # an ID chosen by a hook may have been used before: drop its blocks and its .part
+                await asyncio.gather(self._remove_blob(upload), self._delete(upload.tail_blob))
             await asyncio.gather(
                 self._put_info(upload, info), self._send(_put_block, upload.blob, marker_id(), None, 0)
             )
@@ -577,20 +673,68 @@ class AzureStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
-    async def _terminate(self, upload: AzureUpload) -> None:
-        async def delete(blob: BlobClient) -> None:
-            try:
-                await self._call(blob.delete_blob, delete_snapshots="include")
-            except Exception as exc:
-                if not _is_missing(exc):
-                    raise
-
+    async def _delete(self, blob: BlobClient) -> None:
         try:
-            await delete(upload.info_blob)  # first: from here on the upload does not exist
-            await asyncio.gather(self._discard_staged(upload), delete(upload.tail_blob))
-            await delete(upload.blob)
+            await self._call(blob.delete_blob, delete_snapshots="include")
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise
+
+    async def _remove_blob(self, upload: AzureUpload) -> None:
+        """The upload's blob with every block of it, committed and uncommitted (a blob that holds only
+        uncommitted blocks cannot be deleted on Azure: committing an empty list first makes it one that can)."""
+        await self._discard_staged(upload)
+        await self._delete(upload.blob)
+
+    async def _terminate(self, upload: AzureUpload) -> None:
+        try:
+            await self._delete(upload.info_blob)  # first: from here on the upload does not exist
+            await asyncio.gather(self._remove_blob(upload), self._delete(upload.tail_blob))
         except Exception as exc:
             raise _storage_error(exc) from exc
+        upload._state = None
+
+    def expired_blob(self, upload_id: str) -> BlobClient:
+        """What an expired upload leaves (a few bytes), so that it answers 410 for a while."""
+        return self.blob_client(upload_id + ".expired")
+
+    async def _expired(self, upload: AzureUpload) -> bool:
+        try:
+            await self._call(self.expired_blob(upload.id).get_blob_properties)
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise _storage_error(exc) from exc
+        return True
+
+    async def _expire(self, upload: AzureUpload) -> None:
+        """Leave ``<id>.expired`` (the upload answers 410 from now on), then remove the upload as termination does:
+        ``.info``, the blob with its committed and uncommitted blocks, ``.part``."""
+        try:
+            await self._call(self.expired_blob(upload.id).upload_blob, str(int(time.time())).encode(), overwrite=True)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        await self._terminate(upload)
+
+    async def forget_expired(self, older_than: float) -> int:
+        """Delete the ``.expired`` blobs written before ``older_than`` (those uploads answer 404 then)."""
+        prefix = self.blob_name("")
+
+        def old() -> list[str]:
+            return [
+                str(b.name)[len(prefix) :]
+                for b in self._container.list_blobs(name_starts_with=prefix or None)
+                if str(b.name).endswith(".expired") and b.last_modified.timestamp() < older_than
+            ]
+
+        try:
+            names = await self._call(old)
+            await asyncio.gather(*(self._delete(self.blob_client(name)) for name in names))
+        except Exception as exc:
+            if _is_missing(exc):  # no container yet
+                return 0
+            raise _storage_error(exc) from exc
+        return len(names)
 
     async def upload_ids(self) -> AsyncIterator[str]:
         """Every upload, from the names of the ``.info`` blobs."""
@@ -608,6 +752,12 @@ class AzureStore:
         for name in listed:
             if name.endswith(".info") and len(name) > len(prefix) + len(".info"):
                 yield name[len(prefix) : -len(".info")]
+
+
+def _content_headers(info: UploadInfo) -> BlobHTTPHeaders | None:
+    """The blob's Content-Type: the upload's ``filetype`` metadata when it is printable ASCII."""
+    filetype = info.metadata.get("filetype", "")
+    return BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
 
 
 def _put_block(blob: BlobClient, name: str, spool: IO[bytes] | None, size: int) -> None:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import time
 import uuid
 
 import pytest
@@ -215,12 +216,13 @@ def names(azure) -> set[str]:
     return {b.name for b in azure.get_container_client(azure.pytusd_container).list_blobs()}
 
 
-def staged(azure, name: str) -> list[tuple[int, int | None, int]]:
-    """(number, start, size) of the uncommitted blocks of a blob, markers included (number 0x80000000)."""
+def staged(azure, name: str, kind: str = "uncommitted") -> list[tuple[int, int | None, int]]:
+    """(number, start, size) of the uncommitted (or committed) blocks of a blob, markers included (number
+    0x80000000)."""
     blob = azure.get_blob_client(azure.pytusd_container, name)
-    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
+    listing = blob._client.block_blob.get_block_list(list_type=kind)
     result = []
-    for block in listing.uncommitted_blocks or []:
+    for block in getattr(listing, f"{kind}_blocks") or []:
         index, start = parse_block_id(block.name)
         result.append((index + 1, start, block.size))
     return sorted(result)
@@ -248,17 +250,23 @@ async def test_a_patch_is_cut_into_blocks_and_another_process_sees_the_offset(az
     assert info.storage == {"Type": "azurestore", "Container": azure.pytusd_container, "Key": info.id}
     assert f"{info.id}.info" in names(azure)  # the blob itself does not exist before it is committed
     assert await upload.write(0, chunks_of(data[: 2 * BLOCK + 100])) == 2 * BLOCK + 100
-    assert staged(azure, info.id) == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, 100), (0x80000000, 0, 1)]
+    # Committed at the end of the PATCH, so that the blob holds them (readable); the marker is dropped.
+    assert staged(azure, info.id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, 100)]
+    assert staged(azure, info.id) == []
+    blob = azure.get_blob_client(azure.pytusd_container, info.id)
+    assert blob.get_blob_properties().metadata == {"pytusd_unfinished": "1"}
+    assert blob.download_blob().readall() == data[: 2 * BLOCK + 100]
 
     other = store_for(azure, azure_endpoint)  # a new client, nothing cached
     resumed = await other.get(info.id)
     assert (await resumed.info()).offset == 2 * BLOCK + 100
     assert await resumed.write(2 * BLOCK + 100, chunks_of(data[2 * BLOCK + 100 :])) == len(data) - 2 * BLOCK - 100
-    assert [(n, s) for n, s, _ in staged(azure, info.id)][:5] == [
+    assert [(n, s) for n, s, _ in staged(azure, info.id, "committed")][:5] == [
         (1, 0), (2, BLOCK), (3, 2 * BLOCK), (4, 2 * BLOCK + 100), (5, 3 * BLOCK + 100)
     ]
     await resumed.finish()
-    assert staged(azure, info.id) == []  # committed: the marker went with the rest
+    assert staged(azure, info.id) == []
+    assert blob.get_blob_properties().metadata == {}  # finished: the commit replaced the unfinished mark
     done = await store_for(azure, azure_endpoint).get(info.id)
     assert (await done.info()).offset == len(data)
     assert await read_all(done) == data
@@ -317,6 +325,10 @@ async def test_a_failed_block_keeps_only_what_was_confirmed(azure, monkeypatch):
     monkeypatch.setattr(store, "_stage_block", original)
     fresh = await store.get(upload.id)
     assert (await fresh.info()).offset == BLOCK
+    assert staged(azure, upload.id, "committed") == []  # the failed request committed nothing
+    # A reader needs block 1, which is uncommitted: it is committed first (block 3, after the gap, is dropped).
+    assert await read_all(await store.get(upload.id)) == data[:BLOCK]
+    assert staged(azure, upload.id, "committed") == [(1, 0, BLOCK)] and staged(azure, upload.id) == []
     await fresh.write(BLOCK, chunks_of(data[BLOCK : 2 * BLOCK + 10]))  # ends inside where block 3 was
     again = await store.get(upload.id)
     assert (await again.info()).offset == 2 * BLOCK + 10
@@ -412,8 +424,8 @@ async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
     assert capabilities(store).terminate and not capabilities(store).concat
     store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
     upload = await store.create(UploadInfo(size=4 * MIB))
-    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block and a .part blob
-    assert names(azure) == {f"{upload.id}.info", f"{upload.id}.part"}
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block (committed) and a .part blob
+    assert names(azure) == {upload.id, f"{upload.id}.info", f"{upload.id}.part"}
     assert isinstance(upload, Terminatable) and not isinstance(upload, Concatenatable)
     await upload.terminate()
     assert names(azure) == set()
@@ -491,8 +503,9 @@ async def test_a_container_written_by_tusd_is_resumed_and_served(azure):
     assert (await upload.info()).offset == BLOCK + 1000
     await upload.write(BLOCK + 1000, chunks_of(data[BLOCK + 1000 :]))
     blob = azure.get_blob_client(azure.pytusd_container, f"up/{upload_id}")
-    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
-    assert {len(base64.b64decode(b.name)) for b in listing.uncommitted_blocks} == {4}  # tusd's scheme goes on
+    listing = blob._client.block_blob.get_block_list(list_type="all")
+    assert {len(base64.b64decode(b.name)) for b in listing.committed_blocks} == {4}  # tusd's scheme goes on
+    assert await read_all(await store.get(upload_id)) == data  # unfinished: read from the committed blocks
     await upload.finish()
     assert await read_all(await store.get(upload_id)) == data
 
@@ -517,8 +530,10 @@ async def test_through_the_app(azure, client_factory):
     data = os.urandom(2 * BLOCK + 5)
     url = await create(client, len(data), **{"Upload-Metadata": "filename dGVzdC50eHQ="})
     assert (await patch(client, url, 0, data[:MIB])).status_code == 204
-    r = await client.get(url, headers=TUS)
-    assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+    r = await client.get(url, headers=TUS)  # unfinished: the bytes stored so far
+    assert r.status_code == 200 and r.content == data[:MIB] and r.headers["content-length"] == str(MIB)
+    r = await client.get(url, headers={**TUS, "Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == data[100:200]
     r = await patch(client, url, MIB, data[MIB:])
     assert r.status_code == 204 and r.headers["upload-offset"] == str(len(data))
     r = await client.head(url, headers=TUS)
@@ -596,3 +611,59 @@ def test_the_cli_flags_build_the_azure_store(tmp_path, monkeypatch):
     assert isinstance(store, AzureStore)
     assert store.container == "c" and store.blob_name("x") == "up/x" and store.blob_access_tier == "Archive"
     assert store.service.url.startswith("http://127.0.0.1:9/devstoreaccount1")
+
+
+# --- expiration: the last change, and nothing left of an expired upload -----------------------------------------
+
+
+def listed(azure) -> set[str]:
+    """Every blob in the container, those that hold only uncommitted blocks too."""
+    container = azure.get_container_client(azure.pytusd_container)
+    return {b.name for b in container.list_blobs(include=["uncommittedblobs"])}
+
+
+async def test_the_last_change_is_the_newest_of_blob_part_and_info(azure):
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # short PATCHes go to .part
+    assert capabilities(store).expire and capabilities(store).readable_while_incomplete
+    upload = await store.create(UploadInfo(size=4 * MIB))
+    created = await (await store.get(upload.id)).modified_time()
+    info_modified = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.info").get_blob_properties()
+    assert created == info_modified.last_modified.timestamp()
+    await asyncio.sleep(1.1)  # Last-Modified has whole seconds
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # a committed block and a .part
+    part = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.part").get_blob_properties()
+    blob = azure.get_blob_client(azure.pytusd_container, upload.id).get_blob_properties()
+    after_write = await (await store.get(upload.id)).modified_time()
+    assert after_write > created
+    assert after_write == max(part.last_modified.timestamp(), blob.last_modified.timestamp())
+    await asyncio.sleep(1.1)
+    current = await store.get(upload.id)
+    await current.write(MIB + 10, chunks_of(b"x" * 1000))  # only .part changes
+    part = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.part").get_blob_properties()
+    assert await (await store.get(upload.id)).modified_time() == part.last_modified.timestamp() > after_write
+
+
+async def test_expire_removes_committed_and_uncommitted_blocks_info_and_part(azure, azure_endpoint):
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
+    upload = await store.create(UploadInfo(size=4 * MIB))
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # block 1 committed, 10 bytes in .part
+    stage(azure, upload.id, block_id(2, MIB), b"y" * MIB)  # left uncommitted by a request that "crashed"
+    other = await store.create(UploadInfo(size=5))  # staged blocks only: its blob has no committed block
+    assert listed(azure) == {upload.id, f"{upload.id}.info", f"{upload.id}.part", other.id, f"{other.id}.info"}
+    for expiring in (await store.get(upload.id), await store.get(other.id)):
+        await expiring.expire()
+    assert listed(azure) == {f"{upload.id}.expired", f"{other.id}.expired"}
+    fresh = store_for(azure, azure_endpoint)
+    for upload_id in (upload.id, other.id):
+        with pytest.raises(errors.TusError) as gone:
+            await fresh.get(upload_id)
+        assert gone.value.status == 410 and gone.value.code == "ERR_UPLOAD_EXPIRED"
+    assert [i async for i in fresh.upload_ids()] == []
+    assert await fresh.forget_expired(0) == 0  # written after 0: kept
+    assert await fresh.forget_expired(time.time() + 2) == 2
+    assert listed(azure) == set()
+    with pytest.raises(errors.TusError) as forgotten:
+        await fresh.get(upload.id)
+    assert forgotten.value.status == 404
