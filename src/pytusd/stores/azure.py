@@ -2,16 +2,20 @@
 
 For an upload with ID ``<id>`` the container holds
 
-* ``<prefix><id>``: a block blob. While the upload runs, its bytes are *uncommitted* blocks staged on it (plus one
-  marker block, staged when the upload is created, as tusd does); ``finish`` commits them, and only then the blob
-  exists for readers;
+* ``<prefix><id>``: a block blob. A PATCH stages its bytes as blocks and ends by committing every block that
+  counts (Put Block List), with the metadata ``pytusd_unfinished=1``: the blob holds the bytes stored so far and can
+  be read. ``finish`` commits once more, with the Content-Type and access tier and without the mark. A marker block
+  is staged when the upload is created, as tusd does (dropped by the first commit);
 * ``<prefix><id>.info``: the upload info as tusd's FileInfo JSON;
 * ``<prefix><id>.part``: the bytes after the last block while there is no room left for another short block (a
-  pytusd addition, see below); its metadata records the offset it starts at.
+  pytusd addition, see below); its metadata records the offset it starts at;
+* ``<prefix><id>.expired``: left for a while by an expired upload (410 rather than 404), the rest removed.
 
-Nothing about an upload lives in the process: its offset is read from Get Block List on every request, so any
-pytusd process resumes any upload. Once committed, the upload is complete and its offset is the blob's size; a blob
-with no uncommitted blocks left counts as finished (the marker block tells a new upload from a finished one).
+Nothing about an upload lives in the process: its offset is read from Get Block List (committed and uncommitted
+blocks) on every request, so any pytusd process resumes any upload. A blob committed without the unfinished mark
+and with no uncommitted blocks is finished; its offset is the blob's size. Blocks that a request staged but did not
+commit (it failed, or its process died) still count; the next PATCH commits them, and a reader that needs them
+commits them first (conditional on the blob's ETag as loaded).
 
 Block IDs. Every block's ID says where it belongs: 12 bytes, the block's index (its number - 1) as a little-endian
 uint32 followed by its first byte's offset in the upload as a little-endian uint64, base64 (16 characters, the same
@@ -21,7 +25,8 @@ gap, and what was staged after it is ignored (and overwritten later); since the 
 left over from an earlier failed request never counts where it does not fit, whatever its number. tusd's IDs are 4
 bytes (the index alone) and its marker is index 0x7FFFFFFF; a blob whose blocks have 4-byte IDs is tusd's, and is
 resumed, counted and committed in tusd's scheme (blocks contiguous by number), so a container written by tusd is
-served as it is. tusd cannot resume an upload pytusd started (it commits 4-byte IDs); it serves finished ones.
+served as it is. tusd cannot resume an upload pytusd started or wrote to (it counts uncommitted blocks only, and
+4-byte IDs); it serves finished ones.
 
 The block operations go through the SDK's generated REST layer (``BlobClient._client.block_blob``): the public
 ``stage_block`` and ``commit_block_list`` treat a block ID as UTF-8 text and base64 it themselves, which cannot
@@ -37,14 +42,16 @@ every 1,000 blocks. The bytes left at the end of a PATCH become a short block wh
 hold the rest of the upload (64 TiB for a deferred length), else they wait in the ``.part`` blob and start the next
 PATCH's first block (tusd's #1247 for S3: many small PATCHes of a huge upload would otherwise run out of blocks).
 
-Unfinished uploads cannot be read (uncommitted blocks are not readable), and concatenation is not offered: doing it
-server-side needs Put Block From URL, which Azurite (the emulator the tests run on) does not implement.
+Concatenation copies the partials' blobs into the final's blocks with Put Block From URL (the service reads a
+source URL signed with a read-only SAS) and commits once; a service that answers it 501 (Azurite before 3.37) makes
+the store stream the partials' bytes into the final instead, from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import functools
 import io
 import logging
@@ -52,22 +59,33 @@ import os
 import re
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
-from .base import Capabilities
+from .base import Capabilities, Upload
 from .objects.engine import PieceUpload, State, StoreNames, read_ahead, storage_error
 from .objects.plan import PiecePlan
-from .objects.spool import Blocking
+from .objects.spool import Blocking, concat_by_streaming, gather_all
 
 try:
     from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-    from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
-    from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList, ModifiedAccessConditions
+    from azure.storage.blob import (
+        BlobClient,
+        BlobSasPermissions,
+        BlobServiceClient,
+        ContentSettings,
+        generate_blob_sas,
+    )
+    from azure.storage.blob._generated.models import (
+        BlobHTTPHeaders,
+        BlockLookupList,
+        ModifiedAccessConditions,
+        SourceModifiedAccessConditions,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(extras.missing("the Azure store needs azure-storage-blob", "azure")) from exc
 
@@ -306,6 +324,9 @@ class AzureUpload(PieceUpload[Block, _State]):
     async def expire(self) -> None:
         await self._store._expire(self)
 
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        await self._store._concat(self, partials)
+
     async def modified_time(self) -> float:
         """When the upload last changed: a finished one's blob; else the newest of ``.info``, the committed blob
         (every request commits what it stored) and ``.part``. Uncommitted blocks carry no time."""
@@ -332,7 +353,8 @@ class AzureStore:
 
     # An unfinished upload is read from the blocks committed so far and .part (readable_while_incomplete).
     capabilities = Capabilities(
-        terminate=True, declare_length=True, write_verified=True, expire=True, modified_time=True, annotate=True
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True,
+        annotate=True,
     )
 
     def __init__(
@@ -374,6 +396,8 @@ class AzureStore:
         self._block_slots: asyncio.Semaphore | None = None
         self._container_ready = False
         self._blob_clients: dict[str, BlobClient] = {}
+        # Put Block From URL: None until tried, False once the service answered 501 (Azurite before 3.37).
+        self.copy_from_url: bool | None = None
 
     def __repr__(self) -> str:
         return f"AzureStore({self.container!r}, prefix={self.object_prefix!r}, endpoint={self.service.url!r})"
@@ -736,6 +760,122 @@ class AzureStore:
             raise _storage_error(exc) from exc
         return len(names)
 
+    # -- concatenation ----------------------------------------------------------------------------------------------
+
+    async def _concat(self, final: AzureUpload, partials: Sequence[Upload]) -> None:
+        """The final upload's blob made of the partials' bytes: by Put Block From URL (Azure copies the ranges
+        itself) where the service has it and the partials are committed blobs of this account, else by reading
+        the partials and staging their bytes as a PATCH would (:func:`concat_by_streaming`). Which one is chosen
+        at run time: the first Put Block From URL that is answered 501 switches this store to streaming for good.
+        Both are repeatable: nothing counts before the one commit at the end (from URLs) or each write commits
+        what it stored and a retry goes on from the final's offset (streaming)."""
+        if self.copy_from_url is not False:
+            sources = await self._copy_sources(partials)
+            if sources is not None:
+                try:
+                    await self._concat_from_urls(final, sources)
+                    return
+                except _CopyNotImplemented:
+                    self.copy_from_url = False
+                    log.info("Azure answers Put Block From URL with 501: concatenating by streaming from now on")
+        await concat_by_streaming(final, partials)
+
+    async def _copy_sources(self, partials: Sequence[Upload]) -> list[_Source] | None:
+        """The partials as blobs to copy from, or None when one of them cannot be (another store or account, or
+        bytes not all committed: a .part, blocks left uncommitted by a failed request)."""
+        sources: list[_Source] = []
+        for partial in partials:
+            if not (
+                isinstance(partial, AzureUpload)
+                and partial._store.service.url == self.service.url
+                and partial._store.container == self.container
+            ):
+                return None
+            state = await partial.state()
+            if state.completed:
+                sources.append(_Source(partial.blob, state.completed_size, None))
+            elif state.offset == state.committed_size:
+                sources.append(_Source(partial.blob, state.committed_size, state.blob_etag))
+            else:
+                return None
+        return sources
+
+    def _source_url(self, blob: BlobClient) -> str | None:
+        """The blob's URL as Azure can read it for Put Block From URL: with a read-only SAS for an hour signed by
+        the account key, or the SAS the client was given; None with other credentials (then streaming)."""
+        credential = self.service.credential  # the SDK's shared-key policy holds the account's name and key
+        account, key = getattr(credential, "account_name", None), getattr(credential, "account_key", None)
+        if isinstance(account, str) and isinstance(key, str):
+            sas = generate_blob_sas(
+                account,
+                self.container,
+                blob.blob_name,
+                account_key=key,
+                permission=BlobSasPermissions(read=True),
+                expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1),
+            )
+            return f"{blob.url}?{sas}"
+        url = str(blob.url)
+        return url if "sig=" in url else None
+
+    async def _concat_from_urls(self, final: AzureUpload, sources: list[_Source]) -> None:
+        state = await final.state()
+        if state.completed:
+            return  # concatenated before
+        urls = [self._source_url(source.blob) for source in sources]
+        if any(url is None for url in urls):
+            raise _CopyNotImplemented()
+        step = self.plan.max_size
+        planned: list[tuple[Block, str, int, str | None]] = []  # (block, source URL, first byte, source ETag)
+        offset = 0
+        for source, url in zip(sources, urls, strict=True):
+            assert url is not None
+            for first in range(0, source.size, step):
+                length = min(step, source.size - first)
+                planned.append((Block(len(planned) + 1, offset, length), url, first, source.etag))
+                offset += length
+        if offset != state.info.size:
+            raise errors.ERR_INTERNAL_SERVER_ERROR(f"the partials hold {offset} bytes, the final {state.info.size}")
+        if len(planned) > self.plan.max_pieces:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_pieces} blocks")
+
+        async def copy(block: Block, url: str, first: int, etag: str | None) -> None:
+            if self._block_slots is None:
+                self._block_slots = asyncio.Semaphore(self.concurrent_block_uploads)
+            async with self._block_slots:
+                try:
+                    await self._send(
+                        final.blob._client.block_blob.stage_block_from_url,
+                        block_id=block.id,
+                        content_length=0,
+                        source_url=url,
+                        source_range=f"bytes={first}-{first + block.size - 1}",
+                        source_modified_access_conditions=SourceModifiedAccessConditions(source_if_match=etag)
+                        if etag
+                        else None,
+                    )
+                except HttpResponseError as exc:
+                    if exc.status_code == 501 or _error_code(exc) == "NotImplemented":
+                        raise _CopyNotImplemented() from exc
+                    raise
+
+        try:
+            if planned and self.copy_from_url is None:  # the first block alone: a 501 costs one request
+                await copy(*planned[0])
+                self.copy_from_url = True
+                await gather_all([copy(*p) for p in planned[1:]])
+            else:
+                await gather_all([copy(*p) for p in planned])
+            blocks = [p[0] for p in planned]
+            await self._commit(final, blocks, state.info)
+        except _CopyNotImplemented:
+            final._state = None
+            raise
+        except Exception as exc:
+            final._state = None
+            raise _storage_error(exc) from exc
+        state.pieces, state.completed, state.completed_size = blocks, True, offset
+
     async def upload_ids(self) -> AsyncIterator[str]:
         """Every upload, from the names of the ``.info`` blobs."""
         prefix = self.blob_name("")
@@ -752,6 +892,19 @@ class AzureStore:
         for name in listed:
             if name.endswith(".info") and len(name) > len(prefix) + len(".info"):
                 yield name[len(prefix) : -len(".info")]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A partial's bytes for Put Block From URL: its committed blob, in the version that was loaded."""
+
+    blob: BlobClient
+    size: int
+    etag: str | None
+
+
+class _CopyNotImplemented(Exception):
+    """The service answered Put Block From URL with 501."""
 
 
 def _content_headers(info: UploadInfo) -> BlobHTTPHeaders | None:

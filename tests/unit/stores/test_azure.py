@@ -421,12 +421,12 @@ async def test_the_default_tier_and_no_filetype(azure):
 
 async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
     store = store_for(azure)
-    assert capabilities(store).terminate and not capabilities(store).concat
+    assert capabilities(store).terminate and capabilities(store).concat
     store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
     upload = await store.create(UploadInfo(size=4 * MIB))
     await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block (committed) and a .part blob
     assert names(azure) == {upload.id, f"{upload.id}.info", f"{upload.id}.part"}
-    assert isinstance(upload, Terminatable) and not isinstance(upload, Concatenatable)
+    assert isinstance(upload, Terminatable) and isinstance(upload, Concatenatable)
     await upload.terminate()
     assert names(azure) == set()
     with pytest.raises(ResourceNotFoundError):
@@ -525,8 +525,7 @@ async def test_through_the_app(azure, client_factory):
     client = client_factory(store=store, locker=MemoryLocker())
     r = await client.options("/files/")
     extensions = set(r.headers["tus-extension"].split(","))
-    assert {"creation", "termination", "creation-defer-length"} <= extensions
-    assert "concatenation" not in extensions
+    assert {"creation", "termination", "creation-defer-length", "concatenation"} <= extensions
     data = os.urandom(2 * BLOCK + 5)
     url = await create(client, len(data), **{"Upload-Metadata": "filename dGVzdC50eHQ="})
     assert (await patch(client, url, 0, data[:MIB])).status_code == 204
@@ -667,3 +666,136 @@ async def test_expire_removes_committed_and_uncommitted_blocks_info_and_part(azu
     with pytest.raises(errors.TusError) as forgotten:
         await fresh.get(upload.id)
     assert forgotten.value.status == 404
+
+
+# --- concatenation: Put Block From URL where the service has it, else streamed -----------------------------------
+
+
+async def make_partials(store, datas, finish=True):
+    partials = []
+    for data in datas:
+        partial = await store.create(UploadInfo(size=len(data), is_partial=True))
+        await partial.write(0, chunks_of(data))
+        if finish:
+            await partial.finish()
+        partials.append(await store.get(partial.id))
+    return partials
+
+
+class CountingCopies:
+    """Counts Put Block From URL requests (the SDK's call, passed on unchanged to the service)."""
+
+    def __init__(self, monkeypatch):
+        from azure.storage.blob._generated.operations import BlockBlobOperations
+
+        self.calls = 0
+        original = BlockBlobOperations.stage_block_from_url
+
+        def counting(operations, *args, **kwargs):
+            self.calls += 1
+            return original(operations, *args, **kwargs)
+
+        monkeypatch.setattr(BlockBlobOperations, "stage_block_from_url", counting)
+
+
+async def test_concatenation_streams_where_put_block_from_url_is_501(azure, monkeypatch):
+    """Azurite 3.35 (the suite's) answers Put Block From URL with 501: the first concatenation tries it once,
+    streams instead and remembers; the next one does not try again."""
+    copies = CountingCopies(monkeypatch)
+    store = store_for(azure, blob_access_tier="cool")
+    assert store.copy_from_url is None
+    datas = [os.urandom(BLOCK + 5), b"", os.urandom(1000)]
+    partials = await make_partials(store, datas)
+    final = await store.create(UploadInfo(size=sum(map(len, datas)), is_final=True, metadata={"filetype": "a/b"}))
+    await final.concat(partials)
+    assert copies.calls == 1 and store.copy_from_url is False
+    assert (await final.info()).offset == sum(map(len, datas))
+    await final.finish()
+    assert await read_all(await store.get(final.id)) == b"".join(datas)
+    properties = azure.get_blob_client(azure.pytusd_container, final.id).get_blob_properties()
+    assert properties.blob_tier == "Cool" and properties.content_settings.content_type == "a/b"
+    assert properties.metadata == {}
+    again = await store.create(UploadInfo(size=BLOCK + 5, is_final=True))
+    await again.concat(partials[:1])
+    assert copies.calls == 1  # remembered: streamed at once
+    await again.finish()
+    assert await read_all(await store.get(again.id)) == datas[0]
+
+
+@pytest.fixture
+def azure_next(azure_next_endpoint):
+    service = service_for(azure_next_endpoint)
+    container = f"pytusd-{uuid.uuid4().hex[:12]}"
+    service.pytusd_container = container  # type: ignore[attr-defined]
+    yield service
+    try:
+        service.delete_container(container)
+    except ResourceNotFoundError:
+        pass
+
+
+async def test_concatenation_by_put_block_from_url(azure_next, monkeypatch):
+    """Azurite 3.37 has Put Block From URL: the final's blocks are copied by the service from the partials' blobs
+    (a finished one, an empty one, one complete but not finished yet), in ranges of at most the largest block;
+    no partial byte passes through pytusd; repeating the concatenation changes nothing."""
+    import pytusd.stores.azure as azure_module
+
+    async def no_streaming(final, partials):
+        raise AssertionError("streamed although Put Block From URL works")
+
+    copies = CountingCopies(monkeypatch)
+    monkeypatch.setattr(azure_module, "concat_by_streaming", no_streaming)
+    store = store_for(azure_next, blob_access_tier="cool")
+    datas = [os.urandom(BLOCK + 5), b"", os.urandom(1000)]
+    partials = await make_partials(store, datas[:2]) + await make_partials(store, datas[2:], finish=False)
+    store.plan = BlockPlan(block_size=MIB, max_block_size=MIB)  # copies of at most 1 MiB: five for the first
+    total = sum(map(len, datas))
+    final = await store.create(UploadInfo(size=total, is_final=True, metadata={"filetype": "text/csv"}))
+    assert isinstance(final, Concatenatable)
+    await final.concat(partials)
+    assert store.copy_from_url is True and copies.calls == 6
+    info = await final.info()
+    assert info.offset == total and info.is_complete
+    await final.finish()  # the concatenation's commit finished it already
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+    committed = staged(azure_next, final.id, "committed")
+    assert [(n, start, size) for n, start, size in committed] == [
+        (1, 0, MIB), (2, MIB, MIB), (3, 2 * MIB, MIB), (4, 3 * MIB, MIB), (5, 4 * MIB, 5), (6, BLOCK + 5, 1000)
+    ]
+    properties = azure_next.get_blob_client(azure_next.pytusd_container, final.id).get_blob_properties()
+    assert properties.blob_tier == "Cool" and properties.content_settings.content_type == "text/csv"
+    assert properties.metadata == {} and properties.size == total
+    again = await store_for(azure_next).get(final.id)
+    await again.concat(partials)  # repeated: the final is finished, nothing is copied again
+    assert copies.calls == 6
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+
+
+async def test_a_failed_copy_leaves_nothing_wrong_and_a_retry_completes(azure_next, monkeypatch):
+    store = store_for(azure_next)
+    store.plan = BlockPlan(block_size=MIB, max_block_size=MIB)
+    datas = [os.urandom(3 * MIB + 7), os.urandom(2 * MIB)]
+    partials = await make_partials(store, datas)
+    final = await store.create(UploadInfo(size=5 * MIB + 7, is_final=True))
+    original = store._send
+    sent = 0
+
+    async def failing(fn, *args, **kwargs):
+        nonlocal sent
+        if getattr(fn, "__name__", "") == "stage_block_from_url":
+            sent += 1
+            if sent == 4:
+                raise OSError("connection reset")
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_send", failing)
+    with pytest.raises(errors.TusError) as failed:
+        await final.concat(partials)
+    assert failed.value.status == 500
+    assert azure_next.get_blob_client(azure_next.pytusd_container, final.id).exists() is False  # nothing committed
+    monkeypatch.setattr(store, "_send", original)
+    retry = await store_for(azure_next).get(final.id)
+    await retry.concat(partials)
+    assert (await retry.info()).is_complete
+    await retry.finish()
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
