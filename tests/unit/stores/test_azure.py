@@ -799,3 +799,33 @@ async def test_a_failed_copy_leaves_nothing_wrong_and_a_retry_completes(azure_ne
     assert (await retry.info()).is_complete
     await retry.finish()
     assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+
+
+@pytest.mark.parametrize("service", ["azure", "azure_next"], ids=["streamed-azurite-3.35", "copied-azurite-3.37"])
+async def test_concatenation_unfinished_through_the_app(request, service, client_factory, monkeypatch):
+    """concatenation-unfinished: the final is made while its partials are still unfinished and is concatenated when
+    the last one completes, then reads back whole, from a new app (another process); its Content-Type is its own."""
+    from pytusd import MemoryLocker
+
+    copies = CountingCopies(monkeypatch)
+    azure = request.getfixturevalue(service)
+    client = client_factory(store=store_for(azure), locker=MemoryLocker())
+    data = os.urandom(BLOCK + 2000)
+    pieces = (data[:BLOCK + 1000], data[BLOCK + 1000 :])
+    parts = [await create(client, len(piece), **{"Upload-Concat": "partial"}) for piece in pieces]
+    r = await client.post("/files/", headers={
+        **TUS, "Upload-Concat": "final;" + " ".join(parts), "Upload-Metadata": "filetype dGV4dC9wbGFpbg=="})
+    assert r.status_code == 201
+    final_url = r.headers["location"]
+    assert "upload-offset" not in (await client.head(final_url, headers=TUS)).headers  # waits for its partials
+    for url, piece in zip(parts, pieces, strict=True):
+        assert (await patch(client, url, 0, piece)).status_code == 204
+    other = client_factory(store=store_for(azure), locker=MemoryLocker())
+    r = await other.head(final_url, headers=TUS)
+    assert r.status_code == 200 and r.headers["upload-offset"] == str(len(data))
+    r = await other.get(final_url, headers=TUS)
+    assert r.status_code == 200 and r.content == data
+    final_id = final_url.rstrip("/").rsplit("/", 1)[1]
+    properties = azure.get_blob_client(azure.pytusd_container, final_id).get_blob_properties()
+    assert properties.content_settings.content_type == "text/plain" and properties.metadata == {}
+    assert copies.calls == (2 if service == "azure_next" else 1)  # 3.35: tried once (501), then streamed
