@@ -53,6 +53,7 @@ import asyncio
 import base64
 import datetime
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -540,7 +541,12 @@ class AzureStore:
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
             written = upload.tail_blob.upload_blob(
-                spool, length=size, overwrite=True, metadata={TAIL_OFFSET_KEY: str(starts_at)}, max_concurrency=1
+                spool,
+                length=size,
+                overwrite=True,
+                metadata={TAIL_OFFSET_KEY: str(starts_at)},
+                max_concurrency=1,
+                validate_content=True,  # the SDK sends its MD5 (per request when it splits the upload)
             )
             etag = written.get("etag")
             return str(etag) if etag else None
@@ -769,6 +775,8 @@ class AzureStore:
         at run time: the first Put Block From URL that is answered 501 switches this store to streaming for good.
         Both are repeatable: nothing counts before the one commit at the end (from URLs) or each write commits
         what it stored and a retry goes on from the final's offset (streaming)."""
+        if (await final.state()).completed:
+            return  # concatenated (and finished) before
         if self.copy_from_url is not False:
             sources = await self._copy_sources(partials)
             if sources is not None:
@@ -913,16 +921,33 @@ def _content_headers(info: UploadInfo) -> BlobHTTPHeaders | None:
     return BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
 
 
+def _md5_of(spool: IO[bytes], size: int) -> bytes:
+    """The MD5 of a block's ``size`` bytes, read back from its spool (a local file, in the page cache)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    spool.seek(0)
+    left = size
+    while left > 0:
+        chunk = spool.read(min(MIB, left))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.digest()
+
+
 def _put_block(blob: BlobClient, name: str, spool: IO[bytes] | None, size: int) -> None:
-    """Put Block with the ID exactly as given (see the module docstring). A None spool stages the marker block,
-    one byte: Azure refuses empty blocks (tusd #1358)."""
+    """Put Block with the ID exactly as given (see the module docstring) and the block's MD5 as its transactional
+    Content-MD5, so that Azure refuses a block whose bytes were damaged on the way (400 Md5Mismatch). A None spool
+    stages the marker block, one byte: Azure refuses empty blocks (tusd #1358)."""
     if spool is None:
         body: IO[bytes] = io.BytesIO(b"\0")
         size = 1
+        md5 = hashlib.md5(b"\0", usedforsecurity=False).digest()
     else:
+        md5 = _md5_of(spool, size)
         spool.seek(0)
         body = spool
-    blob._client.block_blob.stage_block(block_id=name, content_length=size, body=body)
+    blob._client.block_blob.stage_block(block_id=name, content_length=size, body=body, transactional_content_md5=md5)
 
 
 def _client_options(pool_size: int) -> dict[str, Any]:
