@@ -270,9 +270,9 @@ class AzureUpload(PieceUpload[Block, _State]):
             await self._store._commit_progress(self, state)
 
     async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
-        etag = await self._store._put_tail(self, spool, starts_at)
+        etag, modified = await self._store._put_tail(self, spool, starts_at)
         if self._state is not None:  # a reader of this request reads this version of it
-            self._state.tail_etag = etag
+            self._state.tail_etag, self._state.tail_modified = etag, modified
 
     def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
         return self._store._read(self.tail_blob, 0, size)
@@ -536,8 +536,8 @@ class AzureStore:
         if modified is not None:
             state.blob_modified = modified.timestamp()
 
-    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> str | None:
-        def put() -> str | None:
+    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> tuple[str | None, float]:
+        def put() -> tuple[str | None, float]:
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
             written = upload.tail_blob.upload_blob(
@@ -548,8 +548,8 @@ class AzureStore:
                 max_concurrency=1,
                 validate_content=True,  # the SDK sends its MD5 (per request when it splits the upload)
             )
-            etag = written.get("etag")
-            return str(etag) if etag else None
+            etag, modified = written.get("etag"), written.get("last_modified")
+            return (str(etag) if etag else None), (modified.timestamp() if modified is not None else time.time())
 
         return await self._call(put)
 

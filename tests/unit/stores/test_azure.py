@@ -866,3 +866,23 @@ async def test_a_block_whose_md5_does_not_match_is_refused_by_azure(azure, azure
     await fresh.write(BLOCK, chunks_of(data[BLOCK:]))
     await fresh.finish()
     assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_a_reader_whose_part_blob_was_replaced_meanwhile_reads_the_blob(azure, azure_endpoint):
+    """A GET loads the state (bytes in .part), then another request goes on before the bytes are streamed: it puts
+    them into a committed block and replaces .part. The reader notices (.part's ETag) and reads them from the blob."""
+    plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # short PATCHes wait in .part
+    store = store_for(azure)
+    store.plan = plan
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data[:1000]))
+    reader = await store.get(upload.id)
+    assert (await reader.info()).offset == 1000  # loaded: 1000 bytes in .part
+    other = store_for(azure, azure_endpoint)
+    other.plan = plan
+    writer = await other.get(upload.id)
+    await writer.write(1000, chunks_of(data[1000 : MIB + 2000]))  # block 1 committed, a new .part of 2000 bytes
+    assert staged(azure, upload.id, "committed") == [(1, 0, MIB)]
+    assert await read_all(reader) == data[:1000]
+    assert await read_all(await store.get(upload.id)) == data[: MIB + 2000]
