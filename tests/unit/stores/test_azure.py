@@ -48,9 +48,10 @@ def service_for(endpoint: str) -> BlobServiceClient:
     return BlobServiceClient(endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
 
 
-def contract_builder(request, tmp_path):
-    """For tests/unit/stores/test_base.py: each ``make()`` is a new store with a new client on the same container."""
-    endpoint = request.getfixturevalue("azure_endpoint")
+def contract_builder(request, tmp_path, endpoint_fixture: str = "azure_endpoint"):
+    """For tests/unit/stores/test_base.py: each ``make()`` is a new store with a new client on the same container
+    (``azure_next_endpoint``: on Azurite 3.37, where concatenation copies with Put Block From URL)."""
+    endpoint = request.getfixturevalue(endpoint_fixture)
     container = f"contract-{uuid.uuid4().hex[:12]}"
 
     def make() -> AzureStore:

@@ -80,6 +80,12 @@ def build_azure(request, tmp_path):
     return contract_builder(request, tmp_path)
 
 
+def build_azure_next(request, tmp_path):
+    from tests.unit.stores.test_azure import contract_builder
+
+    return contract_builder(request, tmp_path, "azure_next_endpoint")
+
+
 def build_gcs(request, tmp_path):
     from tests.unit.stores.test_gcs import contract_builder
 
@@ -87,7 +93,8 @@ def build_gcs(request, tmp_path):
 
 
 BUILDERS: dict[str, Builder] = {
-    "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "azure": build_azure, "gcs": build_gcs,
+    "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "azure": build_azure,
+    "azure-next": build_azure_next, "gcs": build_gcs,
 }
 
 
