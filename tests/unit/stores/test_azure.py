@@ -887,3 +887,43 @@ async def test_a_reader_whose_part_blob_was_replaced_meanwhile_reads_the_blob(az
     assert staged(azure, upload.id, "committed") == [(1, 0, MIB)]
     assert await read_all(reader) == data[:1000]
     assert await read_all(await store.get(upload.id)) == data[: MIB + 2000]
+
+
+async def test_a_process_dying_between_the_commit_and_the_part_blob_keeps_the_offset_truthful(azure, monkeypatch):
+    """A PATCH commits its blocks, then writes the new .part (here: it dies before) or removes the old one (here:
+    it dies before): each time another process counts exactly what is readable, reads it back, and goes on."""
+    plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # remainders wait in .part
+    store = store_for(azure)
+    store.plan = plan
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+
+    async def dies(*args, **kwargs):
+        raise OSError("the process died here")
+
+    monkeypatch.setattr(store, "_put_tail", dies)
+    with pytest.raises(errors.TusError):
+        await upload.write(0, chunks_of(data[: MIB + 500]))  # block 1 committed, the 500 bytes for .part lost
+    monkeypatch.undo()
+    fresh = store_for(azure)
+    fresh.plan = plan
+    again = await fresh.get(upload.id)
+    assert (await again.info()).offset == MIB and await read_all(again) == data[:MIB]
+    await again.write(MIB, chunks_of(data[MIB : MIB + 300]))  # 300 bytes in .part
+    assert f"{upload.id}.part" in names(azure)
+
+    later = store_for(azure)
+    later.plan = plan
+    monkeypatch.setattr(later, "_delete_quietly", dies)  # the .part is not removed after its bytes were committed
+    current = await later.get(upload.id)
+    with pytest.raises(errors.TusError):
+        await current.write(MIB + 300, chunks_of(data[MIB + 300 : 2 * MIB]))
+    monkeypatch.undo()
+    assert f"{upload.id}.part" in names(azure)  # stale: it starts where block 1 ends, the blocks end later
+    resumed = await store_for(azure).get(upload.id)
+    resumed._store.plan = plan
+    assert (await resumed.info()).offset == 2 * MIB and await read_all(resumed) == data[: 2 * MIB]
+    await resumed.write(2 * MIB, chunks_of(data[2 * MIB :]))
+    await resumed.finish()
+    assert await read_all(await store.get(upload.id)) == data
+    assert f"{upload.id}.part" not in names(azure)
