@@ -60,7 +60,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -264,6 +264,27 @@ class AzureUpload(PieceUpload[Block, _State]):
         if not state.info.size_is_deferred and size != state.info.size:
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
         await self._store._commit(self, pieces, state.info)
+
+    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        """The engine's write; when it fails after some blocks were staged (a block or the commit failed), the
+        blocks that count are committed still, under this request's lock, so that readers need no commit of their
+        own. Skipped when the storage cannot be reached: the next request commits them."""
+        try:
+            return await super().write(offset, chunks)
+        except errors.TusError as exc:
+            if exc.status >= 500 and not exc.is_(errors.ERR_STORAGE_UNAVAILABLE):  # a storage call failed
+                await self._commit_leftovers()
+            raise
+
+    async def _commit_leftovers(self) -> None:
+        try:
+            self._state = None
+            state = await self.state()
+            if not state.completed and state.pieces_size > state.committed_size:
+                await self._store._commit_progress(self, state, lazily=True)
+        except Exception as exc:  # the request fails anyway; the next one or a reader commits them
+            log.warning("upload %s: could not commit the blocks stored before the failure: %s", self.id, exc)
+            self._state = None
 
     async def _pieces_stored(self, state: _State) -> None:
         if state.pieces_size > state.committed_size:  # new blocks (or ones left by a request that failed)
