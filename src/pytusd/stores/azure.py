@@ -14,8 +14,8 @@ For an upload with ID ``<id>`` the container holds
 Nothing about an upload lives in the process: its offset is read from Get Block List (committed and uncommitted
 blocks) on every request, so any pytusd process resumes any upload. A blob committed without the unfinished mark
 and with no uncommitted blocks is finished; its offset is the blob's size. Blocks that a request staged but did not
-commit (it failed, or its process died) still count; the next PATCH commits them, and a reader that needs them
-commits them first (conditional on the blob's ETag as loaded).
+commit still count: a request that fails commits them before it answers; after a process died, the next PATCH
+commits them, and a reader that needs them commits them first (conditional on the blob's ETag as loaded).
 
 Block IDs. Every block's ID says where it belongs: 12 bytes, the block's index (its number - 1) as a little-endian
 uint32 followed by its first byte's offset in the upload as a little-endian uint64, base64 (16 characters, the same
