@@ -807,6 +807,9 @@ class AzureStore:
                 except _CopyNotImplemented:
                     self.copy_from_url = False
                     log.info("Azure answers Put Block From URL with 501: concatenating by streaming from now on")
+                except _CopyRefused as exc:
+                    log.warning("final upload %s: Put Block From URL refused (%s); streaming the partials instead",
+                                final.id, _summary(exc.__cause__ or exc))
         await concat_by_streaming(final, partials)
 
     async def _copy_sources(self, partials: Sequence[Upload]) -> list[_Source] | None:
@@ -818,6 +821,7 @@ class AzureStore:
                 isinstance(partial, AzureUpload)
                 and partial._store.service.url == self.service.url
                 and partial._store.container == self.container
+                and self._source_url(partial.blob) is not None
             ):
                 return None
             state = await partial.state()
@@ -851,26 +855,24 @@ class AzureStore:
         state = await final.state()
         if state.completed:
             return  # concatenated before
-        urls = [self._source_url(source.blob) for source in sources]
-        if any(url is None for url in urls):
-            raise _CopyNotImplemented()
         step = self.plan.max_size
-        planned: list[tuple[Block, str, int, str | None]] = []  # (block, source URL, first byte, source ETag)
+        planned: list[tuple[Block, _Source, int]] = []  # (block, where its bytes come from, the first of them)
         offset = 0
-        for source, url in zip(sources, urls, strict=True):
-            assert url is not None
+        for source in sources:
             for first in range(0, source.size, step):
                 length = min(step, source.size - first)
-                planned.append((Block(len(planned) + 1, offset, length), url, first, source.etag))
+                planned.append((Block(len(planned) + 1, offset, length), source, first))
                 offset += length
         if offset != state.info.size:
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"the partials hold {offset} bytes, the final {state.info.size}")
         if len(planned) > self.plan.max_pieces:
             raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_pieces} blocks")
 
-        async def copy(block: Block, url: str, first: int, etag: str | None) -> None:
+        async def copy(block: Block, source: _Source, first: int) -> None:
             if self._block_slots is None:
                 self._block_slots = asyncio.Semaphore(self.concurrent_block_uploads)
+            url = self._source_url(source.blob)  # signed for each block: a long copy outlives no SAS
+            assert url is not None, "checked by _copy_sources"
             async with self._block_slots:
                 try:
                     await self._send(
@@ -879,8 +881,8 @@ class AzureStore:
                         content_length=0,
                         source_url=url,
                         source_range=f"bytes={first}-{first + block.size - 1}",
-                        source_modified_access_conditions=SourceModifiedAccessConditions(source_if_match=etag)
-                        if etag
+                        source_modified_access_conditions=SourceModifiedAccessConditions(source_if_match=source.etag)
+                        if source.etag
                         else None,
                     )
                 except HttpResponseError as exc:
@@ -889,15 +891,16 @@ class AzureStore:
                     raise
 
         try:
-            if planned and self.copy_from_url is None:  # the first block alone: a 501 costs one request
-                await copy(*planned[0])
+            if planned:  # the first block alone: a copy the service refuses costs one request
+                try:
+                    await copy(*planned[0])
+                except HttpResponseError as exc:  # 403 (Azure cannot read the source), ...: not this way
+                    raise _CopyRefused() from exc
                 self.copy_from_url = True
                 await gather_all([copy(*p) for p in planned[1:]])
-            else:
-                await gather_all([copy(*p) for p in planned])
             blocks = [p[0] for p in planned]
             await self._commit(final, blocks, state.info)
-        except _CopyNotImplemented:
+        except (_CopyNotImplemented, _CopyRefused):
             final._state = None
             raise
         except Exception as exc:
@@ -934,6 +937,10 @@ class _Source:
 
 class _CopyNotImplemented(Exception):
     """The service answered Put Block From URL with 501."""
+
+
+class _CopyRefused(Exception):
+    """The service answered the first Put Block From URL of a concatenation with another error."""
 
 
 def _content_headers(info: UploadInfo) -> BlobHTTPHeaders | None:

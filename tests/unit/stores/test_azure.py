@@ -936,3 +936,31 @@ async def test_a_process_dying_between_the_commit_and_the_part_blob_keeps_the_of
     await resumed.finish()
     assert await read_all(await store.get(upload.id)) == data
     assert f"{upload.id}.part" not in names(azure)
+
+
+async def test_a_copy_the_service_refuses_is_streamed_instead(azure_next, azure_next_endpoint, monkeypatch):
+    """A store signed in with a SAS (no account key) hands Azure its own SAS for the sources. Azurite 3.37 answers
+    Put Block From URL authorized by an account SAS with 500 (its account-SAS table has no entry for the operation),
+    which stands here for any refusal: the first copy of the concatenation fails, the partials are streamed
+    instead, and nothing is remembered (a later concatenation tries again)."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    copies = CountingCopies(monkeypatch)
+    sas = generate_account_sas(
+        AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    service = BlobServiceClient(azure_next_endpoint, credential=sas, retry_total=0)
+    store = AzureStore(azure_next.pytusd_container, service, block_size=BLOCK)
+    datas = [os.urandom(1000), os.urandom(2000)]
+    partials = await make_partials(store, datas)
+    assert "sig=" in partials[0].blob.url and store._source_url(partials[0].blob) == partials[0].blob.url
+    for _ in range(2):
+        final = await store.create(UploadInfo(size=3000, is_final=True))
+        await final.concat(partials)
+        await final.finish()
+        assert await read_all(await store.get(final.id)) == b"".join(datas)
+    assert copies.calls == 2 and store.copy_from_url is None
