@@ -369,8 +369,9 @@ class AzureStore:
     ``service`` is a sync :class:`azure.storage.blob.BlobServiceClient` (see :meth:`from_options`); its calls run
     in thread pools. The container is created on first use when it is missing (``container_access_type``: '' for
     private, 'blob' or 'container'). ``blob_access_tier`` ('' for the account's default, 'hot', 'cool', 'cold',
-    'archive') and the ``filetype`` metadata as Content-Type are set when the block list is committed.
-    Capabilities: termination, creation-defer-length, checksum (:meth:`PieceUpload.write_verified`).
+    'archive') is set by the finishing commit, the ``filetype`` metadata as Content-Type by every commit.
+    Capabilities: termination, creation-defer-length, concatenation (Put Block From URL, else streamed), checksum
+    (:meth:`PieceUpload.write_verified`), expiration, GET of unfinished uploads, annotations (the info).
     """
 
     # An unfinished upload is read from the blocks committed so far and .part (readable_while_incomplete).
