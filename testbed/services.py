@@ -280,17 +280,23 @@ def nginx(root: Path, backends: list[int]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def azurite(folder: Path) -> Iterator[str]:
-    """Azurite's blob service; yields the account's blob endpoint (``http://127.0.0.1:PORT/devstoreaccount1``)."""
+def azurite(folder: Path, *, next_release: bool = False) -> Iterator[str]:
+    """Azurite's blob service; yields the account's blob endpoint (``http://127.0.0.1:PORT/devstoreaccount1``).
+
+    ``next_release``: Azurite 3.37 (npm alias ``azurite-next`` in testbed/node), the first release with Put Block
+    From URL; the suite's Azurite (3.35) answers it 501."""
     require("node")
     program = SERVICES_NODE / "azurite-blob"
+    if next_release:
+        program = SERVICES_NODE.parent / "azurite-next" / "dist" / "src" / "blob" / "main.js"
     if not program.exists():
-        raise ServiceMissing("azurite is missing: scripts/test installs it into testbed/node")
+        raise ServiceMissing(f"{program} is missing: scripts/test installs it into testbed/node")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(folder / "azurite.log", "ab")
+    command = ["node", str(program)] if next_release else [str(program)]
     proc = subprocess.Popen(
-        [str(program), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder),
+        [*command, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder),
          "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
         stdout=log, stderr=subprocess.STDOUT,
     )

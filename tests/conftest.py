@@ -180,6 +180,15 @@ def azure_endpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def azure_next_endpoint(tmp_path_factory):
+    """Azurite 3.37, which has Put Block From URL (the suite's Azurite answers it 501)."""
+    from testbed.services import azurite
+
+    with azurite(tmp_path_factory.mktemp("azurite-next"), next_release=True) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
 def gcs_endpoint(tmp_path_factory):
     from testbed.services import gcs_emulator
 

@@ -104,3 +104,41 @@ def test_interrupted_by_shutdown_resumed_after_restart(backend, request, monkeyp
     stored = httpx.get(url, timeout=60).content
     assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
     assert restarted.log().count("PATCH") >= 1
+
+
+def test_azure_unfinished_upload_is_read_then_removed_by_the_cleanup_command(request, monkeypatch, pytusd_factory):
+    """Azure through the command: GET of an unfinished upload serves the bytes stored so far; ``pytusd cleanup``
+    then removes it once expired, leaving nothing but ``.expired`` (uncommitted blocks included), and a new server
+    answers 410."""
+    import subprocess
+    import sys
+
+    from azure.storage.blob import BlobServiceClient
+
+    args = azure_backend(request, monkeypatch)
+    server = pytusd_factory(*args)
+    data = os.urandom(3 * MIB)
+    r = httpx.post(server.url, headers={**TUS, "Upload-Length": str(len(data))})
+    url = r.headers["location"]
+    stored = MIB + 10
+    r = httpx.patch(url, headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+                    content=data[:stored])
+    assert r.status_code == 204 and r.headers["upload-offset"] == str(stored)
+    r = httpx.get(url, headers=TUS)
+    assert r.status_code == 200 and r.content == data[:stored]
+    r = httpx.get(url, headers={**TUS, "Range": f"bytes={MIB - 5}-{MIB + 4}"})
+    assert r.status_code == 206 and r.content == data[MIB - 5 : MIB + 5]
+    server.stop()
+    time.sleep(2.2)  # Last-Modified has whole seconds
+
+    run = subprocess.run([sys.executable, "-m", "pytusd", "cleanup", *args, "--expiration", "1s"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "removed 1 expired upload" in run.stdout, run.stdout + run.stderr
+    upload_id = url.rstrip("/").rsplit("/", 1)[1]
+    container = args[args.index("--azure-storage") + 1]
+    service = BlobServiceClient(args[args.index("--azure-endpoint") + 1],
+                                credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+    listed = [b.name for b in service.get_container_client(container).list_blobs(include=["uncommittedblobs"])]
+    assert listed == [f"up/{upload_id}.expired"]
+    pytusd_factory(*args, port=server.port)
+    assert httpx.head(url, headers=TUS).status_code == 410

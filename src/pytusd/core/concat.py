@@ -117,8 +117,7 @@ class Concatenation:
                 waiting.discard(info.id)
                 if not waiting:
                     del self._waiting[partial_id]
-        await self.handlers.finished(request, final, info, response)
-        return info
+        return await self.handlers.finished(request, final, info, response)
 
     async def partial_completed(self, request: Request, partial_id: str) -> None:
         """A partial just completed: finish the finals of this process that waited for it."""

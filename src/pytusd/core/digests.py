@@ -1,18 +1,20 @@
 """Whole-upload digests (``--digest``): the SHA-256 (or SHA-512) of an upload's full content, computed while its
-bytes arrive, with no second read of the data.
+bytes arrive, without reading the data again.
 
 The running hash (:mod:`pytusd.hashstate`) is fed by every request that writes (tus ``PATCH``, creation-with-upload,
 the IETF draft; :meth:`pytusd.core.uploads.Uploads.write_body` is the one way bytes reach a store). After each write
 its state is saved in the upload's info (``Storage["DigestState"]``, with the offset it covers), so the next request,
-in this process or any other after a restart, resumes it. When the upload finishes, the digest goes into the info as
-``Storage["Repr-Digest"]`` (the RFC 9530 field value, e.g. ``sha-256=:<base64>:``), where post-finish hooks and
-events see it, and ``HEAD`` and ``GET`` send it as ``Repr-Digest``.
+in this process or any other after a restart, resumes it. The write that completes the upload stores the digest
+instead, as ``Storage["Repr-Digest"]`` (the RFC 9530 field value, e.g. ``sha-256=:<base64>:``), before the store
+finishes the upload; post-finish hooks and events see it, and ``HEAD`` and ``GET`` send it as ``Repr-Digest``.
 
 A state is trusted only for the offset it records. When a process died between storing bytes and saving the state,
 or the store kept fewer bytes than were hashed, the next writer finds the state behind the stored offset and catches
-up by reading just the missing range back (every store but S3's default layout can read an unfinished upload); where
-that cannot be read, or for a final upload made by concatenation (its bytes never stream through), the digest is
-computed at finish by reading the finished upload once.
+up by reading back just the missing range, where the store can read an unfinished upload; elsewhere the range is
+read when the upload finishes. A final upload made by concatenation (its bytes never stream through here) is read
+once when it completes, and so is an upload that was begun before ``--digest`` was on. A complete upload left with a
+state but no digest (its process died in between) gets it the next time it is loaded. Such reads hash in the
+bulk-copy threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
-from .. import hashstate
+from .. import errors, fileio, hashstate
 from ..info import UploadInfo
+from ..observe import logs
 from ..stores import Upload, base
 
 log = logging.getLogger("pytusd")
@@ -109,21 +112,15 @@ class Running:
 
 
 class Digests:
-    """``--digest``: what the write and finish paths call (see the module's docstring)."""
+    """``--digest``: what the write, finish and load paths call (see the module's docstring)."""
 
     def __init__(self, algorithms: tuple[str, ...], readable_while_incomplete: bool) -> None:
         self.algorithms = algorithms
         self.readable_while_incomplete = readable_while_incomplete
 
-    def _resume(self, info: UploadInfo) -> Running | None:
-        """The saved state, when it is one of these algorithms for exactly the stored offset."""
+    def _saved(self, info: UploadInfo) -> tuple[int, list[hashstate.ResumableHash]] | None:
+        """The saved state (the offset it covers, the hashes), when it is one of these algorithms."""
         raw = info.storage.get(STATE_KEY) if info.storage else None
-        saved = self._parse(raw, info.id)
-        if saved is None or saved[0] != info.offset:
-            return None
-        return Running(info.offset, saved[1])
-
-    def _parse(self, raw: str | None, upload_id: str) -> tuple[int, list[hashstate.ResumableHash]] | None:
         if not raw:
             return None
         try:
@@ -133,68 +130,103 @@ class Digests:
                 raise ValueError("no offset")
             return offset, [hashstate.ResumableHash.resume(name, str(saved[name])) for name in self.algorithms]
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("upload %s: its saved digest state is unusable (%s); the digest starts over", upload_id, exc)
+            log.warning("upload %s: its saved digest state is unusable (%s); the digest starts over", info.id, exc)
             return None
 
     def _fresh(self) -> list[hashstate.ResumableHash]:
         return [hashstate.ResumableHash(name) for name in self.algorithms]
 
+    async def _caught_up(
+        self, upload: Upload, info: UploadInfo, saved: tuple[int, list[hashstate.ResumableHash]] | None, end: int
+    ) -> Running | None:
+        """The hashes of bytes ``[0, end)``: the saved state, when it stops at or before ``end``, with the rest
+        read back; else all of it read. The hashing runs in the bulk-copy threads (a large final must not stall
+        the event loop). None, logged, when the store returned other than the range asked for."""
+        start, hashes = saved if saved is not None and saved[0] <= end else (0, self._fresh())
+        if start == end:
+            return Running(end, hashes)
+        log.info("upload %s: catching the digest up from byte %d to %d", info.id, start, end,
+                 extra=logs.fields(event="DigestCatchUp", upload_id=info.id, start=start, end=end))
+        threads = fileio.copy_pool()
+        received = 0
+        async for block in upload.reader(start, end):
+            received += len(block)
+            await fileio.start(_update_all, hashes, block, threads=threads).outcome()
+        if received != end - start:
+            log.warning("upload %s: reading bytes %d to %d for its digest gave %d bytes; it gets no digest",
+                        info.id, start, end, received)
+            return None
+        return Running(end, hashes)
+
     async def before_write(self, upload: Upload, info: UploadInfo) -> Running | None:
         """The running hashes at the stored offset, for the request about to write; None when they cannot be had
         without reading what cannot be read (the digest is then computed at finish)."""
-        running = self._resume(info)
-        if running is not None:
-            return running
+        saved = self._saved(info)
+        if saved is not None and saved[0] == info.offset:
+            return Running(info.offset, saved[1])
         if info.offset == 0:
             return Running(0, self._fresh())
         if not self.readable_while_incomplete:
             return None
         # Behind the stored offset (a process died before saving, or a store kept less than was hashed), or an
         # upload begun before --digest: read back only what the saved state does not cover.
-        saved = self._parse(info.storage.get(STATE_KEY) if info.storage else None, info.id)
-        start, hashes = saved if saved is not None and saved[0] < info.offset else (0, self._fresh())
-        log.info("upload %s: catching the digest up from byte %d to %d", info.id, start, info.offset)
-        async for block in upload.reader(start, info.offset):
-            for h in hashes:
-                h.update(block)
-        return Running(info.offset, hashes)
+        try:
+            return await self._caught_up(upload, info, saved, info.offset)
+        except errors.TusError as exc:
+            if not exc.is_(errors.ERR_INCOMPLETE_UPLOAD):
+                raise
+            return None  # this upload's bytes cannot be read before it is finished (a store's older layout)
 
     async def after_write(self, upload: Upload, info: UploadInfo, running: Running | None, written: int) -> UploadInfo:
-        """Save the state after a write (``info`` is the upload after it). When the store kept other than what was
-        hashed, nothing is saved: the next writer catches up. A complete upload's state is not saved but handed to
-        :meth:`finish` in ``info``. A failure to save is logged, not raised: the bytes are stored, and the next
-        writer catches up."""
+        """Save the state after a write (``info`` is the upload after it), or, when the write completed the upload,
+        its digest, before the store finishes it. When the store kept other than what was hashed, nothing is saved:
+        the next writer catches up. A failure to save is logged, not raised (the bytes are stored): the next writer
+        catches up, and a complete upload's :meth:`finish` tries again with the state in ``info``."""
         if running is None or not written:
             return info
         if running.fed != written or running.offset + written != info.offset:
             log.info("upload %s: %d bytes hashed, %d stored; the next write catches the digest up",
                      info.id, running.fed, written)
             return info
-        state = running.state()
-        updated = info.with_storage({STATE_KEY: state})
+        changes: dict[str, str | None]
         if info.is_complete:
-            return updated
+            changes = {DIGEST_KEY: running.field_value(), STATE_KEY: None}
+        else:
+            changes = {STATE_KEY: running.state()}
         try:
-            await base.annotatable(upload).annotate({STATE_KEY: state})
+            await base.annotatable(upload).annotate(changes)
         except Exception as exc:  # noqa: BLE001 - the bytes are stored: the digest catches up later
             log.warning("upload %s: the digest state could not be saved: %s", info.id, exc)
-            return info
-        return updated
-
-    async def finish(self, upload: Upload, info: UploadInfo) -> UploadInfo:
-        """The finished upload's digest, stored in its info (``Storage["Repr-Digest"]``); from the running state
-        when it covers every byte, else by reading the upload once (a final, or a state that could not be kept)."""
-        if info.storage and DIGEST_KEY in info.storage:
-            return info
-        running = self._resume(info)
-        if running is None:
-            hashes = self._fresh()
-            if info.size:  # (no read of an empty range: S3 refuses one)
-                async for block in upload.reader(0, info.size):
-                    for h in hashes:
-                        h.update(block)
-            running = Running(info.size, hashes)
-        changes: dict[str, str | None] = {DIGEST_KEY: running.field_value(), STATE_KEY: None}
-        await base.annotatable(upload).annotate(changes)
+            return info.with_storage({STATE_KEY: running.state()}) if info.is_complete else info
         return info.with_storage(changes)
 
+    @staticmethod
+    def wants_repair(info: UploadInfo) -> bool:
+        """A complete upload with a running state but no digest: its process died (or its storage failed) between
+        the last byte and the digest. Uploads finished before ``--digest`` have neither and stay without."""
+        storage = info.storage
+        return info.is_complete and bool(storage) and STATE_KEY in storage and DIGEST_KEY not in storage
+
+    async def finish(self, upload: Upload, info: UploadInfo) -> UploadInfo:
+        """The finished upload's digest, stored in its info (``Storage["Repr-Digest"]``) unless it is there: from
+        the running state when it covers every byte, else what it lacks read back (from byte 0 for a final, whose
+        bytes never streamed through here). Never raises: an upload whose digest cannot be had is logged and goes
+        on without one (its post-finish hooks still run)."""
+        if info.storage and DIGEST_KEY in info.storage:
+            return info
+        try:
+            running = await self._caught_up(upload, info, self._saved(info), info.size)
+            if running is None:
+                return info
+            changes: dict[str, str | None] = {DIGEST_KEY: running.field_value(), STATE_KEY: None}
+            await base.annotatable(upload).annotate(changes)
+        except Exception as exc:  # noqa: BLE001 - the upload is complete; only its digest is missing
+            log.warning("upload %s: its digest could not be stored: %s", info.id, exc,
+                        extra=logs.fields(event="DigestFailed", upload_id=info.id))
+            return info
+        return info.with_storage(changes)
+
+
+def _update_all(hashes: list[hashstate.ResumableHash], block: bytes) -> None:
+    for h in hashes:
+        h.update(block)

@@ -168,8 +168,7 @@ class DraftFlows:
                 "the upload ended before its length",
             )
         info = await self.handlers.declare_length(upload, info, info.offset)
-        await self.handlers.finished(request, upload, info, None)
-        return info
+        return await self.handlers.finished(request, upload, info, None)
 
 
 def _filename(disposition: str) -> str | None:

@@ -264,10 +264,10 @@ class Uploads:
             limit = min(limit, length)
         body = request.open_body(limit)
         body.bound_completion(self.config.request_completion_timeout)
+        running = await self.digests.before_write(upload, info) if self.digests is not None else None
         hook_progress = self.hooks is not None and self.hooks.wants("post-receive")
         reports_progress = hook_progress or self.events.wants("progress")
         progress = self._report_progress(request, info, body, hook_progress) if reports_progress else None
-        running = await self.digests.before_write(upload, info) if self.digests is not None else None
         try:
             with self.metrics.active_upload(), self.store_operation("write", info.id):
                 written = await self._write_chunks(request, upload, offset, body, running)
@@ -315,7 +315,7 @@ class Uploads:
         if self.expiration and not info.is_complete:
             response.headers["Upload-Expires"] = expiration.expires_header(self.expiration)
         if info.is_complete:
-            await self.finished(request, upload, info, response)
+            info = await self.finished(request, upload, info, response)
             if info.is_partial and self.finals is not None:
                 await self.finals.partial_completed(request, info.id)
         if error is not None:
@@ -380,6 +380,8 @@ class Uploads:
             info = await upload.info()
         if complete_finals and info.is_final and not info.is_complete and self.finals is not None:
             info = await self.finals.complete_if_ready(request, upload, info)
+        if complete_finals and self.digests is not None and self.digests.wants_repair(info):
+            info = await self.digests.finish(upload, info)  # its process died before the digest was stored
         if self.expiration:  # only when the store's uploads expire (expiration.supported)
             try:
                 await expiration.check(self.store, upload, info, self.expiration)
@@ -389,9 +391,11 @@ class Uploads:
                 raise
         return upload, info
 
-    async def finished(self, request: Request, upload: Upload, info: UploadInfo, response: Response | None) -> None:
-        """The last byte is stored: let the store finish, run pre-finish (its answer shapes the response), and
-        announce post-finish."""
+    async def finished(
+        self, request: Request, upload: Upload, info: UploadInfo, response: Response | None
+    ) -> UploadInfo:
+        """The last byte is stored: let the store finish, store the digest (``--digest``), run pre-finish (its
+        answer shapes the response), and announce post-finish. Returns the info as the hooks saw it."""
         with self.store_operation("finish", info.id):
             await upload.finish()
             if self.digests is not None:
@@ -401,6 +405,7 @@ class Uploads:
                  extra=logs.fields(event="UploadFinished", upload_id=info.id, size=info.size))
         await self.pre_finish(request, info, response)
         await self.announce("completed", info, request)
+        return info
 
     async def create_upload(self, request: Request, info: UploadInfo) -> tuple[Upload, UploadInfo]:
         """Create the upload in the store; count and log it."""

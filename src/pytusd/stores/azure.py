@@ -2,16 +2,20 @@
 
 For an upload with ID ``<id>`` the container holds
 
-* ``<prefix><id>``: a block blob. While the upload runs, its bytes are *uncommitted* blocks staged on it (plus one
-  marker block, staged when the upload is created, as tusd does); ``finish`` commits them, and only then the blob
-  exists for readers;
+* ``<prefix><id>``: a block blob. A PATCH stages its bytes as blocks and ends by committing every block that
+  counts (Put Block List), with the metadata ``pytusd_unfinished=1``: the blob holds the bytes stored so far and can
+  be read. ``finish`` commits once more, with the Content-Type and access tier and without the mark. A marker block
+  is staged when the upload is created, as tusd does (dropped by the first commit);
 * ``<prefix><id>.info``: the upload info as tusd's FileInfo JSON;
 * ``<prefix><id>.part``: the bytes after the last block while there is no room left for another short block (a
-  pytusd addition, see below); its metadata records the offset it starts at.
+  pytusd addition, see below); its metadata records the offset it starts at;
+* ``<prefix><id>.expired``: left for a while by an expired upload (410 rather than 404), the rest removed.
 
-Nothing about an upload lives in the process: its offset is read from Get Block List on every request, so any
-pytusd process resumes any upload. Once committed, the upload is complete and its offset is the blob's size; a blob
-with no uncommitted blocks left counts as finished (the marker block tells a new upload from a finished one).
+Nothing about an upload lives in the process: its offset is read from Get Block List (committed and uncommitted
+blocks) on every request, so any pytusd process resumes any upload. A blob committed without the unfinished mark
+and with no uncommitted blocks is finished; its offset is the blob's size. Blocks that a request staged but did not
+commit still count: a request that fails commits them before it answers; after a process died, the next PATCH
+commits them, and a reader that needs them commits them first (conditional on the blob's ETag as loaded).
 
 Block IDs. Every block's ID says where it belongs: 12 bytes, the block's index (its number - 1) as a little-endian
 uint32 followed by its first byte's offset in the upload as a little-endian uint64, base64 (16 characters, the same
@@ -21,7 +25,8 @@ gap, and what was staged after it is ignored (and overwritten later); since the 
 left over from an earlier failed request never counts where it does not fit, whatever its number. tusd's IDs are 4
 bytes (the index alone) and its marker is index 0x7FFFFFFF; a blob whose blocks have 4-byte IDs is tusd's, and is
 resumed, counted and committed in tusd's scheme (blocks contiguous by number), so a container written by tusd is
-served as it is. tusd cannot resume an upload pytusd started (it commits 4-byte IDs); it serves finished ones.
+served as it is. tusd cannot resume an upload pytusd started or wrote to (it counts uncommitted blocks only, and
+4-byte IDs); it serves finished ones.
 
 The block operations go through the SDK's generated REST layer (``BlobClient._client.block_blob``): the public
 ``stage_block`` and ``commit_block_list`` treat a block ID as UTF-8 text and base64 it themselves, which cannot
@@ -37,35 +42,51 @@ every 1,000 blocks. The bytes left at the end of a PATCH become a short block wh
 hold the rest of the upload (64 TiB for a deferred length), else they wait in the ``.part`` blob and start the next
 PATCH's first block (tusd's #1247 for S3: many small PATCHes of a huge upload would otherwise run out of blocks).
 
-Unfinished uploads cannot be read (uncommitted blocks are not readable), and concatenation is not offered: doing it
-server-side needs Put Block From URL, which Azurite (the emulator the tests run on) does not implement.
+Concatenation copies the partials' blobs into the final's blocks with Put Block From URL (the service reads a
+source URL signed with a read-only SAS) and commits once; a service that answers it 501 (Azurite before 3.37) makes
+the store stream the partials' bytes into the final instead, from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import functools
+import hashlib
 import io
 import logging
 import os
 import re
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from .. import errors, extras
 from ..info import UploadInfo, new_upload_id
-from .base import Capabilities
+from .base import Capabilities, Upload
 from .objects.engine import PieceUpload, State, StoreNames, read_ahead, storage_error
 from .objects.plan import PiecePlan
-from .objects.spool import Blocking
+from .objects.spool import Blocking, concat_by_streaming, gather_all
 
 try:
+    from azure.core import MatchConditions
     from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-    from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
-    from azure.storage.blob._generated.models import BlobHTTPHeaders, BlockLookupList
+    from azure.storage.blob import (
+        BlobClient,
+        BlobSasPermissions,
+        BlobServiceClient,
+        ContentSettings,
+        generate_blob_sas,
+    )
+    from azure.storage.blob._generated.models import (
+        BlobHTTPHeaders,
+        BlockLookupList,
+        ModifiedAccessConditions,
+        SourceModifiedAccessConditions,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(extras.missing("the Azure store needs azure-storage-blob", "azure")) from exc
 
@@ -81,6 +102,7 @@ MAX_DEFERRED_SIZE = 64 * TIB  # what a deferred-length upload may grow to (see B
 DEFERRED_DOUBLING = 1_000  # a deferred-length upload's block size doubles every this many blocks
 READ_RANGE = 4 * MIB  # a download is fetched in ranges of this size, one ahead of the reader
 TAIL_OFFSET_KEY = "pytusd_tail_offset"  # Azure metadata names must be C# identifiers: no hyphens
+UNFINISHED_KEY = "pytusd_unfinished"  # metadata of a blob committed while its upload goes on
 MARKER_INDEX = 0x7FFFFFFF  # tusd's sentinel block: staged at creation so that "no uncommitted blocks" means finished
 BLOB_CLIENT_CACHE = 3 * 1024  # blob clients kept per store (three per upload)
 ACCESS_TIERS = {"": None, "hot": "Hot", "cool": "Cool", "cold": "Cold", "archive": "Archive"}
@@ -177,7 +199,11 @@ def chain(listed: list[tuple[int, int | None, int]]) -> list[Block]:
 @dataclass
 class _State(State[Block]):
     tusd: bool = False  # the blob's blocks use tusd's IDs: go on in its scheme
-    blob_modified: float = 0.0
+    blob_modified: float = 0.0  # the committed blob's Last-Modified (0: none committed)
+    committed_size: int = 0  # bytes of the committed blob while the upload goes on (the first pieces)
+    blob_etag: str | None = None  # the committed blob's ETag, None while nothing is committed
+    tail_etag: str | None = None
+    tail_modified: float = 0.0
 
 
 def _error_code(exc: BaseException) -> str:
@@ -239,8 +265,35 @@ class AzureUpload(PieceUpload[Block, _State]):
             raise errors.ERR_INTERNAL_SERVER_ERROR(f"the blocks hold {size} bytes, the upload {state.info.size}")
         await self._store._commit(self, pieces, state.info)
 
+    async def write(self, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        """The engine's write; when it fails after some blocks were staged (a block or the commit failed), the
+        blocks that count are committed still, under this request's lock, so that readers need no commit of their
+        own. Skipped when the storage cannot be reached: the next request commits them."""
+        try:
+            return await super().write(offset, chunks)
+        except errors.TusError as exc:
+            if exc.status >= 500 and not exc.is_(errors.ERR_STORAGE_UNAVAILABLE):  # a storage call failed
+                await self._commit_leftovers()
+            raise
+
+    async def _commit_leftovers(self) -> None:
+        try:
+            self._state = None
+            state = await self.state()
+            if not state.completed and state.pieces_size > state.committed_size:
+                await self._store._commit_progress(self, state, lazily=True)
+        except Exception as exc:  # the request fails anyway; the next one or a reader commits them
+            log.warning("upload %s: could not commit the blocks stored before the failure: %s", self.id, exc)
+            self._state = None
+
+    async def _pieces_stored(self, state: _State) -> None:
+        if state.pieces_size > state.committed_size:  # new blocks (or ones left by a request that failed)
+            await self._store._commit_progress(self, state)
+
     async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
-        await self._store._put_tail(self, spool, starts_at)
+        etag, modified = await self._store._put_tail(self, spool, starts_at)
+        if self._state is not None:  # a reader of this request reads this version of it
+            self._state.tail_etag, self._state.tail_modified = etag, modified
 
     def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
         return self._store._read(self.tail_blob, 0, size)
@@ -251,21 +304,58 @@ class AzureUpload(PieceUpload[Block, _State]):
     # -- reading ----------------------------------------------------------------------------------------------------
 
     async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """A finished upload's bytes from its blob; an unfinished one's from the committed blob (blocks that count
+        but are not committed yet, left by a request that failed, are committed first), then from ``.part``."""
         state = await self.state()
-        if not state.completed:
-            raise errors.ERR_INCOMPLETE_UPLOAD()
-        end = state.completed_size if end is None else min(end, state.completed_size)
+        stop = state.offset if end is None else min(end, state.offset)
+        if start >= stop:
+            return
+        store = self._store
         try:
-            async for block in self._store._read(self.blob, start, end):
-                yield block
+            if state.completed:
+                async for block in store._read(self.blob, start, stop):
+                    yield block
+                return
+            pieces_end = state.pieces_size
+            if min(stop, pieces_end) > state.committed_size:
+                await store._commit_progress(self, state, lazily=True)
+            position = start
+            if position < pieces_end:
+                async for block in store._read(self.blob, position, min(stop, pieces_end)):
+                    position += len(block)
+                    yield block
+            if position < stop:
+                try:
+                    async for block in store._read(self.tail_blob, position - pieces_end, stop - pieces_end,
+                                                   state.tail_etag):
+                        position += len(block)
+                        yield block
+                except Exception as exc:
+                    if not (_is_missing(exc) or getattr(exc, "status_code", None) == 412):
+                        raise
+                    # The .part blob changed under the reader: a request went on meanwhile and committed its
+                    # bytes before it removed or replaced the .part. They are in the blob now.
+                    async for block in store._read(self.blob, position, stop):
+                        position += len(block)
+                        yield block
         except Exception as exc:
-            if _is_missing(exc):
+            if _is_missing(exc) and state.completed:
                 raise errors.ERR_INCOMPLETE_UPLOAD() from exc
             raise _storage_error(exc) from exc
 
+    async def expire(self) -> None:
+        await self._store._expire(self)
+
+    async def concat(self, partials: Sequence[Upload]) -> None:
+        await self._store._concat(self, partials)
+
     async def modified_time(self) -> float:
+        """When the upload last changed: a finished one's blob; else the newest of ``.info``, the committed blob
+        (every request commits what it stored) and ``.part``. Uncommitted blocks carry no time."""
         state = await self.state()
-        return state.blob_modified if state.completed else state.info_modified
+        if state.completed:
+            return state.blob_modified
+        return max(state.info_modified, state.blob_modified, state.tail_modified)
 
     # -- capabilities (AzureStore.capabilities) -------------------------------------------------------------------
 
@@ -279,13 +369,14 @@ class AzureStore:
     ``service`` is a sync :class:`azure.storage.blob.BlobServiceClient` (see :meth:`from_options`); its calls run
     in thread pools. The container is created on first use when it is missing (``container_access_type``: '' for
     private, 'blob' or 'container'). ``blob_access_tier`` ('' for the account's default, 'hot', 'cool', 'cold',
-    'archive') and the ``filetype`` metadata as Content-Type are set when the block list is committed.
-    Capabilities: termination, creation-defer-length, checksum (:meth:`PieceUpload.write_verified`).
+    'archive') is set by the finishing commit, the ``filetype`` metadata as Content-Type by every commit.
+    Capabilities: termination, creation-defer-length, concatenation (Put Block From URL, else streamed), checksum
+    (:meth:`PieceUpload.write_verified`), expiration, GET of unfinished uploads, annotations (the info).
     """
 
-    # GET cannot stream an unfinished upload: uncommitted blocks are not readable.
+    # An unfinished upload is read from the blocks committed so far and .part (readable_while_incomplete).
     capabilities = Capabilities(
-        terminate=True, declare_length=True, write_verified=True, modified_time=True, readable_while_incomplete=False,
+        terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True,
         annotate=True,
     )
 
@@ -328,6 +419,8 @@ class AzureStore:
         self._block_slots: asyncio.Semaphore | None = None
         self._container_ready = False
         self._blob_clients: dict[str, BlobClient] = {}
+        # Put Block From URL: None until tried, False once the service answered 501 (Azurite before 3.37).
+        self.copy_from_url: bool | None = None
 
     def __repr__(self) -> str:
         return f"AzureStore({self.container!r}, prefix={self.object_prefix!r}, endpoint={self.service.url!r})"
@@ -425,24 +518,62 @@ class AzureStore:
         return block
 
     async def _commit(self, upload: AzureUpload, blocks: list[Block], info: UploadInfo) -> None:
-        filetype = info.metadata.get("filetype", "")
-        headers = BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
+        """The finishing commit: the blocks (committed before or not) become the blob, with its Content-Type and
+        access tier and without the unfinished mark (a Put Block List replaces the blob's metadata)."""
         await self._call(
             upload.blob._client.block_blob.commit_block_list,
-            blocks=BlockLookupList(uncommitted=[b.id for b in blocks]),
+            blocks=BlockLookupList(latest=[b.id for b in blocks]),
             tier=self.blob_access_tier,
-            blob_http_headers=headers,
+            blob_http_headers=_content_headers(info),
         )
 
-    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> None:
-        def put() -> None:
+    async def _commit_progress(self, upload: AzureUpload, state: _State, lazily: bool = False) -> None:
+        """Commit the blocks that count so far, marked unfinished: the blob then holds the bytes stored so far and
+        can be read. Uncommitted blocks not among them (staged after a gap, the marker) are dropped by Azure.
+        ``lazily``: a reader found blocks a failed request left uncommitted; the commit is conditional on the blob
+        being as loaded, and losing to another commit is fine (that one holds at least these blocks)."""
+        conditions = None
+        if lazily:
+            conditions = (
+                ModifiedAccessConditions(if_match=state.blob_etag)
+                if state.blob_etag
+                else ModifiedAccessConditions(if_none_match="*")
+            )
+        try:
+            headers = await self._call(
+                upload.blob._client.block_blob.commit_block_list,
+                blocks=BlockLookupList(latest=[b.id for b in state.pieces]),
+                blob_http_headers=_content_headers(state.info),
+                headers={f"x-ms-meta-{UNFINISHED_KEY}": "1"},
+                modified_access_conditions=conditions,
+                cls=lambda _response, _body, headers: headers,
+            )
+        except HttpResponseError as exc:
+            if lazily and exc.status_code in (409, 412):
+                return
+            raise
+        state.committed_size = state.pieces_size
+        state.blob_etag = headers.get("ETag")
+        modified = headers.get("Last-Modified")
+        if modified is not None:
+            state.blob_modified = modified.timestamp()
+
+    async def _put_tail(self, upload: AzureUpload, spool: IO[bytes], starts_at: int) -> tuple[str | None, float]:
+        def put() -> tuple[str | None, float]:
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
-            upload.tail_blob.upload_blob(
-                spool, length=size, overwrite=True, metadata={TAIL_OFFSET_KEY: str(starts_at)}, max_concurrency=1
+            written = upload.tail_blob.upload_blob(
+                spool,
+                length=size,
+                overwrite=True,
+                metadata={TAIL_OFFSET_KEY: str(starts_at)},
+                max_concurrency=1,
+                validate_content=True,  # the SDK sends its MD5 (per request when it splits the upload)
             )
+            etag, modified = written.get("etag"), written.get("last_modified")
+            return (str(etag) if etag else None), (modified.timestamp() if modified is not None else time.time())
 
-        await self._call(put)
+        return await self._call(put)
 
     async def _put_info(self, upload: AzureUpload, info: UploadInfo) -> None:
         await self._call(
@@ -459,12 +590,14 @@ class AzureStore:
             if not _is_missing(exc):
                 log.warning("could not delete %s: %s", blob.blob_name, exc)
 
-    def _read(self, blob: BlobClient, start: int, end: int) -> AsyncGenerator[bytes, None]:
+    def _read(self, blob: BlobClient, start: int, end: int, etag: str | None = None) -> AsyncGenerator[bytes, None]:
         """Bytes ``start`` up to ``end`` of a blob, in ranges of ``READ_RANGE``, one ahead of the reader (the SDK
-        would hold its first 32 MiB in memory)."""
+        would hold its first 32 MiB in memory); with ``etag``, only of that version of the blob (else 412)."""
+        condition: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
 
         def fetch(first: int, stop: int) -> bytes:
-            data = blob.download_blob(offset=first, length=stop - first, max_concurrency=1).readall()
+            downloader = blob.download_blob(offset=first, length=stop - first, max_concurrency=1, **condition)
+            data: bytes = downloader.readall()
             if len(data) != stop - first:
                 raise errors.ERR_INTERNAL_SERVER_ERROR(f"{blob.blob_name} is shorter than expected")
             return data
@@ -483,54 +616,69 @@ class AzureStore:
                     return None
                 raise
 
-        def list_blocks() -> tuple[Any, Any] | None:
+        def list_blocks() -> Any:
             try:
-                blocks: tuple[Any, Any] = upload.blob._client.block_blob.get_block_list(
-                    list_type="all", cls=lambda _response, listing, headers: (listing, headers)
-                )
-                return blocks
+                return upload.blob._client.block_blob.get_block_list(list_type="all")
             except Exception as exc:
                 if _is_missing(exc):  # neither committed nor staged blocks: a new upload (or blocks expired)
                     return None
                 raise
 
-        def head_tail() -> tuple[int, int | None]:
+        def head_blob() -> Any:
             try:
-                properties = upload.tail_blob.get_blob_properties()
+                return upload.blob.get_blob_properties()
+            except Exception as exc:
+                if _is_missing(exc):  # nothing committed (yet)
+                    return None
+                raise
+
+        def head_tail() -> Any:
+            try:
+                return upload.tail_blob.get_blob_properties()
             except Exception as exc:
                 if _is_missing(exc):
-                    return 0, None
+                    return None
                 raise
-            starts_at = (properties.metadata or {}).get(TAIL_OFFSET_KEY, "")
-            return int(properties.size), int(starts_at) if starts_at.isdigit() else None
 
-        raw_info, listing, (tail_size, tail_start) = await upload._gather(
-            self._call(read_info), self._call(list_blocks), self._call(head_tail)
+        async def the_blob() -> tuple[Any, Any]:
+            listing, properties = await asyncio.gather(self._call(list_blocks), self._call(head_blob))
+            return listing, properties
+
+        raw_info, (listing, blob), tail = await upload._gather(
+            self._call(read_info), the_blob(), self._call(head_tail)
         )
+        if raw_info is None and await self._expired(upload):
+            raise errors.ERR_UPLOAD_EXPIRED()
         info, modified = upload._parse_info(raw_info)
         state = _State(info=info, info_modified=modified)
-        if listing is not None:
-            blocks, headers = listing
-            staged = blocks.uncommitted_blocks or []
-            if not staged:  # committed, nothing staged any more: finished
+        committed = (listing.committed_blocks or []) if listing is not None else []
+        staged = (listing.uncommitted_blocks or []) if listing is not None else []
+        if blob is not None:
+            state.blob_modified = blob.last_modified.timestamp()
+            if UNFINISHED_KEY not in (blob.metadata or {}) and not staged:  # committed by finish
                 state.completed = True
-                state.completed_size = int(headers.get("x-ms-blob-content-length") or 0)
-                modified = headers.get("Last-Modified")
-                state.blob_modified = modified.timestamp() if modified is not None else state.info_modified
-                state.stale_tail = bool(tail_size)
+                state.completed_size = int(blob.size)
+                state.stale_tail = tail is not None and bool(tail.size)
                 return state
-            listed: list[tuple[int, int | None, int]] = []
-            for block in staged:
-                parsed = parse_block_id(block.name)
-                if parsed is None:
-                    log.warning("upload %s: ignoring a block with a foreign ID %r", upload.id, block.name)
-                    continue
-                state.tusd = parsed[1] is None
-                if parsed[0] != MARKER_INDEX:
-                    listed.append((parsed[0], parsed[1], int(block.size)))
-            state.pieces = chain(listed)
-            state.next_number = len(state.pieces) + 1
-        state.adopt_tail(tail_size, tail_start)
+            state.committed_size = int(blob.size)
+            state.blob_etag = blob.etag
+        listed: list[tuple[int, int | None, int]] = []
+        for block in [*staged, *committed]:  # committed last: where an ID is in both, the committed block counts
+            parsed = parse_block_id(block.name)
+            if parsed is None:
+                log.warning("upload %s: ignoring a block with a foreign ID %r", upload.id, block.name)
+                continue
+            state.tusd = parsed[1] is None
+            if parsed[0] != MARKER_INDEX:
+                listed.append((parsed[0], parsed[1], int(block.size)))
+        state.pieces = chain(listed)
+        state.next_number = len(state.pieces) + 1
+        if tail is not None:
+            starts_at = (tail.metadata or {}).get(TAIL_OFFSET_KEY, "")
+            state.adopt_tail(int(tail.size), int(starts_at) if starts_at.isdigit() else None)
+            if state.tail_size:
+                state.tail_etag = tail.etag
+                state.tail_modified = tail.last_modified.timestamp()
         return state
 
     # -- DataStore ------------------------------------------------------------------------------------------------
@@ -547,8 +695,8 @@ class AzureStore:
             storage={"Type": "azurestore", "Container": self.container, "Key": self.blob_name(upload.id)},
         )
         try:
-            if chosen:  # an ID chosen by a hook may have been used before: drop what was staged for it
-                await self._discard_staged(upload)
+            if chosen:  # an ID chosen by a hook may have been used before: drop its blocks and its .part
+                await asyncio.gather(self._remove_blob(upload), self._delete(upload.tail_blob))
             await asyncio.gather(
                 self._put_info(upload, info), self._send(_put_block, upload.blob, marker_id(), None, 0)
             )
@@ -577,20 +725,189 @@ class AzureStore:
 
     # -- capabilities ---------------------------------------------------------------------------------------------
 
+    async def _delete(self, blob: BlobClient) -> None:
+        try:
+            await self._call(blob.delete_blob, delete_snapshots="include")
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise
+
+    async def _remove_blob(self, upload: AzureUpload) -> None:
+        """The upload's blob with every block of it, committed and uncommitted (a blob that holds only
+        uncommitted blocks cannot be deleted on Azure: committing an empty list first makes it one that can)."""
+        await self._discard_staged(upload)
+        await self._delete(upload.blob)
+
     async def _terminate(self, upload: AzureUpload) -> None:
-        async def delete(blob: BlobClient) -> None:
-            try:
-                await self._call(blob.delete_blob, delete_snapshots="include")
-            except Exception as exc:
-                if not _is_missing(exc):
+        try:
+            await self._delete(upload.info_blob)  # first: from here on the upload does not exist
+            await asyncio.gather(self._remove_blob(upload), self._delete(upload.tail_blob))
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        upload._state = None
+
+    def expired_blob(self, upload_id: str) -> BlobClient:
+        """What an expired upload leaves (a few bytes), so that it answers 410 for a while."""
+        return self.blob_client(upload_id + ".expired")
+
+    async def _expired(self, upload: AzureUpload) -> bool:
+        try:
+            await self._call(self.expired_blob(upload.id).get_blob_properties)
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise _storage_error(exc) from exc
+        return True
+
+    async def _expire(self, upload: AzureUpload) -> None:
+        """Leave ``<id>.expired`` (the upload answers 410 from now on), then remove the upload as termination does:
+        ``.info``, the blob with its committed and uncommitted blocks, ``.part``."""
+        try:
+            await self._call(self.expired_blob(upload.id).upload_blob, str(int(time.time())).encode(), overwrite=True)
+        except Exception as exc:
+            raise _storage_error(exc) from exc
+        await self._terminate(upload)
+
+    async def forget_expired(self, older_than: float) -> int:
+        """Delete the ``.expired`` blobs written before ``older_than`` (those uploads answer 404 then)."""
+        prefix = self.blob_name("")
+
+        def old() -> list[str]:
+            return [
+                str(b.name)[len(prefix) :]
+                for b in self._container.list_blobs(name_starts_with=prefix or None)
+                if str(b.name).endswith(".expired") and b.last_modified.timestamp() < older_than
+            ]
+
+        try:
+            names = await self._call(old)
+            await asyncio.gather(*(self._delete(self.blob_client(name)) for name in names))
+        except Exception as exc:
+            if _is_missing(exc):  # no container yet
+                return 0
+            raise _storage_error(exc) from exc
+        return len(names)
+
+    # -- concatenation ----------------------------------------------------------------------------------------------
+
+    async def _concat(self, final: AzureUpload, partials: Sequence[Upload]) -> None:
+        """The final upload's blob made of the partials' bytes: by Put Block From URL (Azure copies the ranges
+        itself) where the service has it and the partials are committed blobs of this account, else by reading
+        the partials and staging their bytes as a PATCH would (:func:`concat_by_streaming`). Which one is chosen
+        at run time: the first Put Block From URL that is answered 501 switches this store to streaming for good.
+        Both are repeatable: nothing counts before the one commit at the end (from URLs) or each write commits
+        what it stored and a retry goes on from the final's offset (streaming)."""
+        if (await final.state()).completed:
+            return  # concatenated (and finished) before
+        if self.copy_from_url is not False:
+            sources = await self._copy_sources(partials)
+            if sources is not None:
+                try:
+                    await self._concat_from_urls(final, sources)
+                    return
+                except _CopyNotImplemented:
+                    self.copy_from_url = False
+                    log.info("Azure answers Put Block From URL with 501: concatenating by streaming from now on")
+                except _CopyRefused as exc:
+                    log.warning("final upload %s: Put Block From URL refused (%s); streaming the partials instead",
+                                final.id, _summary(exc.__cause__ or exc))
+        await concat_by_streaming(final, partials)
+
+    async def _copy_sources(self, partials: Sequence[Upload]) -> list[_Source] | None:
+        """The partials as blobs to copy from, or None when one of them cannot be (another store or account, or
+        bytes not all committed: a .part, blocks left uncommitted by a failed request)."""
+        sources: list[_Source] = []
+        for partial in partials:
+            if not (
+                isinstance(partial, AzureUpload)
+                and partial._store.service.url == self.service.url
+                and partial._store.container == self.container
+                and self._source_url(partial.blob) is not None
+            ):
+                return None
+            state = await partial.state()
+            if state.completed:
+                sources.append(_Source(partial.blob, state.completed_size, None))
+            elif state.offset == state.committed_size:
+                sources.append(_Source(partial.blob, state.committed_size, state.blob_etag))
+            else:
+                return None
+        return sources
+
+    def _source_url(self, blob: BlobClient) -> str | None:
+        """The blob's URL as Azure can read it for Put Block From URL: with a read-only SAS for an hour signed by
+        the account key, or the SAS the client was given; None with other credentials (then streaming)."""
+        credential = self.service.credential  # the SDK's shared-key policy holds the account's name and key
+        account, key = getattr(credential, "account_name", None), getattr(credential, "account_key", None)
+        if isinstance(account, str) and isinstance(key, str):
+            sas = generate_blob_sas(
+                account,
+                self.container,
+                blob.blob_name,
+                account_key=key,
+                permission=BlobSasPermissions(read=True),
+                expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1),
+            )
+            return f"{blob.url}?{sas}"
+        url = str(blob.url)
+        return url if "sig=" in url else None
+
+    async def _concat_from_urls(self, final: AzureUpload, sources: list[_Source]) -> None:
+        state = await final.state()
+        if state.completed:
+            return  # concatenated before
+        step = self.plan.max_size
+        planned: list[tuple[Block, _Source, int]] = []  # (block, where its bytes come from, the first of them)
+        offset = 0
+        for source in sources:
+            for first in range(0, source.size, step):
+                length = min(step, source.size - first)
+                planned.append((Block(len(planned) + 1, offset, length), source, first))
+                offset += length
+        if offset != state.info.size:
+            raise errors.ERR_INTERNAL_SERVER_ERROR(f"the partials hold {offset} bytes, the final {state.info.size}")
+        if len(planned) > self.plan.max_pieces:
+            raise errors.ERR_MAX_SIZE_EXCEEDED(f"an Azure blob holds at most {self.plan.max_pieces} blocks")
+
+        async def copy(block: Block, source: _Source, first: int) -> None:
+            if self._block_slots is None:
+                self._block_slots = asyncio.Semaphore(self.concurrent_block_uploads)
+            url = self._source_url(source.blob)  # signed for each block: a long copy outlives no SAS
+            assert url is not None, "checked by _copy_sources"
+            async with self._block_slots:
+                try:
+                    await self._send(
+                        final.blob._client.block_blob.stage_block_from_url,
+                        block_id=block.id,
+                        content_length=0,
+                        source_url=url,
+                        source_range=f"bytes={first}-{first + block.size - 1}",
+                        source_modified_access_conditions=SourceModifiedAccessConditions(source_if_match=source.etag)
+                        if source.etag
+                        else None,
+                    )
+                except HttpResponseError as exc:
+                    if exc.status_code == 501 or _error_code(exc) == "NotImplemented":
+                        raise _CopyNotImplemented() from exc
                     raise
 
         try:
-            await delete(upload.info_blob)  # first: from here on the upload does not exist
-            await asyncio.gather(self._discard_staged(upload), delete(upload.tail_blob))
-            await delete(upload.blob)
+            if planned:  # the first block alone: a copy the service refuses costs one request
+                try:
+                    await copy(*planned[0])
+                except HttpResponseError as exc:  # 403 (Azure cannot read the source), ...: not this way
+                    raise _CopyRefused() from exc
+                self.copy_from_url = True
+                await gather_all([copy(*p) for p in planned[1:]])
+            blocks = [p[0] for p in planned]
+            await self._commit(final, blocks, state.info)
+        except (_CopyNotImplemented, _CopyRefused):
+            final._state = None
+            raise
         except Exception as exc:
+            final._state = None
             raise _storage_error(exc) from exc
+        state.pieces, state.completed, state.completed_size = blocks, True, offset
 
     async def upload_ids(self) -> AsyncIterator[str]:
         """Every upload, from the names of the ``.info`` blobs."""
@@ -610,16 +927,56 @@ class AzureStore:
                 yield name[len(prefix) : -len(".info")]
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A partial's bytes for Put Block From URL: its committed blob, in the version that was loaded."""
+
+    blob: BlobClient
+    size: int
+    etag: str | None
+
+
+class _CopyNotImplemented(Exception):
+    """The service answered Put Block From URL with 501."""
+
+
+class _CopyRefused(Exception):
+    """The service answered the first Put Block From URL of a concatenation with another error."""
+
+
+def _content_headers(info: UploadInfo) -> BlobHTTPHeaders | None:
+    """The blob's Content-Type: the upload's ``filetype`` metadata when it is printable ASCII."""
+    filetype = info.metadata.get("filetype", "")
+    return BlobHTTPHeaders(blob_content_type=filetype) if _PRINTABLE.fullmatch(filetype) else None
+
+
+def _md5_of(spool: IO[bytes], size: int) -> bytes:
+    """The MD5 of a block's ``size`` bytes, read back from its spool (a local file, in the page cache)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    spool.seek(0)
+    left = size
+    while left > 0:
+        chunk = spool.read(min(MIB, left))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.digest()
+
+
 def _put_block(blob: BlobClient, name: str, spool: IO[bytes] | None, size: int) -> None:
-    """Put Block with the ID exactly as given (see the module docstring). A None spool stages the marker block,
-    one byte: Azure refuses empty blocks (tusd #1358)."""
+    """Put Block with the ID exactly as given (see the module docstring) and the block's MD5 as its transactional
+    Content-MD5, so that Azure refuses a block whose bytes were damaged on the way (400 Md5Mismatch). A None spool
+    stages the marker block, one byte: Azure refuses empty blocks (tusd #1358)."""
     if spool is None:
         body: IO[bytes] = io.BytesIO(b"\0")
         size = 1
+        md5 = hashlib.md5(b"\0", usedforsecurity=False).digest()
     else:
+        md5 = _md5_of(spool, size)
         spool.seek(0)
         body = spool
-    blob._client.block_blob.stage_block(block_id=name, content_length=size, body=body)
+    blob._client.block_blob.stage_block(block_id=name, content_length=size, body=body, transactional_content_md5=md5)
 
 
 def _client_options(pool_size: int) -> dict[str, Any]:

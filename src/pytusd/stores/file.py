@@ -253,7 +253,10 @@ class FileUpload:
 
     async def annotate(self, changes: Mapping[str, str | None]) -> None:
         info = self._info.with_storage(changes)
-        await self._store._write_info(self.info_path, info)
+        try:
+            await self._store._write_info(self.info_path, info)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
         self._info = info
 
     async def write_verified(

@@ -230,3 +230,156 @@ def test_a_new_upload_never_starts_with_the_digests_keys():
     assert digests.without_reserved(planted).storage == {"Path": "x"}
     clean = UploadInfo(size=3, storage={"Path": "x"})
     assert digests.without_reserved(clean) is clean
+
+
+# --- no second read, and only the gap when behind (the review of 2026-12-03) ----------------------------------------
+
+
+def record_reads(monkeypatch) -> list[tuple[int, int | None]]:
+    """Every range read from a file-store upload, from now on."""
+    from pytusd.stores.file import FileUpload
+
+    reads: list[tuple[int, int | None]] = []
+    real = FileUpload.reader
+
+    def reader(self, start=0, end=None):
+        reads.append((start, end))
+        return real(self, start, end)
+
+    monkeypatch.setattr(FileUpload, "reader", reader)
+    return reads
+
+
+async def patch_all(client, url, data, cuts) -> None:
+    for start, end in zip([0, *cuts], [*cuts, len(data)]):
+        r = await client.patch(url, content=data[start:end], headers={**PATCH, "Upload-Offset": str(start)})
+        assert r.status_code == 204, r.text
+
+
+async def test_the_digest_needs_no_read_of_the_data(tmp_path, monkeypatch):
+    reads = record_reads(monkeypatch)
+    data = os.urandom(50_000)
+    async with client_for(TusApp(Config(store=FileStore(tmp_path), digest="sha256"))) as client:
+        url = (await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data))})).headers["location"]
+        await patch_all(client, url, data, [100, 20_000, 20_001])
+        assert (await client.head(url, headers=TUS)).headers["repr-digest"] == sha256_field(data)
+    assert reads == []
+
+
+async def test_a_state_behind_is_caught_up_by_reading_only_the_gap(tmp_path, monkeypatch):
+    store = FileStore(tmp_path)
+    data = os.urandom(50_000)
+    async with client_for(TusApp(Config(store=store, digest="sha256"))) as client:
+        url = (await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data))})).headers["location"]
+        await patch_all(client, url, data[:10_000], [1000])
+        upload = await store.get(url.rsplit("/", 1)[-1])
+        older = (await upload.info()).storage[digests.STATE_KEY]  # covers 10,000 bytes
+        await client.patch(url, content=data[10_000:30_000], headers={**PATCH, "Upload-Offset": "10000"})
+        await (await store.get(url.rsplit("/", 1)[-1])).annotate({digests.STATE_KEY: older})
+        reads = record_reads(monkeypatch)
+        await client.patch(url, content=data[30_000:], headers={**PATCH, "Upload-Offset": "30000"})
+        assert reads == [(10_000, 30_000)]
+        assert (await client.head(url, headers=TUS)).headers["repr-digest"] == sha256_field(data)
+
+
+async def test_a_refused_chunk_leaves_the_saved_state_as_it_was(tmp_path):
+    store = FileStore(tmp_path)
+    data = os.urandom(4000)
+    async with client_for(TusApp(Config(store=store, digest="sha256"))) as client:
+        url = (await client.post("/files/", headers={**TUS, "Upload-Length": str(len(data))})).headers["location"]
+        await patch_all(client, url, data[:1000], [])
+        upload_id = url.rsplit("/", 1)[-1]
+        before = (await (await store.get(upload_id)).info()).storage[digests.STATE_KEY]
+        digest = base64.b64encode(hashlib.sha1(data[1000:]).digest()).decode()
+        r = await client.patch(url, content=b"x" * 3000, headers={
+            **PATCH, "Upload-Offset": "1000", "Upload-Checksum": f"sha1 {digest}"})
+        assert r.status_code == 460
+        assert (await (await store.get(upload_id)).info()).storage[digests.STATE_KEY] == before
+        r = await client.patch(url, content=data[1000:], headers={
+            **PATCH, "Upload-Offset": "1000", "Upload-Checksum": f"sha1 {digest}"})
+        assert r.status_code == 204
+        assert (await client.head(url, headers=TUS)).headers["repr-digest"] == sha256_field(data)
+
+
+# --- failures around the finish -------------------------------------------------------------------------------------
+
+
+def failing_annotate(monkeypatch, times: int) -> dict[str, int]:
+    """The next ``times`` annotate calls that store a digest fail as a full disk would."""
+    import errno
+
+    from pytusd.stores.file import FileUpload
+
+    real = FileUpload.annotate
+    left = {"failures": times}
+
+    async def annotate(self, changes):
+        if digests.DIGEST_KEY in changes and left["failures"] > 0:
+            left["failures"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, changes)
+
+    monkeypatch.setattr(FileUpload, "annotate", annotate)
+    return left
+
+
+async def test_a_digest_that_cannot_be_stored_once_is_stored_at_finish(tmp_path, monkeypatch):
+    failing_annotate(monkeypatch, 1)
+    seen: list[str] = []
+
+    async def hook(hook_type: str, payload: dict) -> dict:
+        seen.append(hook_type)
+        return {}
+
+    data = os.urandom(1000)
+    async with client_for(TusApp(Config(store=FileStore(tmp_path), digest="sha256", hooks=hook))) as client:
+        url = (await client.post("/files/", headers={**TUS, "Upload-Length": "1000"})).headers["location"]
+        r = await client.patch(url, content=data, headers={**PATCH, "Upload-Offset": "0"})
+        assert r.status_code == 204
+        assert (await client.head(url, headers=TUS)).headers["repr-digest"] == sha256_field(data)
+    for _ in range(200):
+        if "post-finish" in seen:
+            break
+        await asyncio.sleep(0.01)
+    assert "post-finish" in seen
+
+
+async def test_storage_failing_at_finish_costs_the_digest_only_and_a_later_load_repairs_it(tmp_path, monkeypatch):
+    """Both tries fail: the PATCH still succeeds and post-finish runs, without a digest; the state of the
+    earlier PATCH is still there, so the next request that loads the upload reads the gap and stores it."""
+    left = failing_annotate(monkeypatch, 2)
+    completed: list[UploadInfo] = []
+    app = TusApp(Config(store=FileStore(tmp_path), digest="sha256"))
+    data = os.urandom(3000)
+    async with app.events.completed() as events, client_for(app) as client:
+        url = (await client.post("/files/", headers={**TUS, "Upload-Length": "3000"})).headers["location"]
+        await patch_all(client, url, data, [1000])
+        completed.append((await events.get()).upload)
+        assert left["failures"] == 0
+        assert "Repr-Digest" not in completed[0].storage
+        reads = record_reads(monkeypatch)
+        assert (await client.head(url, headers=TUS)).headers["repr-digest"] == sha256_field(data)
+        assert reads == [(1000, 3000)]
+
+
+async def test_the_request_that_completes_a_final_answers_with_its_digest(tmp_path):
+    """The partials finished in another process: the HEAD that concatenates the final already has the digest."""
+    parts = [os.urandom(3000), os.urandom(5)]
+
+    def client():
+        return client_for(TusApp(Config(store=FileStore(tmp_path), digest="sha256")))
+
+    async with client() as c:
+        urls = []
+        for part in parts:
+            r = await c.post("/files/", headers={**TUS, "Upload-Length": str(len(part)), "Upload-Concat": "partial"})
+            urls.append(r.headers["location"])
+        await c.patch(urls[1], content=parts[1], headers={**PATCH, "Upload-Offset": "0"})
+        r = await c.post("/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(urls)})
+        final = r.headers["location"]
+    async with client() as c:
+        await c.patch(urls[0], content=parts[0], headers={**PATCH, "Upload-Offset": "0"})
+    async with client() as c:
+        first = await c.head(final, headers=TUS)
+    assert first.headers["upload-offset"] == "3005"
+    assert first.headers["repr-digest"] == sha256_field(parts[0] + parts[1])

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import struct
+import time
 import uuid
 
 import pytest
@@ -47,9 +48,10 @@ def service_for(endpoint: str) -> BlobServiceClient:
     return BlobServiceClient(endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
 
 
-def contract_builder(request, tmp_path):
-    """For tests/unit/stores/test_base.py: each ``make()`` is a new store with a new client on the same container."""
-    endpoint = request.getfixturevalue("azure_endpoint")
+def contract_builder(request, tmp_path, endpoint_fixture: str = "azure_endpoint"):
+    """For tests/unit/stores/test_base.py: each ``make()`` is a new store with a new client on the same container
+    (``azure_next_endpoint``: on Azurite 3.37, where concatenation copies with Put Block From URL)."""
+    endpoint = request.getfixturevalue(endpoint_fixture)
     container = f"contract-{uuid.uuid4().hex[:12]}"
 
     def make() -> AzureStore:
@@ -215,12 +217,13 @@ def names(azure) -> set[str]:
     return {b.name for b in azure.get_container_client(azure.pytusd_container).list_blobs()}
 
 
-def staged(azure, name: str) -> list[tuple[int, int | None, int]]:
-    """(number, start, size) of the uncommitted blocks of a blob, markers included (number 0x80000000)."""
+def staged(azure, name: str, kind: str = "uncommitted") -> list[tuple[int, int | None, int]]:
+    """(number, start, size) of the uncommitted (or committed) blocks of a blob, markers included (number
+    0x80000000)."""
     blob = azure.get_blob_client(azure.pytusd_container, name)
-    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
+    listing = blob._client.block_blob.get_block_list(list_type=kind)
     result = []
-    for block in listing.uncommitted_blocks or []:
+    for block in getattr(listing, f"{kind}_blocks") or []:
         index, start = parse_block_id(block.name)
         result.append((index + 1, start, block.size))
     return sorted(result)
@@ -248,17 +251,23 @@ async def test_a_patch_is_cut_into_blocks_and_another_process_sees_the_offset(az
     assert info.storage == {"Type": "azurestore", "Container": azure.pytusd_container, "Key": info.id}
     assert f"{info.id}.info" in names(azure)  # the blob itself does not exist before it is committed
     assert await upload.write(0, chunks_of(data[: 2 * BLOCK + 100])) == 2 * BLOCK + 100
-    assert staged(azure, info.id) == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, 100), (0x80000000, 0, 1)]
+    # Committed at the end of the PATCH, so that the blob holds them (readable); the marker is dropped.
+    assert staged(azure, info.id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, 100)]
+    assert staged(azure, info.id) == []
+    blob = azure.get_blob_client(azure.pytusd_container, info.id)
+    assert blob.get_blob_properties().metadata == {"pytusd_unfinished": "1"}
+    assert blob.download_blob().readall() == data[: 2 * BLOCK + 100]
 
     other = store_for(azure, azure_endpoint)  # a new client, nothing cached
     resumed = await other.get(info.id)
     assert (await resumed.info()).offset == 2 * BLOCK + 100
     assert await resumed.write(2 * BLOCK + 100, chunks_of(data[2 * BLOCK + 100 :])) == len(data) - 2 * BLOCK - 100
-    assert [(n, s) for n, s, _ in staged(azure, info.id)][:5] == [
+    assert [(n, s) for n, s, _ in staged(azure, info.id, "committed")][:5] == [
         (1, 0), (2, BLOCK), (3, 2 * BLOCK), (4, 2 * BLOCK + 100), (5, 3 * BLOCK + 100)
     ]
     await resumed.finish()
-    assert staged(azure, info.id) == []  # committed: the marker went with the rest
+    assert staged(azure, info.id) == []
+    assert blob.get_blob_properties().metadata == {}  # finished: the commit replaced the unfinished mark
     done = await store_for(azure, azure_endpoint).get(info.id)
     assert (await done.info()).offset == len(data)
     assert await read_all(done) == data
@@ -313,11 +322,21 @@ async def test_a_failed_block_keeps_only_what_was_confirmed(azure, monkeypatch):
     with pytest.raises(errors.TusError) as info:
         await upload.write(0, chunks_of(data))
     assert info.value.status == 500
-    assert 3 in [n for n, _, _ in staged(azure, upload.id)]  # staged after the gap, and ignored
+    # The failed request still committed block 1; block 3, staged after the gap, was dropped by that commit.
+    assert staged(azure, upload.id, "committed") == [(1, 0, BLOCK)] and staged(azure, upload.id) == []
     monkeypatch.setattr(store, "_stage_block", original)
     fresh = await store.get(upload.id)
     assert (await fresh.info()).offset == BLOCK
-    await fresh.write(BLOCK, chunks_of(data[BLOCK : 2 * BLOCK + 10]))  # ends inside where block 3 was
+    assert await read_all(await store.get(upload.id)) == data[:BLOCK]
+    # A process that died after staging block 2 but before its commit: block 2 counts, and a reader that needs it
+    # commits it first (on the condition that the blob is as it loaded it).
+    stage(azure, upload.id, block_id(2, BLOCK), data[BLOCK : 2 * BLOCK])
+    crashed = await store.get(upload.id)
+    assert (await crashed.info()).offset == 2 * BLOCK
+    assert await read_all(crashed, BLOCK - 3, 2 * BLOCK) == data[BLOCK - 3 : 2 * BLOCK]
+    assert staged(azure, upload.id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK)]
+    fresh = await store.get(upload.id)
+    await fresh.write(2 * BLOCK, chunks_of(data[2 * BLOCK : 2 * BLOCK + 10]))  # ends inside where block 3 was
     again = await store.get(upload.id)
     assert (await again.info()).offset == 2 * BLOCK + 10
     await again.write(2 * BLOCK + 10, chunks_of(data[2 * BLOCK + 10 :]))
@@ -358,6 +377,9 @@ async def test_a_stale_part_blob_is_not_counted_twice(azure):
     stage(azure, upload.id, block_id(1, 0), data[:MIB])  # the "crashed" request's block 1
     fresh = await store.get(upload.id)
     assert (await fresh.info()).offset == MIB
+    # Nothing committed yet: a reader commits block 1 first (on the condition that no blob was committed since).
+    assert await read_all(fresh) == data[:MIB]
+    assert staged(azure, upload.id, "committed") == [(1, 0, MIB)]
     await fresh.write(MIB, chunks_of(data[MIB:]))
     assert f"{upload.id}.part" not in names(azure)
     await fresh.finish()
@@ -409,12 +431,12 @@ async def test_the_default_tier_and_no_filetype(azure):
 
 async def test_terminate_removes_blob_info_part_and_staged_blocks(azure):
     store = store_for(azure)
-    assert capabilities(store).terminate and not capabilities(store).concat
+    assert capabilities(store).terminate and capabilities(store).concat
     store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
     upload = await store.create(UploadInfo(size=4 * MIB))
-    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block and a .part blob
-    assert names(azure) == {f"{upload.id}.info", f"{upload.id}.part"}
-    assert isinstance(upload, Terminatable) and not isinstance(upload, Concatenatable)
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # one block (committed) and a .part blob
+    assert names(azure) == {upload.id, f"{upload.id}.info", f"{upload.id}.part"}
+    assert isinstance(upload, Terminatable) and isinstance(upload, Concatenatable)
     await upload.terminate()
     assert names(azure) == set()
     with pytest.raises(ResourceNotFoundError):
@@ -491,8 +513,9 @@ async def test_a_container_written_by_tusd_is_resumed_and_served(azure):
     assert (await upload.info()).offset == BLOCK + 1000
     await upload.write(BLOCK + 1000, chunks_of(data[BLOCK + 1000 :]))
     blob = azure.get_blob_client(azure.pytusd_container, f"up/{upload_id}")
-    listing = blob._client.block_blob.get_block_list(list_type="uncommitted")
-    assert {len(base64.b64decode(b.name)) for b in listing.uncommitted_blocks} == {4}  # tusd's scheme goes on
+    listing = blob._client.block_blob.get_block_list(list_type="all")
+    assert {len(base64.b64decode(b.name)) for b in listing.committed_blocks} == {4}  # tusd's scheme goes on
+    assert await read_all(await store.get(upload_id)) == data  # unfinished: read from the committed blocks
     await upload.finish()
     assert await read_all(await store.get(upload_id)) == data
 
@@ -512,13 +535,14 @@ async def test_through_the_app(azure, client_factory):
     client = client_factory(store=store, locker=MemoryLocker())
     r = await client.options("/files/")
     extensions = set(r.headers["tus-extension"].split(","))
-    assert {"creation", "termination", "creation-defer-length"} <= extensions
-    assert "concatenation" not in extensions
+    assert {"creation", "termination", "creation-defer-length", "concatenation"} <= extensions
     data = os.urandom(2 * BLOCK + 5)
     url = await create(client, len(data), **{"Upload-Metadata": "filename dGVzdC50eHQ="})
     assert (await patch(client, url, 0, data[:MIB])).status_code == 204
-    r = await client.get(url, headers=TUS)
-    assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+    r = await client.get(url, headers=TUS)  # unfinished: the bytes stored so far
+    assert r.status_code == 200 and r.content == data[:MIB] and r.headers["content-length"] == str(MIB)
+    r = await client.get(url, headers={**TUS, "Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == data[100:200]
     r = await patch(client, url, MIB, data[MIB:])
     assert r.status_code == 204 and r.headers["upload-offset"] == str(len(data))
     r = await client.head(url, headers=TUS)
@@ -596,3 +620,347 @@ def test_the_cli_flags_build_the_azure_store(tmp_path, monkeypatch):
     assert isinstance(store, AzureStore)
     assert store.container == "c" and store.blob_name("x") == "up/x" and store.blob_access_tier == "Archive"
     assert store.service.url.startswith("http://127.0.0.1:9/devstoreaccount1")
+
+
+# --- expiration: the last change, and nothing left of an expired upload -----------------------------------------
+
+
+def listed(azure) -> set[str]:
+    """Every blob in the container, those that hold only uncommitted blocks too."""
+    container = azure.get_container_client(azure.pytusd_container)
+    return {b.name for b in container.list_blobs(include=["uncommittedblobs"])}
+
+
+async def test_the_last_change_is_the_newest_of_blob_part_and_info(azure):
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # short PATCHes go to .part
+    assert capabilities(store).expire and capabilities(store).readable_while_incomplete
+    upload = await store.create(UploadInfo(size=4 * MIB))
+    created = await (await store.get(upload.id)).modified_time()
+    info_modified = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.info").get_blob_properties()
+    assert created == info_modified.last_modified.timestamp()
+    await asyncio.sleep(1.1)  # Last-Modified has whole seconds
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # a committed block and a .part
+    part = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.part").get_blob_properties()
+    blob = azure.get_blob_client(azure.pytusd_container, upload.id).get_blob_properties()
+    after_write = await (await store.get(upload.id)).modified_time()
+    assert after_write > created
+    assert after_write == max(part.last_modified.timestamp(), blob.last_modified.timestamp())
+    await asyncio.sleep(1.1)
+    current = await store.get(upload.id)
+    await current.write(MIB + 10, chunks_of(b"x" * 1000))  # only .part changes
+    part = azure.get_blob_client(azure.pytusd_container, f"{upload.id}.part").get_blob_properties()
+    assert await (await store.get(upload.id)).modified_time() == part.last_modified.timestamp() > after_write
+
+
+async def test_expire_removes_committed_and_uncommitted_blocks_info_and_part(azure, azure_endpoint):
+    store = store_for(azure)
+    store.plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)
+    upload = await store.create(UploadInfo(size=4 * MIB))
+    await upload.write(0, chunks_of(os.urandom(MIB + 10)))  # block 1 committed, 10 bytes in .part
+    stage(azure, upload.id, block_id(2, MIB), b"y" * MIB)  # left uncommitted by a request that "crashed"
+    other = await store.create(UploadInfo(size=5))  # staged blocks only: its blob has no committed block
+    assert listed(azure) == {upload.id, f"{upload.id}.info", f"{upload.id}.part", other.id, f"{other.id}.info"}
+    for expiring in (await store.get(upload.id), await store.get(other.id)):
+        await expiring.expire()
+    assert listed(azure) == {f"{upload.id}.expired", f"{other.id}.expired"}
+    fresh = store_for(azure, azure_endpoint)
+    for upload_id in (upload.id, other.id):
+        with pytest.raises(errors.TusError) as gone:
+            await fresh.get(upload_id)
+        assert gone.value.status == 410 and gone.value.code == "ERR_UPLOAD_EXPIRED"
+    assert [i async for i in fresh.upload_ids()] == []
+    assert await fresh.forget_expired(0) == 0  # written after 0: kept
+    assert await fresh.forget_expired(time.time() + 2) == 2
+    assert listed(azure) == set()
+    with pytest.raises(errors.TusError) as forgotten:
+        await fresh.get(upload.id)
+    assert forgotten.value.status == 404
+
+
+# --- concatenation: Put Block From URL where the service has it, else streamed -----------------------------------
+
+
+async def make_partials(store, datas, finish=True):
+    partials = []
+    for data in datas:
+        partial = await store.create(UploadInfo(size=len(data), is_partial=True))
+        await partial.write(0, chunks_of(data))
+        if finish:
+            await partial.finish()
+        partials.append(await store.get(partial.id))
+    return partials
+
+
+class CountingCopies:
+    """Counts Put Block From URL requests (the SDK's call, passed on unchanged to the service)."""
+
+    def __init__(self, monkeypatch):
+        from azure.storage.blob._generated.operations import BlockBlobOperations
+
+        self.calls = 0
+        original = BlockBlobOperations.stage_block_from_url
+
+        def counting(operations, *args, **kwargs):
+            self.calls += 1
+            return original(operations, *args, **kwargs)
+
+        monkeypatch.setattr(BlockBlobOperations, "stage_block_from_url", counting)
+
+
+async def test_concatenation_streams_where_put_block_from_url_is_501(azure, monkeypatch):
+    """Azurite 3.35 (the suite's) answers Put Block From URL with 501: the first concatenation tries it once,
+    streams instead and remembers; the next one does not try again."""
+    copies = CountingCopies(monkeypatch)
+    store = store_for(azure, blob_access_tier="cool")
+    assert store.copy_from_url is None
+    datas = [os.urandom(BLOCK + 5), b"", os.urandom(1000)]
+    partials = await make_partials(store, datas)
+    final = await store.create(UploadInfo(size=sum(map(len, datas)), is_final=True, metadata={"filetype": "a/b"}))
+    await final.concat(partials)
+    assert copies.calls == 1 and store.copy_from_url is False
+    assert (await final.info()).offset == sum(map(len, datas))
+    await final.finish()
+    assert await read_all(await store.get(final.id)) == b"".join(datas)
+    properties = azure.get_blob_client(azure.pytusd_container, final.id).get_blob_properties()
+    assert properties.blob_tier == "Cool" and properties.content_settings.content_type == "a/b"
+    assert properties.metadata == {}
+    again = await store.create(UploadInfo(size=BLOCK + 5, is_final=True))
+    await again.concat(partials[:1])
+    assert copies.calls == 1  # remembered: streamed at once
+    await again.finish()
+    assert await read_all(await store.get(again.id)) == datas[0]
+
+
+@pytest.fixture
+def azure_next(azure_next_endpoint):
+    service = service_for(azure_next_endpoint)
+    container = f"pytusd-{uuid.uuid4().hex[:12]}"
+    service.pytusd_container = container  # type: ignore[attr-defined]
+    yield service
+    try:
+        service.delete_container(container)
+    except ResourceNotFoundError:
+        pass
+
+
+async def test_concatenation_by_put_block_from_url(azure_next, monkeypatch):
+    """Azurite 3.37 has Put Block From URL: the final's blocks are copied by the service from the partials' blobs
+    (a finished one, an empty one, one complete but not finished yet), in ranges of at most the largest block;
+    no partial byte passes through pytusd; repeating the concatenation changes nothing."""
+    import pytusd.stores.azure as azure_module
+
+    async def no_streaming(final, partials):
+        raise AssertionError("streamed although Put Block From URL works")
+
+    copies = CountingCopies(monkeypatch)
+    monkeypatch.setattr(azure_module, "concat_by_streaming", no_streaming)
+    store = store_for(azure_next, blob_access_tier="cool")
+    datas = [os.urandom(BLOCK + 5), b"", os.urandom(1000)]
+    partials = await make_partials(store, datas[:2]) + await make_partials(store, datas[2:], finish=False)
+    store.plan = BlockPlan(block_size=MIB, max_block_size=MIB)  # copies of at most 1 MiB: five for the first
+    total = sum(map(len, datas))
+    final = await store.create(UploadInfo(size=total, is_final=True, metadata={"filetype": "text/csv"}))
+    assert isinstance(final, Concatenatable)
+    await final.concat(partials)
+    assert store.copy_from_url is True and copies.calls == 6
+    info = await final.info()
+    assert info.offset == total and info.is_complete
+    await final.finish()  # the concatenation's commit finished it already
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+    committed = staged(azure_next, final.id, "committed")
+    assert [(n, start, size) for n, start, size in committed] == [
+        (1, 0, MIB), (2, MIB, MIB), (3, 2 * MIB, MIB), (4, 3 * MIB, MIB), (5, 4 * MIB, 5), (6, BLOCK + 5, 1000)
+    ]
+    properties = azure_next.get_blob_client(azure_next.pytusd_container, final.id).get_blob_properties()
+    assert properties.blob_tier == "Cool" and properties.content_settings.content_type == "text/csv"
+    assert properties.metadata == {} and properties.size == total
+    again = await store_for(azure_next).get(final.id)
+    await again.concat(partials)  # repeated: the final is finished, nothing is copied again
+    assert copies.calls == 6
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+
+
+async def test_a_failed_copy_leaves_nothing_wrong_and_a_retry_completes(azure_next, monkeypatch):
+    store = store_for(azure_next)
+    store.plan = BlockPlan(block_size=MIB, max_block_size=MIB)
+    datas = [os.urandom(3 * MIB + 7), os.urandom(2 * MIB)]
+    partials = await make_partials(store, datas)
+    final = await store.create(UploadInfo(size=5 * MIB + 7, is_final=True))
+    original = store._send
+    sent = 0
+
+    async def failing(fn, *args, **kwargs):
+        nonlocal sent
+        if getattr(fn, "__name__", "") == "stage_block_from_url":
+            sent += 1
+            if sent == 4:
+                raise OSError("connection reset")
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_send", failing)
+    with pytest.raises(errors.TusError) as failed:
+        await final.concat(partials)
+    assert failed.value.status == 500
+    assert azure_next.get_blob_client(azure_next.pytusd_container, final.id).exists() is False  # nothing committed
+    monkeypatch.setattr(store, "_send", original)
+    retry = await store_for(azure_next).get(final.id)
+    await retry.concat(partials)
+    assert (await retry.info()).is_complete
+    await retry.finish()
+    assert await read_all(await store_for(azure_next).get(final.id)) == b"".join(datas)
+
+
+@pytest.mark.parametrize("service", ["azure", "azure_next"], ids=["streamed-azurite-3.35", "copied-azurite-3.37"])
+async def test_concatenation_unfinished_through_the_app(request, service, client_factory, monkeypatch):
+    """concatenation-unfinished: the final is made while its partials are still unfinished and is concatenated when
+    the last one completes, then reads back whole, from a new app (another process); its Content-Type is its own."""
+    from pytusd import MemoryLocker
+
+    copies = CountingCopies(monkeypatch)
+    azure = request.getfixturevalue(service)
+    client = client_factory(store=store_for(azure), locker=MemoryLocker())
+    data = os.urandom(BLOCK + 2000)
+    pieces = (data[:BLOCK + 1000], data[BLOCK + 1000 :])
+    parts = [await create(client, len(piece), **{"Upload-Concat": "partial"}) for piece in pieces]
+    r = await client.post("/files/", headers={
+        **TUS, "Upload-Concat": "final;" + " ".join(parts), "Upload-Metadata": "filetype dGV4dC9wbGFpbg=="})
+    assert r.status_code == 201
+    final_url = r.headers["location"]
+    assert "upload-offset" not in (await client.head(final_url, headers=TUS)).headers  # waits for its partials
+    for url, piece in zip(parts, pieces, strict=True):
+        assert (await patch(client, url, 0, piece)).status_code == 204
+    other = client_factory(store=store_for(azure), locker=MemoryLocker())
+    r = await other.head(final_url, headers=TUS)
+    assert r.status_code == 200 and r.headers["upload-offset"] == str(len(data))
+    r = await other.get(final_url, headers=TUS)
+    assert r.status_code == 200 and r.content == data
+    final_id = final_url.rstrip("/").rsplit("/", 1)[1]
+    properties = azure.get_blob_client(azure.pytusd_container, final_id).get_blob_properties()
+    assert properties.content_settings.content_type == "text/plain" and properties.metadata == {}
+    assert copies.calls == (2 if service == "azure_next" else 1)  # 3.35: tried once (501), then streamed
+
+
+# --- integrity: every block carries its MD5 -------------------------------------------------------------------------
+
+
+async def test_a_block_whose_md5_does_not_match_is_refused_by_azure(azure, azure_endpoint, monkeypatch):
+    """Each Put Block carries the block's MD5 (transactional Content-MD5): here block 2's is made wrong, as if its
+    bytes had been damaged on the way; Azurite refuses it, the client gets a 500 in one line, and only block 1
+    counts, for another process too. The same bytes with their true MD5 are then accepted."""
+    import hashlib
+
+    import pytusd.stores.azure as azure_module
+
+    true_md5 = azure_module._md5_of
+    seen = []
+
+    def damaged(spool, size):
+        seen.append(size)
+        digest = true_md5(spool, size)
+        return hashlib.md5(b"other bytes").digest() if len(seen) == 2 else digest
+
+    monkeypatch.setattr(azure_module, "_md5_of", damaged)
+    store = store_for(azure, concurrent_block_uploads=1)
+    data = os.urandom(2 * BLOCK + 10)
+    upload = await store.create(UploadInfo(size=len(data)))
+    with pytest.raises(errors.TusError) as refused:
+        await upload.write(0, chunks_of(data))
+    # Azure's code is Md5Mismatch; Azurite 3.35 answers InvalidOperation "Provided contentMD5 doesn't match."
+    message = str(refused.value)
+    assert refused.value.status == 500 and ("Md5Mismatch" in message or "contentMD5 doesn't match" in message)
+    assert "\n" not in str(refused.value)
+    fresh = await store_for(azure, azure_endpoint).get(upload.id)
+    assert (await fresh.info()).offset == BLOCK
+    monkeypatch.setattr(azure_module, "_md5_of", true_md5)
+    await fresh.write(BLOCK, chunks_of(data[BLOCK:]))
+    await fresh.finish()
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_a_reader_whose_part_blob_was_replaced_meanwhile_reads_the_blob(azure, azure_endpoint):
+    """A GET loads the state (bytes in .part), then another request goes on before the bytes are streamed: it puts
+    them into a committed block and replaces .part. The reader notices (.part's ETag) and reads them from the blob."""
+    plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # short PATCHes wait in .part
+    store = store_for(azure)
+    store.plan = plan
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data[:1000]))
+    reader = await store.get(upload.id)
+    assert (await reader.info()).offset == 1000  # loaded: 1000 bytes in .part
+    other = store_for(azure, azure_endpoint)
+    other.plan = plan
+    writer = await other.get(upload.id)
+    await writer.write(1000, chunks_of(data[1000 : MIB + 2000]))  # block 1 committed, a new .part of 2000 bytes
+    assert staged(azure, upload.id, "committed") == [(1, 0, MIB)]
+    assert await read_all(reader) == data[:1000]
+    assert await read_all(await store.get(upload.id)) == data[: MIB + 2000]
+
+
+async def test_a_process_dying_between_the_commit_and_the_part_blob_keeps_the_offset_truthful(azure, monkeypatch):
+    """A PATCH commits its blocks, then writes the new .part (here: it dies before) or removes the old one (here:
+    it dies before): each time another process counts exactly what is readable, reads it back, and goes on."""
+    plan = BlockPlan(block_size=MIB, max_blocks=4, max_blob_size=4 * MIB)  # remainders wait in .part
+    store = store_for(azure)
+    store.plan = plan
+    data = os.urandom(4 * MIB)
+    upload = await store.create(UploadInfo(size=len(data)))
+
+    async def dies(*args, **kwargs):
+        raise OSError("the process died here")
+
+    monkeypatch.setattr(store, "_put_tail", dies)
+    with pytest.raises(errors.TusError):
+        await upload.write(0, chunks_of(data[: MIB + 500]))  # block 1 committed, the 500 bytes for .part lost
+    monkeypatch.undo()
+    fresh = store_for(azure)
+    fresh.plan = plan
+    again = await fresh.get(upload.id)
+    assert (await again.info()).offset == MIB and await read_all(again) == data[:MIB]
+    await again.write(MIB, chunks_of(data[MIB : MIB + 300]))  # 300 bytes in .part
+    assert f"{upload.id}.part" in names(azure)
+
+    later = store_for(azure)
+    later.plan = plan
+    monkeypatch.setattr(later, "_delete_quietly", dies)  # the .part is not removed after its bytes were committed
+    current = await later.get(upload.id)
+    with pytest.raises(errors.TusError):
+        await current.write(MIB + 300, chunks_of(data[MIB + 300 : 2 * MIB]))
+    monkeypatch.undo()
+    assert f"{upload.id}.part" in names(azure)  # stale: it starts where block 1 ends, the blocks end later
+    resumed = await store_for(azure).get(upload.id)
+    resumed._store.plan = plan
+    assert (await resumed.info()).offset == 2 * MIB and await read_all(resumed) == data[: 2 * MIB]
+    await resumed.write(2 * MIB, chunks_of(data[2 * MIB :]))
+    await resumed.finish()
+    assert await read_all(await store.get(upload.id)) == data
+    assert f"{upload.id}.part" not in names(azure)
+
+
+async def test_a_copy_the_service_refuses_is_streamed_instead(azure_next, azure_next_endpoint, monkeypatch):
+    """A store signed in with a SAS (no account key) hands Azure its own SAS for the sources. Azurite 3.37 answers
+    Put Block From URL authorized by an account SAS with 500 (its account-SAS table has no entry for the operation),
+    which stands here for any refusal: the first copy of the concatenation fails, the partials are streamed
+    instead, and nothing is remembered (a later concatenation tries again)."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    copies = CountingCopies(monkeypatch)
+    sas = generate_account_sas(
+        AZURITE_ACCOUNT, AZURITE_KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    service = BlobServiceClient(azure_next_endpoint, credential=sas, retry_total=0)
+    store = AzureStore(azure_next.pytusd_container, service, block_size=BLOCK)
+    datas = [os.urandom(1000), os.urandom(2000)]
+    partials = await make_partials(store, datas)
+    assert "sig=" in partials[0].blob.url and store._source_url(partials[0].blob) == partials[0].blob.url
+    for _ in range(2):
+        final = await store.create(UploadInfo(size=3000, is_final=True))
+        await final.concat(partials)
+        await final.finish()
+        assert await read_all(await store.get(final.id)) == b"".join(datas)
+    assert copies.calls == 2 and store.copy_from_url is None

@@ -192,6 +192,10 @@ class PieceUpload(ABC, Generic[P, S]):
     async def _before_pieces(self, state: S) -> None:
         """Called before new pieces are numbered: refuse or tidy up what the next pieces must not meet."""
 
+    async def _pieces_stored(self, state: S) -> None:
+        """Called at the end of a write once ``state.pieces`` holds the pieces that count, before the tail object
+        is written or removed (Azure commits the blocks here, so that its blob holds the bytes stored so far)."""
+
     def _chain(self, state: S, pieces: list[P]) -> tuple[list[P], int]:
         """The pieces that count, and the number the next one gets."""
         run = contiguous(pieces)
@@ -282,6 +286,7 @@ class PieceUpload(ABC, Generic[P, S]):
             if len(pieces) != len(state.pieces) + len(new_pieces):
                 raise errors.ERR_INTERNAL_SERVER_ERROR(f"a {self.names.piece} upload went missing")
             state.pieces, state.next_number = pieces, next_number
+            await self._pieces_stored(state)
             if new_tail is not None:
                 await self._put_tail(new_tail, state.pieces_size)
                 state.tail_size, state.stale_tail = remainder, False

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any, Generic, Protocol, TypeVar
 
+from ...fileio import settle
 from ..base import Upload
 
 T = TypeVar("T")
@@ -28,14 +29,18 @@ READ_BLOCK = 1 << 20
 
 
 class Blocking:
-    """A thread pool for a blocking SDK; ``await blocking(fn, *args, **kwargs)`` runs ``fn`` in it."""
+    """A thread pool for a blocking SDK; ``await blocking(fn, *args, **kwargs)`` runs ``fn`` in it.
+
+    A caller cancelled meanwhile (lock handover, shutdown, the request completion timeout) still waits for the call
+    to end before the cancellation goes on: a thread cannot be stopped, and a write that lands after the upload's
+    lock has passed on (an ``.info`` PUT, say) could overwrite the next request's."""
 
     def __init__(self, workers: int, name: str) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), name)
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        return await settle(loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs)))
 
 
 async def wait_all(tasks: list[asyncio.Task[Any]]) -> None:
