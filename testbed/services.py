@@ -166,6 +166,9 @@ ms mon client mode = crc
 # Free deleted and aborted data soon (default: after 2 h), so the in-memory OSD does not fill up during a run.
 rgw gc obj min wait = 30
 rgw gc processor period = 30
+# Lifecycle rules run all day and a rule's "day" lasts 10 s, so a test can see a rule applied (README "S3").
+rgw lc debug interval = 10
+rgw lifecycle work time = 00:00-23:59
 """
 
 

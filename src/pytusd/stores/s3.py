@@ -32,8 +32,11 @@ upload (5 TiB for a deferred length), else as the tail object (tusd #1247).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -49,7 +52,7 @@ from ..observe import logs
 from .base import Capabilities, Upload
 from .objects.engine import PieceUpload, State, StoreNames, storage_error
 from .objects.plan import PiecePlan
-from .objects.spool import Blocking, concat_by_streaming, gather_all
+from .objects.spool import Blocking, concat_by_streaming, gather_all, spool_md5
 
 if TYPE_CHECKING:
     from botocore.config import _S3Dict  # botocore-stubs' TypedDict for Config(s3=...)
@@ -66,8 +69,11 @@ MAX_OBJECT_SIZE = 5 * 1024 * GIB
 DEFERRED_DOUBLING = 1_000  # a deferred-length upload's part size doubles every this many parts
 READ_BLOCK = 1 * MIB
 TAIL_OFFSET_KEY = "pytusd-tail-offset"
+LAYOUT_KEY = "PytusdLayout"  # in the .info's Storage: how the upload's bytes are stored until it is finished
+PIECE_OBJECTS = "piece-objects"  # the readable layout: each part is its own object <objectId>.p<N> until finished
 
 _NON_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+_PIECE_SUFFIX = re.compile(r"\.p[0-9]+\Z")  # <objectId>.p<N>: an ID ending so would name another upload's piece
 _HEADER_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
 
 
@@ -144,10 +150,26 @@ class _State(State[Part]):
     orphans: list[int] = field(default_factory=list)  # numbers of stored parts beyond the run (after a gap)
     leftovers: list[Part] = field(default_factory=list)  # every stored part that is not in the run
     data_modified: float = 0.0  # when the newest part or the tail object was stored
+    tail_etag: str = ""  # the tail object's ETag when it was loaded (reads of it check that it is still the same)
+
+    @property
+    def piece_objects(self) -> bool:
+        """The readable layout (``S3Store(readable_uploads=True)`` when it was created): parts are objects."""
+        return self.info.storage.get(LAYOUT_KEY) == PIECE_OBJECTS
 
     @property
     def offset(self) -> int:
         return self.info.size if self.completed else self.pieces_size + self.tail_size
+
+
+_EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).digest()
+
+
+def content_md5(spool: IO[bytes] | None) -> str | None:
+    """The Content-MD5 header of a piece (base64 of the MD5 computed while it was spooled), so that S3 refuses
+    the bytes with BadDigest should they be damaged on the way; None when the spool was not hashed."""
+    digest = _EMPTY_MD5 if spool is None else spool_md5(spool)
+    return None if digest is None else base64.b64encode(digest).decode()
 
 
 def _error_code(exc: BaseException) -> str:
@@ -172,6 +194,7 @@ class S3Upload(PieceUpload[Part, _State]):
     """One upload in an :class:`S3Store`: pieces are the multipart upload's parts, the tail is ``.part``."""
 
     names = StoreNames("S3", "part", "the tail object", log)
+    spool_md5 = True  # sent as each part's and the tail's Content-MD5
     _store: S3Store
 
     def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
@@ -182,7 +205,7 @@ class S3Upload(PieceUpload[Part, _State]):
     # -- the engine's backend (PieceUpload) -----------------------------------------------------------------------
 
     async def _put_piece(self, state: _State, number: int, start: int, spool: IO[bytes] | None, size: int) -> Part:
-        return await self._store._upload_part(self, number, spool, size)
+        return await self._store._upload_part(self, number, spool, size, as_object=state.piece_objects)
 
     async def _put_info(self, info: UploadInfo) -> None:
         await self._store._put_info(self, info)
@@ -196,6 +219,9 @@ class S3Upload(PieceUpload[Part, _State]):
 
     async def _commit(self, state: _State, pieces: list[Part]) -> None:
         store = self._store
+        if state.piece_objects:
+            await store._complete_from_piece_objects(self, state, pieces)
+            return
         if not pieces:  # an empty upload still needs one (empty) part
             pieces.append(await store._upload_part(self, 1, None, 0))
         if state.leftovers:
@@ -204,7 +230,9 @@ class S3Upload(PieceUpload[Part, _State]):
             await store._complete(self, self.multipart_id, pieces)
 
     async def _put_tail(self, spool: IO[bytes], starts_at: int) -> None:
-        await self._store._put_tail(self, spool, starts_at)
+        etag = await self._store._put_tail(self, spool, starts_at)
+        if self._state is not None:  # a read of the tail by this object checks that it is still this one
+            self._state.tail_etag = etag
 
     async def _tail_bytes(self, size: int) -> AsyncIterator[bytes]:
         store = self._store
@@ -217,8 +245,21 @@ class S3Upload(PieceUpload[Part, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
-    async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        state = self._state
+        if state is not None and not state.completed and not state.piece_objects:
+            # Said before the answer starts: tusd's layout keeps an unfinished upload's bytes in parts, unreadable
+            # (a store with readable_uploads declares readable_while_incomplete for the uploads it creates).
+            raise errors.ERR_INCOMPLETE_UPLOAD()
+        return self._stored_bytes(start, end)
+
+    async def _stored_bytes(self, start: int, end: int | None, attempts: int = 3) -> AsyncIterator[bytes]:
         store = self._store
+        state = await self.state()
+        if state.piece_objects and not state.completed:
+            async for block in store._read_unfinished(self, state, start, end, attempts):
+                yield block
+            return
         kwargs: dict[str, Any] = {"Bucket": store.bucket, "Key": store.object_key(self.object_id)}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
@@ -237,7 +278,8 @@ class S3Upload(PieceUpload[Part, _State]):
             return max(state.info_modified, state.data_modified)
         store = self._store
         try:
-            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=store.object_key(self.object_id))
+            key = store.object_key(self.object_id)
+            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=key)
         except Exception as exc:
             raise _storage_error(exc) from exc
         return float(head["LastModified"].timestamp())
@@ -262,7 +304,8 @@ class S3Store:
     (a chunk is verified before any of it is stored: :meth:`PieceUpload.write_verified`).
     """
 
-    # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object.
+    # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object. With
+    # readable_uploads (another layout) it can: see __init__.
     capabilities = Capabilities(
         annotate=True,
         terminate=True,
@@ -289,6 +332,7 @@ class S3Store:
         disable_content_hashes: bool = False,
         temp_dir: str | None = None,
         log_api_calls: bool = False,
+        readable_uploads: bool = False,
     ) -> None:
         if min_part_size > part_size:
             raise ValueError("the minimum part size cannot exceed the part size")
@@ -300,6 +344,12 @@ class S3Store:
         self.max_buffered_parts = max(1, max_buffered_parts)
         self.concurrent_part_uploads = max(1, concurrent_part_uploads)
         self.disable_content_hashes = disable_content_hashes
+        # The readable layout for the uploads this store creates (each part an object <objectId>.p<N> until the
+        # upload is finished, then copied into the multipart upload on the server); every upload is read in the
+        # layout its .info records, whatever this flag says.
+        self.readable_uploads = readable_uploads
+        if readable_uploads:
+            self.capabilities = dataclasses.replace(S3Store.capabilities, readable_while_incomplete=True)
         self.temp_dir = temp_dir
         # Part uploads and everything else run in separate thread pools, so that a HEAD never queues behind parts.
         self._call = Blocking(16, "pytusd-s3")
@@ -346,6 +396,13 @@ class S3Store:
     def tail_key(self, upload: S3Upload) -> str:
         return self.meta_key(upload.object_id + ".part")
 
+    def piece_prefix(self, object_id: str) -> str:
+        """What the keys of an upload's piece objects (the readable layout) start with: ``<objectId>.p``."""
+        return self.object_key(object_id) + ".p"
+
+    def piece_key(self, object_id: str, number: int) -> str:
+        return f"{self.piece_prefix(object_id)}{number}"
+
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     async def _blocks(self, response: Any) -> AsyncIterator[bytes]:
@@ -357,19 +414,45 @@ class S3Store:
         finally:
             body.close()
 
-    async def _upload_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> Part:
+    async def _upload_part(
+        self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int, *, as_object: bool = False
+    ) -> Part:
+        """Part ``number``: of the multipart upload, or (``as_object``, the readable layout) the object
+        ``<objectId>.p<N>``."""
         if self._part_slots is None:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         async with self._part_slots:
-            send = self._put_part_presigned if self.disable_content_hashes else self._put_part
-            etag = await self._send(send, upload, number, spool, size)
+            if self.disable_content_hashes:
+                etag = await self._send(self._put_part_presigned, upload, number, spool, size, as_object)
+            elif as_object:
+                etag = await self._send(self._put_piece_object, upload, number, spool, size)
+            else:
+                etag = await self._send(self._put_part, upload, number, spool, size)
         return Part(number, size, etag)
+
+    def _put_piece_object(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
+        body: Any = b""
+        if spool is not None:
+            spool.seek(0)
+            body = spool
+        kwargs: dict[str, Any] = {}
+        md5 = content_md5(spool)
+        if md5 is not None:
+            kwargs["ContentMD5"] = md5
+        response = self.client.put_object(
+            Bucket=self.bucket, Key=self.piece_key(upload.object_id, number), Body=body, ContentLength=size, **kwargs
+        )
+        return str(response["ETag"])
 
     def _put_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
         body: Any = b""
         if spool is not None:
             spool.seek(0)
             body = spool
+        kwargs: dict[str, Any] = {}
+        md5 = content_md5(spool)
+        if md5 is not None:
+            kwargs["ContentMD5"] = md5
         response = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.object_key(upload.object_id),
@@ -377,58 +460,73 @@ class S3Store:
             PartNumber=number,
             Body=body,
             ContentLength=size,
+            **kwargs,
         )
         return str(response["ETag"])
 
-    def _put_part_presigned(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
-        """UploadPart through a presigned URL: the payload is not hashed for the signature (tusd's
-        --s3-disable-content-hashes), which saves a SHA-256 pass over every byte."""
+    def _put_part_presigned(
+        self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int, as_object: bool = False
+    ) -> str:
+        """UploadPart (PutObject of a piece object in the readable layout) through a presigned URL: the payload is
+        not hashed for the signature (tusd's --s3-disable-content-hashes), which saves a SHA-256 pass over every
+        byte."""
         import httpx
 
-        url = self.client.generate_presigned_url(
-            "upload_part",
-            Params={
+        params: dict[str, Any]
+        if as_object:
+            operation, params = "put_object", {"Bucket": self.bucket, "Key": self.piece_key(upload.object_id, number)}
+        else:
+            operation, params = "upload_part", {
                 "Bucket": self.bucket,
                 "Key": self.object_key(upload.object_id),
                 "UploadId": upload.multipart_id,
                 "PartNumber": number,
-            },
-            ExpiresIn=900,
-        )
+            }
+        url = self.client.generate_presigned_url(operation, Params=params, ExpiresIn=900)
         if self._http is None:
             self._http = httpx.Client(timeout=httpx.Timeout(60.0))
         content: Any = b""
         if spool is not None:
             spool.seek(0)
             content = iter(functools.partial(spool.read, READ_BLOCK), b"")
+        headers = {"Content-Length": str(size)}
+        md5 = content_md5(spool)
+        if md5 is not None:  # not part of the URL's signature, still checked by S3
+            headers["Content-MD5"] = md5
         started = time.perf_counter()
         try:
-            response = self._http.put(url, content=content, headers={"Content-Length": str(size)})
+            response = self._http.put(url, content=content, headers=headers)
         except Exception as exc:
             if self.log_api_calls:
-                _log_call("UploadPart", started, key=self.object_key(upload.object_id), part=number,
+                _log_call("PutObject" if as_object else "UploadPart", started, key=params["Key"], part=number,
                           error=errors.one_line(exc), presigned=True)
             raise
         if self.log_api_calls:
-            _log_call("UploadPart", started, status=response.status_code, key=self.object_key(upload.object_id),
-                      part=number, presigned=True)
+            _log_call("PutObject" if as_object else "UploadPart", started, status=response.status_code,
+                      key=params["Key"], part=number, presigned=True)
         if response.status_code != 200:
             raise errors.ERR_INTERNAL_SERVER_ERROR(
                 f"S3 answered {response.status_code} to a presigned part upload: {response.text[:200]}"
             )
         return str(response.headers.get("etag", ""))
 
-    async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> None:
-        def put() -> None:
+    async def _put_tail(self, upload: S3Upload, spool: IO[bytes], starts_at: int) -> str:
+        def put() -> str:
             spool.seek(0)
-            self.client.put_object(
+            kwargs: dict[str, Any] = {}
+            md5 = content_md5(spool)
+            if md5 is not None:
+                kwargs["ContentMD5"] = md5
+            response = self.client.put_object(
                 Bucket=self.bucket,
                 Key=self.tail_key(upload),
                 Body=spool,
                 Metadata={TAIL_OFFSET_KEY: str(starts_at)},
+                **kwargs,
             )
+            return str(response.get("ETag", ""))
 
-        await self._call(put)
+        return await self._call(put)
 
     async def _delete_quietly(self, key: str) -> None:
         try:
@@ -444,6 +542,103 @@ class S3Store:
             UploadId=multipart_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
         )
+
+    async def _complete_from_piece_objects(self, upload: S3Upload, state: _State, pieces: list[Part]) -> None:
+        """Finish an upload of the readable layout: copy each piece object into the multipart upload as the part
+        of the same number (UploadPartCopy, on the server: no byte goes through pytusd again), complete it, then
+        delete the piece objects. A crash before the completion leaves the pieces as they were (the next finish
+        copies them again); one after it leaves pieces that the next load of the finished upload deletes."""
+        if self._part_slots is None:
+            self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
+        key = self.object_key(upload.object_id)
+
+        async def copy(piece: Part) -> Part:
+            assert self._part_slots is not None
+            async with self._part_slots:
+                response = await self._call(
+                    self.client.upload_part_copy,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload.multipart_id,
+                    PartNumber=piece.number,
+                    CopySource={"Bucket": self.bucket, "Key": self.piece_key(upload.object_id, piece.number)},
+                )
+            return Part(piece.number, piece.size, str(response["CopyPartResult"]["ETag"]))
+
+        if pieces:
+            parts = await gather_all(copy(piece) for piece in pieces)
+        else:  # an empty upload still needs one (empty) part
+            parts = [await self._upload_part(upload, 1, None, 0)]
+            pieces.append(Part(1, 0, parts[0].etag))
+        await self._complete(upload, upload.multipart_id, parts)
+        await self._delete_keys([self.piece_key(upload.object_id, p.number) for p in [*pieces, *state.leftovers]])
+
+    async def _list_piece_objects(self, object_id: str) -> list[tuple[Part, float]]:
+        """The piece objects of an upload (the readable layout), as the bucket lists them, with their times."""
+        prefix = self.piece_prefix(object_id)
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = await self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
+        found = []
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                number = obj["Key"][len(prefix) :]
+                # Only <objectId>.p<N> (not the .part tail, not another upload's keys that happen to start alike).
+                if number.isdigit() and str(int(number)) == number and 1 <= int(number) <= MAX_PARTS:
+                    piece = Part(int(number), int(obj["Size"]), str(obj["ETag"]))
+                    found.append((piece, obj["LastModified"].timestamp()))
+        return found
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete objects, 1,000 per request; housekeeping, so it logs instead of failing."""
+        for first in range(0, len(keys), 1000):
+            batch = keys[first : first + 1000]
+            try:
+                response = await self._call(
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except Exception as exc:
+                log.warning("could not delete %d objects from %s on: %s", len(batch), batch[0], exc)
+                continue
+            for error in response.get("Errors", ()):
+                if error.get("Code") != "NoSuchKey":
+                    log.warning("could not delete %s: %s", error.get("Key"), error.get("Message"))
+
+    async def _read_unfinished(
+        self, upload: S3Upload, state: _State, start: int, end: int | None, attempts: int = 3
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` of an unfinished upload of the readable layout: from its piece objects in
+        order, then the tail object, each with a ranged GetObject. A GET does not hold the upload's lock while it
+        streams: when a piece is gone (the upload was finished meanwhile) or the tail changed (its bytes went into
+        a piece), the state is loaded again and the rest read from where the bytes are now."""
+        stop = state.offset if end is None else min(end, state.offset)
+        position = 0
+        spans: list[tuple[str, int, int, int, str]] = []  # (key, first byte in it, stop in it, upload offset, etag)
+        for piece in state.pieces:
+            a, b = max(start, position), min(stop, position + piece.size)
+            if a < b:
+                spans.append((self.piece_key(upload.object_id, piece.number), a - position, b - position, a, ""))
+            position += piece.size
+        a, b = max(start, position), min(stop, position + state.tail_size)
+        if a < b:
+            spans.append((self.tail_key(upload), a - position, b - position, a, state.tail_etag))
+        for key, first, last, at, etag in spans:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={first}-{last - 1}"}
+            if etag:
+                kwargs["IfMatch"] = etag
+            try:
+                response = await self._call(self.client.get_object, **kwargs)
+            except Exception as exc:
+                moved = _is_missing(exc) or _error_code(exc) in ("PreconditionFailed", "412")
+                if not moved or attempts <= 1:
+                    raise _storage_error(exc) from exc
+                again = S3Upload(self, upload.object_id, upload.multipart_id)
+                async for block in again._stored_bytes(at, stop, attempts - 1):
+                    yield block
+                return
+            async for block in self._blocks(response):
+                yield block
 
     async def _complete_around_leftovers(self, upload: S3Upload, state: _State, parts: list[Part]) -> None:
         """Complete an upload that has parts outside its run (skipped orphans of a failed or crashed request).
@@ -581,28 +776,46 @@ class S3Store:
                     return parts
                 marker = int(page["NextPartNumberMarker"])
 
-        def head_tail() -> tuple[int, int | None]:
+        def head_tail() -> tuple[int, int | None, str]:
             try:
                 head = client.head_object(Bucket=bucket, Key=self.tail_key(upload))
             except Exception as exc:
                 if _is_missing(exc) or _error_code(exc) in ("403", "AccessDenied", "Forbidden"):
-                    return 0, None
+                    return 0, None, ""
                 raise
             starts_at = head.get("Metadata", {}).get(TAIL_OFFSET_KEY)
             if "LastModified" in head:
                 stored.append(head["LastModified"].timestamp())
-            return int(head["ContentLength"]), int(starts_at) if starts_at and starts_at.isdigit() else None
+            start = int(starts_at) if starts_at and starts_at.isdigit() else None
+            return int(head["ContentLength"]), start, str(head.get("ETag", ""))
 
-        raw_info, listed, (tail_size, tail_start) = await upload._gather(
-            self._call(read_info), self._call(list_parts), self._call(head_tail)
+        async def no_pieces() -> list[tuple[Part, float]] | None:
+            return None
+
+        # The readable layout's piece objects are listed beside the parts when this store creates that layout;
+        # an upload whose .info records it is listed afterwards otherwise.
+        listing = self._list_piece_objects(upload.object_id) if self.readable_uploads else no_pieces()
+        raw_info, (listed, piece_objects), (tail_size, tail_start, tail_etag) = await upload._gather(
+            self._call(read_info), asyncio.gather(self._call(list_parts), listing), self._call(head_tail)
         )
         info, modified = upload._parse_info(raw_info)
-        state = _State(info=info, info_modified=modified, data_modified=max(stored, default=0.0))
+        state = _State(info=info, info_modified=modified, data_modified=max(stored, default=0.0), tail_etag=tail_etag)
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:
                 await self._finish_repair(upload, state)
+            if state.piece_objects and piece_objects:  # left by a crash between completing and deleting them
+                await self._delete_keys([self.piece_key(upload.object_id, p.number) for p, _ in piece_objects])
             return state
+        if state.piece_objects:
+            if piece_objects is None:
+                try:
+                    piece_objects = await self._list_piece_objects(upload.object_id)
+                except Exception as exc:
+                    raise _storage_error(exc) from exc
+            # The multipart upload's own parts (copies from an interrupted finish) do not count: the pieces do.
+            listed = [p for p, _ in piece_objects]
+            state.data_modified = max([state.data_modified, *(t for _, t in piece_objects)])
         state.pieces, state.next_number = chain(listed, parse_skips(info.storage.get(SKIP_KEY, "")))
         state.orphans = sorted(p.number for p in listed if p.number >= state.next_number)
         in_run = {p.number for p in state.pieces}
@@ -617,6 +830,11 @@ class S3Store:
         if not info.size_is_deferred:
             self.plan.check_length(info.size)
         object_id = info.id or new_upload_id()
+        if _PIECE_SUFFIX.search(object_id):  # (whatever this store's layout: another process's may be readable)
+            raise errors.ERR_INTERNAL_SERVER_ERROR(
+                "the pre-create hook chose an ID ending in .p<number>, which names a piece object of another upload "
+                "in S3's readable layout"
+            )
         metadata = {
             _HEADER_TOKEN.sub("_", key): _NON_PRINTABLE.sub("?", value) for key, value in info.metadata.items() if key
         }
@@ -629,11 +847,10 @@ class S3Store:
         except Exception as exc:
             raise _storage_error(exc) from exc
         upload = S3Upload(self, object_id, str(response["UploadId"]))
-        info = info.replace(
-            id=upload.id,
-            offset=0,
-            storage={"Type": "s3store", "Bucket": self.bucket, "Key": self.object_key(object_id)},
-        )
+        storage = {"Type": "s3store", "Bucket": self.bucket, "Key": self.object_key(object_id)}
+        if self.readable_uploads:
+            storage[LAYOUT_KEY] = PIECE_OBJECTS
+        info = info.replace(id=upload.id, offset=0, storage=storage)
         try:
             await self._put_info(upload, info)
         except Exception as exc:
@@ -684,6 +901,10 @@ class S3Store:
                 self.tail_key(upload),
                 self.info_key(upload),
             ]
+            state = upload._state
+            if self.readable_uploads or (state is not None and state.piece_objects):
+                keys += [self.piece_key(upload.object_id, p.number) for p, _ in await self._list_piece_objects(
+                    upload.object_id)]
             response = await self._call(
                 self.client.delete_objects,
                 Bucket=self.bucket,
@@ -784,6 +1005,11 @@ class S3Store:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         try:
             state.pieces = await gather_all(copy(n, *piece) for n, piece in enumerate(pieces, 1))
+            if state.piece_objects:
+                # The readable layout counts piece objects, not the multipart upload's parts: the copied parts are
+                # the whole upload, so it is completed right away (finish then has nothing left to do).
+                await self._complete(final, final.multipart_id, state.pieces)
+                state.completed, state.completed_size = True, sum(p.size for p in state.pieces)
         except Exception as exc:
             final._state = None
             raise _storage_error(exc) from exc

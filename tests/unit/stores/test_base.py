@@ -50,7 +50,7 @@ def build_file_threads(request, tmp_path):
     return (lambda: FileStore(tmp_path / "data", file_io="threads")), (lambda: None)
 
 
-def build_s3(request, tmp_path):
+def build_s3(request, tmp_path, readable_uploads=False):
     from pytusd.stores.s3 import S3Store, make_client
     from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
@@ -69,7 +69,8 @@ def build_s3(request, tmp_path):
         client.delete_bucket(Bucket=bucket)
 
     def make() -> S3Store:
-        return S3Store(bucket, make_client(endpoint=endpoint), part_size=5 * MIB, min_part_size=5 * MIB)
+        return S3Store(bucket, make_client(endpoint=endpoint), part_size=5 * MIB, min_part_size=5 * MIB,
+                       readable_uploads=readable_uploads)
 
     return make, cleanup
 
@@ -92,9 +93,13 @@ def build_gcs(request, tmp_path):
     return contract_builder(request, tmp_path)
 
 
+def build_s3_readable(request, tmp_path):
+    return build_s3(request, tmp_path, readable_uploads=True)
+
+
 BUILDERS: dict[str, Builder] = {
-    "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "azure": build_azure,
-    "azure-next": build_azure_next, "gcs": build_gcs,
+    "file": build_file, "file-threads": build_file_threads, "s3": build_s3, "s3-readable": build_s3_readable,
+    "azure": build_azure, "azure-next": build_azure_next, "gcs": build_gcs,
 }
 
 
@@ -126,6 +131,38 @@ async def test_write_resume_in_a_new_process_finish_and_read_back(make_store):
     assert (await done.info()).offset == SIZE
     assert await read_all(done) == data
     assert await read_all(done, 5 * MIB - 10, 5 * MIB + 10) == data[5 * MIB - 10 : 5 * MIB + 10]
+
+
+async def test_an_unfinished_upload_reads_back_what_is_stored(make_store):
+    """GET of an unfinished upload (a store that declares readable_while_incomplete): the bytes stored so far, in
+    whole and in ranges that cross piece and tail boundaries, as another store object (another process) reads them,
+    also through the app with a Range header; a store that cannot says so with 400 ERR_INCOMPLETE_UPLOAD."""
+    store = make_store()
+    data = os.urandom(SIZE)
+    upload = await store.create(UploadInfo(size=SIZE))
+    upload_id = (await upload.info()).id
+    stored = 6 * MIB + 3  # on S3: one 5 MiB part and a tail of 1 MiB + 3
+    await upload.write(0, chunks_of(data[: stored - 5]))
+    await (await make_store().get(upload_id)).write(stored - 5, chunks_of(data[stored - 5 : stored]))
+    tus = {"Tus-Resumable": "1.0.0"}
+    async with _checksum_app_client(make_store()) as client:
+        r = await client.get(f"/files/{upload_id}", headers=tus)
+        if not capabilities(store).readable_while_incomplete:
+            assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+            return
+        assert r.status_code == 200 and r.content == data[:stored]
+        r = await client.get(f"/files/{upload_id}", headers={**tus, "Range": f"bytes={5 * MIB - 4}-{5 * MIB + 4}"})
+        assert r.status_code == 206 and r.content == data[5 * MIB - 4 : 5 * MIB + 5]
+        assert r.headers["content-range"] == f"bytes {5 * MIB - 4}-{5 * MIB + 4}/{stored}"
+    reader = await make_store().get(upload_id)
+    assert await read_all(reader) == data[:stored]
+    for start, end in [(0, 10), (5 * MIB - 10, 5 * MIB + 10), (5 * MIB, stored), (stored - 1, stored), (7, 5 * MIB)]:
+        assert await read_all(reader, start, end) == data[start:end], (start, end)
+    # The rest arrives; what was read stays the same, and the finished upload reads back whole.
+    await reader.write(stored, chunks_of(data[stored:]))
+    assert await read_all(await make_store().get(upload_id), 0, stored) == data[:stored]
+    await reader.finish()
+    assert await read_all(await make_store().get(upload_id)) == data
 
 
 async def test_many_small_writes(make_store):

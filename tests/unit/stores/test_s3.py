@@ -338,13 +338,15 @@ def test_flags_choose_the_s3_store_and_its_options(tmp_path):
 
     argv = ["-s3-bucket", "b", "-s3-endpoint", "http://127.0.0.1:9", "-s3-object-prefix", "up/",
             "-s3-part-size", str(8 * MIB), "-s3-max-buffered-parts", "3", "-s3-concurrent-part-uploads", "2",
-            "-s3-disable-content-hashes", "--upload-dir", str(tmp_path)]
+            "-s3-disable-content-hashes", "-s3-readable-uploads", "--upload-dir", str(tmp_path)]
     config = config_from_args(build_parser().parse_args(normalise_argv(argv)))
     store = config.store
     assert isinstance(store, S3Store) and isinstance(config.locker, MemoryLocker)
     assert store.bucket == "b" and store.object_key("x") == "up/x" and store.meta_key("x.info") == "up/x.info"
     assert store.plan.preferred_size == 8 * MIB and store.max_buffered_parts == 3 and store.concurrent_part_uploads == 2
     assert store.disable_content_hashes
+    assert store.readable_uploads and store.capabilities.readable_while_incomplete
+    assert not S3Store.capabilities.readable_while_incomplete  # the default layout's
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
     assert store.client.meta.config.s3["addressing_style"] == "path"
 
@@ -492,3 +494,296 @@ async def test_an_orphan_part_never_joins_the_upload_later(s3):
     await again.write(11 * MIB, chunks_of(data[11 * MIB :]))
     await again.finish()
     assert await read_all(await store.get(upload_id)) == data
+
+
+# --- Content-MD5: S3 refuses a part or tail damaged on the way ------------------------------------------------------
+
+
+def test_each_spooled_piece_carries_the_md5_of_its_bytes():
+    import asyncio
+    import base64
+
+    from pytusd.stores.objects.spool import PieceWriter
+    from pytusd.stores.s3 import content_md5
+
+    seen: list[tuple[int, str | None]] = []
+
+    async def upload(number, start, spool, size):
+        seen.append((number, content_md5(spool)))
+        return number
+
+    async def run() -> str | None:
+        writer = PieceWriter(upload, first_number=1, first_byte=0, piece_size=lambda n, s: 1000, max_buffered=2,
+                             md5=True)
+        await writer.feed(bytes(range(256)) * 10)  # 2560 bytes: two pieces of 1000, a remainder of 560
+        tail = writer.detach()
+        await writer.settle()
+        assert tail is not None
+        return content_md5(tail)
+
+    tail_md5 = asyncio.run(run())
+    data = bytes(range(256)) * 10
+
+    def b64md5(b: bytes) -> str:
+        return base64.b64encode(hashlib.md5(b).digest()).decode()
+
+    assert seen == [(1, b64md5(data[:1000])), (2, b64md5(data[1000:2000]))]
+    assert tail_md5 == b64md5(data[2000:])
+    assert content_md5(None) == b64md5(b"")
+
+
+@pytest.mark.parametrize("presigned", [False, True], ids=["signed", "presigned"])
+@pytest.mark.parametrize("where", ["part", "tail"])
+async def test_a_wrong_content_md5_is_refused_with_bad_digest_and_not_counted(s3, monkeypatch, presigned, where):
+    """Bytes that do not match their Content-MD5 (as if damaged between pytusd and S3; here the digest is the one
+    that is wrong) are refused by Ceph with BadDigest: the PATCH fails with a tus error and the offset, as another
+    process loads it, has not moved; sent again with the right digest, the same bytes are kept."""
+    import pytusd.stores.s3 as s3_module
+
+    store = store_for(s3, disable_content_hashes=presigned)
+    data = os.urandom(2 * PART + 1000)
+    upload = await store.create(UploadInfo(size=len(data)))
+    # part: 1000 bytes wait in the tail, then a PATCH of a part's size makes part 1; tail: a full part, then 1000
+    # bytes that go to the tail object.
+    first = PART if where == "tail" else 1000
+    assert await upload.write(0, chunks_of(data[:first])) == first
+    right = s3_module.content_md5
+    monkeypatch.setattr(s3_module, "content_md5", lambda spool: base64_md5(b"not these bytes"))
+    second = data[first : first + (1000 if where == "tail" else PART)]
+    with pytest.raises(errors.TusError) as refused:
+        await (await store.get(upload.id)).write(first, chunks_of(second))
+    assert refused.value.status == 500 and "BadDigest" in str(refused.value), refused.value
+    again = await store_for(s3, client=make_client(endpoint=s3.meta.endpoint_url)).get(upload.id)
+    assert (await again.info()).offset == first
+    monkeypatch.setattr(s3_module, "content_md5", right)
+    assert await again.write(first, chunks_of(second)) == len(second)
+    assert (await (await store_for(s3).get(upload.id)).info()).offset == first + len(second)
+
+
+def base64_md5(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+# --- the readable layout (readable_uploads, --s3-readable-uploads) -------------------------------------------------
+
+
+def multipart_parts(s3, upload) -> list[int]:
+    page = s3.list_parts(Bucket=s3.pytusd_bucket, Key=upload.object_id, UploadId=upload.multipart_id)
+    return [p["PartNumber"] for p in page.get("Parts", [])]
+
+
+async def test_readable_layout_keeps_parts_as_objects_until_finish_copies_them(s3):
+    """Each part is the object <objectId>.p<N> while the upload is unfinished (the multipart upload holds none),
+    the .info records the layout; finish copies them into the multipart upload on the server, completes it and
+    deletes them, leaving exactly tusd's objects."""
+    store = store_for(s3, readable_uploads=True)
+    data = os.urandom(2 * PART + 100)
+    upload = await store.create(UploadInfo(size=len(data)))
+    oid = upload.object_id
+    await upload.write(0, chunks_of(data[: PART + 7]))
+    assert keys(s3) == {oid + ".info", oid + ".p1", oid + ".part"}
+    assert multipart_parts(s3, upload) == []
+    info = json.loads(s3.get_object(Bucket=s3.pytusd_bucket, Key=oid + ".info")["Body"].read())
+    assert info["Storage"]["PytusdLayout"] == "piece-objects"
+    assert s3.get_object(Bucket=s3.pytusd_bucket, Key=oid + ".p1")["Body"].read() == data[:PART]
+    # Another process (a store without the flag: each upload is read in the layout its .info records).
+    other = await store_for(s3, client=make_client(endpoint=s3.meta.endpoint_url)).get(upload.id)
+    assert (await other.info()).offset == PART + 7
+    await other.write(PART + 7, chunks_of(data[PART + 7 :]))
+    assert keys(s3) == {oid + ".info", oid + ".p1", oid + ".p2", oid + ".p3"}
+    await other.finish()
+    assert keys(s3) == {oid, oid + ".info"}
+    assert s3.get_object(Bucket=s3.pytusd_bucket, Key=oid)["Body"].read() == data
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_readable_layout_a_default_layout_upload_still_answers_incomplete(s3, client_factory):
+    """A store with the flag serves an upload of tusd's layout as before: its offset from the parts, and GET of
+    it unfinished is 400 ERR_INCOMPLETE_UPLOAD (its bytes are parts, not readable)."""
+    from pytusd import MemoryLocker
+
+    data = os.urandom(PART + 10)
+    plain = await store_for(s3).create(UploadInfo(size=len(data)))
+    await plain.write(0, chunks_of(data[:PART]))
+    store = store_for(s3, readable_uploads=True)
+    assert (await (await store.get(plain.id)).info()).offset == PART
+    client = client_factory(store=store, locker=MemoryLocker())
+    r = await client.get(f"/files/{plain.id}", headers=TUS)
+    assert r.status_code == 400 and r.text.startswith("ERR_INCOMPLETE_UPLOAD")
+
+
+async def test_readable_layout_a_reader_follows_bytes_that_moved_meanwhile(s3):
+    """GET streams without the upload's lock: a reader whose state was loaded before another process moved the
+    tail's bytes into a part, or finished the upload (the piece objects deleted), still reads the right bytes."""
+    store = store_for(s3, readable_uploads=True)
+    data = os.urandom(2 * PART + 100)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data[: PART + MIB]))  # part 1 and a tail of 1 MiB
+    early = await store_for(s3).get(upload.id)
+    await early.state()  # loaded: part 1 and the tail
+    writer = await store_for(s3, readable_uploads=True).get(upload.id)
+    tail_etag = s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id + ".part")["ETag"]
+    # The tail's bytes go into part 2, and a new tail of 7 bytes takes the old one's key.
+    await writer.write(PART + MIB, chunks_of(data[PART + MIB : 2 * PART + 7]))
+    assert s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id + ".part")["ETag"] != tail_etag
+    assert await read_all(early, PART - 3, PART + MIB) == data[PART - 3 : PART + MIB]
+    later = await store_for(s3).get(upload.id)
+    await later.state()  # loaded: parts 1 and 2, the new tail
+    await writer.write(2 * PART + 7, chunks_of(data[2 * PART + 7 :]))
+    await writer.finish()
+    assert upload.object_id + ".p1" not in keys(s3)
+    assert await read_all(later, 10, 2 * PART + 7) == data[10 : 2 * PART + 7]
+
+
+async def test_readable_layout_orphan_pieces_and_stale_tails_are_not_counted(s3):
+    """Crash safety as in tusd's layout: a piece object after a gap does not count and is never joined later (its
+    number is skipped), and a tail whose bytes are in a piece already is not counted twice."""
+    store = store_for(s3, readable_uploads=True)
+    data = os.urandom(3 * PART + 10)
+    upload = await store.create(UploadInfo(size=len(data)))
+    oid = upload.object_id
+    await upload.write(0, chunks_of(data[:MIB]))  # the tail, starting at 0
+    # The "crashed" request had put the tail plus more into piece 1, and piece 3 after a gap:
+    s3.put_object(Bucket=s3.pytusd_bucket, Key=oid + ".p1", Body=data[:PART])
+    s3.put_object(Bucket=s3.pytusd_bucket, Key=oid + ".p3", Body=b"x" * PART)
+    fresh = await store.get(upload.id)
+    assert (await fresh.info()).offset == PART
+    await fresh.write(PART, chunks_of(data[PART:]))
+    assert (await (await store.get(upload.id)).info()).offset == len(data)
+    assert await read_all(await store.get(upload.id)) == data
+    await fresh.finish()
+    assert keys(s3) == {oid, oid + ".info"}
+    assert await read_all(await store.get(upload.id)) == data
+
+
+async def test_readable_layout_an_interrupted_finish_is_finished_again(s3, monkeypatch):
+    """A finish that fails after the parts were copied (here CompleteMultipartUpload) keeps the upload as it was:
+    another process loads the same offset from the piece objects and finishes it; piece objects left by a crash
+    after the completion are deleted when the finished upload is next loaded."""
+    store = store_for(s3, readable_uploads=True)
+    data = os.urandom(PART + 10)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data))
+    calls = []
+
+    async def failing(*args, **kwargs):
+        calls.append(args)
+        raise errors.ERR_INTERNAL_SERVER_ERROR("S3 went away")
+
+    monkeypatch.setattr(store, "_complete", failing)
+    with pytest.raises(errors.TusError):
+        await upload.finish()
+    assert calls and multipart_parts(s3, upload) == [1, 2]  # the copies were made
+    again = await store_for(s3, readable_uploads=True).get(upload.id)
+    assert (await again.info()).offset == len(data) and await read_all(again) == data
+    await again.finish()
+    assert await read_all(await store.get(upload.id)) == data
+    s3.put_object(Bucket=s3.pytusd_bucket, Key=upload.object_id + ".p1", Body=b"left by a crash")
+    await store_for(s3, readable_uploads=True).get(upload.id)
+    assert keys(s3) == {upload.object_id, upload.object_id + ".info"}
+
+
+async def test_an_id_that_would_name_another_uploads_piece_is_refused(s3):
+    """A pre-create hook's ID ``<other>.p<N>`` would make the upload's object the piece N of upload ``<other>`` (and
+    overwrite it at finish): refused with a tus error before anything is stored."""
+    store = store_for(s3, readable_uploads=True)
+    victim = await store.create(UploadInfo(id="victim", size=2 * PART))
+    await victim.write(0, chunks_of(b"v" * PART))
+    for chosen in ("victim.p1", "x.p22"):
+        with pytest.raises(errors.TusError) as refused:
+            await store_for(s3).create(UploadInfo(id=chosen, size=10))
+        assert refused.value.status == 500 and ".p<number>" in refused.value.message
+    assert keys(s3) == {"victim.info", "victim.p1"}
+    assert (await store.create(UploadInfo(id="x.p", size=1))).object_id == "x.p"  # not a piece's name
+
+
+@pytest.mark.parametrize("presigned", [False, True], ids=["signed", "presigned"])
+async def test_readable_layout_terminate_and_presigned_pieces(s3, presigned):
+    store = store_for(s3, readable_uploads=True, disable_content_hashes=presigned)
+    data = os.urandom(PART + 10)
+    upload = await store.create(UploadInfo(size=2 * PART))
+    await upload.write(0, chunks_of(data))
+    assert keys(s3) == {upload.object_id + k for k in (".info", ".p1", ".part")}
+    assert await read_all(await store.get(upload.id)) == data
+    await (await store.get(upload.id)).terminate()
+    assert keys(s3) == set() and s3.list_multipart_uploads(Bucket=s3.pytusd_bucket).get("Uploads", []) == []
+
+
+# --- a lifecycle rule as a backstop: AbortIncompleteMultipartUpload ------------------------------------------------
+
+# The rule README's "S3" section recommends (with the days to choose there).
+ABORT_RULE = {
+    "ID": "abort-incomplete-multipart-uploads",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+}
+
+
+async def test_a_lifecycle_rule_aborts_an_incomplete_multipart_upload(s3_endpoint):
+    """Ceph applies AbortIncompleteMultipartUpload (the testbed's ``rgw lc debug interval`` makes its day 10 s): an
+    unfinished upload's multipart upload is aborted within a bounded wait, its parts with it. What remains is the
+    .info and the tail, which is why the rule is only a backstop (README): pytusd, like tusd, then takes the upload
+    for finished, and its object is missing."""
+    import asyncio
+    import time
+
+    from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+    client = make_client(endpoint=s3_endpoint)
+    bucket = f"lifecycle-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    try:
+        client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [ABORT_RULE]})
+        rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        assert rules[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+        store = S3Store(bucket, client, part_size=PART, min_part_size=PART)
+        upload = await store.create(UploadInfo(size=2 * PART))
+        await upload.write(0, chunks_of(os.urandom(PART + 10)))
+        assert [u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == [
+            upload.multipart_id]
+        started, deadline = time.monotonic(), time.monotonic() + 120
+        while client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            assert time.monotonic() < deadline, "Ceph did not abort the multipart upload within 120 s"
+            await asyncio.sleep(2)
+        print(f"aborted after {time.monotonic() - started:.0f} s")
+        left = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        assert left == {upload.object_id + ".info", upload.object_id + ".part"}
+        info = await (await S3Store(bucket, client).get(upload.id)).info()
+        assert info.offset == info.size  # NoSuchUpload reads as "completed", as in tusd
+    finally:
+        for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+        for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket)
+
+
+async def test_readable_layout_with_digest_a_tusd_layout_upload_begun_before_digest_goes_on(s3):
+    """--digest with --s3-readable-uploads on a bucket that holds an unfinished upload of tusd's layout begun before
+    --digest: the store says it reads unfinished uploads, but not this one; its PATCH still goes on, as it does
+    without the flag, and the finished upload gets its digest."""
+    import httpx
+
+    from pytusd import Config, TusApp
+
+    data = os.urandom(PART + 10)
+    plain = await store_for(s3).create(UploadInfo(size=len(data)))
+    await plain.write(0, chunks_of(data[:PART]))
+    app = TusApp(Config(store=store_for(s3, readable_uploads=True), digest="sha256"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tus.test") as client:
+        r = await client.patch(f"/files/{plain.id}", content=data[PART:], headers={
+            **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(PART)})
+        assert r.status_code == 204, r.text
+        r = await client.head(f"/files/{plain.id}", headers=TUS)
+    assert r.headers["repr-digest"] == f"sha-256=:{base64_sha256(data)}:"
+
+
+def base64_sha256(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()

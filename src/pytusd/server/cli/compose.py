@@ -168,6 +168,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             concurrent_part_uploads=args.s3_concurrent_part_uploads,
             disable_content_hashes=args.s3_disable_content_hashes,
             log_api_calls=args.s3_log_api_calls,
+            readable_uploads=args.s3_readable_uploads,
         )
     return FileStore(
         args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io

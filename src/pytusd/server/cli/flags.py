@@ -298,6 +298,9 @@ FLAGS = [
     Flag("s3-concurrent-part-uploads", parse_non_negative_int, 10, "Parts uploaded in parallel at most", "S3 storage"),
     Flag("s3-disable-content-hashes", parse_bool, False,
          "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
+    Flag("s3-readable-uploads", parse_bool, False, "Store each part of a new upload as its own object until it is "
+         "finished, so GET can read an unfinished upload (not tusd's layout while unfinished; finish copies the parts "
+         "on the server)", "S3 storage"),
     Flag("s3-disable-ssl", parse_bool, False, "Use plain HTTP to S3 when no --s3-endpoint URL says", "S3 storage"),
     Flag("s3-transfer-acceleration", parse_bool, False, "Use the bucket's AWS S3 Transfer Acceleration endpoint "
          "(the bucket must have Transfer Acceleration enabled; not with --s3-endpoint)", "S3 storage"),

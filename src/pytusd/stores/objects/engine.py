@@ -158,6 +158,7 @@ class PieceUpload(ABC, Generic[P, S]):
     remainder out of the pieces (a minimum piece size or a cap on their number)."""
 
     names: ClassVar[StoreNames]
+    spool_md5: ClassVar[bool] = False  # each piece's MD5 is computed while it is spooled (objects.spool.spool_md5)
 
     def __init__(self, store: PieceStore[Any, S], upload_id: str, state: S | None, *, max_buffered: int) -> None:
         self._store = store
@@ -246,6 +247,7 @@ class PieceUpload(ABC, Generic[P, S]):
             piece_size=piece_size,
             max_buffered=max_buffered,
             temp_dir=self._store.temp_dir,
+            md5=self.spool_md5,
         )
 
     async def _tail(self, expected: int) -> AsyncIterator[bytes]:

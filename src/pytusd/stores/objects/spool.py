@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import tempfile
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import IO, Any, Generic, Protocol, TypeVar
 
@@ -56,6 +58,15 @@ async def wait_all(tasks: list[asyncio.Task[Any]]) -> None:
         pending = [t for t in pending if not t.done()]
     if cancelled:
         raise asyncio.CancelledError()
+
+
+_DIGESTS: weakref.WeakKeyDictionary[IO[bytes], bytes] = weakref.WeakKeyDictionary()
+
+
+def spool_md5(spool: IO[bytes]) -> bytes | None:
+    """The MD5 of a piece's spool, computed while it was written (a :class:`PieceWriter` with ``md5=True``), once
+    it was dispatched or detached; None when it was not computed."""
+    return _DIGESTS.get(spool)
 
 
 class Numbered(Protocol):
@@ -131,8 +142,11 @@ class PieceWriter(Generic[P]):
         piece_size: Callable[[int, int], int],
         max_buffered: int,
         temp_dir: str | None = None,
+        md5: bool = False,
     ) -> None:
         self._upload = upload
+        self._md5 = md5
+        self._hash: Any = None
         self._piece_size = piece_size
         self._temp_dir = temp_dir
         self._slots = asyncio.Semaphore(max(1, max_buffered))
@@ -152,9 +166,18 @@ class PieceWriter(Generic[P]):
         await self._slots.acquire()
         self.spool = tempfile.TemporaryFile(dir=self._temp_dir, prefix="pytusd-", buffering=0)
         self.spool_size = 0
+        self._hash = hashlib.md5(usedforsecurity=False) if self._md5 else None
+
+    def _seal(self, spool: IO[bytes]) -> None:
+        """Record the spool's digest (:func:`spool_md5`) once no more bytes go into it."""
+        if self._hash is not None:
+            _DIGESTS[spool] = self._hash.digest()
+            self._hash = None
 
     def _spool_write(self, data: bytes | memoryview) -> None:
         assert self.spool is not None
+        if self._hash is not None:  # hashed here, while the bytes are at hand: not a second read of the spool
+            self._hash.update(data)
         view = memoryview(data)
         while view:
             view = view[self.spool.write(view) :]
@@ -187,6 +210,7 @@ class PieceWriter(Generic[P]):
         """Hand the current spool to a background upload as the next piece."""
         spool, size, number, start = self.spool, self.spool_size, self.next_number, self.position
         assert spool is not None
+        self._seal(spool)
         self.spool, self.spool_size = None, 0
         self.next_number += 1
         self.dispatched += size
@@ -204,6 +228,7 @@ class PieceWriter(Generic[P]):
         """Take the current spool out of the writer (the caller closes it); None if there is none."""
         spool = self.spool
         if spool is not None:
+            self._seal(spool)
             self.spool, self.spool_size = None, 0
             self._slots.release()
         return spool
