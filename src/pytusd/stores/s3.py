@@ -194,7 +194,6 @@ class S3Upload(PieceUpload[Part, _State]):
     """One upload in an :class:`S3Store`: pieces are the multipart upload's parts, the tail is ``.part``."""
 
     names = StoreNames("S3", "part", "the tail object", log)
-    spool_md5 = True  # sent as each part's and the tail's Content-MD5
     _store: S3Store
 
     def __init__(self, store: S3Store, object_id: str, multipart_id: str, state: _State | None = None) -> None:
@@ -209,6 +208,9 @@ class S3Upload(PieceUpload[Part, _State]):
 
     async def _put_info(self, info: UploadInfo) -> None:
         await self._store._put_info(self, info)
+
+    def _spool_md5(self) -> bool:
+        return self._store.content_md5  # sent as each part's and the tail's Content-MD5
 
     async def _before_pieces(self, state: _State) -> None:
         if state.orphans:
@@ -333,6 +335,7 @@ class S3Store:
         temp_dir: str | None = None,
         log_api_calls: bool = False,
         readable_uploads: bool = False,
+        content_md5: bool = False,
     ) -> None:
         if min_part_size > part_size:
             raise ValueError("the minimum part size cannot exceed the part size")
@@ -344,6 +347,10 @@ class S3Store:
         self.max_buffered_parts = max(1, max_buffered_parts)
         self.concurrent_part_uploads = max(1, concurrent_part_uploads)
         self.disable_content_hashes = disable_content_hashes
+        # --s3-content-md5: each part and tail object sent with the Content-MD5 computed while it is spooled, so S3
+        # refuses bytes damaged on the way (BadDigest). Off by default: it costs about 1.6 CPU-s per GiB on the
+        # event loop (bench/NOTES.md), and signed parts carry their SHA-256 in the signature already.
+        self.content_md5 = content_md5
         # The readable layout for the uploads this store creates (each part an object <objectId>.p<N> until the
         # upload is finished, then copied into the multipart upload on the server); every upload is read in the
         # layout its .info records, whatever this flag says.

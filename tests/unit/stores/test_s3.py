@@ -540,7 +540,7 @@ async def test_a_wrong_content_md5_is_refused_with_bad_digest_and_not_counted(s3
     process loads it, has not moved; sent again with the right digest, the same bytes are kept."""
     import pytusd.stores.s3 as s3_module
 
-    store = store_for(s3, disable_content_hashes=presigned)
+    store = store_for(s3, disable_content_hashes=presigned, content_md5=True)
     data = os.urandom(2 * PART + 1000)
     upload = await store.create(UploadInfo(size=len(data)))
     # part: 1000 bytes wait in the tail, then a PATCH of a part's size makes part 1; tail: a full part, then 1000
@@ -553,7 +553,7 @@ async def test_a_wrong_content_md5_is_refused_with_bad_digest_and_not_counted(s3
     with pytest.raises(errors.TusError) as refused:
         await (await store.get(upload.id)).write(first, chunks_of(second))
     assert refused.value.status == 500 and "BadDigest" in str(refused.value), refused.value
-    again = await store_for(s3, client=make_client(endpoint=s3.meta.endpoint_url)).get(upload.id)
+    again = await store_for(s3, client=make_client(endpoint=s3.meta.endpoint_url), content_md5=True).get(upload.id)
     assert (await again.info()).offset == first
     monkeypatch.setattr(s3_module, "content_md5", right)
     assert await again.write(first, chunks_of(second)) == len(second)
@@ -787,3 +787,11 @@ def base64_sha256(data: bytes) -> str:
     import base64
 
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_content_md5_is_opt_in(s3):
+    """--s3-content-md5: off by default (its MD5 costs CPU on the event loop), on when asked."""
+    from pytusd.stores.s3 import S3Upload
+
+    assert not S3Upload(store_for(s3), "x", "y")._spool_md5()
+    assert S3Upload(store_for(s3, content_md5=True), "x", "y")._spool_md5()

@@ -169,6 +169,7 @@ def store_from_args(args: argparse.Namespace) -> DataStore:
             disable_content_hashes=args.s3_disable_content_hashes,
             log_api_calls=args.s3_log_api_calls,
             readable_uploads=args.s3_readable_uploads,
+            content_md5=args.s3_content_md5,
         )
     return FileStore(
         args.upload_dir, dir_perms=args.dir_perms, file_perms=args.file_perms, fsync=args.fsync, file_io=args.file_io

@@ -298,6 +298,8 @@ FLAGS = [
     Flag("s3-concurrent-part-uploads", parse_non_negative_int, 10, "Parts uploaded in parallel at most", "S3 storage"),
     Flag("s3-disable-content-hashes", parse_bool, False,
          "Upload parts through presigned URLs without hashing their content (saves CPU)", "S3 storage"),
+    Flag("s3-content-md5", parse_bool, False, "Send each part's Content-MD5, computed while it is spooled, so S3 "
+         "refuses bytes damaged on the way (about 1.6 CPU-s per GiB)", "S3 storage"),
     Flag("s3-readable-uploads", parse_bool, False, "Store each part of a new upload as its own object until it is "
          "finished, so GET can read an unfinished upload (not tusd's layout while unfinished; finish copies the parts "
          "on the server)", "S3 storage"),

@@ -158,7 +158,6 @@ class PieceUpload(ABC, Generic[P, S]):
     remainder out of the pieces (a minimum piece size or a cap on their number)."""
 
     names: ClassVar[StoreNames]
-    spool_md5: ClassVar[bool] = False  # each piece's MD5 is computed while it is spooled (objects.spool.spool_md5)
 
     def __init__(self, store: PieceStore[Any, S], upload_id: str, state: S | None, *, max_buffered: int) -> None:
         self._store = store
@@ -200,6 +199,11 @@ class PieceUpload(ABC, Generic[P, S]):
         """The pieces that count, and the number the next one gets."""
         run = contiguous(pieces)
         return run, len(run) + 1
+
+    def _spool_md5(self) -> bool:
+        """Whether each piece's MD5 is computed while it is spooled (:func:`.spool.spool_md5`), for a store that
+        sends it with the piece."""
+        return False
 
     def _check_length(self, state: S, length: int) -> None:
         self.plan.check_length(length)
@@ -247,7 +251,7 @@ class PieceUpload(ABC, Generic[P, S]):
             piece_size=piece_size,
             max_buffered=max_buffered,
             temp_dir=self._store.temp_dir,
-            md5=self.spool_md5,
+            md5=self._spool_md5(),
         )
 
     async def _tail(self, expected: int) -> AsyncIterator[bytes]:
