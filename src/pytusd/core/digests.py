@@ -75,31 +75,57 @@ def without_reserved(info: UploadInfo) -> UploadInfo:
     return info.replace(storage={k: v for k, v in info.storage.items() if k not in RESERVED_KEYS})
 
 
-class Running:
-    """The hashes of one upload's bytes ``[0, offset)``, fed as a request's chunks stream to the store."""
+# While a body streams, its bytes are hashed in a file I/O thread a batch at a time (OpenSSL lets go of the GIL), so
+# the event loop goes on receiving the next batch meanwhile (bench/NOTES.md, "Whole-upload digests").
+BATCH = 1 << 20
 
-    __slots__ = ("offset", "hashes", "fed")
+
+class Running:
+    """The hashes of one upload's bytes ``[0, offset)``, fed as a request's chunks stream to the store.
+
+    :meth:`feed` hands the chunks on at once and hashes them behind, in order; :meth:`settle` waits until every
+    chunk fed is hashed (``after_write`` does, before the state is read)."""
+
+    __slots__ = ("offset", "hashes", "fed", "_batch", "_batched", "_job")
 
     def __init__(self, offset: int, hashes: list[hashstate.ResumableHash]) -> None:
         self.offset = offset  # the bytes the hashes covered before this request
         self.hashes = hashes
-        self.fed = 0  # bytes hashed by this request
+        self.fed = 0  # bytes handed on by this request (hashed once settled)
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._job: fileio.Job[None] | None = None
 
     async def feed(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        """The chunks, passed on unchanged once hashed."""
-        hashes = self.hashes
-        if len(hashes) == 1:
-            update = hashes[0].update
-            async for chunk in chunks:
-                update(chunk)
-                self.fed += len(chunk)
-                yield chunk
-            return
+        """The chunks, passed on unchanged; each is hashed, in order, by the time :meth:`settle` returns."""
         async for chunk in chunks:
-            for h in hashes:
-                h.update(chunk)
             self.fed += len(chunk)
+            if type(chunk) is bytes:  # immutable: safe to hash in a thread while the store has it too
+                self._batch.append(chunk)
+                self._batched += len(chunk)
+                if self._batched >= BATCH:
+                    await self._dispatch()
+            else:  # a buffer that may change later: hashed now, after what came before it
+                await self.settle()
+                _update_all(self.hashes, chunk)
             yield chunk
+
+    async def _dispatch(self) -> None:
+        batch = self._batch
+        self._batch, self._batched = [], 0
+        if self._job is not None:
+            job, self._job = self._job, None
+            await job.outcome()
+        self._job = fileio.start(_update_each, self.hashes, batch)
+
+    async def settle(self) -> None:
+        """Wait until every chunk fed so far is hashed."""
+        if self._job is not None:
+            job, self._job = self._job, None
+            await job.outcome()
+        if self._batch:
+            _update_each(self.hashes, self._batch)
+            self._batch, self._batched = [], 0
 
     def state(self) -> str:
         saved: dict[str, object] = {"offset": self.offset + self.fed}
@@ -182,7 +208,10 @@ class Digests:
         its digest, before the store finishes it. When the store kept other than what was hashed, nothing is saved:
         the next writer catches up. A failure to save is logged, not raised (the bytes are stored): the next writer
         catches up, and a complete upload's :meth:`finish` tries again with the state in ``info``."""
-        if running is None or not written:
+        if running is None:
+            return info
+        await running.settle()
+        if not written:
             return info
         if running.fed != written or running.offset + written != info.offset:
             log.info("upload %s: %d bytes hashed, %d stored; the next write catches the digest up",
@@ -230,3 +259,9 @@ class Digests:
 def _update_all(hashes: list[hashstate.ResumableHash], block: bytes) -> None:
     for h in hashes:
         h.update(block)
+
+
+def _update_each(hashes: list[hashstate.ResumableHash], blocks: list[bytes]) -> None:
+    for h in hashes:
+        for block in blocks:
+            h.update(block)

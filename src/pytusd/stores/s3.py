@@ -172,6 +172,16 @@ def content_md5(spool: IO[bytes] | None) -> str | None:
     return None if digest is None else base64.b64encode(digest).decode()
 
 
+def _piece_body(spool: IO[bytes] | None) -> tuple[Any, dict[str, Any]]:
+    """A piece's request body (its spool from the start, or nothing) and its ``ContentMD5`` argument, if hashed."""
+    body: Any = b""
+    if spool is not None:
+        spool.seek(0)
+        body = spool
+    md5 = content_md5(spool)
+    return body, ({"ContentMD5": md5} if md5 is not None else {})
+
+
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -438,28 +448,14 @@ class S3Store:
         return Part(number, size, etag)
 
     def _put_piece_object(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
-        body: Any = b""
-        if spool is not None:
-            spool.seek(0)
-            body = spool
-        kwargs: dict[str, Any] = {}
-        md5 = content_md5(spool)
-        if md5 is not None:
-            kwargs["ContentMD5"] = md5
+        body, kwargs = _piece_body(spool)
         response = self.client.put_object(
             Bucket=self.bucket, Key=self.piece_key(upload.object_id, number), Body=body, ContentLength=size, **kwargs
         )
         return str(response["ETag"])
 
     def _put_part(self, upload: S3Upload, number: int, spool: IO[bytes] | None, size: int) -> str:
-        body: Any = b""
-        if spool is not None:
-            spool.seek(0)
-            body = spool
-        kwargs: dict[str, Any] = {}
-        md5 = content_md5(spool)
-        if md5 is not None:
-            kwargs["ContentMD5"] = md5
+        body, kwargs = _piece_body(spool)
         response = self.client.upload_part(
             Bucket=self.bucket,
             Key=self.object_key(upload.object_id),

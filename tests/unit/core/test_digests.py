@@ -383,3 +383,23 @@ async def test_the_request_that_completes_a_final_answers_with_its_digest(tmp_pa
         first = await c.head(final, headers=TUS)
     assert first.headers["upload-offset"] == "3005"
     assert first.headers["repr-digest"] == sha256_field(parts[0] + parts[1])
+
+
+async def test_fed_chunks_are_hashed_in_order_whatever_their_type():
+    """Running.feed hashes bytes behind in a thread a batch at a time, and other buffers at once after what came
+    before them: the digest is that of the chunks in order, also across batch boundaries."""
+    rng = random.Random(3)
+    pieces = [os.urandom(rng.randint(1, 300_000)) for _ in range(40)]
+    kinds = [bytes, bytearray, memoryview]
+
+    async def chunks():
+        for piece in pieces:
+            yield rng.choice(kinds)(piece)
+
+    running = digests.Running(0, [hashstate.ResumableHash("sha256"), hashstate.ResumableHash("sha512")])
+    async for _ in running.feed(chunks()):
+        pass
+    await running.settle()
+    data = b"".join(pieces)
+    assert running.fed == len(data) > 2 * digests.BATCH
+    assert [h.digest() for h in running.hashes] == [hashlib.sha256(data).digest(), hashlib.sha512(data).digest()]
