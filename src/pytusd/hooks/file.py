@@ -52,7 +52,9 @@ class FileHookBackend:
         )
         try:
             async with asyncio.timeout(self.timeout or None):
-                stdout, _ = await process.communicate(json.dumps(request).encode())
+                assert process.stdout is not None  # stdout=PIPE
+                stdout, _ = await asyncio.gather(process.stdout.read(), _feed(process, json.dumps(request).encode()))
+                await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -61,3 +63,20 @@ class FileHookBackend:
         if process.returncode != 0:
             raise RuntimeError(f"{path} exited with status {process.returncode}")
         return decode_answer(stdout, path)
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
+    """The hook JSON on the script's stdin. A script that exits without reading it is fine, as with tusd (Go's
+    exec ignores the broken pipe): its exit status decides. (uvloop reports the closed pipe as a RuntimeError,
+    asyncio as BrokenPipeError or ConnectionResetError.)"""
+    stdin = process.stdin
+    if stdin is None:
+        return
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            stdin.close()

@@ -90,3 +90,28 @@ async def test_tusd_style_script_with_lower_case_fields_and_counters(client_fact
     counters = hooks.metrics()
     assert counters["tusd_hook_invocations_total"]["pre-create"] == 1
     assert counters["tusd_hook_errors_total"]["pre-create"] == 0
+
+
+def test_a_script_that_does_not_read_its_stdin_is_judged_by_its_exit_status(tmp_path):
+    """tusd's example scripts exit without reading the hook JSON. Should a script be gone before its stdin is
+    written, asyncio ignores the closed pipe but uvloop (pytusd's server) raises RuntimeError; the JSON is fed so
+    that, on either loop, the exit status decides, as with tusd. Here the script has surely exited first."""
+    import asyncio
+
+    import uvloop
+
+    from pytusd.hooks.file import _feed
+
+    async def run(status: int) -> int:
+        process = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"exit {status}", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        await process.wait()
+        await asyncio.sleep(0.05)  # the loop has seen the pipe close
+        await _feed(process, b"{}" * 100_000)
+        return await process.wait()
+
+    for factory in (asyncio.new_event_loop, uvloop.new_event_loop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            assert runner.run(run(0)) == 0, factory
+            assert runner.run(run(4)) == 4, factory
