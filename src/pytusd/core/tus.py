@@ -167,13 +167,15 @@ class TusFlows(Uploads):
         return response
 
     async def get(self, request: Request) -> Response:
-        """Download what is stored. The lock is held only to read the state: bytes below the offset never change,
-        so streaming them does not block the upload from going on."""
+        """Download what is stored. The lock is held only to read the state (and to let a store prepare the read):
+        bytes below the offset never change, so streaming them does not block the upload from going on."""
         upload_id = self.upload_id_of(request)
         async with self.locked(request, upload_id):
             upload, info = await self.load(request, upload_id)
             if not info.is_complete and not self.capabilities.readable_while_incomplete:
                 raise errors.ERR_INCOMPLETE_UPLOAD()
+            if self.capabilities.prepare_read:
+                await base.read_preparing(upload).prepare_read()
             mtime = await base.timestamped(upload).modified_time() if self.capabilities.modified_time else None
         content_type, disposition = download_headers(info.metadata)
         size = info.offset

@@ -303,9 +303,21 @@ class AzureUpload(PieceUpload[Block, _State]):
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
+    async def prepare_read(self) -> None:
+        """Commit the blocks that count but are not committed yet (left by a request that failed), so that they can
+        be read. Called under the upload's lock (GET): a commit drops every uncommitted block it does not name, so
+        one made without the lock could drop the blocks a PATCH is staging and fail that PATCH's commit."""
+        state = await self.state()
+        if not state.completed and state.pieces_size > state.committed_size:
+            try:
+                await self._store._commit_progress(self, state, lazily=True)
+            except Exception as exc:
+                raise _storage_error(exc) from exc
+
     async def stored_reader(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """A finished upload's bytes from its blob; an unfinished one's from the committed blob (blocks that count
-        but are not committed yet, left by a request that failed, are committed first), then from ``.part``."""
+        """A finished upload's bytes from its blob; an unfinished one's from the committed blob, then from
+        ``.part``. Blocks that count but are not committed yet are committed first (:meth:`prepare_read`): a caller
+        that streams after letting go of the upload's lock prepares the read before it does."""
         state = await self.state()
         stop = state.offset if end is None else min(end, state.offset)
         if start >= stop:
@@ -318,7 +330,7 @@ class AzureUpload(PieceUpload[Block, _State]):
                 return
             pieces_end = state.pieces_size
             if min(stop, pieces_end) > state.committed_size:
-                await store._commit_progress(self, state, lazily=True)
+                await self.prepare_read()
             position = start
             if position < pieces_end:
                 async for block in store._read(self.blob, position, min(stop, pieces_end)):
@@ -371,13 +383,14 @@ class AzureStore:
     private, 'blob' or 'container'). ``blob_access_tier`` ('' for the account's default, 'hot', 'cool', 'cold',
     'archive') is set by the finishing commit, the ``filetype`` metadata as Content-Type by every commit.
     Capabilities: termination, creation-defer-length, concatenation (Put Block From URL, else streamed), checksum
-    (:meth:`PieceUpload.write_verified`), expiration, GET of unfinished uploads, annotations (the info).
+    (:meth:`PieceUpload.write_verified`), expiration, GET of unfinished uploads (prepared by committing blocks a
+    failed request left), annotations (the info).
     """
 
     # An unfinished upload is read from the blocks committed so far and .part (readable_while_incomplete).
     capabilities = Capabilities(
         terminate=True, declare_length=True, concat=True, write_verified=True, expire=True, modified_time=True,
-        annotate=True,
+        annotate=True, prepare_read=True,
     )
 
     def __init__(
@@ -549,7 +562,8 @@ class AzureStore:
                 cls=lambda _response, _body, headers: headers,
             )
         except HttpResponseError as exc:
-            if lazily and exc.status_code in (409, 412):
+            if lazily and exc.status_code in (409, 412):  # another commit came first: it holds these blocks
+                state.committed_size = state.pieces_size
                 return
             raise
         state.committed_size = state.pieces_size

@@ -110,6 +110,15 @@ class Annotatable(Upload, Protocol):
 
 
 @runtime_checkable
+class ReadPreparing(Upload, Protocol):
+    """Reading the upload needs a change to the storage first (Azure: blocks a failed request staged must be
+    committed to be readable). ``prepare_read`` makes it; GET calls it while it holds the upload's lock, before it
+    lets go and streams, because such a change made later could undo a write that took the lock meanwhile."""
+
+    async def prepare_read(self) -> None: ...
+
+
+@runtime_checkable
 class Expirable(Upload, Protocol):
     """The upload can be removed as expired and remembered, so that later requests get 410 (expiration)."""
 
@@ -207,6 +216,7 @@ class Capabilities:
     expire: bool = False  # Expirable uploads, an Expiring store
     modified_time: bool = False  # Timestamped
     annotate: bool = False  # Annotatable
+    prepare_read: bool = False  # ReadPreparing
     readable_while_incomplete: bool = True
 
 
@@ -263,6 +273,12 @@ def annotatable(upload: Upload) -> Annotatable:
     if isinstance(upload, Annotatable):
         return upload
     raise _undeclared(upload, "annotate")
+
+
+def read_preparing(upload: Upload) -> ReadPreparing:
+    if isinstance(upload, ReadPreparing):
+        return upload
+    raise _undeclared(upload, "prepare_read")
 
 
 def expirable(upload: Upload) -> Expirable:

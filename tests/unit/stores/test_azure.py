@@ -964,3 +964,67 @@ async def test_a_copy_the_service_refuses_is_streamed_instead(azure_next, azure_
         await final.finish()
         assert await read_all(await store.get(final.id)) == b"".join(datas)
     assert copies.calls == 2 and store.copy_from_url is None
+
+
+async def test_a_reader_never_commits_over_a_patch_that_goes_on(azure, azure_endpoint, monkeypatch):
+    """A crashed request left block 2 uncommitted. A GET loads the state under the upload's lock and lets go of it;
+    a PATCH takes the lock and stages block 3 while the GET streams. The GET must not commit the blocks it knew of
+    then (a commit drops every uncommitted block not named, block 3 with them): the commit it needs is made while it
+    holds the lock (``prepare_read``), so the PATCH's own commit finds its block and succeeds."""
+    store = store_for(azure)
+    data = os.urandom(4 * BLOCK)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data[:BLOCK]))
+    stage(azure, upload.id, block_id(2, BLOCK), data[BLOCK : 2 * BLOCK])  # the crashed request's block
+    reading = await store.get(upload.id)
+    assert (await reading.info()).offset == 2 * BLOCK
+    await reading.prepare_read()  # what GET does while it holds the lock
+    assert staged(azure, upload.id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK)]
+    stream = reading.reader(0, 2 * BLOCK)  # streamed after the lock is let go
+
+    other = store_for(azure, azure_endpoint)
+    original = other._stage_block
+    read: list[bytes] = []
+
+    async def stage_then_let_the_reader_run(upload_, tusd, number, start, spool, size):
+        block = await original(upload_, tusd, number, start, spool, size)
+        if number == 3:
+            read.extend([chunk async for chunk in stream])
+        return block
+
+    monkeypatch.setattr(other, "_stage_block", stage_then_let_the_reader_run)
+    writer = await other.get(upload.id)
+    assert await writer.write(2 * BLOCK, chunks_of(data[2 * BLOCK : 3 * BLOCK])) == BLOCK
+    assert b"".join(read) == data[: 2 * BLOCK]
+    assert staged(azure, upload.id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK), (3, 2 * BLOCK, BLOCK)]
+    assert (await (await store.get(upload.id)).info()).offset == 3 * BLOCK
+
+
+async def test_get_commits_a_crashed_requests_blocks_while_it_holds_the_lock(azure, client_factory, monkeypatch):
+    """Through the app: the GET of an unfinished upload whose last block a crashed request left uncommitted commits
+    it before the handler lets go of the upload's lock (:meth:`AzureUpload.prepare_read`), and serves it."""
+    from pytusd import MemoryLocker
+
+    store = store_for(azure)
+    locker = MemoryLocker()
+    client = client_factory(store=store, locker=locker)
+    data = os.urandom(3 * BLOCK)
+    url = await create(client, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await patch(client, url, 0, data[:BLOCK])).status_code == 204
+    stage(azure, upload_id, block_id(2, BLOCK), data[BLOCK : 2 * BLOCK])
+    original = store._commit_progress
+    held: list[bool] = []
+
+    async def commit_progress(upload, state, lazily=False):
+        lock = await locker.try_acquire(upload_id)
+        held.append(lock is None)
+        if lock is not None:
+            await lock.release()
+        await original(upload, state, lazily)
+
+    monkeypatch.setattr(store, "_commit_progress", commit_progress)
+    r = await client.get(url, headers=TUS)
+    assert r.status_code == 200 and r.content == data[: 2 * BLOCK]
+    assert held == [True]
+    assert staged(azure, upload_id, "committed") == [(1, 0, BLOCK), (2, BLOCK, BLOCK)]

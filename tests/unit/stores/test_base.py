@@ -25,6 +25,7 @@ from pytusd.stores import (
     Expirable,
     Expiring,
     LengthDeferrable,
+    ReadPreparing,
     Terminatable,
     Timestamped,
     Verifiable,
@@ -297,6 +298,7 @@ PROMISES: dict[str, type] = {
     "expire": Expirable,
     "modified_time": Timestamped,
     "annotate": Annotatable,
+    "prepare_read": ReadPreparing,
 }
 
 
