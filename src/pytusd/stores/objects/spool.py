@@ -115,12 +115,14 @@ async def gather_all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
 
 
 def first_failure(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
+    """The first failure among ``tasks`` (done ones), in their order. Every other failure is retrieved too, so that
+    asyncio does not log "Task exception was never retrieved" for pieces that failed beside the one reported."""
+    failure: BaseException | None = None
     for task in tasks:
-        if task.cancelled():
-            return asyncio.CancelledError()
-        if task.exception() is not None:
-            return task.exception()
-    return None
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if failure is None:
+            failure = error
+    return failure
 
 
 class PieceWriter(Generic[P]):
@@ -242,8 +244,10 @@ class PieceWriter(Generic[P]):
         return [t.result() for t in self._tasks]
 
     async def abandon(self) -> None:
-        """After a failure: let running uploads end, drop the spool."""
+        """After a failure: let running uploads end (their failures are retrieved, the caller reports its own), drop
+        the spool."""
         await wait_all(list(self._tasks))
+        first_failure(self._tasks)
         spool = self.detach()
         if spool is not None:
             spool.close()
