@@ -1,8 +1,9 @@
 """Expiration: unfinished uploads are removed some time after their last change.
 
 The flows call :func:`check` whenever they load an upload, so an expired one answers 410 at once; the
-:class:`Cleaner` removes the rest in the background (and ``pytusd cleanup`` once, for cron). Neither touches an
-upload that is finished or whose lock is held.
+:class:`Cleaner` removes the rest in the background (and ``pytusd cleanup`` once, for cron), and what is left of
+uploads whose data the storage removed by itself (a :class:`~pytusd.stores.base.Reclaiming` store). Neither touches
+an upload that is finished or whose lock is held.
 """
 
 from __future__ import annotations
@@ -67,12 +68,22 @@ class Cleaner:
         """One pass over the store; returns how many uploads it removed."""
         removed = 0
         now = time.time()
+        reclaiming = base.reclaiming(self.store)
         async for upload_id in self.store.upload_ids():
             lock = await self.locker.try_acquire(upload_id)
             if lock is None:
                 continue  # in use: not expired by any sensible measure
             try:
-                upload = await self.store.get(upload_id)
+                try:
+                    upload = await self.store.get(upload_id)
+                except errors.TusError as exc:
+                    # Listed but not found: gone meanwhile, or lost (the storage removed its data by itself).
+                    if reclaiming is not None and exc.is_(errors.ERR_UPLOAD_NOT_FOUND):
+                        if await reclaiming.reclaim(upload_id):
+                            removed += 1
+                            log.info("cleaner removed what was left of lost upload %s", upload_id,
+                                     extra={"fields": {"event": "UploadReclaimed", "upload_id": upload_id}})
+                    continue
                 info = await upload.info()
                 deadline = await expires_at(self.store, upload, info, self.expiration)
                 if deadline is not None and deadline <= now:

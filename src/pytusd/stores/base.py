@@ -158,6 +158,16 @@ class Expiring(DataStore, Protocol):
 
 
 @runtime_checkable
+class Reclaiming(Protocol):
+    """The storage can remove an upload's data by itself (S3: a lifecycle rule aborts an incomplete multipart
+    upload), so that an upload is listed but lost: ``get`` answers "not found" while objects of it are left.
+    ``reclaim(upload_id)`` removes them and returns True when the upload is lost, else does nothing and returns
+    False. The cleaner calls it, under the upload's lock, for each listed upload that ``get`` does not find."""
+
+    async def reclaim(self, upload_id: str) -> bool: ...
+
+
+@runtime_checkable
 class Ready(Protocol):
     """The store can tell cheaply whether it is usable (``/ready``): ``ready()`` returns, or raises saying why not.
 
@@ -217,6 +227,7 @@ class Capabilities:
     modified_time: bool = False  # Timestamped
     annotate: bool = False  # Annotatable
     prepare_read: bool = False  # ReadPreparing
+    reclaim: bool = False  # a Reclaiming store (its lost uploads are removed by the expiration cleaner)
     readable_while_incomplete: bool = True
 
 
@@ -235,6 +246,15 @@ def expiring(store: DataStore) -> Expiring | None:
         return None
     if not isinstance(store, Expiring):
         raise TypeError(f"{store!r} declares expire but has no upload_ids() and forget_expired()")
+    return store
+
+
+def reclaiming(store: DataStore) -> Reclaiming | None:
+    """The store as one whose lost uploads can be reclaimed, or None when it does not declare ``reclaim``."""
+    if not capabilities(store).reclaim:
+        return None
+    if not isinstance(store, Reclaiming):
+        raise TypeError(f"{store!r} declares reclaim but has no reclaim()")
     return store
 
 

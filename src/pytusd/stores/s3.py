@@ -151,6 +151,12 @@ class _State(State[Part]):
     leftovers: list[Part] = field(default_factory=list)  # every stored part that is not in the run
     data_modified: float = 0.0  # when the newest part or the tail object was stored
     tail_etag: str = ""  # the tail object's ETag when it was loaded (reads of it check that it is still the same)
+    object_modified: float | None = None  # a completed upload's object's Last-Modified, when the load read it
+    # The multipart upload is gone but the object was never completed: aborted (a lifecycle rule, by hand). An
+    # upload of tusd's layout has lost its parts (``lost``: not found); the readable layout's bytes are in its piece
+    # objects, and finish starts a new multipart upload (``multipart_lost``).
+    lost: bool = False
+    multipart_lost: bool = False
 
     @property
     def piece_objects(self) -> bool:
@@ -288,13 +294,15 @@ class S3Upload(PieceUpload[Part, _State]):
         state = await self.state()
         if not state.completed:
             return max(state.info_modified, state.data_modified)
-        store = self._store
-        try:
-            key = store.object_key(self.object_id)
-            head = await store._call(store.client.head_object, Bucket=store.bucket, Key=key)
-        except Exception as exc:
-            raise _storage_error(exc) from exc
-        return float(head["LastModified"].timestamp())
+        if state.object_modified is None:  # completed by this object since it loaded
+            store = self._store
+            try:
+                state.object_modified = await store._call(store._object_modified, self)
+            except Exception as exc:
+                raise _storage_error(exc) from exc
+            if state.object_modified is None:
+                raise errors.ERR_INCOMPLETE_UPLOAD()
+        return state.object_modified
 
     # -- capabilities (S3Store.capabilities) ----------------------------------------------------------------------
 
@@ -313,7 +321,8 @@ class S3Store:
 
     ``client`` is a boto3 S3 client (see :func:`make_client`). Capabilities: termination, creation-defer-length,
     concatenation (UploadPartCopy, or streaming the partials when one is below the minimum part size), checksum
-    (a chunk is verified before any of it is stored: :meth:`PieceUpload.write_verified`).
+    (a chunk is verified before any of it is stored: :meth:`PieceUpload.write_verified`), expiration, and
+    reclaiming uploads whose multipart upload a lifecycle rule aborted (:meth:`reclaim`).
     """
 
     # GET cannot stream an unfinished upload: its bytes are parts of a multipart upload, not yet an object. With
@@ -326,6 +335,7 @@ class S3Store:
         write_verified=True,
         expire=True,
         modified_time=True,
+        reclaim=True,
         readable_while_incomplete=False,
     )
 
@@ -555,6 +565,11 @@ class S3Store:
             self._part_slots = asyncio.Semaphore(self.concurrent_part_uploads)
         key = self.object_key(upload.object_id)
 
+        multipart_id = upload.multipart_id
+        if state.multipart_lost:  # aborted (a lifecycle rule) while the pieces held the bytes: a new one
+            multipart_id = await self._create_multipart(upload.object_id, state.info)
+            log.warning("upload %s: its multipart upload was aborted; finishing it with a new one", upload.id)
+
         async def copy(piece: Part) -> Part:
             assert self._part_slots is not None
             async with self._part_slots:
@@ -562,7 +577,7 @@ class S3Store:
                     self.client.upload_part_copy,
                     Bucket=self.bucket,
                     Key=key,
-                    UploadId=upload.multipart_id,
+                    UploadId=multipart_id,
                     PartNumber=piece.number,
                     CopySource={"Bucket": self.bucket, "Key": self.piece_key(upload.object_id, piece.number)},
                 )
@@ -571,9 +586,10 @@ class S3Store:
         if pieces:
             parts = await gather_all(copy(piece) for piece in pieces)
         else:  # an empty upload still needs one (empty) part
-            parts = [await self._upload_part(upload, 1, None, 0)]
+            target = upload if multipart_id == upload.multipart_id else S3Upload(self, upload.object_id, multipart_id)
+            parts = [await self._upload_part(target, 1, None, 0)]
             pieces.append(Part(1, 0, parts[0].etag))
-        await self._complete(upload, upload.multipart_id, parts)
+        await self._complete(upload, multipart_id, parts)
         await self._delete_keys([self.piece_key(upload.object_id, p.number) for p in [*pieces, *state.leftovers]])
 
     async def _list_piece_objects(self, object_id: str) -> list[tuple[Part, float]]:
@@ -740,6 +756,16 @@ class S3Store:
 
     # -- reading the state ----------------------------------------------------------------------------------------
 
+    def _object_modified(self, upload: S3Upload) -> float | None:
+        """The upload's object's Last-Modified, None when there is none (blocking: run it with ``_call``)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(upload.object_id))
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return float(head["LastModified"].timestamp())
+
     async def _load(self, upload: S3Upload) -> _State:
         client, bucket = self.client, self.bucket
 
@@ -803,6 +829,13 @@ class S3Store:
         )
         info, modified = upload._parse_info(raw_info)
         state = _State(info=info, info_modified=modified, data_modified=max(stored, default=0.0), tail_etag=tail_etag)
+        if listed is None:  # the multipart upload is gone: completed, unless its object is missing (aborted)
+            state.object_modified = await self._call(self._object_modified, upload)
+            if state.object_modified is None:
+                if not state.piece_objects:
+                    state.lost = True
+                    return state
+                state.multipart_lost, listed = True, []
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:
@@ -838,18 +871,10 @@ class S3Store:
                 "the pre-create hook chose an ID ending in .p<number>, which names a piece object of another upload "
                 "in S3's readable layout"
             )
-        metadata = {
-            _HEADER_TOKEN.sub("_", key): _NON_PRINTABLE.sub("?", value) for key, value in info.metadata.items() if key
-        }
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(object_id), "Metadata": metadata}
-        filetype = info.metadata.get("filetype", "")
-        if filetype and not _NON_PRINTABLE.search(filetype):
-            kwargs["ContentType"] = filetype
         try:
-            response = await self._call(self.client.create_multipart_upload, **kwargs)
+            upload = S3Upload(self, object_id, await self._create_multipart(object_id, info))
         except Exception as exc:
             raise _storage_error(exc) from exc
-        upload = S3Upload(self, object_id, str(response["UploadId"]))
         storage = {"Type": "s3store", "Bucket": self.bucket, "Key": self.object_key(object_id)}
         if self.readable_uploads:
             storage[LAYOUT_KEY] = PIECE_OBJECTS
@@ -861,18 +886,51 @@ class S3Store:
         upload._state = _State(info=info)
         return upload
 
+    async def _create_multipart(self, object_id: str, info: UploadInfo) -> str:
+        """A new multipart upload for the object, with the upload's metadata and its ``filetype`` as Content-Type."""
+        metadata = {
+            _HEADER_TOKEN.sub("_", key): _NON_PRINTABLE.sub("?", value) for key, value in info.metadata.items() if key
+        }
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(object_id), "Metadata": metadata}
+        filetype = info.metadata.get("filetype", "")
+        if filetype and not _NON_PRINTABLE.search(filetype):
+            kwargs["ContentType"] = filetype
+        response = await self._call(self.client.create_multipart_upload, **kwargs)
+        return str(response["UploadId"])
+
     async def get(self, upload_id: str) -> S3Upload:
         object_id, _, multipart_id = upload_id.rpartition("+")
         if not object_id or not multipart_id:
             raise errors.ERR_UPLOAD_NOT_FOUND()
         upload = S3Upload(self, object_id, multipart_id)
         try:
-            await upload.state()
+            state = await upload.state()
         except errors.TusError as exc:
             if exc.is_(errors.ERR_UPLOAD_NOT_FOUND) and await self._exists(self.expired_key(object_id)):
                 raise errors.ERR_UPLOAD_EXPIRED() from None
             raise
+        if state.lost:
+            raise errors.ERR_UPLOAD_NOT_FOUND()
         return upload
+
+    async def reclaim(self, upload_id: str) -> bool:
+        """Remove what is left of a lost upload (:class:`~pytusd.stores.base.Reclaiming`): one of tusd's layout
+        whose multipart upload was aborted (a lifecycle rule) before it was completed leaves its ``.info`` and
+        ``.part``. Loaded once more first; False (nothing removed) for any upload that is not lost."""
+        object_id, _, multipart_id = upload_id.rpartition("+")
+        if not object_id or not multipart_id:
+            return False
+        upload = S3Upload(self, object_id, multipart_id)
+        try:
+            state = await upload.state()
+        except errors.TusError:
+            return False
+        if not state.lost:
+            return False
+        await self._terminate(upload)
+        log.info("upload %s: its multipart upload was aborted before it was completed (a lifecycle rule?); its "
+                 ".info and .part were removed", upload_id)
+        return True
 
     async def _exists(self, key: str) -> bool:
         try:

@@ -26,6 +26,7 @@ from pytusd.stores import (
     Expiring,
     LengthDeferrable,
     ReadPreparing,
+    Reclaiming,
     Terminatable,
     Timestamped,
     Verifiable,
@@ -305,7 +306,7 @@ PROMISES: dict[str, type] = {
 async def test_declared_capabilities_match_the_uploads(make_store):
     """A store's declared capabilities are exactly what its uploads implement: a flag set promises the upload-side
     protocol, a flag unset means the upload has none of it (else a capability would go unused, or be called on an
-    upload that lacks it); ``expire`` also promises an Expiring store."""
+    upload that lacks it); ``expire`` also promises an Expiring store, ``reclaim`` exactly a Reclaiming one."""
     store = make_store()
     declared = capabilities(store)
     assert isinstance(getattr(store, "capabilities", None), Capabilities)  # every store of ours declares
@@ -315,6 +316,7 @@ async def test_declared_capabilities_match_the_uploads(make_store):
             assert isinstance(reopened, protocol) == getattr(declared, flag), (flag, type(reopened).__name__)
     if declared.expire:
         assert isinstance(store, Expiring)
+    assert isinstance(store, Reclaiming) == declared.reclaim
     extensions = TusApp(Config(store=store)).handlers.extensions.split(",")
     assert ("termination" in extensions) == declared.terminate
     assert ("concatenation" in extensions) == declared.concat

@@ -725,11 +725,12 @@ ABORT_RULE = {
 async def test_a_lifecycle_rule_aborts_an_incomplete_multipart_upload(s3_endpoint):
     """Ceph applies AbortIncompleteMultipartUpload (the testbed's ``rgw lc debug interval`` makes its day 10 s): an
     unfinished upload's multipart upload is aborted within a bounded wait, its parts with it. What remains is the
-    .info and the tail, which is why the rule is only a backstop (README): pytusd, like tusd, then takes the upload
-    for finished, and its object is missing."""
+    .info and the tail: the upload is lost, not found (tusd takes it for finished), and the cleaner removes them."""
     import asyncio
     import time
 
+    from pytusd import MemoryLocker
+    from pytusd.core.expiration import Cleaner
     from testbed.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
@@ -753,8 +754,11 @@ async def test_a_lifecycle_rule_aborts_an_incomplete_multipart_upload(s3_endpoin
         print(f"aborted after {time.monotonic() - started:.0f} s")
         left = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
         assert left == {upload.object_id + ".info", upload.object_id + ".part"}
-        info = await (await S3Store(bucket, client).get(upload.id)).info()
-        assert info.offset == info.size  # NoSuchUpload reads as "completed", as in tusd
+        with pytest.raises(errors.TusError) as lost:
+            await S3Store(bucket, client).get(upload.id)
+        assert lost.value.is_(errors.ERR_UPLOAD_NOT_FOUND)
+        assert await Cleaner(S3Store(bucket, client), MemoryLocker(), 3600, 0).run_once() == 1
+        assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
     finally:
         for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
             client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
@@ -795,3 +799,65 @@ def test_content_md5_is_opt_in(s3):
 
     assert not S3Upload(store_for(s3), "x", "y")._spool_md5()
     assert S3Upload(store_for(s3, content_md5=True), "x", "y")._spool_md5()
+
+
+# --- a multipart upload aborted before it was completed (a lifecycle rule, by hand) --------------------------------
+
+
+def abort(s3, upload) -> None:
+    s3.abort_multipart_upload(Bucket=s3.pytusd_bucket, Key=upload.object_id, UploadId=upload.multipart_id)
+
+
+async def test_an_upload_whose_multipart_upload_was_aborted_is_lost_and_reclaimed(s3, client_factory):
+    """tusd's layout: the parts went with the multipart upload, so the upload is not found (tusd takes it for
+    finished, its offset for the length, and a resuming client for done), through the app too; the cleaner (and
+    ``pytusd cleanup``, the same pass) removes its .info and .part. A finished upload is not taken for lost."""
+    from pytusd import MemoryLocker
+    from pytusd.core.expiration import Cleaner
+
+    store = store_for(s3)
+    data = os.urandom(PART + 10)
+    lost = await store.create(UploadInfo(size=2 * PART))
+    await lost.write(0, chunks_of(data))
+    done = await store.create(UploadInfo(size=len(data)))
+    await done.write(0, chunks_of(data))
+    await done.finish()
+    abort(s3, lost)
+    assert {lost.object_id + ".info", lost.object_id + ".part"} <= keys(s3)
+    with pytest.raises(errors.TusError) as missing:
+        await store_for(s3).get(lost.id)
+    assert missing.value.is_(errors.ERR_UPLOAD_NOT_FOUND)
+    client = client_factory(store=store_for(s3))
+    r = await client.head(f"/files/{lost.id}", headers=TUS)
+    assert r.status_code == 404
+    r = await patch(client, f"/files/{lost.id}", PART + 10, b"more")
+    assert r.status_code == 404
+    assert not await store_for(s3).reclaim(done.id)  # finished: not lost, nothing removed
+    assert await Cleaner(store_for(s3), MemoryLocker(), 3600, 0).run_once() == 1
+    assert not {k for k in keys(s3) if k.startswith(lost.object_id)}
+    finished = await store_for(s3).get(done.id)
+    info = await finished.info()
+    assert info.is_complete and await read_all(finished) == data and await finished.modified_time() > 0
+
+
+@pytest.mark.parametrize("size", [PART + 10, 0], ids=["bytes", "empty"])
+async def test_the_readable_layout_survives_an_aborted_multipart_upload(s3, size):
+    """--s3-readable-uploads: the bytes are in piece objects, not in the multipart upload's parts, so an aborted
+    multipart upload loses nothing: the upload goes on and its finish starts a new multipart upload."""
+    store = store_for(s3, readable_uploads=True)
+    data = os.urandom(size)
+    upload = await store.create(UploadInfo(size=size + 3))
+    await upload.write(0, chunks_of(data))
+    abort(s3, upload)
+    again = await store_for(s3, readable_uploads=True).get(upload.id)
+    info = await again.info()
+    assert info.offset == size and not info.is_complete
+    assert await read_all(again) == data
+    assert await again.write(size, chunks_of(b"end")) == 3
+    await again.finish()
+    assert s3.list_multipart_uploads(Bucket=s3.pytusd_bucket).get("Uploads", []) == []
+    final = await store_for(s3).get(upload.id)
+    assert (await final.info()).is_complete and await read_all(final) == data + b"end"
+    assert {k for k in keys(s3) if k.startswith(upload.object_id)} == {upload.object_id, upload.object_id + ".info"}
+    head = s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id)
+    assert head["ContentLength"] == size + 3
