@@ -297,11 +297,12 @@ class S3Upload(PieceUpload[Part, _State]):
         if state.object_modified is None:  # completed by this object since it loaded
             store = self._store
             try:
-                state.object_modified = await store._call(store._object_modified, self)
+                modified = await store._call(store._object_modified, self)
             except Exception as exc:
                 raise _storage_error(exc) from exc
-            if state.object_modified is None:
+            if not modified:  # no object (0.0), or none this policy may see (None)
                 raise errors.ERR_INCOMPLETE_UPLOAD()
+            state.object_modified = modified
         return state.object_modified
 
     # -- capabilities (S3Store.capabilities) ----------------------------------------------------------------------
@@ -583,13 +584,21 @@ class S3Store:
                 )
             return Part(piece.number, piece.size, str(response["CopyPartResult"]["ETag"]))
 
-        if pieces:
-            parts = await gather_all(copy(piece) for piece in pieces)
-        else:  # an empty upload still needs one (empty) part
-            target = upload if multipart_id == upload.multipart_id else S3Upload(self, upload.object_id, multipart_id)
-            parts = [await self._upload_part(target, 1, None, 0)]
-            pieces.append(Part(1, 0, parts[0].etag))
-        await self._complete(upload, multipart_id, parts)
+        try:
+            if pieces:
+                parts = await gather_all(copy(piece) for piece in pieces)
+            else:  # an empty upload still needs one (empty) part
+                target = upload if multipart_id == upload.multipart_id else S3Upload(self, upload.object_id,
+                                                                                     multipart_id)
+                parts = [await self._upload_part(target, 1, None, 0)]
+                pieces.append(Part(1, 0, parts[0].etag))
+            await self._complete(upload, multipart_id, parts)
+        except BaseException:
+            if multipart_id != upload.multipart_id:  # nothing records the new one: it goes with this attempt
+                with contextlib.suppress(Exception):
+                    await self._call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
+                                     UploadId=multipart_id)
+            raise
         await self._delete_keys([self.piece_key(upload.object_id, p.number) for p in [*pieces, *state.leftovers]])
 
     async def _list_piece_objects(self, object_id: str) -> list[tuple[Part, float]]:
@@ -757,11 +766,14 @@ class S3Store:
     # -- reading the state ----------------------------------------------------------------------------------------
 
     def _object_modified(self, upload: S3Upload) -> float | None:
-        """The upload's object's Last-Modified, None when there is none (blocking: run it with ``_call``)."""
+        """The upload's object's Last-Modified; 0.0 when there is none, None when it cannot be told (a policy
+        without s3:ListBucket answers 403 for a missing key). Blocking: run it with ``_call``."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(upload.object_id))
         except Exception as exc:
             if _is_missing(exc):
+                return 0.0
+            if _error_code(exc) in ("403", "AccessDenied", "Forbidden"):
                 return None
             raise
         return float(head["LastModified"].timestamp())
@@ -829,17 +841,29 @@ class S3Store:
         )
         info, modified = upload._parse_info(raw_info)
         state = _State(info=info, info_modified=modified, data_modified=max(stored, default=0.0), tail_etag=tail_etag)
-        if listed is None:  # the multipart upload is gone: completed, unless its object is missing (aborted)
-            state.object_modified = await self._call(self._object_modified, upload)
-            if state.object_modified is None:
-                if not state.piece_objects:
-                    state.lost = True
-                    return state
-                state.multipart_lost, listed = True, []
+        if listed is None and (tail_size or state.piece_objects):
+            # The multipart upload is gone: completed, or aborted before that (a lifecycle rule). Only bytes of an
+            # unfinished upload left beside it (a .part, piece objects: a finish removes them) make the object worth
+            # asking for, so a finished upload whose object was moved away later still reads as finished.
+            try:
+                if state.piece_objects and piece_objects is None:
+                    piece_objects = await self._list_piece_objects(upload.object_id)
+                if tail_size or piece_objects:
+                    object_time = await self._call(self._object_modified, upload)
+                    if object_time == 0.0:  # no object: aborted
+                        if not state.piece_objects:
+                            state.lost = True
+                            return state
+                        state.multipart_lost, listed = True, []
+                    else:
+                        state.object_modified = object_time
+            except Exception as exc:
+                raise _storage_error(exc) from exc
         if listed is None:
             state.completed = True
             if REPAIR_KEY in info.storage:
                 await self._finish_repair(upload, state)
+                state.object_modified = None  # the repair may have rewritten it
             if state.piece_objects and piece_objects:  # left by a crash between completing and deleting them
                 await self._delete_keys([self.piece_key(upload.object_id, p.number) for p, _ in piece_objects])
             return state

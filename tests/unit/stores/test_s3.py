@@ -840,11 +840,11 @@ async def test_an_upload_whose_multipart_upload_was_aborted_is_lost_and_reclaime
     assert info.is_complete and await read_all(finished) == data and await finished.modified_time() > 0
 
 
-@pytest.mark.parametrize("size", [PART + 10, 0], ids=["bytes", "empty"])
-async def test_the_readable_layout_survives_an_aborted_multipart_upload(s3, size):
+async def test_the_readable_layout_survives_an_aborted_multipart_upload(s3):
     """--s3-readable-uploads: the bytes are in piece objects, not in the multipart upload's parts, so an aborted
     multipart upload loses nothing: the upload goes on and its finish starts a new multipart upload."""
     store = store_for(s3, readable_uploads=True)
+    size = PART + 10
     data = os.urandom(size)
     upload = await store.create(UploadInfo(size=size + 3))
     await upload.write(0, chunks_of(data))
@@ -861,3 +861,24 @@ async def test_the_readable_layout_survives_an_aborted_multipart_upload(s3, size
     assert {k for k in keys(s3) if k.startswith(upload.object_id)} == {upload.object_id, upload.object_id + ".info"}
     head = s3.head_object(Bucket=s3.pytusd_bucket, Key=upload.object_id)
     assert head["ContentLength"] == size + 3
+
+
+@pytest.mark.parametrize("readable", [False, True], ids=["tusd-layout", "readable-layout"])
+async def test_a_finished_upload_whose_object_was_removed_later_is_not_taken_for_lost(s3, readable):
+    """A post-finish hook or a consumer moves the object away: nothing of an unfinished upload is left beside the
+    gone multipart upload (finish removed the .part and the piece objects), so it still reads as finished, and the
+    cleaner leaves its .info alone."""
+    from pytusd import MemoryLocker
+    from pytusd.core.expiration import Cleaner
+
+    store = store_for(s3, readable_uploads=readable)
+    data = os.urandom(PART + 10)
+    upload = await store.create(UploadInfo(size=len(data)))
+    await upload.write(0, chunks_of(data))
+    await upload.finish()
+    s3.delete_object(Bucket=s3.pytusd_bucket, Key=upload.object_id)
+    again = await store_for(s3, readable_uploads=readable).get(upload.id)
+    assert (await again.info()).is_complete
+    assert not await store.reclaim(upload.id)
+    assert await Cleaner(store_for(s3), MemoryLocker(), 1, 0).run_once() == 0
+    assert keys(s3) == {upload.object_id + ".info"}
