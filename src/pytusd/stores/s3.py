@@ -922,11 +922,16 @@ class S3Store:
         response = await self._call(self.client.create_multipart_upload, **kwargs)
         return str(response["UploadId"])
 
-    async def get(self, upload_id: str) -> S3Upload:
+    def _upload_of(self, upload_id: str) -> S3Upload | None:
+        """The upload an ID names (``<objectId>+<multipartId>``), not loaded yet; None for an ID of another shape."""
         object_id, _, multipart_id = upload_id.rpartition("+")
-        if not object_id or not multipart_id:
+        return S3Upload(self, object_id, multipart_id) if object_id and multipart_id else None
+
+    async def get(self, upload_id: str) -> S3Upload:
+        upload = self._upload_of(upload_id)
+        if upload is None:
             raise errors.ERR_UPLOAD_NOT_FOUND()
-        upload = S3Upload(self, object_id, multipart_id)
+        object_id = upload.object_id
         try:
             state = await upload.state()
         except errors.TusError as exc:
@@ -941,10 +946,9 @@ class S3Store:
         """Remove what is left of a lost upload (:class:`~pytusd.stores.base.Reclaiming`): one of tusd's layout
         whose multipart upload was aborted (a lifecycle rule) before it was completed leaves its ``.info`` and
         ``.part``. Loaded once more first; False (nothing removed) for any upload that is not lost."""
-        object_id, _, multipart_id = upload_id.rpartition("+")
-        if not object_id or not multipart_id:
+        upload = self._upload_of(upload_id)
+        if upload is None:
             return False
-        upload = S3Upload(self, object_id, multipart_id)
         try:
             state = await upload.state()
         except errors.TusError:
